@@ -1,0 +1,271 @@
+//! `relay`: the remote-help relay daemon, plus its operator commands.
+//!
+//! - `relay [--config FILE]` runs the daemon (the embedded dev config when none is given);
+//! - `relay check-config FILE` validates a config and names every problem;
+//! - `relay dev-token --role helper|sharer` mints a token for the dev tenant;
+//! - `relay demo` runs a relay, a helper and a sharer in one process and narrates a session.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use remote_help_relay::client::ClientOptions;
+use remote_help_relay::config::{Config, ConfigError};
+use remote_help_relay::core::Role;
+use remote_help_relay::dev::{self, Persona};
+use remote_help_relay::probe::{self, ProbeSettings};
+use remote_help_relay::server;
+use remote_help_relay::tls::RelayTrust;
+
+/// Exit code for a bad config (EX_USAGE, as linkerd and sysexits use).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "relay", version, about = "Remote-help QUIC relay daemon")]
+struct Cli {
+    /// Config file; without it the relay runs on the embedded development config.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// State folder for the development config (dev tenant key, certificate fingerprint).
+    #[arg(long, global = true, default_value = dev::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Log format; levels come from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate a config file and report every problem with its field.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Mint a token for the development tenant.
+    DevToken {
+        /// Whose token.
+        #[arg(long, value_enum)]
+        role: PersonaArg,
+        /// Subject (`sub`) to put in the token.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Write the token to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a relay, a helper and a sharer in one process and narrate a session.
+    Demo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PersonaArg {
+    Helper,
+    Sharer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo narrates on stdout; keep the relay's own log to warnings unless asked.
+    let default_level = match cli.command {
+        Some(Command::Demo) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
+    let result = match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Run => run_daemon(cli.config.as_deref(), &cli.state_dir),
+        Command::CheckConfig { file } => return check_config(file),
+        Command::DevToken {
+            role,
+            sub,
+            ttl,
+            out,
+        } => dev_token(&cli.state_dir, *role, sub.as_deref(), *ttl, out.as_deref()),
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(config) = e.downcast_ref::<ConfigError>() {
+                eprintln!("relay: {config}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            eprintln!("relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<Config> {
+    match config {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            let (config, _) = dev::config(state_dir).context("setting up the dev tenant")?;
+            tracing::warn!(
+                state_dir = %state_dir.display(),
+                "no --config: running on the embedded DEVELOPMENT config (tenant \"dev\"); \
+                 mint tokens with `relay dev-token --role helper|sharer`"
+            );
+            Ok(config)
+        }
+    }
+}
+
+fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
+    // Parse and check everything before binding anything.
+    let config = load_config(config, state_dir)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = config.state_dir.clone();
+        let handle = server::spawn(config)?;
+        let fingerprint = handle.fingerprint().to_string();
+        if std::fs::create_dir_all(&state).is_ok() {
+            let path = state.join(dev::FINGERPRINT_FILE);
+            if let Err(e) = std::fs::write(&path, format!("{fingerprint}\n")) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the fingerprint file");
+            }
+        }
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal received");
+        handle.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} tenant(s), listen {})",
+                file.display(),
+                config.tenants.len(),
+                config.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn dev_token(
+    state_dir: &Path,
+    role: PersonaArg,
+    sub: Option<&str>,
+    ttl: u64,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let signer = dev::ensure_signer(state_dir)?;
+    let persona = match role {
+        PersonaArg::Helper => Persona::Helper,
+        PersonaArg::Sharer => Persona::Sharer,
+    };
+    let token = dev::mint(&signer, persona, sub, ttl)?;
+    match out {
+        Some(path) => std::fs::write(path, format!("{token}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{token}"),
+    }
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    let state = tempfile_dir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let state_for_run = state.clone();
+    runtime.block_on(async move {
+        let (mut config, signer) = dev::config(&state_for_run)?;
+        config.listen = "127.0.0.1:0".parse()?;
+        config.drain_timeout = std::time::Duration::from_secs(1);
+        let handle = server::spawn(config)?;
+        println!(
+            "[relay ] listening on {} (certificate sha256 {})",
+            handle.local_addr(),
+            handle.fingerprint()
+        );
+        let trust = RelayTrust::Pin(handle.fingerprint());
+        let helper = ClientOptions::new(
+            handle.local_addr(),
+            trust.clone(),
+            dev::mint(&signer, Persona::Helper, None, 600)?,
+            Role::Helper,
+        );
+        let sharer = ClientOptions::new(
+            handle.local_addr(),
+            trust,
+            dev::mint(&signer, Persona::Sharer, None, 600)?,
+            Role::Sharer,
+        );
+        let settings = ProbeSettings {
+            round_trips: 50,
+            screen_bytes: 16 * 1024 * 1024,
+            frame_size: 64 * 1024,
+        };
+        let report = probe::run(helper, sharer, settings, |step| println!("[demo  ] {step}")).await;
+        println!("[relay ] shutting down");
+        handle.shutdown().await;
+        let report = report?;
+        println!(
+            "[demo  ] done: setup {:.1} ms, input round trip p50 {:.3} ms, screen {:.0} Mbit/s",
+            report.setup_ms, report.input_rtt_p50_ms, report.throughput_mbit_s
+        );
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("relay-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

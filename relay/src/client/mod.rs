@@ -1,0 +1,532 @@
+//! The reference client SDK: connect to a relay, authenticate, create or join a session,
+//! consent, and move data on the session's channels.
+//!
+//! A [`Client`] is one QUIC connection with its control stream. Control calls take
+//! `&mut self` and read the control stream in order; data channels are separate objects
+//! ([`ChannelSender`], [`ChannelReceiver`]) that can move into their own tasks.
+//!
+//! ```no_run
+//! # async fn demo(helper_opts: remote_help_relay::client::ClientOptions,
+//! #               sharer_opts: remote_help_relay::client::ClientOptions) -> Result<(), remote_help_relay::client::ClientError> {
+//! use remote_help_relay::client::Client;
+//! use remote_help_relay::core::{Channel, Mode};
+//! let mut helper = Client::connect(helper_opts).await?;
+//! let created = helper.create_session(Mode::FullControl).await?;
+//! let mut sharer = Client::connect(sharer_opts).await?;
+//! let request = sharer.join(&created.code).await?;       // shows request.helper
+//! let _sharer_joined = helper.wait_for_sharer().await?;   // shows the sharer's profile
+//! sharer.accept().await?;
+//! helper.wait_for_start().await?;
+//! let mut input = helper.open_channel(Channel::Input).await?;
+//! input.send(bytes::Bytes::from_static(b"click")).await?;
+//! let (_channel, mut events) = sharer.accept_channel().await?;
+//! let _click = events.recv().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use remote_help_proto::framing::{
+    ControlCodec, DataCodec, FrameError, channel_from_tag, channel_tag,
+};
+use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
+use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::core::{Channel, Mode, Role};
+use crate::tls::{RelayTrust, TlsError};
+use crate::transport::ClientTransport;
+
+/// Largest data frame the SDK sends or accepts on a channel.
+pub const MAX_DATA_FRAME: usize = 4 * 1024 * 1024;
+/// Largest control message the SDK accepts from the relay.
+const MAX_CONTROL: usize = 1024 * 1024;
+
+/// Everything needed to reach and authenticate with a relay.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The relay's UDP address.
+    pub relay: SocketAddr,
+    /// The name the relay's certificate must carry (ignored when pinning).
+    pub server_name: String,
+    /// How the relay is verified.
+    pub trust: RelayTrust,
+    /// The tenant-issued token.
+    pub token: String,
+    /// Helper or sharer.
+    pub role: Role,
+    /// Free text for the relay's logs.
+    pub client_name: String,
+    /// Local address to bind (port 0 for any).
+    pub bind: SocketAddr,
+    /// Windows and timeouts.
+    pub transport: ClientTransport,
+}
+
+impl ClientOptions {
+    /// Options with defaults for everything but the essentials.
+    pub fn new(relay: SocketAddr, trust: RelayTrust, token: String, role: Role) -> ClientOptions {
+        let bind = if relay.is_ipv6() {
+            SocketAddr::from(([0u16; 8], 0))
+        } else {
+            SocketAddr::from(([0u8; 4], 0))
+        };
+        ClientOptions {
+            relay,
+            server_name: "localhost".into(),
+            trust,
+            token,
+            role,
+            client_name: format!("remote-help-sdk/{}", env!("CARGO_PKG_VERSION")),
+            bind,
+            transport: ClientTransport::default(),
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS could not be configured.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] TlsError),
+    /// The local UDP socket could not be opened.
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(std::io::Error),
+    /// The connection attempt could not start.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The relay refused a request or ended the session, with a stable code.
+    #[error("{code}: {message}")]
+    Refused {
+        /// The stable code.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The connection failed without a code of ours (timeout, TLS failure, reset).
+    #[error("connection failed: {0}")]
+    Connection(quinn::ConnectionError),
+    /// The relay sent something this client did not expect.
+    #[error("unexpected message from the relay: {0}")]
+    Unexpected(String),
+    /// A frame could not be read or written.
+    #[error("framing: {0}")]
+    Frame(FrameError),
+}
+
+impl ClientError {
+    /// The stable error code, when the relay gave one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn from_connection(e: quinn::ConnectionError) -> ClientError {
+        match &e {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                match ErrorCode::from_quic(close.error_code.into_inner()) {
+                    Some(code) if code != ErrorCode::Unspecified => ClientError::Refused {
+                        code,
+                        message: String::from_utf8_lossy(&close.reason).into_owned(),
+                    },
+                    _ => ClientError::Connection(e),
+                }
+            }
+            _ => ClientError::Connection(e),
+        }
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> ClientError {
+        ClientError::Frame(e)
+    }
+}
+
+/// The session has started: which mode and channels it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStart {
+    /// The session id.
+    pub session_id: String,
+    /// The active mode.
+    pub mode: Mode,
+    /// The channels the session carries.
+    pub channels: Vec<Channel>,
+    /// Largest datagram the relay forwards.
+    pub max_datagram_size: usize,
+}
+
+type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
+type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
+
+/// An authenticated connection to a relay.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    reader: Reader,
+    writer: Writer,
+    welcome: v1::Welcome,
+    next_nonce: u64,
+}
+
+/// Opens a bare QUIC connection to the relay (no `Hello`): for tools and tests that
+/// speak the protocol themselves.
+pub async fn connect_quic(
+    options: &ClientOptions,
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let socket = std::net::UdpSocket::bind(options.bind).map_err(ClientError::Socket)?;
+    connect_quic_on(options, socket).await
+}
+
+/// Like [`connect_quic`], on a UDP socket the caller already has.
+pub async fn connect_quic_on(
+    options: &ClientOptions,
+    socket: std::net::UdpSocket,
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(ClientError::Socket)?;
+    let mut config =
+        quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
+    config.transport_config(crate::transport::client(&options.transport));
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(options.relay, &options.server_name)?
+        .await
+        .map_err(ClientError::from_connection)?;
+    Ok((endpoint, connection))
+}
+
+impl Client {
+    /// Connects, sends `Hello` and waits for `Welcome`.
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let (endpoint, connection) = connect_quic(&options).await?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(ClientError::from_connection)?;
+        let mut client = Client {
+            endpoint,
+            connection,
+            reader: FramedRead::new(recv, ControlCodec::new(MAX_CONTROL)),
+            writer: FramedWrite::new(send, ControlCodec::new(MAX_CONTROL)),
+            welcome: v1::Welcome::default(),
+            next_nonce: 1,
+        };
+        let role = match options.role {
+            Role::Helper => v1::Role::Helper,
+            Role::Sharer => v1::Role::Sharer,
+        };
+        client
+            .send(Out::Hello(v1::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                token: options.token,
+                role: role as i32,
+                client_name: options.client_name,
+            }))
+            .await?;
+        match client.recv().await? {
+            In::Welcome(welcome) => {
+                client.welcome = welcome;
+                Ok(client)
+            }
+            other => Err(ClientError::Unexpected(format!(
+                "{other:?} instead of Welcome"
+            ))),
+        }
+    }
+
+    /// This client's own profile, as the relay verified it.
+    pub fn me(&self) -> Option<&v1::Profile> {
+        self.welcome.you.as_ref()
+    }
+
+    /// The address the relay observes for this client.
+    pub fn observed_addr(&self) -> &str {
+        &self.welcome.observed_addr
+    }
+
+    /// The underlying QUIC connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// Helper: opens a session; give the returned code to the sharer.
+    pub async fn create_session(&mut self, mode: Mode) -> Result<v1::SessionCreated, ClientError> {
+        self.send(Out::CreateSession(v1::CreateSession {
+            mode: mode.to_wire() as i32,
+        }))
+        .await?;
+        match self.recv().await? {
+            In::SessionCreated(created) => Ok(created),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Helper: waits until a sharer joins; returns the sharer's profile.
+    pub async fn wait_for_sharer(&mut self) -> Result<v1::Profile, ClientError> {
+        match self.recv().await? {
+            In::PeerJoined(joined) => Ok(joined.sharer.unwrap_or_default()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Helper: waits until the sharer consents.
+    pub async fn wait_for_start(&mut self) -> Result<SessionStart, ClientError> {
+        match self.recv().await? {
+            In::SessionStarted(started) => session_start(started),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sharer: joins by code; returns the consent request to show the user.
+    pub async fn join(&mut self, code: &str) -> Result<v1::ConsentRequest, ClientError> {
+        self.send(Out::JoinSession(v1::JoinSession { code: code.into() }))
+            .await?;
+        match self.recv().await? {
+            In::ConsentRequest(request) => Ok(request),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sharer: consents; returns once the session has started.
+    pub async fn accept(&mut self) -> Result<SessionStart, ClientError> {
+        self.send(Out::ConsentAnswer(v1::ConsentAnswer { accept: true }))
+            .await?;
+        match self.recv().await? {
+            In::SessionStarted(started) => session_start(started),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sharer: declines; returns once the relay confirms.
+    pub async fn decline(&mut self) -> Result<(), ClientError> {
+        self.send(Out::ConsentAnswer(v1::ConsentAnswer { accept: false }))
+            .await?;
+        match self.recv().await {
+            Err(ClientError::Refused {
+                code: ErrorCode::Declined,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends the current session; returns once the relay confirms.
+    pub async fn end_session(&mut self) -> Result<(), ClientError> {
+        self.send(Out::EndSession(v1::EndSession {})).await?;
+        match self.recv().await {
+            Err(ClientError::Refused {
+                code: ErrorCode::EndedByClient,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits for the session to end (the peer ended it, was lost, the relay shuts down);
+    /// returns the reason. Other messages are skipped.
+    pub async fn wait_for_end(&mut self) -> ErrorCode {
+        loop {
+            match self.recv().await {
+                Ok(_) => continue,
+                Err(ClientError::Refused { code, .. }) => return code,
+                Err(_) => return ErrorCode::PeerLost,
+            }
+        }
+    }
+
+    /// Round trip to the relay over the control stream.
+    pub async fn ping(&mut self) -> Result<Duration, ClientError> {
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        let start = Instant::now();
+        self.send(Out::Ping(v1::Ping { nonce })).await?;
+        match self.recv().await? {
+            In::Pong(pong) if pong.nonce == nonce => Ok(start.elapsed()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Opens this side's stream for `channel` in an active session.
+    pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
+        let mut stream = self
+            .connection
+            .open_uni()
+            .await
+            .map_err(ClientError::from_connection)?;
+        stream
+            .write_all(&[channel_tag(channel.to_wire())])
+            .await
+            .map_err(|e| ClientError::Frame(FrameError::Io(e.into())))?;
+        Ok(ChannelSender {
+            channel,
+            frames: FramedWrite::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+        })
+    }
+
+    /// Waits for the peer to open a channel towards this side.
+    pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
+        let mut stream = self
+            .connection
+            .accept_uni()
+            .await
+            .map_err(ClientError::from_connection)?;
+        let mut tag = [0u8; 1];
+        stream
+            .read_exact(&mut tag)
+            .await
+            .map_err(|e| ClientError::Unexpected(format!("data stream without a tag: {e}")))?;
+        let channel = Channel::from_wire(channel_from_tag(tag[0])?)
+            .ok_or(ClientError::Frame(FrameError::UnknownChannel(tag[0])))?;
+        Ok((
+            channel,
+            ChannelReceiver {
+                channel,
+                frames: FramedRead::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+            },
+        ))
+    }
+
+    /// Sharer: sends one lossy screen datagram (dropped if it does not fit).
+    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.connection
+            .send_datagram(datagram)
+            .map_err(|e| ClientError::Unexpected(format!("datagram not sent: {e}")))
+    }
+
+    /// Helper: receives one lossy screen datagram.
+    pub async fn read_datagram(&self) -> Result<Bytes, ClientError> {
+        self.connection
+            .read_datagram()
+            .await
+            .map_err(ClientError::from_connection)
+    }
+
+    /// Closes the connection and waits (bounded) for the close to reach the relay.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    async fn send(&mut self, message: Out) -> Result<(), ClientError> {
+        let result = self
+            .writer
+            .send(v1::ClientToRelay { msg: Some(message) })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(FrameError::Io(_)) => Err(self.closed_error()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The next control message; `Error` and `SessionEnded` become `Refused` errors.
+    async fn recv(&mut self) -> Result<In, ClientError> {
+        loop {
+            let message = match self.reader.next().await {
+                None => return Err(self.closed_error()),
+                Some(Err(FrameError::Io(_))) => return Err(self.closed_error()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(v1::RelayToClient { msg: None })) => continue,
+                Some(Ok(v1::RelayToClient { msg: Some(m) })) => m,
+            };
+            return match message {
+                In::Error(e) => Err(ClientError::Refused {
+                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                    message: e.message,
+                }),
+                In::SessionEnded(e) => Err(ClientError::Refused {
+                    code: ErrorCode::try_from(e.reason).unwrap_or(ErrorCode::Unspecified),
+                    message: e.message,
+                }),
+                other => Ok(other),
+            };
+        }
+    }
+
+    fn closed_error(&self) -> ClientError {
+        match self.connection.close_reason() {
+            Some(reason) => ClientError::from_connection(reason),
+            None => ClientError::Unexpected("the relay closed the control stream".into()),
+        }
+    }
+}
+
+fn unexpected(message: In) -> ClientError {
+    ClientError::Unexpected(format!("{message:?}"))
+}
+
+fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientError> {
+    let mode = Mode::from_wire(started.mode)
+        .ok_or_else(|| ClientError::Unexpected(format!("unknown mode {}", started.mode)))?;
+    Ok(SessionStart {
+        session_id: started.session_id,
+        mode,
+        channels: started
+            .channels
+            .into_iter()
+            .filter_map(|c| v1::Channel::try_from(c).ok().and_then(Channel::from_wire))
+            .collect(),
+        max_datagram_size: started.max_datagram_size as usize,
+    })
+}
+
+/// This side's sending half of one data channel: length-prefixed frames, in order.
+pub struct ChannelSender {
+    channel: Channel,
+    frames: FramedWrite<quinn::SendStream, DataCodec>,
+}
+
+impl ChannelSender {
+    /// The channel.
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    /// Sends one frame; waits while flow control says the receiver is behind.
+    pub async fn send(&mut self, frame: Bytes) -> Result<(), ClientError> {
+        self.frames.send(frame).await.map_err(ClientError::from)
+    }
+
+    /// Finishes the channel cleanly.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        SinkExt::<Bytes>::flush(&mut self.frames).await?;
+        self.frames
+            .get_mut()
+            .finish()
+            .map_err(|e| ClientError::Unexpected(e.to_string()))
+    }
+}
+
+/// This side's receiving half of one data channel.
+pub struct ChannelReceiver {
+    channel: Channel,
+    frames: FramedRead<quinn::RecvStream, DataCodec>,
+}
+
+impl ChannelReceiver {
+    /// The channel.
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    /// The next frame, or `None` when the sender finished the channel.
+    pub async fn recv(&mut self) -> Result<Option<BytesMut>, ClientError> {
+        self.frames
+            .next()
+            .await
+            .transpose()
+            .map_err(ClientError::from)
+    }
+}

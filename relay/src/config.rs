@@ -1,0 +1,594 @@
+//! Relay configuration: a TOML file parsed into [`RawConfig`], then turned into a typed
+//! [`Config`] by one fallible conversion that reports **every** problem at once, each with
+//! the path of the field it concerns (`tenants[1].jwks_file: ...`).
+//!
+//! Nothing here binds a port: the daemon loads and checks the whole config first.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{TenantKeys, TenantTrust};
+use crate::core::TenantId;
+
+/// The development config used when `relay` runs without `--config`. Relative paths in it
+/// are resolved against the state folder, where the dev tenant's key is generated.
+pub const DEV_CONFIG_TOML: &str = include_str!("dev-config.toml");
+
+/// The config file as written, before any checking.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[[tenants]]`.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// UDP address to listen on.
+    pub listen: Option<String>,
+    /// Audience (`aud`) every token must carry.
+    pub audience: Option<String>,
+    /// PEM certificate chain file; with `tls_key`, else a self-signed certificate is made.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key file.
+    pub tls_key: Option<PathBuf>,
+    /// Folder for the relay's state (the certificate fingerprint file, dev keys).
+    pub state_dir: Option<PathBuf>,
+    /// Allowed clock skew for `exp`/`nbf`, seconds.
+    pub token_leeway_secs: Option<u64>,
+    /// Lifetime of a session code, seconds.
+    pub code_ttl_secs: Option<u64>,
+    /// Time a new connection has to authenticate, milliseconds.
+    pub auth_timeout_ms: Option<u64>,
+    /// A connection silent this long is lost, milliseconds.
+    pub idle_timeout_ms: Option<u64>,
+    /// Keep-alive interval, milliseconds (must be below the idle timeout).
+    pub keep_alive_ms: Option<u64>,
+    /// On shutdown, how long active sessions may continue before they are ended, ms.
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest control message, bytes.
+    pub max_control_message_bytes: Option<u64>,
+    /// Per-stream receive window, bytes.
+    pub stream_receive_window: Option<u64>,
+    /// Per-connection receive window (all streams together), bytes.
+    pub connection_receive_window: Option<u64>,
+    /// Per-connection send window (unacknowledged and buffered stream data), bytes.
+    pub send_window: Option<u64>,
+    /// Datagram receive buffer per connection, bytes.
+    pub datagram_receive_buffer: Option<u64>,
+    /// Datagram send buffer per connection, bytes.
+    pub datagram_send_buffer: Option<u64>,
+    /// Most simultaneous client connections.
+    pub max_connections: Option<u64>,
+    /// Failed joins a connection may make before it is closed.
+    pub max_failed_joins_per_connection: Option<u64>,
+}
+
+/// `[[tenants]]` entry as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant id (the tokens' `tid`).
+    pub id: Option<String>,
+    /// Required `iss` of the tenant's tokens.
+    pub issuer: Option<String>,
+    /// JWK Set file with the tenant's public keys.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// Where the relay's TLS identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate made at start.
+    SelfSigned,
+}
+
+/// Flow-control and resource limits; together they bound memory per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest control message, bytes.
+    pub max_control_message: usize,
+    /// Per-stream receive window, bytes.
+    pub stream_receive_window: u64,
+    /// Per-connection receive window, bytes.
+    pub connection_receive_window: u64,
+    /// Per-connection send window, bytes.
+    pub send_window: u64,
+    /// Datagram receive buffer per connection, bytes.
+    pub datagram_receive_buffer: usize,
+    /// Datagram send buffer per connection, bytes.
+    pub datagram_send_buffer: usize,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Failed joins a connection may make before it is closed.
+    pub max_failed_joins_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_control_message: 64 * 1024,
+            stream_receive_window: 256 * 1024,
+            connection_receive_window: 1024 * 1024,
+            send_window: 1024 * 1024,
+            datagram_receive_buffer: 64 * 1024,
+            datagram_send_buffer: 64 * 1024,
+            max_connections: 10_000,
+            max_failed_joins_per_connection: 5,
+        }
+    }
+}
+
+impl Limits {
+    /// Upper bound of the relay's buffered bytes for one session: both connections'
+    /// receive windows, send windows and datagram buffers. See ARCHITECTURE.md.
+    pub fn session_memory_bound(&self) -> u64 {
+        let per_connection = self.connection_receive_window
+            + self.send_window
+            + self.datagram_receive_buffer as u64
+            + self.datagram_send_buffer as u64;
+        2 * per_connection
+    }
+}
+
+/// The typed, checked configuration the relay runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Audience every token must carry.
+    pub audience: String,
+    /// TLS identity source.
+    pub tls: TlsSource,
+    /// State folder.
+    pub state_dir: PathBuf,
+    /// Allowed clock skew.
+    pub token_leeway: Duration,
+    /// Session code lifetime.
+    pub code_ttl: Duration,
+    /// Authentication deadline for new connections.
+    pub auth_timeout: Duration,
+    /// Idle timeout of connections.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+    /// Flow-control and resource limits.
+    pub limits: Limits,
+    /// The tenants this relay serves.
+    pub tenants: Vec<TenantTrust>,
+}
+
+/// Default UDP port of the relay.
+pub const DEFAULT_PORT: u16 = 4433;
+/// Default token audience.
+pub const DEFAULT_AUDIENCE: &str = "remote-help-relay";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field, e.g. `server.listen` or `tenants[0].jwks_file`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Everything wrong with a config, or why it could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config is not valid: {0}")]
+    Syntax(String),
+    /// The file parsed, but some values are wrong.
+    #[error("config has {} problem(s):\n{}", .0.len(), render(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn render(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {}: {}", p.field, p.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and checks a config file; relative paths in it are resolved against the
+    /// file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses and checks config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Config::from_raw(raw, base)
+    }
+
+    /// The one conversion from what was written to what the relay runs on.
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, reason: String| {
+            problems.push(ConfigProblem {
+                field: field.to_string(),
+                reason,
+            })
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let s = raw.server;
+        let listen = match s.listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            Some(text) => text.parse().unwrap_or_else(|e| {
+                problem(
+                    "server.listen",
+                    format!("{text:?} is not an ip:port address ({e})"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))
+            }),
+        };
+        let audience = s.audience.unwrap_or_else(|| DEFAULT_AUDIENCE.to_string());
+        if audience.trim().is_empty() {
+            problem("server.audience", "must not be empty".into());
+        }
+        let tls = match (s.tls_cert, s.tls_key) {
+            (None, None) => TlsSource::SelfSigned,
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (resolve(&cert), resolve(&key));
+                for (field, path) in [("server.tls_cert", &cert), ("server.tls_key", &key)] {
+                    if !path.is_file() {
+                        problem(field, format!("{} is not a readable file", path.display()));
+                    }
+                }
+                TlsSource::Files { cert, key }
+            }
+            (Some(_), None) => {
+                problem("server.tls_key", "required when tls_cert is set".into());
+                TlsSource::SelfSigned
+            }
+            (None, Some(_)) => {
+                problem("server.tls_cert", "required when tls_key is set".into());
+                TlsSource::SelfSigned
+            }
+        };
+        let state_dir = resolve(&s.state_dir.unwrap_or_else(|| PathBuf::from("state")));
+
+        let mut duration = |field: &str,
+                            value: Option<u64>,
+                            default: u64,
+                            min: u64,
+                            max: u64,
+                            unit: fn(u64) -> Duration| {
+            let v = value.unwrap_or(default);
+            if v < min || v > max {
+                problem(field, format!("{v} is out of range {min}..={max}"));
+            }
+            unit(v)
+        };
+        let token_leeway = duration(
+            "server.token_leeway_secs",
+            s.token_leeway_secs,
+            60,
+            0,
+            600,
+            Duration::from_secs,
+        );
+        let code_ttl = duration(
+            "server.code_ttl_secs",
+            s.code_ttl_secs,
+            600,
+            10,
+            86_400,
+            Duration::from_secs,
+        );
+        let auth_timeout = duration(
+            "server.auth_timeout_ms",
+            s.auth_timeout_ms,
+            10_000,
+            100,
+            120_000,
+            Duration::from_millis,
+        );
+        let idle_timeout = duration(
+            "server.idle_timeout_ms",
+            s.idle_timeout_ms,
+            6_000,
+            500,
+            600_000,
+            Duration::from_millis,
+        );
+        let keep_alive = duration(
+            "server.keep_alive_ms",
+            s.keep_alive_ms,
+            1_500,
+            100,
+            300_000,
+            Duration::from_millis,
+        );
+        let drain_timeout = duration(
+            "server.drain_timeout_ms",
+            s.drain_timeout_ms,
+            10_000,
+            0,
+            3_600_000,
+            Duration::from_millis,
+        );
+        if keep_alive >= idle_timeout {
+            problem(
+                "server.keep_alive_ms",
+                format!(
+                    "must be below server.idle_timeout_ms ({} ms), or idle peers time out",
+                    idle_timeout.as_millis()
+                ),
+            );
+        }
+
+        let l = raw.limits;
+        let d = Limits::default();
+        let mut bytes = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {
+            let v = value.unwrap_or(default);
+            if v < min || v > max {
+                problem(field, format!("{v} is out of range {min}..={max}"));
+            }
+            v
+        };
+        let limits = Limits {
+            max_control_message: bytes(
+                "limits.max_control_message_bytes",
+                l.max_control_message_bytes,
+                d.max_control_message as u64,
+                1024,
+                1 << 20,
+            ) as usize,
+            stream_receive_window: bytes(
+                "limits.stream_receive_window",
+                l.stream_receive_window,
+                d.stream_receive_window,
+                16 * 1024,
+                64 << 20,
+            ),
+            connection_receive_window: bytes(
+                "limits.connection_receive_window",
+                l.connection_receive_window,
+                d.connection_receive_window,
+                16 * 1024,
+                256 << 20,
+            ),
+            send_window: bytes(
+                "limits.send_window",
+                l.send_window,
+                d.send_window,
+                16 * 1024,
+                256 << 20,
+            ),
+            datagram_receive_buffer: bytes(
+                "limits.datagram_receive_buffer",
+                l.datagram_receive_buffer,
+                d.datagram_receive_buffer as u64,
+                0,
+                16 << 20,
+            ) as usize,
+            datagram_send_buffer: bytes(
+                "limits.datagram_send_buffer",
+                l.datagram_send_buffer,
+                d.datagram_send_buffer as u64,
+                0,
+                16 << 20,
+            ) as usize,
+            max_connections: bytes(
+                "limits.max_connections",
+                l.max_connections,
+                d.max_connections as u64,
+                1,
+                10_000_000,
+            ) as usize,
+            max_failed_joins_per_connection: bytes(
+                "limits.max_failed_joins_per_connection",
+                l.max_failed_joins_per_connection,
+                u64::from(d.max_failed_joins_per_connection),
+                1,
+                1_000,
+            ) as u32,
+        };
+        if limits.stream_receive_window > limits.connection_receive_window {
+            problem(
+                "limits.stream_receive_window",
+                "must not exceed limits.connection_receive_window".into(),
+            );
+        }
+
+        let mut tenants: Vec<TenantTrust> = Vec::new();
+        if raw.tenants.is_empty() {
+            problem(
+                "tenants",
+                "at least one [[tenants]] entry is required".into(),
+            );
+        }
+        for (i, t) in raw.tenants.into_iter().enumerate() {
+            let field = |name: &str| format!("tenants[{i}].{name}");
+            let id = t.id.unwrap_or_default();
+            if id.trim().is_empty() {
+                problem(&field("id"), "required".into());
+            } else if tenants.iter().any(|other| other.id.as_str() == id) {
+                problem(&field("id"), format!("tenant {id:?} is configured twice"));
+            }
+            let issuer = t.issuer.unwrap_or_default();
+            if issuer.trim().is_empty() {
+                problem(&field("issuer"), "required".into());
+            }
+            let keys = match t.jwks_file {
+                None => {
+                    problem(&field("jwks_file"), "required".into());
+                    None
+                }
+                Some(path) => match load_jwks(&resolve(&path)) {
+                    Ok(keys) => Some(keys),
+                    Err(reason) => {
+                        problem(&field("jwks_file"), reason);
+                        None
+                    }
+                },
+            };
+            if let Some(keys) = keys {
+                tenants.push(TenantTrust {
+                    id: TenantId::new(&id),
+                    issuer,
+                    keys,
+                });
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Config {
+            listen,
+            audience,
+            tls,
+            state_dir,
+            token_leeway,
+            code_ttl,
+            auth_timeout,
+            idle_timeout,
+            keep_alive,
+            drain_timeout,
+            limits,
+            tenants,
+        })
+    }
+}
+
+/// Reads a tenant's JWK Set file; the error is a sentence for the config report.
+pub fn load_jwks(path: &Path) -> Result<TenantKeys, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JWK Set: {e}", path.display()))?;
+    TenantKeys::from_jwks(&set)
+        .map_err(|(index, e)| format!("{}: keys[{index}]: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str, base: &Path) -> Vec<ConfigProblem> {
+        match Config::parse(text, base) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = problems(
+            r#"
+            [server]
+            listen = "nowhere"
+            keep_alive_ms = 9000
+            idle_timeout_ms = 5000
+            tls_cert = "cert.pem"
+            [limits]
+            stream_receive_window = 1
+            [[tenants]]
+            id = "t"
+            "#,
+            dir.path(),
+        );
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "server.listen",
+                "server.tls_key",
+                "server.keep_alive_ms",
+                "limits.stream_receive_window",
+                "tenants[0].issuer",
+                "tenants[0].jwks_file"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::parse("[server]\nlisten_addr = \"x\"\n", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn no_tenants_is_a_problem() {
+        let found = problems("", Path::new("."));
+        assert_eq!(found[0].field, "tenants");
+    }
+
+    #[test]
+    fn hmac_keys_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#,
+        )
+        .unwrap();
+        let found = problems(
+            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n",
+            dir.path(),
+        );
+        assert_eq!(found[0].field, "tenants[0].jwks_file");
+        assert!(found[0].reason.contains("HMAC"), "{}", found[0].reason);
+    }
+
+    #[test]
+    fn the_session_memory_bound_adds_both_connections() {
+        let limits = Limits::default();
+        assert_eq!(
+            limits.session_memory_bound(),
+            2 * (1024 * 1024 + 1024 * 1024 + 64 * 1024 + 64 * 1024)
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The relay's pure core: session codes, the session state machine, and the rules for
+//! which data may flow where.
+//!
+//! Nothing in this module does I/O or reads a clock: callers pass `now` and an RNG.
+//! That keeps every decision testable with a fake clock and a seeded generator, and
+//! keeps the async shell (`server`) thin.
+
+pub mod code;
+pub mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::Rng;
+use remote_help_proto::v1;
+
+/// Identifies one client connection on this relay node (assigned by the shell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A tenant (organisation) id, as configured and as carried in tokens' `tid` claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// Wraps a tenant id string.
+    pub fn new(id: &str) -> TenantId {
+        TenantId(Arc::from(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A session id: 128 random bits, shown as 32 lower-case hex digits. Unlike the code,
+/// it is never typed by a person and appears in logs and (later) audit events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    /// A fresh random id.
+    pub fn generate<R: Rng + ?Sized>(rng: &mut R) -> SessionId {
+        let bits: u128 = rng.random();
+        SessionId(Arc::from(format!("{bits:032x}")))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which side of a session a connection speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// IT support staff who view or control another device.
+    Helper,
+    /// The user or device agent whose screen is shared.
+    Sharer,
+}
+
+impl Role {
+    /// The role a `Hello` names, if it names one.
+    pub fn from_wire(role: i32) -> Option<Role> {
+        match v1::Role::try_from(role) {
+            Ok(v1::Role::Helper) => Some(Role::Helper),
+            Ok(v1::Role::Sharer) => Some(Role::Sharer),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Helper => "helper",
+            Role::Sharer => "sharer",
+        }
+    }
+}
+
+/// What the helper may do in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Screen only.
+    ViewOnly,
+    /// Screen and input.
+    FullControl,
+}
+
+impl Mode {
+    /// The mode a `CreateSession` names, if it names one.
+    pub fn from_wire(mode: i32) -> Option<Mode> {
+        match v1::Mode::try_from(mode) {
+            Ok(v1::Mode::ViewOnly) => Some(Mode::ViewOnly),
+            Ok(v1::Mode::FullControl) => Some(Mode::FullControl),
+            _ => None,
+        }
+    }
+
+    /// The wire value.
+    pub fn to_wire(self) -> v1::Mode {
+        match self {
+            Mode::ViewOnly => v1::Mode::ViewOnly,
+            Mode::FullControl => v1::Mode::FullControl,
+        }
+    }
+
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ViewOnly => "view_only",
+            Mode::FullControl => "full_control",
+        }
+    }
+}
+
+/// The data channels of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Sharer to helper: screen frames.
+    Screen,
+    /// Helper to sharer: input events.
+    Input,
+    /// Both ways: chat.
+    Chat,
+}
+
+impl Channel {
+    /// The domain channel for a wire channel.
+    pub fn from_wire(channel: v1::Channel) -> Option<Channel> {
+        match channel {
+            v1::Channel::Screen => Some(Channel::Screen),
+            v1::Channel::Input => Some(Channel::Input),
+            v1::Channel::Chat => Some(Channel::Chat),
+            v1::Channel::Unspecified => None,
+        }
+    }
+
+    /// The wire channel.
+    pub fn to_wire(self) -> v1::Channel {
+        match self {
+            Channel::Screen => v1::Channel::Screen,
+            Channel::Input => v1::Channel::Input,
+            Channel::Chat => v1::Channel::Chat,
+        }
+    }
+
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Screen => "screen",
+            Channel::Input => "input",
+            Channel::Chat => "chat",
+        }
+    }
+
+    /// A small index for per-channel bookkeeping arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Channel::Screen => 0,
+            Channel::Input => 1,
+            Channel::Chat => 2,
+        }
+    }
+}
+
+/// The channels an active session in `mode` carries.
+pub fn session_channels(mode: Mode) -> &'static [Channel] {
+    match mode {
+        Mode::ViewOnly => &[Channel::Screen, Channel::Chat],
+        Mode::FullControl => &[Channel::Screen, Channel::Input, Channel::Chat],
+    }
+}
+
+/// Whether a party in `role` may send on `channel` in an active session in `mode`.
+///
+/// Screen flows only from the sharer, input only from the helper and only in full
+/// control; chat flows both ways.
+pub fn may_send(role: Role, channel: Channel, mode: Mode) -> bool {
+    session_channels(mode).contains(&channel)
+        && match channel {
+            Channel::Screen => role == Role::Sharer,
+            Channel::Input => role == Role::Helper,
+            Channel::Chat => true,
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_rules_per_channel_and_mode() {
+        use Channel::*;
+        use Mode::*;
+        use Role::*;
+        let table = [
+            (Sharer, Screen, ViewOnly, true),
+            (Helper, Screen, ViewOnly, false),
+            (Helper, Input, ViewOnly, false),
+            (Helper, Input, FullControl, true),
+            (Sharer, Input, FullControl, false),
+            (Sharer, Screen, FullControl, true),
+            (Helper, Chat, ViewOnly, true),
+            (Sharer, Chat, ViewOnly, true),
+            (Helper, Chat, FullControl, true),
+            (Sharer, Chat, FullControl, true),
+        ];
+        for (role, channel, mode, allowed) in table {
+            assert_eq!(
+                may_send(role, channel, mode),
+                allowed,
+                "{role:?} on {channel:?} in {mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_ids_are_32_hex_digits() {
+        let mut rng = rand::rng();
+        let id = SessionId::generate(&mut rng);
+        assert_eq!(id.as_str().len(), 32);
+        assert!(id.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn wire_enums_map_and_unspecified_is_refused() {
+        assert_eq!(Role::from_wire(v1::Role::Helper as i32), Some(Role::Helper));
+        assert_eq!(Role::from_wire(0), None);
+        assert_eq!(Role::from_wire(99), None);
+        assert_eq!(
+            Mode::from_wire(v1::Mode::FullControl as i32),
+            Some(Mode::FullControl)
+        );
+        assert_eq!(Mode::from_wire(0), None);
+        assert_eq!(Channel::from_wire(v1::Channel::Unspecified), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! A whole session in one process, measured: the operator's smoke test (`rhelp probe`)
+//! and the narrated `relay demo` both run it.
+//!
+//! Steps: connect and authenticate both parties, create, join, consent, open the
+//! channels, measure input round trips (input event helper→sharer, echoed back on chat),
+//! measure screen throughput (sharer→helper), end, and check the sharer is told.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use remote_help_proto::ErrorCode;
+use serde::Serialize;
+
+use crate::client::{ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions};
+use crate::core::{Channel, Mode};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSettings {
+    /// Input round trips to time.
+    pub round_trips: usize,
+    /// Screen bytes to send for the throughput figure.
+    pub screen_bytes: usize,
+    /// Size of each screen frame.
+    pub frame_size: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> ProbeSettings {
+        ProbeSettings {
+            round_trips: 200,
+            screen_bytes: 64 * 1024 * 1024,
+            frame_size: 64 * 1024,
+        }
+    }
+}
+
+/// The figures of one probe run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// Always true in a report (failures are errors).
+    pub ok: bool,
+    /// From the first connect to both parties seeing the session start, milliseconds.
+    pub setup_ms: f64,
+    /// Input round trip through the relay (helper→sharer→helper), median, milliseconds.
+    pub input_rtt_p50_ms: f64,
+    /// Input round trip, 99th percentile, milliseconds.
+    pub input_rtt_p99_ms: f64,
+    /// Input round trip, worst, milliseconds.
+    pub input_rtt_max_ms: f64,
+    /// Screen bytes moved sharer→helper.
+    pub screen_bytes: u64,
+    /// Screen throughput, megabits per second.
+    pub throughput_mbit_s: f64,
+    /// How the sharer learned the session ended (`PEER_ENDED` when all is well).
+    pub sharer_end_reason: String,
+}
+
+/// Runs the probe; `narrate` is told each step as it happens.
+pub async fn run(
+    helper_options: ClientOptions,
+    sharer_options: ClientOptions,
+    settings: ProbeSettings,
+    mut narrate: impl FnMut(&str),
+) -> Result<ProbeReport, ClientError> {
+    let start = Instant::now();
+    let mut helper = Client::connect(helper_options).await?;
+    narrate(&format!(
+        "helper connected and authenticated as {}",
+        name(helper.me())
+    ));
+    let mut sharer = Client::connect(sharer_options).await?;
+    narrate(&format!(
+        "sharer connected and authenticated as {}",
+        name(sharer.me())
+    ));
+
+    let created = helper.create_session(Mode::FullControl).await?;
+    narrate(&format!(
+        "helper created session {} and got code {} to read to the sharer",
+        created.session_id, created.code
+    ));
+    let request = sharer.join(&created.code).await?;
+    narrate(&format!(
+        "sharer joined with the code; the relay asks the sharer to let {} take full control",
+        name(request.helper.as_ref())
+    ));
+    let joined = helper.wait_for_sharer().await?;
+    narrate(&format!(
+        "helper sees {} joined and waits for consent",
+        name(Some(&joined))
+    ));
+    sharer.accept().await?;
+    helper.wait_for_start().await?;
+    let setup = start.elapsed();
+    narrate(&format!(
+        "sharer consented; session started after {:.1} ms",
+        ms(setup)
+    ));
+
+    // Channels: the sharer sends screen and chat, the helper sends input.
+    let mut screen_out = sharer.open_channel(Channel::Screen).await?;
+    let mut chat_out = sharer.open_channel(Channel::Chat).await?;
+    let mut input_out = helper.open_channel(Channel::Input).await?;
+    // Quinn makes a stream visible to the peer with its first bytes: send one frame each.
+    screen_out.send(Bytes::from_static(b"hello")).await?;
+    chat_out
+        .send(Bytes::from_static(b"hi, I can see you"))
+        .await?;
+    input_out.send(Bytes::from_static(b"start")).await?;
+    let (mut screen_in, mut chat_in) = accept_two(&helper, Channel::Screen, Channel::Chat).await?;
+    let (_, mut input_in) = sharer.accept_channel().await?;
+    expect_frame(&mut screen_in).await?;
+    expect_frame(&mut chat_in).await?;
+    expect_frame(&mut input_in).await?;
+    narrate("screen, input and chat channels are open through the relay");
+
+    // Input round trips: the sharer echoes each input event back on chat.
+    let echo = tokio::spawn(async move {
+        while let Some(event) = input_in.recv().await? {
+            chat_out.send(event.freeze()).await?;
+        }
+        Ok::<_, ClientError>(())
+    });
+    let mut rtts = Vec::with_capacity(settings.round_trips);
+    for seq in 0..settings.round_trips as u64 {
+        let sent = Instant::now();
+        input_out
+            .send(Bytes::copy_from_slice(&seq.to_be_bytes()))
+            .await?;
+        let echoed = expect_frame(&mut chat_in).await?;
+        if echoed[..] != seq.to_be_bytes() {
+            return Err(ClientError::Unexpected("input echoed out of order".into()));
+        }
+        rtts.push(sent.elapsed());
+    }
+    rtts.sort();
+    narrate(&format!(
+        "{} input events went helper→sharer and back, in order; median round trip {:.3} ms",
+        rtts.len(),
+        ms(percentile(&rtts, 0.5))
+    ));
+
+    // Screen throughput.
+    let frame_size = settings.frame_size.max(1);
+    let frames = settings.screen_bytes.div_ceil(frame_size);
+    let sent_at = Instant::now();
+    let sender = tokio::spawn(async move {
+        let frame = Bytes::from(vec![0x5au8; frame_size]);
+        for _ in 0..frames {
+            screen_out.send(frame.clone()).await?;
+        }
+        Ok::<ChannelSender, ClientError>(screen_out)
+    });
+    let mut received = 0u64;
+    for _ in 0..frames {
+        received += expect_frame(&mut screen_in).await?.len() as u64;
+    }
+    let elapsed = sent_at.elapsed();
+    sender
+        .await
+        .map_err(|e| ClientError::Unexpected(format!("screen sender failed: {e}")))??;
+    let throughput = received as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
+    narrate(&format!(
+        "sharer streamed {:.1} MiB of screen frames at {throughput:.0} Mbit/s",
+        received as f64 / (1024.0 * 1024.0)
+    ));
+
+    input_out.finish().await?;
+    helper.end_session().await?;
+    let sharer_end = sharer.wait_for_end().await;
+    narrate(&format!(
+        "helper ended the session; sharer was told {sharer_end}"
+    ));
+    let _ = echo.await;
+    if sharer_end != ErrorCode::PeerEnded {
+        return Err(ClientError::Refused {
+            code: sharer_end,
+            message: "sharer was not told PEER_ENDED".into(),
+        });
+    }
+    helper.close().await;
+    sharer.close().await;
+
+    Ok(ProbeReport {
+        ok: true,
+        setup_ms: ms(setup),
+        input_rtt_p50_ms: ms(percentile(&rtts, 0.5)),
+        input_rtt_p99_ms: ms(percentile(&rtts, 0.99)),
+        input_rtt_max_ms: ms(rtts.last().copied().unwrap_or_default()),
+        screen_bytes: received,
+        throughput_mbit_s: throughput,
+        sharer_end_reason: sharer_end.as_str_name().to_string(),
+    })
+}
+
+async fn accept_two(
+    client: &Client,
+    first: Channel,
+    second: Channel,
+) -> Result<(ChannelReceiver, ChannelReceiver), ClientError> {
+    let (a_channel, a) = client.accept_channel().await?;
+    let (b_channel, b) = client.accept_channel().await?;
+    match (a_channel, b_channel) {
+        (x, y) if x == first && y == second => Ok((a, b)),
+        (x, y) if x == second && y == first => Ok((b, a)),
+        other => Err(ClientError::Unexpected(format!(
+            "unexpected channels {other:?}"
+        ))),
+    }
+}
+
+async fn expect_frame(receiver: &mut ChannelReceiver) -> Result<bytes::BytesMut, ClientError> {
+    receiver.recv().await?.ok_or_else(|| {
+        ClientError::Unexpected(format!(
+            "{} channel ended early",
+            receiver.channel().as_str()
+        ))
+    })
+}
+
+fn name(profile: Option<&remote_help_proto::v1::Profile>) -> String {
+    match profile {
+        Some(p) if !p.given_name.is_empty() => {
+            format!("{} {} ({})", p.given_name, p.family_name, p.tenant_id)
+        }
+        Some(p) => format!("{} ({})", p.subject, p.tenant_id),
+        None => "(unknown)".into(),
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

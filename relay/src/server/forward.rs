@@ -1,0 +1,112 @@
+//! The forwarding hot path: data streams and datagrams from one party to the other.
+//!
+//! A data stream is copied chunk by chunk: `read_chunk` hands over a `Bytes` that
+//! `write_chunk` queues on the peer's stream without copying. Each write waits for the
+//! peer's flow-control credit, so a slow reader stops this loop, which stops reading,
+//! which lets the sender's stream window run dry: backpressure end to end, with the
+//! relay holding at most its configured windows. No locks, no per-chunk logging, no
+//! policy checks here: those happened once, when the stream was admitted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use remote_help_proto::ErrorCode;
+use tracing::debug;
+
+use crate::core::Channel;
+
+/// Largest chunk taken from a stream at once.
+const CHUNK: usize = 64 * 1024;
+
+/// Bytes forwarded per channel and datagrams dropped, for one side of a session.
+#[derive(Debug, Default)]
+pub struct ChannelCounters {
+    /// Bytes forwarded, by `Channel::index`.
+    pub bytes: [AtomicU64; 3],
+    /// Datagrams forwarded.
+    pub datagrams: AtomicU64,
+    /// Datagrams dropped because the peer's datagram buffer was full.
+    pub datagrams_dropped: AtomicU64,
+}
+
+/// Forwards one data stream to a new stream on `peer`, tagged `tag`, until either end
+/// finishes or fails.
+pub async fn stream(
+    mut from: quinn::RecvStream,
+    tag: u8,
+    channel: Channel,
+    peer: quinn::Connection,
+    counters: std::sync::Arc<ChannelCounters>,
+) {
+    let mut to = match peer.open_uni().await {
+        Ok(to) => to,
+        Err(e) => {
+            debug!(error = %e, "peer gone before its data stream opened");
+            let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
+            return;
+        }
+    };
+    if to.write_all(&[tag]).await.is_err() {
+        let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
+        return;
+    }
+    let bytes_metric =
+        metrics::counter!("relay_forwarded_bytes_total", "channel" => channel.as_str());
+    loop {
+        match from.read_chunk(CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                let len = chunk.bytes.len() as u64;
+                if let Err(e) = to.write_chunk(chunk.bytes).await {
+                    debug!(error = %e, channel = channel.as_str(), "peer stopped the stream");
+                    let code = match e {
+                        quinn::WriteError::Stopped(code) => code,
+                        _ => ErrorCode::PeerLost.to_quic().into(),
+                    };
+                    let _ = from.stop(code);
+                    return;
+                }
+                counters.bytes[channel.index()].fetch_add(len, Ordering::Relaxed);
+                bytes_metric.increment(len);
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, channel = channel.as_str(), "sender's stream failed");
+                let code = match e {
+                    quinn::ReadError::Reset(code) => code,
+                    _ => ErrorCode::PeerLost.to_quic().into(),
+                };
+                let _ = to.reset(code);
+                return;
+            }
+        }
+    }
+}
+
+/// Forwards one lossy screen datagram, or drops it if the peer's send buffer is full
+/// (screen frames are replaced by newer ones; queueing old ones only adds latency).
+pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCounters) {
+    let fits = peer
+        .max_datagram_size()
+        .is_some_and(|max| datagram.len() <= max);
+    if !fits || datagram.len() > peer.datagram_send_buffer_space() {
+        counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("relay_datagrams_dropped_total", "reason" => "peer_full").increment(1);
+        return;
+    }
+    let len = datagram.len() as u64;
+    match peer.send_datagram(datagram) {
+        Ok(()) => {
+            counters.datagrams.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("relay_forwarded_bytes_total", "channel" => "screen_datagram")
+                .increment(len);
+        }
+        Err(_) => {
+            counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("relay_datagrams_dropped_total", "reason" => "send_failed")
+                .increment(1);
+        }
+    }
+}

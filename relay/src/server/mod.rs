@@ -1,0 +1,210 @@
+//! The async shell of the relay: the QUIC endpoint, the accept loop, one task per
+//! connection, and shutdown.
+//!
+//! [`spawn`] binds and returns a [`ServerHandle`] that owns every task; dropping the
+//! handle does not stop the relay, [`ServerHandle::shutdown`] does (drain, then close).
+
+pub mod connection;
+pub mod forward;
+pub mod hub;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remote_help_proto::ErrorCode;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::{Config, TlsSource};
+use crate::tls::{Fingerprint, ServerIdentity, TlsError};
+use hub::Hub;
+
+/// How often unused codes are swept for expiry.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// After the drain deadline, how long connections get to say goodbye before the
+/// endpoint closes under them.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS identity or configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A snapshot of what a relay holds, for tests and leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Open connections (any phase).
+    pub connections: u64,
+    /// Authenticated connections registered with the hub.
+    pub registered: usize,
+    /// Sessions in any state.
+    pub sessions: usize,
+    /// Codes remembered (open, used or expired).
+    pub remembered_codes: usize,
+}
+
+/// A running relay. Owns its accept loop and, through it, every connection task.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    hub: Arc<Hub>,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The SHA-256 fingerprint of the relay's certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// What the relay holds right now.
+    pub fn stats(&self) -> ServerStats {
+        let (sessions, remembered_codes, registered) = self.hub.counts();
+        ServerStats {
+            connections: self.hub.open_connections(),
+            registered,
+            sessions,
+            remembered_codes,
+        }
+    }
+
+    /// Starts shutting down without waiting: stop accepting, drain, close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down and waits until every task has ended.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the relay has stopped (after `begin_shutdown`).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the endpoint and starts serving. Must be called inside a tokio runtime.
+pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
+    let identity = match &config.tls {
+        TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
+        TlsSource::SelfSigned => {
+            ServerIdentity::self_signed(vec!["localhost".into(), "remote-help-relay".into()])?
+        }
+    };
+    let fingerprint = identity.fingerprint();
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
+    server_config.transport_config(crate::transport::server(
+        &config.limits,
+        config.idle_timeout,
+        config.keep_alive,
+    ));
+    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+        StartError::Bind {
+            addr: config.listen,
+            source,
+        }
+    })?;
+    let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
+    let hub = Arc::new(Hub::new(config));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(run(endpoint, hub.clone(), shutdown.clone()));
+    Ok(ServerHandle {
+        local_addr,
+        fingerprint,
+        hub,
+        shutdown,
+        task,
+    })
+}
+
+async fn run(
+    endpoint: quinn::Endpoint,
+    hub: Arc<Hub>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if hub.open_connections() >= hub.config.limits.max_connections as u64 {
+                    metrics::counter!("relay_connections_refused_total", "reason" => "max_connections").increment(1);
+                    incoming.refuse();
+                    continue;
+                }
+                connections.spawn(connection::serve(hub.clone(), incoming));
+            }
+            Some(_) = connections.join_next() => {}
+            _ = sweep.tick() => hub.expire(Instant::now()),
+        }
+    }
+
+    // Drain: no new connections or sessions; active sessions may run until the deadline.
+    info!(
+        active = connections.len(),
+        deadline_ms = hub.config.drain_timeout.as_millis() as u64,
+        "shutting down: draining"
+    );
+    hub.draining.cancel();
+    let deadline = tokio::time::Instant::now() + hub.config.drain_timeout;
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            Some(_) = connections.join_next() => {}
+            incoming = endpoint.accept() => {
+                if let Some(incoming) = incoming { incoming.refuse(); }
+            }
+        }
+    }
+
+    // Deadline: everything still open ends now, with RELAY_SHUTDOWN.
+    hub.stopping.cancel();
+    let grace = tokio::time::Instant::now() + CLOSE_GRACE;
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(grace) => {
+                warn!(left = connections.len(), "connection tasks did not end in time; aborting them");
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                break;
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+    endpoint.close(ErrorCode::RelayShutdown.to_quic().into(), b"relay shutdown");
+    if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("endpoint did not go idle in time");
+    }
+    info!("relay stopped");
+}

@@ -1,0 +1,81 @@
+//! QUIC transport settings for both ends, derived from the configured limits.
+//!
+//! quinn's defaults suit a general-purpose endpoint with generous (for the connection-level
+//! receive window: unbounded) buffers. A relay must bound what one peer can make it hold,
+//! so every window is set explicitly here; `Limits::session_memory_bound` adds them up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::config::Limits;
+
+/// Control stream plus nothing: clients get one bidirectional stream.
+const BIDI_STREAMS: u32 = 1;
+/// Screen, input and chat, plus headroom for a stream still closing.
+const UNI_STREAMS: u32 = 6;
+
+fn varint(value: u64) -> VarInt {
+    VarInt::from_u64(value).unwrap_or(VarInt::MAX)
+}
+
+/// Transport settings for the relay's side of every connection.
+pub fn server(
+    limits: &Limits,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(UNI_STREAMS.into())
+        .stream_receive_window(varint(limits.stream_receive_window))
+        .receive_window(varint(limits.connection_receive_window))
+        .send_window(limits.send_window)
+        .datagram_receive_buffer_size(Some(limits.datagram_receive_buffer))
+        .datagram_send_buffer_size(limits.datagram_send_buffer)
+        .max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok())
+        .keep_alive_interval(Some(keep_alive));
+    Arc::new(t)
+}
+
+/// Client-side windows, idle timeout and keep-alive.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTransport {
+    /// Per-stream receive window, bytes.
+    pub stream_receive_window: u64,
+    /// Per-connection receive window, bytes.
+    pub connection_receive_window: u64,
+    /// Per-connection send window, bytes.
+    pub send_window: u64,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+}
+
+impl Default for ClientTransport {
+    fn default() -> ClientTransport {
+        ClientTransport {
+            stream_receive_window: 1024 * 1024,
+            connection_receive_window: 4 * 1024 * 1024,
+            send_window: 4 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(6),
+            keep_alive: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Transport settings for a client's connection to the relay.
+pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    // The relay opens one data stream per channel towards each client.
+    t.max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(UNI_STREAMS.into())
+        .stream_receive_window(varint(settings.stream_receive_window))
+        .receive_window(varint(settings.connection_receive_window))
+        .send_window(settings.send_window)
+        .max_idle_timeout(IdleTimeout::try_from(settings.idle_timeout).ok())
+        .keep_alive_interval(Some(settings.keep_alive));
+    Arc::new(t)
+}
