@@ -227,6 +227,25 @@ fn render(problems: &[ConfigProblem]) -> String {
 }
 
 impl Config {
+    /// A config with every default, serving `tenants`, listening on `listen`, with a
+    /// self-signed certificate: for embedding the relay (tests, `relay demo`, `loadtest`).
+    pub fn with_defaults(listen: SocketAddr, tenants: Vec<TenantTrust>) -> Config {
+        Config {
+            listen,
+            audience: DEFAULT_AUDIENCE.to_string(),
+            tls: TlsSource::SelfSigned,
+            state_dir: PathBuf::from("state"),
+            token_leeway: Duration::from_secs(60),
+            code_ttl: Duration::from_secs(600),
+            auth_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_millis(6_000),
+            keep_alive: Duration::from_millis(1_500),
+            drain_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            tenants,
+        }
+    }
+
     /// Reads and checks a config file; relative paths in it are resolved against the
     /// file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

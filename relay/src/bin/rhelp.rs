@@ -1,1 +1,436 @@
-fn main() {}
+//! `rhelp`: the reference remote-help client.
+//!
+//! - `rhelp probe`: the operator's smoke test: a whole measured session, both parties in
+//!   this process; exit 0 and figures on success, the error code on failure.
+//! - `rhelp helper`: create a session, print its code, view the (synthetic) screen and send
+//!   input events.
+//! - `rhelp share`: join by code, consent, and stream a synthetic screen.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use remote_help_relay::client::{ChannelReceiver, Client, ClientError, ClientOptions};
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::probe::{self, ProbeSettings};
+use remote_help_relay::tls::{Fingerprint, RelayTrust};
+
+#[derive(Parser)]
+#[command(name = "rhelp", version, about = "Remote-help reference client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct RelayArgs {
+    /// The relay, HOST:PORT.
+    #[arg(long)]
+    relay: String,
+    /// Trust the relay's certificate if a CA in this PEM file signed it.
+    #[arg(long, conflicts_with = "pin", required_unless_present = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust exactly the relay certificate with this SHA-256 fingerprint (hex).
+    #[arg(long)]
+    pin: Option<String>,
+    /// Name the relay's certificate must carry (with --ca).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole session against a relay and report setup time, input round trip and throughput.
+    Probe {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// File with the helper's token.
+        #[arg(long)]
+        helper_token: PathBuf,
+        /// File with the sharer's token.
+        #[arg(long)]
+        sharer_token: PathBuf,
+        /// Megabytes of screen data to stream for the throughput figure.
+        #[arg(long, default_value_t = 64)]
+        screen_mb: usize,
+        /// Input round trips to time.
+        #[arg(long, default_value_t = 200)]
+        round_trips: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offer help: create a session, print the code, view the screen, send input.
+    Helper {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// File with the helper's token.
+        #[arg(long)]
+        token: PathBuf,
+        /// What to ask for.
+        #[arg(long, value_enum, default_value_t = ModeArg::FullControl)]
+        mode: ModeArg,
+        /// Seconds to stay in the session once it starts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Share this (synthetic) screen with a helper who gave you a code.
+    Share {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// File with the sharer's token.
+        #[arg(long)]
+        token: PathBuf,
+        /// The session code the helper read to you.
+        #[arg(long)]
+        code: String,
+        /// Consent without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Synthetic screen frames per second.
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    ViewOnly,
+    FullControl,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rhelp: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Probe {
+                relay,
+                helper_token,
+                sharer_token,
+                screen_mb,
+                round_trips,
+                json,
+            } => {
+                probe_command(
+                    relay,
+                    &helper_token,
+                    &sharer_token,
+                    screen_mb,
+                    round_trips,
+                    json,
+                )
+                .await
+            }
+            Command::Helper {
+                relay,
+                token,
+                mode,
+                seconds,
+            } => report(helper_command(relay, &token, mode, seconds).await),
+            Command::Share {
+                relay,
+                token,
+                code,
+                yes,
+                fps,
+            } => report(share_command(relay, &token, &code, yes, fps).await),
+        }
+    })
+}
+
+/// A failure with the stable code, if there is one.
+struct Failure {
+    code: Option<String>,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure {
+            code: e.code().map(|c| c.as_str_name().to_string()),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Failure {
+    fn usage(message: String) -> Failure {
+        Failure {
+            code: None,
+            message,
+        }
+    }
+}
+
+fn report(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            match f.code {
+                Some(code) => eprintln!("rhelp: {code}: {}", f.message),
+                None => eprintln!("rhelp: {}", f.message),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(relay: &RelayArgs, token_file: &Path, role: Role) -> Result<ClientOptions, Failure> {
+    let addr: SocketAddr = relay
+        .relay
+        .to_socket_addrs()
+        .map_err(|e| Failure::usage(format!("--relay {}: {e}", relay.relay)))?
+        .next()
+        .ok_or_else(|| Failure::usage(format!("--relay {}: no address", relay.relay)))?;
+    let trust = match (&relay.ca, &relay.pin) {
+        (Some(ca), _) => RelayTrust::ca_file(ca).map_err(|e| Failure::usage(e.to_string()))?,
+        (None, Some(pin)) => RelayTrust::Pin(
+            Fingerprint::parse(pin)
+                .ok_or_else(|| Failure::usage("--pin must be 64 hex digits (SHA-256)".into()))?,
+        ),
+        (None, None) => return Err(Failure::usage("give --ca or --pin".into())),
+    };
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| Failure::usage(format!("{}: {e}", token_file.display())))?
+        .trim()
+        .to_string();
+    let mut options = ClientOptions::new(addr, trust, token, role);
+    options.server_name = relay.server_name.clone();
+    options.client_name = format!("rhelp/{}", env!("CARGO_PKG_VERSION"));
+    Ok(options)
+}
+
+async fn probe_command(
+    relay: RelayArgs,
+    helper_token: &Path,
+    sharer_token: &Path,
+    screen_mb: usize,
+    round_trips: usize,
+    json: bool,
+) -> ExitCode {
+    let settings = ProbeSettings {
+        round_trips: round_trips.max(1),
+        screen_bytes: screen_mb.max(1) * 1024 * 1024,
+        frame_size: 64 * 1024,
+    };
+    let result = async {
+        let helper = options(&relay, helper_token, Role::Helper)?;
+        let sharer = options(&relay, sharer_token, Role::Sharer)?;
+        probe::run(helper, sharer, settings, |step| {
+            if !json {
+                println!("  {step}");
+            }
+        })
+        .await
+        .map_err(Failure::from)
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true, "error_code": null, "setup_ms": r.setup_ms,
+                        "input_rtt_p50_ms": r.input_rtt_p50_ms, "input_rtt_p99_ms": r.input_rtt_p99_ms,
+                        "input_rtt_max_ms": r.input_rtt_max_ms, "screen_bytes": r.screen_bytes,
+                        "throughput_mbit_s": r.throughput_mbit_s,
+                    })
+                );
+            } else {
+                println!("probe OK");
+                println!("  setup time         {:>10.2} ms", r.setup_ms);
+                println!(
+                    "  input round trip   {:>10.3} ms p50, {:.3} ms p99, {:.3} ms max",
+                    r.input_rtt_p50_ms, r.input_rtt_p99_ms, r.input_rtt_max_ms
+                );
+                println!("  screen throughput  {:>10.1} Mbit/s", r.throughput_mbit_s);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": false, "error_code": f.code, "message": f.message,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "probe FAILED: {}{}",
+                    f.code.map(|c| format!("{c}: ")).unwrap_or_default(),
+                    f.message
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn helper_command(
+    relay: RelayArgs,
+    token: &Path,
+    mode: ModeArg,
+    seconds: u64,
+) -> Result<(), Failure> {
+    let mode = match mode {
+        ModeArg::ViewOnly => Mode::ViewOnly,
+        ModeArg::FullControl => Mode::FullControl,
+    };
+    let mut client = Client::connect(options(&relay, token, Role::Helper)?).await?;
+    let created = client.create_session(mode).await?;
+    println!(
+        "Session code: {}   (read it to the person you are helping)",
+        created.code
+    );
+    let sharer = client.wait_for_sharer().await?;
+    println!(
+        "{} {} joined{}; waiting for their consent...",
+        sharer.given_name,
+        sharer.family_name,
+        sharer
+            .device
+            .as_ref()
+            .map(|d| format!(" from {} ({})", d.device_name, d.platform))
+            .unwrap_or_default()
+    );
+    let started = client.wait_for_start().await?;
+    println!("Session started in {} mode.", started.mode.as_str());
+    let mut input = if started.mode == Mode::FullControl {
+        Some(client.open_channel(Channel::Input).await?)
+    } else {
+        None
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut frames = 0u64;
+    let mut bytes = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut screen = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            accepted = client.accept_channel(), if screen.is_none() => {
+                let (channel, receiver) = accepted?;
+                if channel == Channel::Screen { screen = Some(receiver); }
+            }
+            frame = next_frame(&mut screen), if screen.is_some() => {
+                match frame? {
+                    Some(f) => { frames += 1; bytes += f.len() as u64; }
+                    None => break,
+                }
+            }
+            _ = ticker.tick() => {
+                if let Some(input) = input.as_mut() {
+                    input.send(Bytes::from_static(b"mouse-move 10 10")).await?;
+                }
+            }
+        }
+    }
+    println!("Received {frames} screen frames ({bytes} bytes). Ending the session.");
+    client.end_session().await?;
+    client.close().await;
+    Ok(())
+}
+
+async fn share_command(
+    relay: RelayArgs,
+    token: &Path,
+    code: &str,
+    yes: bool,
+    fps: u32,
+) -> Result<(), Failure> {
+    let mut client = Client::connect(options(&relay, token, Role::Sharer)?).await?;
+    let request = client.join(code).await?;
+    let helper = request.helper.unwrap_or_default();
+    let mode = Mode::from_wire(request.mode)
+        .map(Mode::as_str)
+        .unwrap_or("unknown");
+    println!(
+        "{} {} ({}, {}{}) asks to connect in {mode} mode.",
+        helper.given_name,
+        helper.family_name,
+        helper.job_title,
+        helper.company_name,
+        if helper.domain_verified {
+            format!(", verified {}", helper.domain)
+        } else {
+            String::new()
+        },
+    );
+    let consent = yes || ask("Allow? [y/N] ");
+    if !consent {
+        client.decline().await?;
+        println!("Declined.");
+        return Ok(());
+    }
+    client.accept().await?;
+    println!("Sharing your screen. The helper can end the session.");
+    let data = client.data();
+    let mut screen = data.open_channel(Channel::Screen).await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / fps.max(1));
+    let mut input = None;
+    let mut events = 0u64;
+    let frame = Bytes::from(vec![0u8; 32 * 1024]);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if screen.send(frame.clone()).await.is_err() { break; }
+            }
+            accepted = data.accept_channel(), if input.is_none() => {
+                match accepted {
+                    Ok((Channel::Input, receiver)) => input = Some(receiver),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            event = next_frame(&mut input), if input.is_some() => {
+                match event {
+                    Ok(Some(_)) => events += 1,
+                    _ => input = None,
+                }
+            }
+            reason = client.wait_for_end() => {
+                println!("Session ended: {reason} ({})", reason.describe());
+                break;
+            }
+        }
+    }
+    println!("Received {events} input events.");
+    client.close().await;
+    Ok(())
+}
+
+/// The next frame of an optional channel; never completes while there is none.
+async fn next_frame(
+    receiver: &mut Option<ChannelReceiver>,
+) -> Result<Option<BytesMut>, ClientError> {
+    match receiver {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ask(prompt: &str) -> bool {
+    use std::io::Write;
+    print!("{prompt}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
+}

@@ -358,59 +358,21 @@ impl Client {
         }
     }
 
+    /// A handle on the session's data plane, usable while control calls are pending.
+    pub fn data(&self) -> DataChannels {
+        DataChannels {
+            connection: self.connection.clone(),
+        }
+    }
+
     /// Opens this side's stream for `channel` in an active session.
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
-        let mut stream = self
-            .connection
-            .open_uni()
-            .await
-            .map_err(ClientError::from_connection)?;
-        stream
-            .write_all(&[channel_tag(channel.to_wire())])
-            .await
-            .map_err(|e| ClientError::Frame(FrameError::Io(e.into())))?;
-        Ok(ChannelSender {
-            channel,
-            frames: FramedWrite::new(stream, DataCodec::new(MAX_DATA_FRAME)),
-        })
+        self.data().open_channel(channel).await
     }
 
     /// Waits for the peer to open a channel towards this side.
     pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
-        let mut stream = self
-            .connection
-            .accept_uni()
-            .await
-            .map_err(ClientError::from_connection)?;
-        let mut tag = [0u8; 1];
-        stream
-            .read_exact(&mut tag)
-            .await
-            .map_err(|e| ClientError::Unexpected(format!("data stream without a tag: {e}")))?;
-        let channel = Channel::from_wire(channel_from_tag(tag[0])?)
-            .ok_or(ClientError::Frame(FrameError::UnknownChannel(tag[0])))?;
-        Ok((
-            channel,
-            ChannelReceiver {
-                channel,
-                frames: FramedRead::new(stream, DataCodec::new(MAX_DATA_FRAME)),
-            },
-        ))
-    }
-
-    /// Sharer: sends one lossy screen datagram (dropped if it does not fit).
-    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
-        self.connection
-            .send_datagram(datagram)
-            .map_err(|e| ClientError::Unexpected(format!("datagram not sent: {e}")))
-    }
-
-    /// Helper: receives one lossy screen datagram.
-    pub async fn read_datagram(&self) -> Result<Bytes, ClientError> {
-        self.connection
-            .read_datagram()
-            .await
-            .map_err(ClientError::from_connection)
+        self.data().accept_channel().await
     }
 
     /// Closes the connection and waits (bounded) for the close to reach the relay.
@@ -480,6 +442,69 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
             .collect(),
         max_datagram_size: started.max_datagram_size as usize,
     })
+}
+
+/// The data plane of a client's connection: channels and datagrams. Cheap to clone.
+#[derive(Clone)]
+pub struct DataChannels {
+    connection: quinn::Connection,
+}
+
+impl DataChannels {
+    /// Opens this side's stream for `channel` in an active session.
+    pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
+        let mut stream = self
+            .connection
+            .open_uni()
+            .await
+            .map_err(ClientError::from_connection)?;
+        stream
+            .write_all(&[channel_tag(channel.to_wire())])
+            .await
+            .map_err(|e| ClientError::Frame(FrameError::Io(e.into())))?;
+        Ok(ChannelSender {
+            channel,
+            frames: FramedWrite::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+        })
+    }
+
+    /// Waits for the peer to open a channel towards this side.
+    pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
+        let mut stream = self
+            .connection
+            .accept_uni()
+            .await
+            .map_err(ClientError::from_connection)?;
+        let mut tag = [0u8; 1];
+        stream
+            .read_exact(&mut tag)
+            .await
+            .map_err(|e| ClientError::Unexpected(format!("data stream without a tag: {e}")))?;
+        let channel = Channel::from_wire(channel_from_tag(tag[0])?)
+            .ok_or(ClientError::Frame(FrameError::UnknownChannel(tag[0])))?;
+        Ok((
+            channel,
+            ChannelReceiver {
+                channel,
+                frames: FramedRead::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+            },
+        ))
+    }
+
+    /// Sharer: sends one lossy screen datagram (dropped if it does not fit).
+    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.connection
+            .send_datagram(datagram)
+            .map_err(|e| ClientError::Unexpected(format!("datagram not sent: {e}")))
+    }
+
+    /// Helper: receives one lossy screen datagram.
+    pub async fn read_datagram(&self) -> Result<Bytes, ClientError> {
+        self.connection
+            .read_datagram()
+            .await
+            .map_err(ClientError::from_connection)
+    }
 }
 
 /// This side's sending half of one data channel: length-prefixed frames, in order.

@@ -24,6 +24,9 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::core::code::SessionCode;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
 
+/// Longest wait for a client to acknowledge the final control messages before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
 type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
 
@@ -657,7 +660,10 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
         ),
     };
     if let Some(writer) = writer {
-        // Best effort: the close frame below carries the same code and reason.
+        // Closing a QUIC connection discards unsent stream data, so the last messages
+        // (a SessionEnded, this Error) could be lost. Finish the stream and wait, briefly
+        // and boundedly, for the client to acknowledge everything on it; the close frame
+        // below carries the same code and reason either way.
         let _ = writer
             .send(v1::RelayToClient {
                 msg: Some(Out::Error(v1::Error {
@@ -667,6 +673,10 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
                 })),
             })
             .await;
+        let stream = writer.get_mut();
+        if stream.finish().is_ok() {
+            let _ = tokio::time::timeout(LINGER, stream.stopped()).await;
+        }
     }
     let mut reason = message.into_bytes();
     reason.truncate(256);

@@ -110,6 +110,8 @@ pub struct Hub {
     /// Cancelled when every remaining connection must close now.
     pub stopping: CancellationToken,
     open_connections: AtomicU64,
+    /// Woken whenever sessions or connections come or go (for tests and admin views).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -134,10 +136,20 @@ impl Hub {
             draining: CancellationToken::new(),
             stopping: CancellationToken::new(),
             open_connections: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Locks the state for a change; watchers are woken once the guard is dropped.
+    fn lock(&self) -> Changing<'_> {
+        Changing {
+            guard: self.read(),
+            changed: &self.changed,
+        }
+    }
+
+    /// Locks the state to read it.
+    fn read(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state itself stays
         // consistent per call, so keep serving rather than poisoning every connection.
         self.state
@@ -174,7 +186,7 @@ impl Hub {
 
     /// Sessions in any state, remembered codes, and registered connections.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let state = self.lock();
+        let state = self.read();
         (
             state.registry.len(),
             state.registry.remembered_codes(),
@@ -336,6 +348,33 @@ impl Hub {
     }
 }
 
+/// A locked state that wakes watchers after the change, when dropped.
+struct Changing<'a> {
+    guard: MutexGuard<'a, State>,
+    changed: &'a tokio::sync::Notify,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        // Runs before the guard field is dropped, i.e. before the unlock; a woken
+        // watcher then waits on the mutex and sees the finished change.
+        self.changed.notify_waiters();
+    }
+}
+
 fn deliver(link: &ConnLink, event: Event) {
     if let Err(e) = link.events.try_send(event) {
         // Full: the task is wedged; closed: it is already cleaning up. Either way its
@@ -355,6 +394,7 @@ pub struct OpenConnection(Arc<Hub>);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
         metrics::gauge!("relay_connections_open").decrement(1.0);
     }
 }

@@ -86,6 +86,19 @@ impl ServerHandle {
         }
     }
 
+    /// Waits until `condition` holds for the relay's stats (checked after every change).
+    pub async fn wait_for(&self, condition: impl Fn(&ServerStats) -> bool) -> ServerStats {
+        loop {
+            // Register interest before checking, so a change in between is not missed.
+            let changed = self.hub.changed.notified();
+            let stats = self.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
     /// Starts shutting down without waiting: stop accepting, drain, close.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();

@@ -1,0 +1,231 @@
+//! Test harness: real relays on 127.0.0.1:0 with real tenants (real keys, real JWKS
+//! files, real signed tokens) and real QUIC clients.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use remote_help_relay::auth::TenantTrust;
+use remote_help_relay::client::{Client, ClientError, ClientOptions};
+use remote_help_relay::config::{Config, DEFAULT_AUDIENCE, load_jwks};
+use remote_help_relay::core::{Mode, Role, TenantId};
+use remote_help_relay::dev::{Persona, persona_claims};
+use remote_help_relay::issuer::{TokenSigner, TokenSpec, jwks_of};
+use remote_help_relay::server::{self, ServerHandle};
+use remote_help_relay::tls::RelayTrust;
+use serde_json::{Map, Value};
+
+/// Every await in a test is bounded by this; a hang fails the test instead of stalling CI.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Awaits `future`, failing the test if it takes longer than [`STEP`].
+pub async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future)
+        .await
+        .expect("step did not finish in time")
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A tenant with its own signing key(s) and JWKS file.
+pub struct TestTenant {
+    pub id: String,
+    pub issuer: String,
+    pub signer: TokenSigner,
+    pub jwks_file: PathBuf,
+}
+
+impl TestTenant {
+    pub fn new(dir: &std::path::Path, id: &str, signer: TokenSigner) -> TestTenant {
+        let jwks_file = dir.join(format!("{id}.jwks.json"));
+        std::fs::write(
+            &jwks_file,
+            serde_json::to_string(&jwks_of(&[&signer]).unwrap()).unwrap(),
+        )
+        .unwrap();
+        TestTenant {
+            id: id.into(),
+            issuer: format!("https://login.{id}.example/"),
+            signer,
+            jwks_file,
+        }
+    }
+
+    pub fn trust(&self) -> TenantTrust {
+        TenantTrust {
+            id: TenantId::new(&self.id),
+            issuer: self.issuer.clone(),
+            keys: load_jwks(&self.jwks_file).unwrap(),
+        }
+    }
+
+    /// The claims of a valid token for `persona`, to adjust before signing.
+    pub fn spec(&self, persona: Persona) -> TokenSpec {
+        let (subject, extra) = persona_claims(persona, None);
+        TokenSpec {
+            issuer: self.issuer.clone(),
+            audience: DEFAULT_AUDIENCE.into(),
+            tenant: self.id.clone(),
+            subject,
+            issued_at: now(),
+            expires_at: now() + 3600,
+            extra,
+        }
+    }
+
+    pub fn token(&self, persona: Persona) -> String {
+        self.sign(&self.spec(persona))
+    }
+
+    pub fn sign(&self, spec: &TokenSpec) -> String {
+        self.signer.sign(&spec.claims()).unwrap()
+    }
+
+    pub fn sign_claims(&self, claims: &Value) -> String {
+        self.signer.sign(claims).unwrap()
+    }
+}
+
+pub fn rsa_signer(kid: &str) -> TokenSigner {
+    let pem = include_str!("../fixtures/rsa-test-key.pem");
+    TokenSigner::from_pem(kid, Algorithm::RS256, pem).unwrap()
+}
+
+/// A running relay with its tenants. Shut it down with [`TestRelay::stop`].
+pub struct TestRelay {
+    pub handle: ServerHandle,
+    pub tenants: Vec<TestTenant>,
+    _dir: tempfile::TempDir,
+}
+
+/// Builds a [`TestRelay`]; by default one Ed25519 tenant "contoso".
+pub struct TestRelayBuilder {
+    dir: tempfile::TempDir,
+    tenants: Vec<TestTenant>,
+    tweak: Vec<Box<dyn FnOnce(&mut Config)>>,
+}
+
+impl TestRelay {
+    pub fn builder() -> TestRelayBuilder {
+        TestRelayBuilder {
+            dir: tempfile::tempdir().unwrap(),
+            tenants: Vec::new(),
+            tweak: Vec::new(),
+        }
+    }
+
+    pub async fn start() -> TestRelay {
+        TestRelay::builder().start().await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    pub fn tenant(&self, id: &str) -> &TestTenant {
+        self.tenants.iter().find(|t| t.id == id).unwrap()
+    }
+
+    pub fn options(&self, token: String, role: Role) -> ClientOptions {
+        ClientOptions::new(
+            self.addr(),
+            RelayTrust::Pin(self.handle.fingerprint()),
+            token,
+            role,
+        )
+    }
+
+    pub async fn connect(&self, token: String, role: Role) -> Result<Client, ClientError> {
+        within(Client::connect(self.options(token, role))).await
+    }
+
+    pub async fn helper(&self, tenant: &str) -> Client {
+        self.connect(self.tenant(tenant).token(Persona::Helper), Role::Helper)
+            .await
+            .unwrap()
+    }
+
+    pub async fn sharer(&self, tenant: &str) -> Client {
+        self.connect(self.tenant(tenant).token(Persona::Sharer), Role::Sharer)
+            .await
+            .unwrap()
+    }
+
+    /// A helper and a sharer of `tenant` in an active session in `mode`.
+    pub async fn paired(&self, tenant: &str, mode: Mode) -> (Client, Client) {
+        let mut helper = self.helper(tenant).await;
+        let mut sharer = self.sharer(tenant).await;
+        let created = within(helper.create_session(mode)).await.unwrap();
+        within(sharer.join(&created.code)).await.unwrap();
+        within(helper.wait_for_sharer()).await.unwrap();
+        within(sharer.accept()).await.unwrap();
+        within(helper.wait_for_start()).await.unwrap();
+        (helper, sharer)
+    }
+
+    /// Waits until the relay holds no sessions and no connections: nothing leaked.
+    pub async fn wait_until_empty(&self) {
+        within(
+            self.handle
+                .wait_for(|s| s.sessions == 0 && s.connections == 0 && s.registered == 0),
+        )
+        .await;
+    }
+
+    pub async fn stop(self) {
+        within(self.handle.shutdown()).await;
+    }
+}
+
+impl TestRelayBuilder {
+    pub fn tenant(mut self, id: &str, signer: TokenSigner) -> Self {
+        self.tenants
+            .push(TestTenant::new(self.dir.path(), id, signer));
+        self
+    }
+
+    pub fn config(mut self, tweak: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.tweak.push(Box::new(tweak));
+        self
+    }
+
+    pub async fn start(mut self) -> TestRelay {
+        if self.tenants.is_empty() {
+            self = self.tenant(
+                "contoso",
+                TokenSigner::generate_ed25519("contoso-1").unwrap(),
+            );
+        }
+        let mut config = Config::with_defaults(
+            "127.0.0.1:0".parse().unwrap(),
+            self.tenants.iter().map(TestTenant::trust).collect(),
+        );
+        config.drain_timeout = Duration::ZERO;
+        for tweak in self.tweak {
+            tweak(&mut config);
+        }
+        let handle = server::spawn(config).unwrap();
+        TestRelay {
+            handle,
+            tenants: self.tenants,
+            _dir: self.dir,
+        }
+    }
+}
+
+/// Extra claims merged over a persona's.
+pub fn with_claims(mut spec: TokenSpec, extra: Value) -> TokenSpec {
+    if let Value::Object(map) = extra {
+        let merged: &mut Map<String, Value> = &mut spec.extra;
+        merged.extend(map);
+    }
+    spec
+}
