@@ -171,8 +171,8 @@ impl RelayTrust {
         Ok(RelayTrust::CaCerts(certs))
     }
 
-    /// The quinn client crypto config for this trust.
-    pub fn quic_client_config(&self) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    /// The rustls client config for this trust: TLS 1.3 only, our ALPN.
+    pub fn rustls_client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let mut tls = match self {
@@ -192,7 +192,12 @@ impl RelayTrust {
                 .with_no_client_auth(),
         };
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        Ok(tls)
+    }
+
+    /// The quinn client crypto config for this trust.
+    pub fn quic_client_config(&self) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        quinn::crypto::rustls::QuicClientConfig::try_from(self.rustls_client_config()?)
             .map_err(|e| TlsError::Quic(e.to_string()))
     }
 }

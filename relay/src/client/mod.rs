@@ -205,6 +205,15 @@ pub async fn connect_quic_on(
     Ok((endpoint, connection))
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("relay", &self.connection.remote_address())
+            .field("me", &self.welcome.you.as_ref().map(|p| &p.subject))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects, sends `Hello` and waits for `Welcome`.
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
@@ -373,6 +382,25 @@ impl Client {
     /// Waits for the peer to open a channel towards this side.
     pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
         self.data().accept_channel().await
+    }
+
+    /// Gives up the SDK's control of the connection after authentication: the endpoint,
+    /// the connection and the control stream's halves, for tools and tests that speak the
+    /// protocol themselves. Bytes the SDK had already buffered from the relay are dropped.
+    pub fn into_raw_parts(
+        self,
+    ) -> (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ) {
+        (
+            self.endpoint,
+            self.connection,
+            self.writer.into_inner(),
+            self.reader.into_inner(),
+        )
     }
 
     /// Closes the connection and waits (bounded) for the close to reach the relay.

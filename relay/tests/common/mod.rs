@@ -39,22 +39,34 @@ pub fn now() -> u64 {
 pub struct TestTenant {
     pub id: String,
     pub issuer: String,
+    /// The key tokens are signed with by default.
     pub signer: TokenSigner,
+    /// Further keys in the tenant's JWK Set (key rotation).
+    pub more_signers: Vec<TokenSigner>,
     pub jwks_file: PathBuf,
 }
 
 impl TestTenant {
-    pub fn new(dir: &std::path::Path, id: &str, signer: TokenSigner) -> TestTenant {
+    pub fn new(
+        dir: &std::path::Path,
+        id: &str,
+        signer: TokenSigner,
+        more_signers: Vec<TokenSigner>,
+    ) -> TestTenant {
         let jwks_file = dir.join(format!("{id}.jwks.json"));
+        let all: Vec<&TokenSigner> = std::iter::once(&signer)
+            .chain(more_signers.iter())
+            .collect();
         std::fs::write(
             &jwks_file,
-            serde_json::to_string(&jwks_of(&[&signer]).unwrap()).unwrap(),
+            serde_json::to_string(&jwks_of(&all).unwrap()).unwrap(),
         )
         .unwrap();
         TestTenant {
             id: id.into(),
             issuer: format!("https://login.{id}.example/"),
             signer,
+            more_signers,
             jwks_file,
         }
     }
@@ -186,9 +198,19 @@ impl TestRelay {
 }
 
 impl TestRelayBuilder {
-    pub fn tenant(mut self, id: &str, signer: TokenSigner) -> Self {
+    pub fn tenant(self, id: &str, signer: TokenSigner) -> Self {
+        self.tenant_with_keys(id, signer, Vec::new())
+    }
+
+    /// A tenant whose JWK Set holds several keys at once, as during rotation.
+    pub fn tenant_with_keys(
+        mut self,
+        id: &str,
+        signer: TokenSigner,
+        more: Vec<TokenSigner>,
+    ) -> Self {
         self.tenants
-            .push(TestTenant::new(self.dir.path(), id, signer));
+            .push(TestTenant::new(self.dir.path(), id, signer, more));
         self
     }
 
