@@ -118,11 +118,13 @@ pub struct TestRelay {
     _dir: tempfile::TempDir,
 }
 
+type ConfigTweak = Box<dyn FnOnce(&mut Config)>;
+
 /// Builds a [`TestRelay`]; by default one Ed25519 tenant "contoso".
 pub struct TestRelayBuilder {
     dir: tempfile::TempDir,
     tenants: Vec<TestTenant>,
-    tweak: Vec<Box<dyn FnOnce(&mut Config)>>,
+    tweak: Vec<ConfigTweak>,
 }
 
 impl TestRelay {

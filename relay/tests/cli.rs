@@ -1,0 +1,188 @@
+//! The binaries as an operator runs them: `relay check-config`, the daemon on the embedded
+//! dev config, `relay dev-token`, `rhelp probe`, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relay"))
+}
+
+fn rhelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rhelp"))
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+    let out = relay().arg("check-config").arg(&example).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"no\"\ncode_ttl_secs = 1\n[[tenants]]\nid = \"x\"\njwks_file = \"missing.json\"\n",
+    )
+    .unwrap();
+    let out = relay().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "server.listen",
+        "server.code_ttl_secs",
+        "tenants[0].issuer",
+        "tenants[0].jwks_file",
+    ] {
+        assert!(stderr.contains(field), "{field} not reported in:\n{stderr}");
+    }
+    // The daemon refuses the same file before binding anything, with the same exit code.
+    let out = relay().arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // The embedded config listens on 127.0.0.1:4433; run a copy on a free port instead so
+    // parallel test runs cannot collide.
+    let (config, _) = remote_help_relay::dev::config(&state).unwrap();
+    let jwks = state.join(remote_help_relay::dev::JWKS_FILE);
+    let config_path = dir.path().join("relay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\n",
+            state.display().to_string(),
+            config.tenants[0].issuer,
+            jwks.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut daemon = relay()
+        .args(["--log-format", "json", "--config"])
+        .arg(&config_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log until the relay says where it listens (no polling, no sleeping).
+    let mut log = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let (addr, fingerprint) = loop {
+        let line = log.next().expect("relay exited before listening").unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &entry["fields"];
+        if let (Some(addr), Some(fp)) = (
+            fields["local_addr"].as_str(),
+            fields["fingerprint"].as_str(),
+        ) {
+            break (addr.to_string(), fp.to_string());
+        }
+    };
+    let drain = std::thread::spawn(move || log.count());
+
+    let helper_token = dir.path().join("helper.jwt");
+    let sharer_token = dir.path().join("sharer.jwt");
+    for (role, path) in [("helper", &helper_token), ("sharer", &sharer_token)] {
+        let status = relay()
+            .args(["dev-token", "--role", role, "--state-dir"])
+            .arg(&state)
+            .arg("--out")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = rhelp()
+        .args([
+            "probe",
+            "--relay",
+            &addr,
+            "--pin",
+            &fingerprint,
+            "--screen-mb",
+            "4",
+            "--round-trips",
+            "20",
+            "--json",
+        ])
+        .arg("--helper-token")
+        .arg(&helper_token)
+        .arg("--sharer-token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["setup_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["screen_bytes"], 4 * 1024 * 1024);
+
+    // A probe with a wrong pin fails with a non-zero exit and ok=false.
+    let out = rhelp()
+        .args([
+            "probe",
+            "--relay",
+            &addr,
+            "--pin",
+            &"0".repeat(64),
+            "--json",
+        ])
+        .arg("--helper-token")
+        .arg(&helper_token)
+        .arg("--sharer-token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+
+    // An expired token: the error code comes through in the JSON.
+    let expired = dir.path().join("expired.jwt");
+    let signer = remote_help_relay::dev::ensure_signer(&state).unwrap();
+    let (sub, mut claims) =
+        remote_help_relay::dev::persona_claims(remote_help_relay::dev::Persona::Helper, None);
+    claims.insert("sub".into(), sub.into());
+    claims.insert("iss".into(), remote_help_relay::dev::DEV_ISSUER.into());
+    claims.insert("aud".into(), "remote-help-relay".into());
+    claims.insert("tid".into(), "dev".into());
+    claims.insert("exp".into(), 1_000_000.into());
+    std::fs::write(
+        &expired,
+        signer.sign(&serde_json::Value::Object(claims)).unwrap(),
+    )
+    .unwrap();
+    let out = rhelp()
+        .args(["probe", "--relay", &addr, "--pin", &fingerprint, "--json"])
+        .arg("--helper-token")
+        .arg(&expired)
+        .arg("--sharer-token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error_code"], "TOKEN_EXPIRED", "{report}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = daemon.wait().unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "relay did not exit cleanly on SIGTERM"
+    );
+    drain.join().unwrap();
+}
