@@ -173,6 +173,76 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["error_code"], "TOKEN_EXPIRED", "{report}");
 
+    // Two people, two processes: `rhelp helper` prints a code, `rhelp share` joins with it.
+    let mut helper = rhelp()
+        .args([
+            "helper",
+            "--relay",
+            &addr,
+            "--pin",
+            &fingerprint,
+            "--seconds",
+            "1",
+            "--mode",
+            "full-control",
+        ])
+        .arg("--token")
+        .arg(&helper_token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut helper_out = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let code = loop {
+        let line = helper_out
+            .next()
+            .expect("helper exited before printing a code")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("Session code: ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let share = rhelp()
+        .args([
+            "share",
+            "--relay",
+            &addr,
+            "--pin",
+            &fingerprint,
+            "--yes",
+            "--code",
+            &code,
+        ])
+        .arg("--token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    let share_stdout = String::from_utf8_lossy(&share.stdout);
+    assert!(
+        share.status.success(),
+        "{share_stdout}{}",
+        String::from_utf8_lossy(&share.stderr)
+    );
+    assert!(
+        share_stdout.contains("asks to connect in full_control mode"),
+        "{share_stdout}"
+    );
+    assert!(
+        share_stdout.contains("Session ended: PEER_ENDED"),
+        "{share_stdout}"
+    );
+    let helper_rest: Vec<String> = helper_out.map(|l| l.unwrap()).collect();
+    assert!(helper.wait().unwrap().success());
+    assert!(
+        helper_rest
+            .iter()
+            .any(|l| l.contains("Session started in full_control mode")),
+        "{helper_rest:?}"
+    );
+    assert!(
+        helper_rest.iter().any(|l| l.starts_with("Received ")),
+        "{helper_rest:?}"
+    );
+
     let status = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status()
