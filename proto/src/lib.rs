@@ -52,6 +52,22 @@ impl ErrorCode {
             ErrorCode::EndedByClient => "you ended the session",
             ErrorCode::SessionBusy => "this session already has a participant",
             ErrorCode::LimitExceeded => "a relay limit was reached",
+            ErrorCode::TenantDisabled => "Remote Help is not enabled for your organisation",
+            ErrorCode::UnenrolledDeviceNotAllowed => {
+                "this device is not enrolled, and your organisation requires enrolment"
+            }
+            ErrorCode::LicenseRequired => "a Remote Help licence is required",
+            ErrorCode::PlatformNotSupported => "this device's platform is not supported",
+            ErrorCode::NotInScope => "this user or device is outside the helper's scope",
+            ErrorCode::PermissionDenied => "the helper's role does not allow this",
+            ErrorCode::ConsentTimeout => "the consent prompt was not answered in time",
+            ErrorCode::ChatDisabled => "chat is disabled by your organisation",
+            ErrorCode::ComplianceNotConfirmed => {
+                "the helper did not continue past the compliance warning"
+            }
+            ErrorCode::DeviceUnavailable => "no such device is waiting for help",
+            ErrorCode::ModeDeclined => "the user declined the mode change",
+            ErrorCode::CannotEnd => "only the helper can end an unattended session",
         }
     }
 

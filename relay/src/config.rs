@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::auth::{TenantKeys, TenantTrust};
 use crate::core::TenantId;
+use crate::core::policy::{
+    Assignment, CloudEnvironment, DEFAULT_LICENSE, HELP_DESK_OPERATOR, Permission, PermissionSet,
+    Role, Scope, TenantPolicy,
+};
 
 /// The development config used when `relay` runs without `--config`. Relative paths in it
 /// are resolved against the state folder, where the dev tenant's key is generated.
@@ -58,6 +62,8 @@ pub struct RawServer {
     pub keep_alive_ms: Option<u64>,
     /// On shutdown, how long active sessions may continue before they are ended, ms.
     pub drain_timeout_ms: Option<u64>,
+    /// How long a consent prompt waits for the sharer, seconds.
+    pub consent_timeout_secs: Option<u64>,
 }
 
 /// `[limits]` as written.
@@ -92,6 +98,56 @@ pub struct RawTenant {
     pub issuer: Option<String>,
     /// JWK Set file with the tenant's public keys.
     pub jwks_file: Option<PathBuf>,
+    /// Remote Help is enabled for the tenant (default false).
+    pub enabled: Option<bool>,
+    /// Sharers on unenrolled devices are allowed (default false).
+    pub allow_unenrolled_devices: Option<bool>,
+    /// The chat channel is refused (default false).
+    pub disable_chat: Option<bool>,
+    /// Licence name both parties need (default "remote-help").
+    pub license: Option<String>,
+    /// "commercial" (default) or "gcc"; "gcc-high" and "dod" are refused.
+    pub cloud: Option<String>,
+    /// Custom roles.
+    #[serde(default)]
+    pub roles: Vec<RawRole>,
+    /// Role assignments.
+    #[serde(default)]
+    pub assignments: Vec<RawAssignment>,
+}
+
+/// `[[tenants.roles]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    /// The role's name.
+    pub name: Option<String>,
+    /// Permission names.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// `[[tenants.assignments]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssignment {
+    /// A role name (built-in "Help Desk Operator" or a custom role).
+    pub role: Option<String>,
+    /// Groups whose members get the role.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Groups (or "all_users", "all_devices") the members may help.
+    #[serde(default)]
+    pub scope: Vec<String>,
+}
+
+/// One tenant: how to verify its tokens, and its Remote Help policy.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Identity: id, issuer, keys.
+    pub trust: TenantTrust,
+    /// Settings and access control.
+    pub policy: TenantPolicy,
 }
 
 /// Where the relay's TLS identity comes from.
@@ -181,8 +237,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Flow-control and resource limits.
     pub limits: Limits,
+    /// How long a consent prompt waits for the sharer.
+    pub consent_timeout: Duration,
     /// The tenants this relay serves.
-    pub tenants: Vec<TenantTrust>,
+    pub tenants: Vec<Tenant>,
 }
 
 /// Default UDP port of the relay.
@@ -229,7 +287,7 @@ fn render(problems: &[ConfigProblem]) -> String {
 impl Config {
     /// A config with every default, serving `tenants`, listening on `listen`, with a
     /// self-signed certificate: for embedding the relay (tests, `relay demo`, `loadtest`).
-    pub fn with_defaults(listen: SocketAddr, tenants: Vec<TenantTrust>) -> Config {
+    pub fn with_defaults(listen: SocketAddr, tenants: Vec<Tenant>) -> Config {
         Config {
             listen,
             audience: DEFAULT_AUDIENCE.to_string(),
@@ -241,6 +299,7 @@ impl Config {
             idle_timeout: Duration::from_millis(6_000),
             keep_alive: Duration::from_millis(1_500),
             drain_timeout: Duration::from_secs(10),
+            consent_timeout: Duration::from_secs(300),
             limits: Limits::default(),
             tenants,
         }
@@ -377,6 +436,14 @@ impl Config {
             3_600_000,
             Duration::from_millis,
         );
+        let consent_timeout = duration(
+            "server.consent_timeout_secs",
+            s.consent_timeout_secs,
+            300,
+            10,
+            3_600,
+            Duration::from_secs,
+        );
         if keep_alive >= idle_timeout {
             problem(
                 "server.keep_alive_ms",
@@ -461,7 +528,7 @@ impl Config {
             );
         }
 
-        let mut tenants: Vec<TenantTrust> = Vec::new();
+        let mut tenants: Vec<Tenant> = Vec::new();
         if raw.tenants.is_empty() {
             problem(
                 "tenants",
@@ -473,7 +540,7 @@ impl Config {
             let id = t.id.unwrap_or_default();
             if id.trim().is_empty() {
                 problem(&field("id"), "required".into());
-            } else if tenants.iter().any(|other| other.id.as_str() == id) {
+            } else if tenants.iter().any(|other| other.trust.id.as_str() == id) {
                 problem(&field("id"), format!("tenant {id:?} is configured twice"));
             }
             let issuer = t.issuer.unwrap_or_default();
@@ -493,11 +560,111 @@ impl Config {
                     }
                 },
             };
+            let cloud = match t.cloud.as_deref().unwrap_or("commercial") {
+                "commercial" => CloudEnvironment::Commercial,
+                "gcc" => CloudEnvironment::Gcc,
+                other @ ("gcc-high" | "dod") => {
+                    problem(
+                        &field("cloud"),
+                        format!(
+                            "Remote Help is not available in the {other} cloud; supported: commercial, gcc"
+                        ),
+                    );
+                    CloudEnvironment::Commercial
+                }
+                other => {
+                    problem(
+                        &field("cloud"),
+                        format!("unknown cloud {other:?}; supported: commercial, gcc"),
+                    );
+                    CloudEnvironment::Commercial
+                }
+            };
+            let mut roles = vec![Role::help_desk_operator()];
+            for (r, raw_role) in t.roles.into_iter().enumerate() {
+                let role_field = |name: &str| format!("tenants[{i}].roles[{r}].{name}");
+                let name = raw_role.name.unwrap_or_default();
+                if name.trim().is_empty() {
+                    problem(&role_field("name"), "required".into());
+                    continue;
+                }
+                if roles.iter().any(|existing| existing.name == name) {
+                    problem(
+                        &role_field("name"),
+                        format!(
+                            "role {name:?} is defined twice (or shadows the built-in {HELP_DESK_OPERATOR:?})"
+                        ),
+                    );
+                    continue;
+                }
+                let mut listed = Vec::new();
+                for (k, permission) in raw_role.permissions.iter().enumerate() {
+                    match Permission::parse(permission) {
+                        Some(p) => listed.push(p),
+                        None => problem(
+                            &format!("tenants[{i}].roles[{r}].permissions[{k}]"),
+                            format!(
+                                "unknown permission {permission:?}; known: {}",
+                                Permission::ALL.map(Permission::as_str).join(", ")
+                            ),
+                        ),
+                    }
+                }
+                roles.push(Role {
+                    name,
+                    permissions: PermissionSet::granting(listed),
+                });
+            }
+            let mut assignments = Vec::new();
+            for (a, raw_assignment) in t.assignments.into_iter().enumerate() {
+                let assignment_field = |name: &str| format!("tenants[{i}].assignments[{a}].{name}");
+                let role_name = raw_assignment.role.unwrap_or_default();
+                let Some(role) = roles.iter().find(|r| r.name == role_name) else {
+                    problem(
+                        &assignment_field("role"),
+                        format!("no role named {role_name:?}"),
+                    );
+                    continue;
+                };
+                if raw_assignment.members.is_empty() {
+                    problem(
+                        &assignment_field("members"),
+                        "at least one member group is required".into(),
+                    );
+                }
+                if raw_assignment.scope.is_empty() {
+                    problem(
+                        &assignment_field("scope"),
+                        "at least one scope group (or all_users / all_devices) is required".into(),
+                    );
+                }
+                assignments.push(Assignment {
+                    permissions: role.permissions.clone(),
+                    role: role.name.clone(),
+                    members: raw_assignment.members.into_iter().collect(),
+                    scope: Scope::from_entries(raw_assignment.scope.iter().map(String::as_str)),
+                });
+            }
+            let license = t.license.unwrap_or_else(|| DEFAULT_LICENSE.to_string());
+            if license.trim().is_empty() {
+                problem(&field("license"), "must not be empty".into());
+            }
+            let policy = TenantPolicy {
+                enabled: t.enabled.unwrap_or(false),
+                allow_unenrolled_devices: t.allow_unenrolled_devices.unwrap_or(false),
+                disable_chat: t.disable_chat.unwrap_or(false),
+                license,
+                cloud,
+                assignments,
+            };
             if let Some(keys) = keys {
-                tenants.push(TenantTrust {
-                    id: TenantId::new(&id),
-                    issuer,
-                    keys,
+                tenants.push(Tenant {
+                    trust: TenantTrust {
+                        id: TenantId::new(&id),
+                        issuer,
+                        keys,
+                    },
+                    policy,
                 });
             }
         }
@@ -516,6 +683,7 @@ impl Config {
             idle_timeout,
             keep_alive,
             drain_timeout,
+            consent_timeout,
             limits,
             tenants,
         })
@@ -609,5 +777,73 @@ mod tests {
             limits.session_memory_bound(),
             2 * (1024 * 1024 + 1024 * 1024 + 64 * 1024 + 64 * 1024)
         );
+    }
+
+    fn tenant_problems(tenant_toml: &str) -> Vec<ConfigProblem> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n{tenant_toml}"
+        );
+        match Config::parse(&text, dir.path()) {
+            Err(ConfigError::Invalid(p)) => p,
+            Ok(_) => Vec::new(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn government_high_clouds_are_refused_with_a_clear_message() {
+        for cloud in ["gcc-high", "dod"] {
+            let found = tenant_problems(&format!("cloud = \"{cloud}\"\n"));
+            assert_eq!(found[0].field, "tenants[0].cloud");
+            assert!(
+                found[0].reason.contains("not available"),
+                "{}",
+                found[0].reason
+            );
+        }
+        assert!(tenant_problems("cloud = \"gcc\"\n").is_empty());
+        assert!(tenant_problems("cloud = \"commercial\"\n").is_empty());
+    }
+
+    #[test]
+    fn roles_and_assignments_are_checked_by_name() {
+        let found = tenant_problems(
+            "[[tenants.roles]]\nname = \"Tier 1\"\npermissions = [\"view_screen\", \"fly\"]\n\
+             [[tenants.assignments]]\nrole = \"Tier 9\"\nmembers = [\"g\"]\nscope = [\"all_users\"]\n\
+             [[tenants.assignments]]\nrole = \"Tier 1\"\n",
+        );
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tenants[0].roles[0].permissions[1]",
+                "tenants[0].assignments[0].role",
+                "tenants[0].assignments[1].members",
+                "tenants[0].assignments[1].scope",
+            ]
+        );
+    }
+
+    #[test]
+    fn tenant_settings_default_to_the_safe_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let config = Config::parse(
+            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(config.tenants[0].policy, TenantPolicy::default());
+        assert_eq!(config.consent_timeout, Duration::from_secs(300));
     }
 }

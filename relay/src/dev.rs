@@ -160,7 +160,7 @@ mod tests {
         let verifier = crate::auth::Verifier::new(
             config.audience.clone(),
             config.token_leeway,
-            config.tenants.clone(),
+            config.tenants.iter().map(|t| t.trust.clone()).collect(),
         );
         let token = mint(&signer, Persona::Sharer, None, 60).unwrap();
         let now = SystemTime::now()

@@ -191,7 +191,10 @@ async fn messages_out_of_order_or_from_the_wrong_role_close_the_connection() {
         (
             "sharer creates",
             Role::Sharer,
-            Msg::CreateSession(v1::CreateSession { mode: 1 }),
+            Msg::CreateSession(v1::CreateSession {
+                mode: 1,
+                ..Default::default()
+            }),
             ErrorCode::WrongRole,
         ),
         (
@@ -211,7 +214,10 @@ async fn messages_out_of_order_or_from_the_wrong_role_close_the_connection() {
         (
             "unknown mode",
             Role::Helper,
-            Msg::CreateSession(v1::CreateSession { mode: 42 }),
+            Msg::CreateSession(v1::CreateSession {
+                mode: 42,
+                ..Default::default()
+            }),
             ErrorCode::ProtocolViolation,
         ),
     ];

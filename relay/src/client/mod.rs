@@ -160,6 +160,10 @@ pub struct SessionStart {
     pub channels: Vec<Channel>,
     /// Largest datagram the relay forwards.
     pub max_datagram_size: usize,
+    /// The tenant disabled chat.
+    pub chat_disabled: bool,
+    /// The other party, when the relay sends it (unattended sessions).
+    pub peer: Option<v1::Profile>,
 }
 
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
@@ -270,8 +274,18 @@ impl Client {
 
     /// Helper: opens a session; give the returned code to the sharer.
     pub async fn create_session(&mut self, mode: Mode) -> Result<v1::SessionCreated, ClientError> {
+        self.create_session_with_reason(mode, "").await
+    }
+
+    /// Helper: opens a session with a reason or ticket reference (kept for audit).
+    pub async fn create_session_with_reason(
+        &mut self,
+        mode: Mode,
+        reason: &str,
+    ) -> Result<v1::SessionCreated, ClientError> {
         self.send(Out::CreateSession(v1::CreateSession {
             mode: mode.to_wire() as i32,
+            reason: reason.into(),
         }))
         .await?;
         match self.recv().await? {
@@ -286,6 +300,86 @@ impl Client {
             In::PeerJoined(joined) => Ok(joined.sharer.unwrap_or_default()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Helper: waits until a sharer joins; returns the whole notice, including whether
+    /// the sharer's device is non-compliant (then answer with [`Client::confirm_compliance`]).
+    pub async fn wait_for_peer_joined(&mut self) -> Result<v1::PeerJoined, ClientError> {
+        match self.recv().await? {
+            In::PeerJoined(joined) => Ok(joined),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Helper: continue (or not) past a compliance warning.
+    pub async fn confirm_compliance(&mut self, proceed: bool) -> Result<(), ClientError> {
+        self.send(Out::ConfirmCompliance(v1::ConfirmCompliance { proceed }))
+            .await
+    }
+
+    /// Helper: asks for another mode. Returns the new mode once in effect (after the
+    /// sharer's consent when raising), or the refusal (`PERMISSION_DENIED`,
+    /// `MODE_DECLINED`, `CONSENT_TIMEOUT`).
+    pub async fn request_mode(&mut self, mode: Mode, reason: &str) -> Result<Mode, ClientError> {
+        self.send(Out::RequestMode(v1::RequestMode {
+            mode: mode.to_wire() as i32,
+            reason: reason.into(),
+        }))
+        .await?;
+        self.wait_for_mode_change().await
+    }
+
+    /// Waits for the session's mode to change; returns the new mode.
+    pub async fn wait_for_mode_change(&mut self) -> Result<Mode, ClientError> {
+        match self.recv().await? {
+            In::ModeChanged(changed) => Mode::from_wire(changed.mode)
+                .ok_or_else(|| ClientError::Unexpected(format!("unknown mode {}", changed.mode))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sharer: waits for a consent prompt (after a compliance confirmation, or to raise
+    /// the mode of an active session).
+    pub async fn wait_for_consent_request(&mut self) -> Result<v1::ConsentRequest, ClientError> {
+        match self.recv().await? {
+            In::ConsentRequest(request) => Ok(request),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sharer: answers a prompt to raise the mode; on accept, returns the new mode.
+    pub async fn answer_mode_change(&mut self, accept: bool) -> Result<Option<Mode>, ClientError> {
+        self.send(Out::ConsentAnswer(v1::ConsentAnswer { accept }))
+            .await?;
+        if accept {
+            self.wait_for_mode_change().await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Device agent: registers to wait for unattended sessions; returns its device id.
+    pub async fn register_device(&mut self) -> Result<String, ClientError> {
+        self.send(Out::RegisterDevice(v1::RegisterDevice {}))
+            .await?;
+        match self.recv().await? {
+            In::DeviceRegistered(registered) => Ok(registered.device_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Helper: connects to a registered device agent without a consent prompt.
+    pub async fn connect_unattended(
+        &mut self,
+        device_id: &str,
+        reason: &str,
+    ) -> Result<SessionStart, ClientError> {
+        self.send(Out::ConnectUnattended(v1::ConnectUnattended {
+            device_id: device_id.into(),
+            reason: reason.into(),
+        }))
+        .await?;
+        self.wait_for_start().await
     }
 
     /// Helper: waits until the sharer consents.
@@ -469,6 +563,8 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
             .filter_map(|c| v1::Channel::try_from(c).ok().and_then(Channel::from_wire))
             .collect(),
         max_datagram_size: started.max_datagram_size as usize,
+        chat_disabled: started.chat_disabled,
+        peer: started.peer,
     })
 }
 

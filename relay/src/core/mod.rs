@@ -6,6 +6,7 @@
 //! keeps the async shell (`server`) thin.
 
 pub mod code;
+pub mod policy;
 pub mod registry;
 
 use std::fmt;
@@ -92,21 +93,27 @@ impl Role {
     }
 }
 
-/// What the helper may do in a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the helper may do in a session. Ordered: a later mode includes the earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     /// Screen only.
     ViewOnly,
     /// Screen and input.
     FullControl,
+    /// Full control plus elevation (UAC) prompts; requested during a session.
+    Elevation,
+    /// Full control of a device agent with no user, without a consent prompt.
+    Unattended,
 }
 
 impl Mode {
-    /// The mode a `CreateSession` names, if it names one.
+    /// The mode a message names, if it names one.
     pub fn from_wire(mode: i32) -> Option<Mode> {
         match v1::Mode::try_from(mode) {
             Ok(v1::Mode::ViewOnly) => Some(Mode::ViewOnly),
             Ok(v1::Mode::FullControl) => Some(Mode::FullControl),
+            Ok(v1::Mode::Elevation) => Some(Mode::Elevation),
+            Ok(v1::Mode::Unattended) => Some(Mode::Unattended),
             _ => None,
         }
     }
@@ -116,6 +123,8 @@ impl Mode {
         match self {
             Mode::ViewOnly => v1::Mode::ViewOnly,
             Mode::FullControl => v1::Mode::FullControl,
+            Mode::Elevation => v1::Mode::Elevation,
+            Mode::Unattended => v1::Mode::Unattended,
         }
     }
 
@@ -124,7 +133,14 @@ impl Mode {
         match self {
             Mode::ViewOnly => "view_only",
             Mode::FullControl => "full_control",
+            Mode::Elevation => "elevation",
+            Mode::Unattended => "unattended",
         }
+    }
+
+    /// Whether input flows in this mode.
+    pub fn allows_input(self) -> bool {
+        self >= Mode::FullControl
     }
 }
 
@@ -178,25 +194,28 @@ impl Channel {
     }
 }
 
-/// The channels an active session in `mode` carries.
-pub fn session_channels(mode: Mode) -> &'static [Channel] {
-    match mode {
-        Mode::ViewOnly => &[Channel::Screen, Channel::Chat],
-        Mode::FullControl => &[Channel::Screen, Channel::Input, Channel::Chat],
+/// The channels an active session in `mode` carries; chat only where the tenant allows it.
+pub fn session_channels(mode: Mode, chat_allowed: bool) -> Vec<Channel> {
+    let mut channels = vec![Channel::Screen];
+    if mode.allows_input() {
+        channels.push(Channel::Input);
     }
+    if chat_allowed {
+        channels.push(Channel::Chat);
+    }
+    channels
 }
 
 /// Whether a party in `role` may send on `channel` in an active session in `mode`.
 ///
-/// Screen flows only from the sharer, input only from the helper and only in full
-/// control; chat flows both ways.
-pub fn may_send(role: Role, channel: Channel, mode: Mode) -> bool {
-    session_channels(mode).contains(&channel)
-        && match channel {
-            Channel::Screen => role == Role::Sharer,
-            Channel::Input => role == Role::Helper,
-            Channel::Chat => true,
-        }
+/// Screen flows only from the sharer, input only from the helper and only in a mode that
+/// allows input; chat flows both ways unless the tenant disabled it.
+pub fn may_send(role: Role, channel: Channel, mode: Mode, chat_allowed: bool) -> bool {
+    match channel {
+        Channel::Screen => role == Role::Sharer,
+        Channel::Input => role == Role::Helper && mode.allows_input(),
+        Channel::Chat => chat_allowed,
+    }
 }
 
 #[cfg(test)]
@@ -209,24 +228,28 @@ mod tests {
         use Mode::*;
         use Role::*;
         let table = [
-            (Sharer, Screen, ViewOnly, true),
-            (Helper, Screen, ViewOnly, false),
-            (Helper, Input, ViewOnly, false),
-            (Helper, Input, FullControl, true),
-            (Sharer, Input, FullControl, false),
-            (Sharer, Screen, FullControl, true),
-            (Helper, Chat, ViewOnly, true),
-            (Sharer, Chat, ViewOnly, true),
-            (Helper, Chat, FullControl, true),
-            (Sharer, Chat, FullControl, true),
+            (Sharer, Screen, ViewOnly, true, true),
+            (Helper, Screen, ViewOnly, true, false),
+            (Helper, Input, ViewOnly, true, false),
+            (Helper, Input, FullControl, true, true),
+            (Helper, Input, Elevation, true, true),
+            (Helper, Input, Unattended, true, true),
+            (Sharer, Input, FullControl, true, false),
+            (Sharer, Screen, FullControl, true, true),
+            (Helper, Chat, ViewOnly, true, true),
+            (Sharer, Chat, ViewOnly, true, true),
+            (Helper, Chat, FullControl, false, false),
+            (Sharer, Chat, FullControl, false, false),
         ];
-        for (role, channel, mode, allowed) in table {
+        for (role, channel, mode, chat_allowed, allowed) in table {
             assert_eq!(
-                may_send(role, channel, mode),
+                may_send(role, channel, mode, chat_allowed),
                 allowed,
-                "{role:?} on {channel:?} in {mode:?}"
+                "{role:?} on {channel:?} in {mode:?}, chat allowed {chat_allowed}"
             );
         }
+        assert_eq!(session_channels(ViewOnly, true), [Screen, Chat]);
+        assert_eq!(session_channels(Elevation, false), [Screen, Input]);
     }
 
     #[test]
@@ -247,6 +270,7 @@ mod tests {
             Some(Mode::FullControl)
         );
         assert_eq!(Mode::from_wire(0), None);
+        assert!(Mode::ViewOnly < Mode::FullControl && Mode::FullControl < Mode::Elevation);
         assert_eq!(Channel::from_wire(v1::Channel::Unspecified), None);
     }
 }

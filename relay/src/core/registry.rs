@@ -1,9 +1,11 @@
 //! The session registry: the whole life of every session, as a pure state machine.
 //!
 //! ```text
-//!   create ──► AwaitingSharer ──join──► AwaitingConsent ──accept──► Active ──end──► (gone)
-//!                  │                         │ decline                 │
-//!                  └─code expires──► (gone)  └────────► (gone)         └─peer lost/shutdown─► (gone)
+//!   create ──► AwaitingSharer ──join──► [AwaitingCompliance ──confirm──►] AwaitingConsent ──accept──► Active ──end──► (gone)
+//!                  │                           │ decline / timeout          │ decline / timeout   │ ▲
+//!                  └─code expires──► (gone)    └──────► (gone)              └──────► (gone)       │ │ request_mode
+//!                                                                                                 └─┘ (+ consent to go up)
+//!   register_device ──► (agent waits) ──connect_unattended──► Active (Unattended, no consent)
 //! ```
 //!
 //! No I/O, no clock reads: every call takes `now`, and code generation takes the caller's
@@ -33,6 +35,8 @@ pub struct Party {
 pub enum SessionState {
     /// Created by a helper; its code waits for a sharer.
     AwaitingSharer,
+    /// A sharer with a non-compliant device joined; the helper must confirm first.
+    AwaitingCompliance,
     /// A sharer joined and has been asked to consent.
     AwaitingConsent,
     /// The sharer consented; data flows.
@@ -50,12 +54,16 @@ pub struct Session {
     pub helper: Party,
     /// The sharer, once one has joined.
     pub sharer: Option<Party>,
-    /// The mode the helper asked for.
+    /// The current mode (the requested one until the session is active).
     pub mode: Mode,
+    /// A raised mode the helper asked for, waiting for the sharer's consent.
+    pub requested_mode: Option<Mode>,
+    /// When the pending answer (compliance, consent, mode consent) is due.
+    pub answer_deadline: Option<Instant>,
     /// Where the session is in its life.
     pub state: SessionState,
-    /// The code that was issued for it.
-    pub code: SessionCode,
+    /// The code that was issued for it (`None` for unattended sessions).
+    pub code: Option<SessionCode>,
     /// When the helper created it.
     pub created_at: Instant,
 }
@@ -110,6 +118,44 @@ pub enum Consented {
     },
     /// Declined: the session is gone.
     Declined(Ended),
+    /// A raised mode was accepted: both parties move to it.
+    ModeChanged {
+        /// The helper's connection.
+        helper: ConnId,
+        /// The new mode.
+        mode: Mode,
+    },
+    /// A raised mode was declined: the session goes on in its current mode.
+    ModeDeclined {
+        /// The helper's connection.
+        helper: ConnId,
+    },
+}
+
+/// The outcome of a helper's mode request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// Moving up: the sharer (on this connection) must consent.
+    NeedsConsent {
+        /// The sharer's connection.
+        sharer: ConnId,
+        /// When the prompt expires.
+        deadline: Instant,
+    },
+    /// Moving down (or staying): in effect now.
+    Changed {
+        /// The sharer's connection.
+        sharer: ConnId,
+    },
+}
+
+/// What a sweep of deadlines found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Sessions that ended, with the reason both parties are told.
+    pub ended: Vec<(Ended, ErrorCode)>,
+    /// Mode requests that timed out: (session, helper). The session goes on.
+    pub mode_requests: Vec<(SessionId, ConnId)>,
 }
 
 /// A session that is over, with the connections to tell.
@@ -133,6 +179,15 @@ pub struct RegistryLimits {
     /// How long a used or expired code is remembered so that a late attempt gets the
     /// precise `CODE_USED` / `CODE_EXPIRED` instead of `CODE_INVALID`.
     pub code_memory: Duration,
+    /// How long a consent prompt (or compliance confirmation) waits for its answer.
+    pub consent_timeout: Duration,
+}
+
+/// A registered device agent waiting for unattended sessions.
+#[derive(Debug, Clone)]
+struct DeviceSlot {
+    conn: ConnId,
+    session: Option<SessionId>,
 }
 
 /// Every session on this relay node, and the codes that lead to them.
@@ -141,6 +196,7 @@ pub struct Registry {
     limits: RegistryLimits,
     sessions: HashMap<SessionId, Session>,
     codes: HashMap<SessionCode, CodeSlot>,
+    devices: HashMap<(TenantId, String), DeviceSlot>,
 }
 
 impl Registry {
@@ -150,6 +206,7 @@ impl Registry {
             limits,
             sessions: HashMap::new(),
             codes: HashMap::new(),
+            devices: HashMap::new(),
         }
     }
 
@@ -184,8 +241,10 @@ impl Registry {
                 helper,
                 sharer: None,
                 mode,
+                requested_mode: None,
+                answer_deadline: None,
                 state: SessionState::AwaitingSharer,
-                code,
+                code: Some(code),
                 created_at: now,
             },
         );
@@ -228,6 +287,7 @@ impl Registry {
         }
         session.sharer = Some(sharer);
         session.state = SessionState::AwaitingConsent;
+        session.answer_deadline = Some(now + self.limits.consent_timeout);
         self.codes.insert(
             code,
             CodeSlot::Used {
@@ -241,7 +301,47 @@ impl Registry {
         })
     }
 
-    /// The sharer on connection `sharer` answers the consent request of `session`.
+    /// The sharer's device is not compliant: the helper must confirm before the sharer
+    /// is asked to consent.
+    pub fn require_compliance(&mut self, session: &SessionId) -> Result<(), ErrorCode> {
+        let entry = self
+            .sessions
+            .get_mut(session)
+            .ok_or(ErrorCode::ProtocolViolation)?;
+        if entry.state != SessionState::AwaitingConsent {
+            return Err(ErrorCode::ProtocolViolation);
+        }
+        entry.state = SessionState::AwaitingCompliance;
+        Ok(())
+    }
+
+    /// The helper answers the compliance warning. `Ok(Some(sharer))`: go on and ask the
+    /// sharer; `Ok(None)`: the helper declined and the session is gone.
+    pub fn confirm_compliance(
+        &mut self,
+        session: &SessionId,
+        helper: ConnId,
+        proceed: bool,
+        now: Instant,
+    ) -> Result<Option<ConnId>, ErrorCode> {
+        let entry = self
+            .sessions
+            .get_mut(session)
+            .ok_or(ErrorCode::ProtocolViolation)?;
+        if entry.helper.conn != helper || entry.state != SessionState::AwaitingCompliance {
+            return Err(ErrorCode::ProtocolViolation);
+        }
+        if !proceed {
+            self.remove(session);
+            return Ok(None);
+        }
+        entry.state = SessionState::AwaitingConsent;
+        entry.answer_deadline = Some(now + self.limits.consent_timeout);
+        Ok(entry.sharer.as_ref().map(|s| s.conn))
+    }
+
+    /// The sharer on connection `sharer` answers a consent prompt of `session`: the
+    /// initial one, or one for a raised mode.
     pub fn consent(
         &mut self,
         session: &SessionId,
@@ -253,21 +353,156 @@ impl Registry {
             .get_mut(session)
             .ok_or(ErrorCode::ProtocolViolation)?;
         let is_sharer = entry.sharer.as_ref().is_some_and(|s| s.conn == sharer);
-        if !is_sharer || entry.state != SessionState::AwaitingConsent {
+        if !is_sharer {
             return Err(ErrorCode::ProtocolViolation);
         }
-        if accept {
-            entry.state = SessionState::Active;
-            Ok(Consented::Started {
-                helper: entry.helper.conn,
-                sharer,
-                mode: entry.mode,
-            })
-        } else {
-            // Present: looked up just above.
-            let ended = self.remove(session).ok_or(ErrorCode::ProtocolViolation)?;
-            Ok(Consented::Declined(ended))
+        match (entry.state, entry.requested_mode) {
+            (SessionState::AwaitingConsent, _) => {
+                entry.answer_deadline = None;
+                if accept {
+                    entry.state = SessionState::Active;
+                    Ok(Consented::Started {
+                        helper: entry.helper.conn,
+                        sharer,
+                        mode: entry.mode,
+                    })
+                } else {
+                    // Present: looked up just above.
+                    let ended = self.remove(session).ok_or(ErrorCode::ProtocolViolation)?;
+                    Ok(Consented::Declined(ended))
+                }
+            }
+            (SessionState::Active, Some(raised)) => {
+                entry.requested_mode = None;
+                entry.answer_deadline = None;
+                if accept {
+                    entry.mode = raised;
+                    Ok(Consented::ModeChanged {
+                        helper: entry.helper.conn,
+                        mode: raised,
+                    })
+                } else {
+                    Ok(Consented::ModeDeclined {
+                        helper: entry.helper.conn,
+                    })
+                }
+            }
+            _ => Err(ErrorCode::ProtocolViolation),
         }
+    }
+
+    /// The helper asks for another mode in an active session. Permission is the
+    /// caller's (policy's) business; this only sequences the change.
+    pub fn request_mode(
+        &mut self,
+        session: &SessionId,
+        helper: ConnId,
+        mode: Mode,
+        now: Instant,
+    ) -> Result<ModeRequest, ErrorCode> {
+        let entry = self
+            .sessions
+            .get_mut(session)
+            .ok_or(ErrorCode::ProtocolViolation)?;
+        let sharer = entry.sharer.as_ref().map(|s| s.conn);
+        let (Some(sharer), true, true) = (
+            sharer,
+            entry.helper.conn == helper,
+            entry.state == SessionState::Active,
+        ) else {
+            return Err(ErrorCode::ProtocolViolation);
+        };
+        if entry.requested_mode.is_some() {
+            return Err(ErrorCode::SessionBusy);
+        }
+        // Unattended is entered only through connect_unattended, and never left.
+        if mode == Mode::Unattended || entry.mode == Mode::Unattended {
+            return Err(ErrorCode::ProtocolViolation);
+        }
+        if mode > entry.mode {
+            let deadline = now + self.limits.consent_timeout;
+            entry.requested_mode = Some(mode);
+            entry.answer_deadline = Some(deadline);
+            Ok(ModeRequest::NeedsConsent { sharer, deadline })
+        } else {
+            entry.mode = mode;
+            Ok(ModeRequest::Changed { sharer })
+        }
+    }
+
+    /// A device agent registers to wait for unattended sessions.
+    pub fn register_device(&mut self, agent: Party, device_id: &str) -> Result<(), ErrorCode> {
+        let key = (agent.tenant, device_id.to_string());
+        if self.devices.contains_key(&key) {
+            return Err(ErrorCode::SessionBusy);
+        }
+        self.devices.insert(
+            key,
+            DeviceSlot {
+                conn: agent.conn,
+                session: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A device agent's connection went away.
+    pub fn unregister_device(&mut self, conn: ConnId) {
+        self.devices.retain(|_, slot| slot.conn != conn);
+    }
+
+    /// The agent connection registered for `device_id` in `tenant`, if any.
+    pub fn device_agent(&self, tenant: &TenantId, device_id: &str) -> Option<ConnId> {
+        self.devices
+            .get(&(tenant.clone(), device_id.to_string()))
+            .map(|slot| slot.conn)
+    }
+
+    /// A helper connects to a registered device agent: the session is active at once
+    /// (no code, no consent). Another tenant's device is `CROSS_TENANT`.
+    pub fn connect_unattended<R: Rng + ?Sized>(
+        &mut self,
+        helper: Party,
+        device_id: &str,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<(SessionId, ConnId), ErrorCode> {
+        let key = (helper.tenant.clone(), device_id.to_string());
+        let Some(slot) = self.devices.get(&key) else {
+            let elsewhere = self.devices.keys().any(|(_, id)| id == device_id);
+            return Err(if elsewhere {
+                ErrorCode::CrossTenant
+            } else {
+                ErrorCode::DeviceUnavailable
+            });
+        };
+        if slot.session.is_some() {
+            return Err(ErrorCode::SessionBusy);
+        }
+        let agent = slot.conn;
+        let session = SessionId::generate(rng);
+        self.sessions.insert(
+            session.clone(),
+            Session {
+                id: session.clone(),
+                tenant: helper.tenant.clone(),
+                sharer: Some(Party {
+                    conn: agent,
+                    tenant: helper.tenant.clone(),
+                }),
+                helper,
+                mode: Mode::Unattended,
+                requested_mode: None,
+                answer_deadline: None,
+                state: SessionState::Active,
+                code: None,
+                created_at: now,
+            },
+        );
+        if let Some(slot) = self.devices.get_mut(&key) {
+            slot.session = Some(session.clone());
+        }
+        Ok((session, agent))
     }
 
     /// Ends a session for any reason; `None` if it had already ended.
@@ -275,17 +510,19 @@ impl Registry {
         self.remove(session)
     }
 
-    /// Expires codes whose time has passed and forgets old remembered codes. Returns the
-    /// sessions that ended because nobody joined in time (their helpers get `CODE_EXPIRED`).
-    pub fn expire(&mut self, now: Instant) -> Vec<Ended> {
-        let mut expired_sessions = Vec::new();
+    /// Applies every deadline that has passed: unused codes expire (their helpers get
+    /// `CODE_EXPIRED`), unanswered consent prompts and compliance warnings end their
+    /// sessions, unanswered mode requests lapse; old remembered codes are forgotten.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut found = Expired::default();
+        let mut code_expired = Vec::new();
         let memory = self.limits.code_memory;
         self.codes.retain(|_, slot| match slot {
             CodeSlot::Open {
                 session,
                 expires_at,
             } if *expires_at <= now => {
-                expired_sessions.push(session.clone());
+                code_expired.push(session.clone());
                 *slot = CodeSlot::Expired {
                     forget_at: now + memory,
                 };
@@ -294,16 +531,39 @@ impl Registry {
             CodeSlot::Used { forget_at } | CodeSlot::Expired { forget_at } => *forget_at > now,
             CodeSlot::Open { .. } => true,
         });
-        expired_sessions
-            .iter()
-            .filter_map(|id| self.sessions.remove(id))
-            .map(|s| Ended {
-                session: s.id,
-                helper: s.helper.conn,
-                sharer: None,
-                was_active: false,
-            })
-            .collect()
+        for id in code_expired {
+            if let Some(ended) = self.remove(&id) {
+                found.ended.push((ended, ErrorCode::CodeExpired));
+            }
+        }
+        let due: Vec<(SessionId, SessionState, Option<Mode>, ConnId)> = self
+            .sessions
+            .values()
+            .filter(|s| s.answer_deadline.is_some_and(|d| d <= now))
+            .map(|s| (s.id.clone(), s.state, s.requested_mode, s.helper.conn))
+            .collect();
+        for (id, state, requested, helper) in due {
+            match (state, requested) {
+                (SessionState::Active, Some(_)) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.requested_mode = None;
+                        s.answer_deadline = None;
+                    }
+                    found.mode_requests.push((id, helper));
+                }
+                (SessionState::AwaitingCompliance, _) => {
+                    if let Some(ended) = self.remove(&id) {
+                        found.ended.push((ended, ErrorCode::ComplianceNotConfirmed));
+                    }
+                }
+                _ => {
+                    if let Some(ended) = self.remove(&id) {
+                        found.ended.push((ended, ErrorCode::ConsentTimeout));
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// The session with this id, if it exists.
@@ -329,8 +589,16 @@ impl Registry {
     fn remove(&mut self, session: &SessionId) -> Option<Ended> {
         let s = self.sessions.remove(session)?;
         // An unused code dies with its session, so an open code always has a session.
-        if let Some(CodeSlot::Open { .. }) = self.codes.get(&s.code) {
-            self.codes.remove(&s.code);
+        if let Some(code) = s.code
+            && let Some(CodeSlot::Open { .. }) = self.codes.get(&code)
+        {
+            self.codes.remove(&code);
+        }
+        // A device agent becomes free for the next unattended session.
+        for slot in self.devices.values_mut() {
+            if slot.session.as_ref() == Some(&s.id) {
+                slot.session = None;
+            }
         }
         Some(Ended {
             session: s.id,
@@ -348,11 +616,13 @@ mod tests {
     use rand::rngs::StdRng;
 
     const TTL: Duration = Duration::from_secs(600);
+    const CONSENT: Duration = Duration::from_secs(300);
 
     fn registry() -> Registry {
         Registry::new(RegistryLimits {
             code_ttl: TTL,
             code_memory: Duration::from_secs(3600),
+            consent_timeout: CONSENT,
         })
     }
 
@@ -444,15 +714,19 @@ mod tests {
     fn a_code_expires_at_its_ttl_and_its_helper_is_told() {
         let (mut reg, mut rng, now) = setup();
         let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
-        assert!(reg.expire(now + TTL - Duration::from_millis(1)).is_empty());
+        assert_eq!(
+            reg.expire(now + TTL - Duration::from_millis(1)),
+            Expired::default()
+        );
         // A join exactly at expiry is too late, even before the sweep ran.
         assert_eq!(
             reg.join(created.code, party(2, "t"), now + TTL),
             Err(ErrorCode::CodeExpired)
         );
-        let expired = reg.expire(now + TTL);
+        let expired = reg.expire(now + TTL).ended;
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].helper, ConnId(1));
+        assert_eq!(expired[0].0.helper, ConnId(1));
+        assert_eq!(expired[0].1, ErrorCode::CodeExpired);
         assert!(reg.is_empty());
         // After the sweep the code is remembered as expired...
         assert_eq!(
@@ -546,5 +820,192 @@ mod tests {
             assert!(ids.insert(created.session));
         }
         assert_eq!(reg.len(), 2_000);
+    }
+
+    fn active(reg: &mut Registry, rng: &mut StdRng, now: Instant, mode: Mode) -> SessionId {
+        let created = reg.create(party(1, "t"), mode, now, rng);
+        reg.join(created.code, party(2, "t"), now).unwrap();
+        reg.consent(&created.session, ConnId(2), true).unwrap();
+        created.session
+    }
+
+    #[test]
+    fn an_unanswered_consent_prompt_times_out() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        reg.join(created.code, party(2, "t"), now).unwrap();
+        assert_eq!(
+            reg.expire(now + CONSENT - Duration::from_millis(1)),
+            Expired::default()
+        );
+        let expired = reg.expire(now + CONSENT).ended;
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].1, ErrorCode::ConsentTimeout);
+        assert_eq!(expired[0].0.sharer, Some(ConnId(2)));
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_compliance_warning_must_be_confirmed_before_consent() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::FullControl, now, &mut rng);
+        reg.join(created.code, party(2, "t"), now).unwrap();
+        reg.require_compliance(&created.session).unwrap();
+        assert_eq!(
+            reg.consent(&created.session, ConnId(2), true),
+            Err(ErrorCode::ProtocolViolation),
+            "no consent before the helper confirms"
+        );
+        assert_eq!(
+            reg.confirm_compliance(&created.session, ConnId(2), true, now),
+            Err(ErrorCode::ProtocolViolation),
+            "only the helper confirms"
+        );
+        let later = now + Duration::from_secs(10);
+        assert_eq!(
+            reg.confirm_compliance(&created.session, ConnId(1), true, later),
+            Ok(Some(ConnId(2)))
+        );
+        // The consent prompt gets its full time from the confirmation on.
+        assert!(
+            reg.expire(later + CONSENT - Duration::from_millis(1))
+                .ended
+                .is_empty()
+        );
+        assert!(matches!(
+            reg.consent(&created.session, ConnId(2), true),
+            Ok(Consented::Started { .. })
+        ));
+    }
+
+    #[test]
+    fn declining_or_ignoring_the_compliance_warning_ends_the_session() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        reg.join(created.code, party(2, "t"), now).unwrap();
+        reg.require_compliance(&created.session).unwrap();
+        assert_eq!(
+            reg.confirm_compliance(&created.session, ConnId(1), false, now),
+            Ok(None)
+        );
+        assert!(reg.is_empty());
+
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        reg.join(created.code, party(2, "t"), now).unwrap();
+        reg.require_compliance(&created.session).unwrap();
+        let expired = reg.expire(now + CONSENT).ended;
+        assert_eq!(expired[0].1, ErrorCode::ComplianceNotConfirmed);
+    }
+
+    #[test]
+    fn raising_the_mode_needs_consent_and_lowering_it_does_not() {
+        let (mut reg, mut rng, now) = setup();
+        let session = active(&mut reg, &mut rng, now, Mode::ViewOnly);
+        assert_eq!(
+            reg.request_mode(&session, ConnId(2), Mode::FullControl, now),
+            Err(ErrorCode::ProtocolViolation),
+            "only the helper asks"
+        );
+        let asked = reg
+            .request_mode(&session, ConnId(1), Mode::FullControl, now)
+            .unwrap();
+        assert_eq!(
+            asked,
+            ModeRequest::NeedsConsent {
+                sharer: ConnId(2),
+                deadline: now + CONSENT
+            }
+        );
+        assert_eq!(
+            reg.get(&session).unwrap().mode,
+            Mode::ViewOnly,
+            "not before consent"
+        );
+        assert_eq!(
+            reg.request_mode(&session, ConnId(1), Mode::Elevation, now),
+            Err(ErrorCode::SessionBusy),
+            "one request at a time"
+        );
+        assert_eq!(
+            reg.consent(&session, ConnId(2), true),
+            Ok(Consented::ModeChanged {
+                helper: ConnId(1),
+                mode: Mode::FullControl
+            })
+        );
+        // Up again to elevation, declined: the session stays in full control.
+        reg.request_mode(&session, ConnId(1), Mode::Elevation, now)
+            .unwrap();
+        assert_eq!(
+            reg.consent(&session, ConnId(2), false),
+            Ok(Consented::ModeDeclined { helper: ConnId(1) })
+        );
+        assert_eq!(reg.get(&session).unwrap().mode, Mode::FullControl);
+        // Down needs nothing.
+        assert_eq!(
+            reg.request_mode(&session, ConnId(1), Mode::ViewOnly, now),
+            Ok(ModeRequest::Changed { sharer: ConnId(2) })
+        );
+        assert_eq!(reg.get(&session).unwrap().mode, Mode::ViewOnly);
+        assert_eq!(
+            reg.request_mode(&session, ConnId(1), Mode::Unattended, now),
+            Err(ErrorCode::ProtocolViolation)
+        );
+    }
+
+    #[test]
+    fn an_unanswered_mode_request_lapses_and_the_session_goes_on() {
+        let (mut reg, mut rng, now) = setup();
+        let session = active(&mut reg, &mut rng, now, Mode::ViewOnly);
+        reg.request_mode(&session, ConnId(1), Mode::FullControl, now)
+            .unwrap();
+        let expired = reg.expire(now + CONSENT);
+        assert!(expired.ended.is_empty());
+        assert_eq!(expired.mode_requests, vec![(session.clone(), ConnId(1))]);
+        assert_eq!(reg.get(&session).unwrap().mode, Mode::ViewOnly);
+        assert_eq!(
+            reg.consent(&session, ConnId(2), true),
+            Err(ErrorCode::ProtocolViolation)
+        );
+    }
+
+    #[test]
+    fn unattended_sessions_start_without_consent_and_never_cross_tenants() {
+        let (mut reg, mut rng, now) = setup();
+        reg.register_device(party(5, "contoso"), "kiosk-1").unwrap();
+        assert_eq!(
+            reg.register_device(party(6, "contoso"), "kiosk-1"),
+            Err(ErrorCode::SessionBusy)
+        );
+        // The same device id in another tenant is a different device.
+        reg.register_device(party(7, "fabrikam"), "kiosk-2")
+            .unwrap();
+
+        assert_eq!(
+            reg.connect_unattended(party(1, "contoso"), "kiosk-2", now, &mut rng),
+            Err(ErrorCode::CrossTenant)
+        );
+        assert_eq!(
+            reg.connect_unattended(party(1, "contoso"), "nowhere", now, &mut rng),
+            Err(ErrorCode::DeviceUnavailable)
+        );
+        let (session, agent) = reg
+            .connect_unattended(party(1, "contoso"), "kiosk-1", now, &mut rng)
+            .unwrap();
+        assert_eq!(agent, ConnId(5));
+        let s = reg.get(&session).unwrap();
+        assert_eq!((s.state, s.mode), (SessionState::Active, Mode::Unattended));
+        assert_eq!(
+            reg.connect_unattended(party(3, "contoso"), "kiosk-1", now, &mut rng),
+            Err(ErrorCode::SessionBusy),
+            "one session per agent"
+        );
+        reg.end(&session).unwrap();
+        assert!(
+            reg.connect_unattended(party(3, "contoso"), "kiosk-1", now, &mut rng)
+                .is_ok()
+        );
+        reg.unregister_device(ConnId(5));
+        assert_eq!(reg.device_agent(&TenantId::new("contoso"), "kiosk-1"), None);
     }
 }

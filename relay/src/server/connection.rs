@@ -19,7 +19,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, ChannelCounters};
-use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub};
+use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome};
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::code::SessionCode;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
@@ -128,6 +128,7 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
             tag_readers: JoinSet::new(),
             forwarders: JoinSet::new(),
             failed_joins: 0,
+            device_registered: false,
         };
         let close = conn.run(reader).await;
         conn.leave_session(match close {
@@ -182,7 +183,8 @@ async fn authenticate(
             "Hello.role must be ROLE_HELPER or ROLE_SHARER".into(),
         ));
     };
-    let principal = match hub.verifier.verify(&hello.token, unix_now()) {
+    let policies = hub.policies();
+    let principal = match policies.verifier.verify(&hello.token, unix_now()) {
         Ok(p) => p,
         Err(e) => {
             metrics::counter!("relay_auth_failures_total", "reason" => e.reason()).increment(1);
@@ -195,6 +197,17 @@ async fn authenticate(
             ErrorCode::WrongRole,
             "a device token cannot act as a helper".into(),
         ));
+    }
+    let policy = policies.tenant(&principal.tenant);
+    let admitted = match role {
+        Role::Helper => policy.admit_helper(&principal),
+        Role::Sharer => policy.admit_sharer(&principal),
+    };
+    if let Err(refusal) = admitted {
+        metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name())
+            .increment(1);
+        warn!(tenant = %principal.tenant, code = refusal.code().as_str_name(), "policy refused the client");
+        return Err(Close::Refuse(refusal.code(), refusal.message()));
     }
     let mut conn_writer = writer;
     let welcome = Out::Welcome(v1::Welcome {
@@ -222,19 +235,26 @@ struct Conn {
     /// Data streams being forwarded to the peer.
     forwarders: JoinSet<()>,
     failed_joins: u32,
+    /// This device agent is registered for unattended sessions.
+    device_registered: bool,
 }
 
 /// This connection's view of its current session.
 struct LocalSession {
     id: SessionId,
     active: Option<Active>,
+    /// The helper's reason or ticket reference, if given (for audit).
+    #[allow(dead_code)]
+    reason: String,
 }
 
 /// An active session: where data goes, and which channels this side has opened.
 struct Active {
     mode: Mode,
     peer: quinn::Connection,
-    opened: [bool; 3],
+    chat_allowed: bool,
+    /// The forwarder of each channel this side opened, to stop it on a mode change.
+    forwarders: [Option<tokio::task::AbortHandle>; 3],
     counters: Arc<ChannelCounters>,
 }
 
@@ -330,6 +350,23 @@ impl Conn {
             (Some(In::JoinSession(j)), Role::Sharer) => self.on_join(j).await,
             (Some(In::ConsentAnswer(a)), Role::Sharer) => self.on_consent(a.accept).await,
             (Some(In::EndSession(_)), _) => self.on_end().await,
+            (Some(In::RequestMode(r)), Role::Helper) => self.on_request_mode(r).await,
+            (Some(In::ConfirmCompliance(c)), Role::Helper) => {
+                self.on_confirm_compliance(c.proceed).await
+            }
+            (Some(In::ConnectUnattended(c)), Role::Helper) => self.on_connect_unattended(c).await,
+            (Some(In::RegisterDevice(_)), Role::Sharer) => self.on_register_device().await,
+            (
+                Some(In::RequestMode(_) | In::ConfirmCompliance(_) | In::ConnectUnattended(_)),
+                Role::Sharer,
+            ) => Err(Close::Refuse(
+                ErrorCode::WrongRole,
+                "only a helper can do that".into(),
+            )),
+            (Some(In::RegisterDevice(_)), Role::Helper) => Err(Close::Refuse(
+                ErrorCode::WrongRole,
+                "only a device agent can register".into(),
+            )),
             (Some(In::CreateSession(_)), Role::Sharer) => Err(Close::Refuse(
                 ErrorCode::WrongRole,
                 "only a helper can create a session".into(),
@@ -351,12 +388,17 @@ impl Conn {
         if self.hub.draining.is_cancelled() {
             return Err(Close::Shutdown);
         }
-        let Some(mode) = Mode::from_wire(create.mode) else {
+        let Some(mode) = Mode::from_wire(create.mode).filter(|m| *m <= Mode::FullControl) else {
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
                 "CreateSession.mode must be VIEW_ONLY or FULL_CONTROL".into(),
             ));
         };
+        let policy = self.hub.policies().tenant(&self.principal.tenant);
+        if let Err(refusal) = policy.may_offer(&self.principal, mode) {
+            metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
+            return self.refuse(refusal.code(), refusal.message()).await;
+        }
         let created = self.hub.create(self.id, &self.principal, mode);
         let ttl_left = created.expires_at.saturating_duration_since(Instant::now());
         info!(session = %created.session, mode = mode.as_str(), "session created");
@@ -365,6 +407,7 @@ impl Conn {
         self.session = Some(LocalSession {
             id: created.session.clone(),
             active: None,
+            reason: create.reason,
         });
         self.reply(Out::SessionCreated(v1::SessionCreated {
             session_id: created.session.to_string(),
@@ -385,37 +428,189 @@ impl Conn {
             return Err(Close::Shutdown);
         }
         let outcome = SessionCode::parse(&join.code)
-            .map_err(|_| ErrorCode::CodeInvalid)
+            .map_err(|_| {
+                (
+                    ErrorCode::CodeInvalid,
+                    ErrorCode::CodeInvalid.describe().to_string(),
+                )
+            })
             .and_then(|code| self.hub.join(self.id, &self.principal, code));
         match outcome {
-            Ok(joined) => {
-                info!(session = %joined.session, helper = %joined.helper.subject, "sharer joined");
+            Ok(JoinOutcome::AskConsent {
+                session,
+                helper,
+                mode,
+                deadline,
+            }) => {
+                info!(session = %session, helper = %helper.subject, "sharer joined");
                 self.session = Some(LocalSession {
-                    id: joined.session.clone(),
+                    id: session.clone(),
                     active: None,
+                    reason: String::new(),
                 });
-                self.reply(Out::ConsentRequest(v1::ConsentRequest {
-                    session_id: joined.session.to_string(),
-                    helper: Some(joined.helper.to_wire()),
-                    mode: joined.mode.to_wire() as i32,
-                }))
-                .await
+                self.reply(consent_request(&session, &helper, mode, false, deadline))
+                    .await
             }
-            Err(code) => {
+            Ok(JoinOutcome::AwaitingHelper { session }) => {
+                info!(session = %session, "sharer joined; helper must confirm a compliance warning");
+                self.session = Some(LocalSession {
+                    id: session,
+                    active: None,
+                    reason: String::new(),
+                });
+                Ok(())
+            }
+            Err((code, message)) => {
+                let guess = matches!(
+                    code,
+                    ErrorCode::CodeInvalid
+                        | ErrorCode::CodeExpired
+                        | ErrorCode::CodeUsed
+                        | ErrorCode::CrossTenant
+                );
                 if code == ErrorCode::CrossTenant {
                     warn!(tenant = %self.principal.tenant, "cross-tenant join refused");
                     metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
                 }
-                self.failed_joins += 1;
+                if guess {
+                    self.failed_joins += 1;
+                }
                 if self.failed_joins >= self.hub.config.limits.max_failed_joins_per_connection {
-                    metrics::counter!("relay_refusals_total", "code" => ErrorCode::LimitExceeded.as_str_name())
-                        .increment(1);
                     return Err(Close::Refuse(
                         ErrorCode::LimitExceeded,
                         format!("{} failed joins on one connection", self.failed_joins),
                     ));
                 }
-                self.refuse(code, code.describe().to_string()).await
+                self.refuse(code, message).await
+            }
+        }
+    }
+
+    async fn on_confirm_compliance(&mut self, proceed: bool) -> Result<(), Close> {
+        let Some(session) = self.session.as_ref().map(|s| s.id.clone()) else {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                "ConfirmCompliance without a session".into(),
+            ));
+        };
+        match self.hub.confirm_compliance(self.id, &session, proceed) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                info!(session = %session, "helper did not continue past the compliance warning");
+                self.session = None;
+                self.reply(ended(&session, ErrorCode::ComplianceNotConfirmed))
+                    .await
+            }
+            Err(code) => Err(Close::Refuse(
+                code,
+                "ConfirmCompliance not expected now".into(),
+            )),
+        }
+    }
+
+    async fn on_request_mode(&mut self, request: v1::RequestMode) -> Result<(), Close> {
+        let Some(session) = self
+            .session
+            .as_ref()
+            .filter(|s| s.active.is_some())
+            .map(|s| s.id.clone())
+        else {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                "RequestMode without an active session".into(),
+            ));
+        };
+        let Some(mode) = Mode::from_wire(request.mode).filter(|m| *m != Mode::Unattended) else {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                "RequestMode.mode must be VIEW_ONLY, FULL_CONTROL or ELEVATION".into(),
+            ));
+        };
+        match self
+            .hub
+            .request_mode(self.id, &self.principal, &session, mode)
+        {
+            Ok(ModeOutcome::AskedSharer) => {
+                info!(session = %session, mode = mode.as_str(), "mode raise asked of the sharer");
+                Ok(())
+            }
+            Ok(ModeOutcome::Changed(mode)) => self.apply_mode(&session, mode).await,
+            Err((ErrorCode::ProtocolViolation, message)) => {
+                Err(Close::Refuse(ErrorCode::ProtocolViolation, message))
+            }
+            Err((code, message)) => self.refuse(code, message).await,
+        }
+    }
+
+    async fn on_register_device(&mut self) -> Result<(), Close> {
+        if self.principal.kind != PrincipalKind::Device {
+            return Err(Close::Refuse(
+                ErrorCode::WrongRole,
+                "only a device token (kind \"device\") can register for unattended sessions".into(),
+            ));
+        }
+        if self.device_registered || self.session.is_some() {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                "RegisterDevice not expected now".into(),
+            ));
+        }
+        match self.hub.register_device(self.id, &self.principal) {
+            Ok(device_id) => {
+                info!(%device_id, "device agent registered for unattended sessions");
+                self.device_registered = true;
+                self.reply(Out::DeviceRegistered(v1::DeviceRegistered { device_id }))
+                    .await
+            }
+            Err(ErrorCode::WrongRole) => Err(Close::Refuse(
+                ErrorCode::WrongRole,
+                "a device agent's token needs a device_id claim".into(),
+            )),
+            Err(code) => {
+                self.refuse(code, "this device is already registered".into())
+                    .await
+            }
+        }
+    }
+
+    async fn on_connect_unattended(&mut self, connect: v1::ConnectUnattended) -> Result<(), Close> {
+        if self.session.is_some() {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                "ConnectUnattended while in a session".into(),
+            ));
+        }
+        if self.hub.draining.is_cancelled() {
+            return Err(Close::Shutdown);
+        }
+        match self
+            .hub
+            .connect_unattended(self.id, &self.principal, &connect.device_id)
+        {
+            Ok((session, agent, agent_profile, chat_allowed)) => {
+                info!(session = %session, device_id = %connect.device_id, "unattended session started");
+                metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
+                    .increment(1);
+                self.session = Some(LocalSession {
+                    id: session.clone(),
+                    active: None,
+                    reason: connect.reason,
+                });
+                self.activate(
+                    &session,
+                    Mode::Unattended,
+                    agent,
+                    chat_allowed,
+                    Some(agent_profile),
+                )
+                .await
+            }
+            Err((code, message)) => {
+                if code == ErrorCode::CrossTenant {
+                    warn!(tenant = %self.principal.tenant, "cross-tenant unattended connect refused");
+                    metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
+                }
+                self.refuse(code, message).await
             }
         }
     }
@@ -428,16 +623,29 @@ impl Conn {
             ));
         };
         match self.hub.consent(self.id, &session, accept) {
-            Ok(ConsentOutcome::Started { mode, helper }) => {
+            Ok(ConsentOutcome::Started {
+                mode,
+                helper,
+                chat_allowed,
+            }) => {
                 info!(session = %session, mode = mode.as_str(), "consent given; session started");
                 metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
                     .increment(1);
-                self.activate(&session, mode, helper).await
+                self.activate(&session, mode, helper, chat_allowed, None)
+                    .await
             }
             Ok(ConsentOutcome::Declined) => {
                 info!(session = %session, "sharer declined");
                 self.session = None;
                 self.reply(ended(&session, ErrorCode::Declined)).await
+            }
+            Ok(ConsentOutcome::ModeChanged(mode)) => {
+                info!(session = %session, mode = mode.as_str(), "sharer consented to a raised mode");
+                self.apply_mode(&session, mode).await
+            }
+            Ok(ConsentOutcome::ModeDeclined) => {
+                info!(session = %session, "sharer declined a raised mode");
+                Ok(())
             }
             Err(ErrorCode::PeerLost) => {
                 self.session = None;
@@ -454,6 +662,16 @@ impl Conn {
                 "EndSession without a session".into(),
             ));
         };
+        let unattended = self
+            .session
+            .as_ref()
+            .and_then(|s| s.active.as_ref())
+            .is_some_and(|a| a.mode == Mode::Unattended);
+        if unattended && self.role == Role::Sharer {
+            return self
+                .refuse(ErrorCode::CannotEnd, ErrorCode::CannotEnd.describe().into())
+                .await;
+        }
         self.leave_session(ErrorCode::PeerEnded);
         info!(session = %session, "session ended by client");
         self.reply(ended(&session, ErrorCode::EndedByClient)).await
@@ -464,6 +682,8 @@ impl Conn {
         session: &SessionId,
         mode: Mode,
         peer: quinn::Connection,
+        chat_allowed: bool,
+        peer_profile: Option<Arc<Principal>>,
     ) -> Result<(), Close> {
         let Some(local) = self.session.as_mut().filter(|s| &s.id == session) else {
             return Ok(());
@@ -471,18 +691,45 @@ impl Conn {
         local.active = Some(Active {
             mode,
             peer,
-            opened: [false; 3],
+            chat_allowed,
+            forwarders: [None, None, None],
             counters: Arc::new(ChannelCounters::default()),
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
         self.reply(Out::SessionStarted(v1::SessionStarted {
             session_id: session.to_string(),
             mode: mode.to_wire() as i32,
-            channels: session_channels(mode)
-                .iter()
-                .map(|c| c.to_wire() as i32)
-                .collect(),
+            channels: wire_channels(mode, chat_allowed),
             max_datagram_size: u32::try_from(max_datagram).unwrap_or(u32::MAX),
+            chat_disabled: !chat_allowed,
+            peer: peer_profile.map(|p| p.to_wire()),
+        }))
+        .await
+    }
+
+    /// Moves the active session to `mode`; input stops at once when the mode no longer
+    /// allows it (the helper may open it again after raising the mode).
+    async fn apply_mode(&mut self, session: &SessionId, mode: Mode) -> Result<(), Close> {
+        let Some(active) = self
+            .session
+            .as_mut()
+            .filter(|s| &s.id == session)
+            .and_then(|s| s.active.as_mut())
+        else {
+            return Ok(());
+        };
+        active.mode = mode;
+        if !mode.allows_input()
+            && let Some(input) = active.forwarders[Channel::Input.index()].take()
+        {
+            input.abort();
+        }
+        let chat_allowed = active.chat_allowed;
+        info!(session = %session, mode = mode.as_str(), "mode changed");
+        self.reply(Out::ModeChanged(v1::ModeChanged {
+            session_id: session.to_string(),
+            mode: mode.to_wire() as i32,
+            channels: wire_channels(mode, chat_allowed),
         }))
         .await
     }
@@ -490,17 +737,65 @@ impl Conn {
     async fn on_event(&mut self, event: Event) -> Result<(), Close> {
         let current = self.session.as_ref().map(|s| s.id.clone());
         match event {
-            Event::PeerJoined { session, sharer } if current.as_ref() == Some(&session) => {
+            Event::PeerJoined {
+                session,
+                sharer,
+                compliance_warning,
+            } if current.as_ref() == Some(&session) => {
                 self.reply(Out::PeerJoined(v1::PeerJoined {
                     sharer: Some(sharer.to_wire()),
+                    compliance_warning,
                 }))
+                .await
+            }
+            Event::AskConsent {
+                session,
+                helper,
+                mode,
+                mode_change,
+                deadline,
+            } if current.as_ref() == Some(&session) => {
+                self.reply(consent_request(
+                    &session,
+                    &helper,
+                    mode,
+                    mode_change,
+                    deadline,
+                ))
                 .await
             }
             Event::Started {
                 session,
                 mode,
                 peer,
-            } if current.as_ref() == Some(&session) => self.activate(&session, mode, peer).await,
+                peer_profile,
+                chat_allowed,
+            } => {
+                if current.is_none() && self.device_registered {
+                    // An unattended session: the agent had no join step.
+                    self.session = Some(LocalSession {
+                        id: session.clone(),
+                        active: None,
+                        reason: String::new(),
+                    });
+                    return self
+                        .activate(&session, mode, peer, chat_allowed, Some(peer_profile))
+                        .await;
+                }
+                if current.as_ref() == Some(&session) {
+                    return self
+                        .activate(&session, mode, peer, chat_allowed, None)
+                        .await;
+                }
+                debug!(%session, "start of a session this connection no longer has");
+                Ok(())
+            }
+            Event::ModeChanged { session, mode } if current.as_ref() == Some(&session) => {
+                self.apply_mode(&session, mode).await
+            }
+            Event::ModeRefused { session, reason } if current.as_ref() == Some(&session) => {
+                self.refuse(reason, reason.describe().to_string()).await
+            }
             Event::Ended { session, reason } if current.as_ref() == Some(&session) => {
                 info!(session = %session, reason = reason.as_str_name(), "session ended");
                 self.stop_forwarding();
@@ -586,7 +881,14 @@ impl Conn {
                     format!("unknown data channel tag {tag}"),
                 )
             })?;
-        if !may_send(role, channel, active.mode) {
+        if channel == Channel::Chat && !active.chat_allowed {
+            // Not fatal: the client was told chat is unavailable; refuse the stream alone.
+            metrics::counter!("relay_refusals_total", "code" => ErrorCode::ChatDisabled.as_str_name()).increment(1);
+            let mut stream = tagged.stream;
+            let _ = stream.stop(ErrorCode::ChatDisabled.to_quic().into());
+            return Ok(());
+        }
+        if !may_send(role, channel, active.mode, active.chat_allowed) {
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
                 format!(
@@ -597,16 +899,21 @@ impl Conn {
                 ),
             ));
         }
-        if std::mem::replace(&mut active.opened[channel.index()], true) {
+        if active.forwarders[channel.index()]
+            .as_ref()
+            .is_some_and(|f| !f.is_finished())
+        {
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
-                format!("the {} channel was already opened", channel.as_str()),
+                format!("the {} channel is already open", channel.as_str()),
             ));
         }
         let peer = active.peer.clone();
         let counters = active.counters.clone();
-        self.forwarders
-            .spawn(forward::stream(tagged.stream, tag, channel, peer, counters));
+        let handle =
+            self.forwarders
+                .spawn(forward::stream(tagged.stream, tag, channel, peer, counters));
+        active.forwarders[channel.index()] = Some(handle);
         Ok(())
     }
 
@@ -632,6 +939,30 @@ async fn send(writer: &mut Writer, message: Out) -> Result<(), Close> {
         .send(v1::RelayToClient { msg: Some(message) })
         .await
         .map_err(Close::from)
+}
+
+fn wire_channels(mode: Mode, chat_allowed: bool) -> Vec<i32> {
+    session_channels(mode, chat_allowed)
+        .into_iter()
+        .map(|c| c.to_wire() as i32)
+        .collect()
+}
+
+fn consent_request(
+    session: &SessionId,
+    helper: &Principal,
+    mode: Mode,
+    mode_change: bool,
+    deadline: Instant,
+) -> Out {
+    let left = deadline.saturating_duration_since(Instant::now());
+    Out::ConsentRequest(v1::ConsentRequest {
+        session_id: session.to_string(),
+        helper: Some(helper.to_wire()),
+        mode: mode.to_wire() as i32,
+        mode_change,
+        expires_at_unix_ms: unix_now_ms().saturating_add(left.as_millis() as u64),
+    })
 }
 
 fn ended(session: &SessionId, reason: ErrorCode) -> Out {

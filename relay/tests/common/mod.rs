@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::Algorithm;
 use remote_help_relay::auth::TenantTrust;
 use remote_help_relay::client::{Client, ClientError, ClientOptions};
-use remote_help_relay::config::{Config, DEFAULT_AUDIENCE, load_jwks};
+use remote_help_relay::config::{Config, DEFAULT_AUDIENCE, Tenant, load_jwks};
+use remote_help_relay::core::policy::{
+    Assignment, HELP_DESK_OPERATOR, Role as RbacRole, Scope, TenantPolicy,
+};
 use remote_help_relay::core::{Mode, Role, TenantId};
 use remote_help_relay::dev::{Persona, persona_claims};
 use remote_help_relay::issuer::{TokenSigner, TokenSpec, jwks_of};
@@ -71,11 +74,25 @@ impl TestTenant {
         }
     }
 
-    pub fn trust(&self) -> TenantTrust {
-        TenantTrust {
-            id: TenantId::new(&self.id),
-            issuer: self.issuer.clone(),
-            keys: load_jwks(&self.jwks_file).unwrap(),
+    /// The tenant as the relay is configured with it: enabled, and the `helpdesk` group
+    /// holding the built-in Help Desk Operator role for every user and device.
+    pub fn config(&self) -> Tenant {
+        Tenant {
+            trust: TenantTrust {
+                id: TenantId::new(&self.id),
+                issuer: self.issuer.clone(),
+                keys: load_jwks(&self.jwks_file).unwrap(),
+            },
+            policy: TenantPolicy {
+                enabled: true,
+                assignments: vec![Assignment {
+                    permissions: RbacRole::help_desk_operator().permissions,
+                    role: HELP_DESK_OPERATOR.into(),
+                    members: ["helpdesk".to_string()].into(),
+                    scope: Scope::from_entries(["all_users", "all_devices"]),
+                }],
+                ..TenantPolicy::default()
+            },
         }
     }
 
@@ -216,6 +233,19 @@ impl TestRelayBuilder {
         self
     }
 
+    /// Adjusts the policy of tenant `id` before the relay starts.
+    pub fn policy(self, id: &str, tweak: impl FnOnce(&mut TenantPolicy) + 'static) -> Self {
+        let id = id.to_string();
+        self.config(move |c| {
+            let tenant = c
+                .tenants
+                .iter_mut()
+                .find(|t| t.trust.id.as_str() == id)
+                .expect("tenant");
+            tweak(&mut tenant.policy);
+        })
+    }
+
     pub fn config(mut self, tweak: impl FnOnce(&mut Config) + 'static) -> Self {
         self.tweak.push(Box::new(tweak));
         self
@@ -230,7 +260,7 @@ impl TestRelayBuilder {
         }
         let mut config = Config::with_defaults(
             "127.0.0.1:0".parse().unwrap(),
-            self.tenants.iter().map(TestTenant::trust).collect(),
+            self.tenants.iter().map(TestTenant::config).collect(),
         );
         config.drain_timeout = Duration::ZERO;
         for tweak in self.tweak {
