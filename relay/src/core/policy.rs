@@ -325,7 +325,7 @@ impl TenantPolicy {
         if !self.enabled {
             return Err(Refusal::TenantDisabled);
         }
-        if !helper.licenses.iter().any(|l| *l == self.license) {
+        if !helper.licenses.contains(&self.license) {
             return Err(Refusal::LicenseRequired);
         }
         Ok(())
@@ -337,8 +337,7 @@ impl TenantPolicy {
             return Err(Refusal::TenantDisabled);
         }
         // A device agent with no signed-in user needs no licence; only its helper does.
-        if sharer.kind == PrincipalKind::User && !sharer.licenses.iter().any(|l| *l == self.license)
-        {
+        if sharer.kind == PrincipalKind::User && !sharer.licenses.contains(&self.license) {
             return Err(Refusal::LicenseRequired);
         }
         let device = sharer.device.clone().unwrap_or_default();
@@ -659,7 +658,8 @@ mod tests {
             assignments,
             ..enabled()
         };
-        let table: Vec<(&str, Vec<Assignment>, Mode, Result<(), Refusal>)> = vec![
+        type Case = (&'static str, Vec<Assignment>, Mode, Result<(), Refusal>);
+        let table: Vec<Case> = vec![
             (
                 "no assignment at all",
                 vec![],

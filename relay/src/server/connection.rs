@@ -19,7 +19,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, ChannelCounters};
-use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome};
+use super::hub::{
+    ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome, UnattendedStart,
+};
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::code::SessionCode;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
@@ -587,7 +589,12 @@ impl Conn {
             .hub
             .connect_unattended(self.id, &self.principal, &connect.device_id)
         {
-            Ok((session, agent, agent_profile, chat_allowed)) => {
+            Ok(UnattendedStart {
+                session,
+                agent,
+                agent_profile,
+                chat_allowed,
+            }) => {
                 info!(session = %session, device_id = %connect.device_id, "unattended session started");
                 metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
                     .increment(1);

@@ -177,6 +177,19 @@ pub enum ConsentOutcome {
     ModeDeclined,
 }
 
+/// An unattended session, as the helper's task needs it.
+#[derive(Debug)]
+pub struct UnattendedStart {
+    /// The new, already active session.
+    pub session: SessionId,
+    /// The device agent's connection, where the helper's data streams go.
+    pub agent: quinn::Connection,
+    /// The device agent.
+    pub agent_profile: Arc<Principal>,
+    /// Whether the tenant allows chat.
+    pub chat_allowed: bool,
+}
+
 /// A helper's mode request, applied.
 #[derive(Debug)]
 pub enum ModeOutcome {
@@ -618,7 +631,7 @@ impl Hub {
         helper: ConnId,
         principal: &Arc<Principal>,
         device_id: &str,
-    ) -> Result<(SessionId, quinn::Connection, Arc<Principal>, bool), (ErrorCode, String)> {
+    ) -> Result<UnattendedStart, (ErrorCode, String)> {
         let agent = {
             let state = self.read();
             state
@@ -669,7 +682,12 @@ impl Hub {
                 chat_allowed,
             },
         );
-        Ok((session, agent.connection, agent.principal, chat_allowed))
+        Ok(UnattendedStart {
+            session,
+            agent: agent.connection,
+            agent_profile: agent.principal,
+            chat_allowed,
+        })
     }
 
     /// Ends `session`, telling every party except `except` (the one that caused the end,
