@@ -138,7 +138,9 @@ fn load_config(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<Config
 
 fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
     // Parse and check everything before binding anything.
-    let config = load_config(config, state_dir)?;
+    let config_path = config.map(Path::to_path_buf);
+    let state_dir = state_dir.to_path_buf();
+    let config = load_config(config, &state_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let state = config.state_dir.clone();
@@ -150,31 +152,48 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the fingerprint file");
             }
         }
-        wait_for_stop_signal().await;
+        serve_signals(&handle, config_path.as_deref(), &state_dir).await;
         tracing::info!("stop signal received");
         handle.shutdown().await;
         anyhow::Ok(())
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Serves signals until a stop signal: SIGHUP reloads the config (checked first; a bad
+/// one keeps the running policy), SIGTERM and ctrl-c return.
+async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, state_dir: &Path) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    match load_config(config, state_dir) {
+                        Ok(fresh) => {
+                            handle.reload(&fresh);
+                        }
+                        Err(e) => {
+                            metrics::counter!("relay_config_reloads_total", "result" => "error").increment(1);
+                            tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running policy");
+                        }
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = (handle, config, state_dir);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

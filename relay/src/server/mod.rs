@@ -99,6 +99,45 @@ impl ServerHandle {
         }
     }
 
+    /// Applies a new config's tenants, keys and policies to new requests; active sessions
+    /// carry on. Settings that need a restart (listen address, TLS, limits, timeouts) are
+    /// kept as they were; the returned list names those that differ.
+    pub fn reload(&self, config: &Config) -> Vec<&'static str> {
+        let running = &self.hub.config;
+        let mut ignored = Vec::new();
+        if config.listen != running.listen {
+            ignored.push("server.listen");
+        }
+        if config.tls != running.tls {
+            ignored.push("server.tls_cert/tls_key");
+        }
+        if config.limits != running.limits {
+            ignored.push("limits");
+        }
+        if config.idle_timeout != running.idle_timeout
+            || config.keep_alive != running.keep_alive
+            || config.auth_timeout != running.auth_timeout
+            || config.code_ttl != running.code_ttl
+            || config.consent_timeout != running.consent_timeout
+            || config.drain_timeout != running.drain_timeout
+        {
+            ignored.push("server timeouts");
+        }
+        self.hub.reload(config);
+        metrics::counter!("relay_config_reloads_total", "result" => "ok").increment(1);
+        info!(
+            tenants = config.tenants.len(),
+            "configuration reloaded: tenants, keys and policies"
+        );
+        if !ignored.is_empty() {
+            warn!(
+                ?ignored,
+                "these settings change only with a restart; kept as they were"
+            );
+        }
+        ignored
+    }
+
     /// Starts shutting down without waiting: stop accepting, drain, close.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();

@@ -1,0 +1,604 @@
+//! Remote Help policy end to end over QUIC: every refusal code, compliance confirmation,
+//! consent timeout, mode changes, chat disabled, unattended device agents, and reload.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TestRelay, with_claims, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope, TenantPolicy};
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
+use serde_json::json;
+
+fn assignment(permissions: &[Permission], members: &[&str], scope: &[&str]) -> Assignment {
+    Assignment {
+        permissions: PermissionSet::granting(permissions.iter().copied()),
+        role: "custom".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        scope: Scope::from_entries(scope.iter().copied()),
+    }
+}
+
+/// A sharer token of contoso with `extra` claims over the default persona.
+fn sharer_token(relay: &TestRelay, extra: serde_json::Value) -> String {
+    let contoso = relay.tenant("contoso");
+    contoso.sign(&with_claims(contoso.spec(Persona::Sharer), extra))
+}
+
+fn helper_token(relay: &TestRelay, extra: serde_json::Value) -> String {
+    let contoso = relay.tenant("contoso");
+    contoso.sign(&with_claims(contoso.spec(Persona::Helper), extra))
+}
+
+fn agent_token(relay: &TestRelay, device_id: &str) -> String {
+    sharer_token(
+        relay,
+        json!({
+            "kind": "device", "licenses": [], "groups": [],
+            "device_id": device_id, "device_name": "KIOSK", "platform": "android-dedicated",
+            "manufacturer": "Zebra", "os_version": "14", "device_groups": ["kiosks"],
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_disabled_tenant_refuses_helpers_and_sharers() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.enabled = false)
+        .start()
+        .await;
+    for (role, persona) in [
+        (Role::Helper, Persona::Helper),
+        (Role::Sharer, Persona::Sharer),
+    ] {
+        let err = relay
+            .connect(relay.tenant("contoso").token(persona), role)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::TenantDisabled), "{role:?}");
+    }
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn sharers_are_admitted_only_with_licence_supported_platform_and_enrolment() {
+    let relay = TestRelay::start().await;
+    let cases = [
+        (
+            "no licence",
+            json!({"licenses": []}),
+            Some(ErrorCode::LicenseRequired),
+        ),
+        (
+            "other licence",
+            json!({"licenses": ["office"]}),
+            Some(ErrorCode::LicenseRequired),
+        ),
+        (
+            "linux",
+            json!({"platform": "linux"}),
+            Some(ErrorCode::PlatformNotSupported),
+        ),
+        (
+            "macOS 12",
+            json!({"platform": "macos", "os_version": "12.7"}),
+            Some(ErrorCode::PlatformNotSupported),
+        ),
+        (
+            "macOS 15",
+            json!({"platform": "macos", "os_version": "15.1"}),
+            None,
+        ),
+        (
+            "android from Google",
+            json!({"platform": "android-dedicated", "manufacturer": "Google"}),
+            Some(ErrorCode::PlatformNotSupported),
+        ),
+        (
+            "android from Samsung",
+            json!({"platform": "android-dedicated", "manufacturer": "Samsung"}),
+            None,
+        ),
+        ("windows 365", json!({"platform": "windows365"}), None),
+        (
+            "unenrolled",
+            json!({"enrolled": false}),
+            Some(ErrorCode::UnenrolledDeviceNotAllowed),
+        ),
+        (
+            "enrolment missing",
+            json!({"enrolled": null}),
+            Some(ErrorCode::UnenrolledDeviceNotAllowed),
+        ),
+    ];
+    for (name, extra, expected) in cases {
+        let result = relay
+            .connect(sharer_token(&relay, extra), Role::Sharer)
+            .await;
+        match (expected, result) {
+            (None, Ok(c)) => c.close().await,
+            (None, Err(e)) => panic!("{name}: {e}"),
+            (Some(code), Ok(_)) => panic!("{name}: admitted, expected {code}"),
+            (Some(code), Err(e)) => assert_eq!(e.code(), Some(code), "{name}"),
+        }
+    }
+    let err = relay
+        .connect(helper_token(&relay, json!({"licenses": []})), Role::Helper)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::LicenseRequired),
+        "unlicensed helper"
+    );
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unenrolled_devices_are_admitted_when_the_tenant_allows_them() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.allow_unenrolled_devices = true)
+        .start()
+        .await;
+    let sharer = relay
+        .connect(
+            sharer_token(&relay, json!({"enrolled": false})),
+            Role::Sharer,
+        )
+        .await
+        .unwrap();
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_helper_without_the_permission_cannot_even_create_a_session() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| {
+            p.assignments = vec![assignment(
+                &[Permission::OfferRemoteAssistance, Permission::ViewScreen],
+                &["helpdesk"],
+                &["all_users"],
+            )]
+        })
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    let err = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+    // Not fatal: view only is within the role.
+    within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    let mut stranger = relay
+        .connect(
+            helper_token(&relay, json!({"groups": ["marketing"]})),
+            Role::Helper,
+        )
+        .await
+        .unwrap();
+    let err = within(stranger.create_session(Mode::ViewOnly))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_sharer_outside_the_helpers_scope_is_refused_before_seeing_the_helper() {
+    use Permission::*;
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| {
+            p.assignments = vec![
+                assignment(
+                    &[OfferRemoteAssistance, ViewScreen],
+                    &["helpdesk"],
+                    &["finance"],
+                ),
+                assignment(
+                    &[OfferRemoteAssistance, TakeFullControl],
+                    &["helpdesk"],
+                    &["laptops"],
+                ),
+            ]
+        })
+        .start()
+        .await;
+    // The sharer is in "engineering" with a device in "laptops".
+    let mut helper = relay.helper("contoso").await;
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    let mut outsider = relay
+        .connect(
+            sharer_token(&relay, json!({"device_groups": ["desktops"]})),
+            Role::Sharer,
+        )
+        .await
+        .unwrap();
+    let err = within(outsider.join(&created.code)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotInScope));
+    assert!(
+        !err.to_string().contains("Ada"),
+        "nothing about the helper: {err}"
+    );
+    assert_eq!(within(helper.wait_for_end()).await, ErrorCode::NotInScope);
+
+    // In scope through the device: full control is granted by the laptops assignment.
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&created.code)).await.unwrap();
+
+    // In scope only through an assignment that grants view: full control is denied.
+    let mut helper = relay.helper("contoso").await;
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    let mut finance = relay
+        .connect(
+            sharer_token(&relay, json!({"groups": ["finance"], "device_groups": []})),
+            Role::Sharer,
+        )
+        .await
+        .unwrap();
+    let err = within(finance.join(&created.code)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_compliant_device_needs_the_helpers_confirmation_first() {
+    let relay = TestRelay::start().await;
+    let token = sharer_token(&relay, json!({"compliant": false}));
+
+    // Confirmed: the sharer is asked only after the helper goes on.
+    let mut helper = relay.helper("contoso").await;
+    let mut sharer = relay.connect(token.clone(), Role::Sharer).await.unwrap();
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    let (request, ()) = within(async {
+        tokio::join!(sharer.join(&created.code), async {
+            let joined = helper.wait_for_peer_joined().await.unwrap();
+            assert!(joined.compliance_warning);
+            helper.confirm_compliance(true).await.unwrap();
+        })
+    })
+    .await;
+    assert_eq!(request.unwrap().helper.unwrap().given_name, "Ada");
+    within(sharer.accept()).await.unwrap();
+    within(helper.wait_for_start()).await.unwrap();
+
+    // Not confirmed: the session ends for both.
+    let mut helper = relay.helper("contoso").await;
+    let mut sharer = relay.connect(token, Role::Sharer).await.unwrap();
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    let (joined, ()) = within(async {
+        tokio::join!(sharer.join(&created.code), async {
+            helper.wait_for_peer_joined().await.unwrap();
+            helper.confirm_compliance(false).await.unwrap();
+        })
+    })
+    .await;
+    assert_eq!(
+        joined.unwrap_err().code(),
+        Some(ErrorCode::ComplianceNotConfirmed)
+    );
+    assert_eq!(
+        within(helper.wait_for_end()).await,
+        ErrorCode::ComplianceNotConfirmed
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_consent_prompt_times_out_for_both() {
+    let relay = TestRelay::builder()
+        .config(|c| c.consent_timeout = Duration::ZERO)
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    let mut sharer = relay.sharer("contoso").await;
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    assert_eq!(
+        within(sharer.wait_for_end()).await,
+        ErrorCode::ConsentTimeout
+    );
+    within(helper.wait_for_sharer()).await.unwrap();
+    assert_eq!(
+        within(helper.wait_for_end()).await,
+        ErrorCode::ConsentTimeout
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn raising_the_mode_needs_fresh_consent_and_lowering_it_stops_input() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+
+    // View → control: the sharer is asked and accepts; input then flows.
+    let (changed, answered) = within(async {
+        tokio::join!(
+            helper.request_mode(Mode::FullControl, "ticket 4711"),
+            async {
+                let request = sharer.wait_for_consent_request().await.unwrap();
+                assert!(request.mode_change);
+                assert_eq!(
+                    request.mode,
+                    remote_help_proto::v1::Mode::FullControl as i32
+                );
+                sharer.answer_mode_change(true).await
+            }
+        )
+    })
+    .await;
+    assert_eq!(changed.unwrap(), Mode::FullControl);
+    assert_eq!(answered.unwrap(), Some(Mode::FullControl));
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"click")))
+        .await
+        .unwrap();
+    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"click"
+    );
+
+    // Control → elevation, declined: the helper hears MODE_DECLINED, the session goes on.
+    let (changed, answered) = within(async {
+        tokio::join!(helper.request_mode(Mode::Elevation, ""), async {
+            sharer.wait_for_consent_request().await.unwrap();
+            sharer.answer_mode_change(false).await
+        })
+    })
+    .await;
+    assert_eq!(changed.unwrap_err().code(), Some(ErrorCode::ModeDeclined));
+    assert_eq!(answered.unwrap(), None);
+
+    // Control → view: at once, no consent; the input stream is cut.
+    assert_eq!(
+        within(helper.request_mode(Mode::ViewOnly, ""))
+            .await
+            .unwrap(),
+        Mode::ViewOnly
+    );
+    assert_eq!(
+        within(sharer.wait_for_mode_change()).await.unwrap(),
+        Mode::ViewOnly
+    );
+    let cut = within(input_in.recv()).await;
+    assert!(
+        !matches!(cut, Ok(Some(_))),
+        "input still flowing after the downgrade: {cut:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn raising_the_mode_beyond_the_role_is_denied_and_the_session_goes_on() {
+    use Permission::*;
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| {
+            p.assignments = vec![assignment(
+                &[OfferRemoteAssistance, TakeFullControl],
+                &["helpdesk"],
+                &["all_users"],
+            )]
+        })
+        .start()
+        .await;
+    let (mut helper, _sharer) = relay.paired("contoso", Mode::FullControl).await;
+    let err = within(helper.request_mode(Mode::Elevation, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+    within(helper.ping()).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn with_chat_disabled_both_are_told_and_a_chat_stream_is_refused() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.disable_chat = true)
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    let mut sharer = relay.sharer("contoso").await;
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    let started = within(sharer.accept()).await.unwrap();
+    assert!(started.chat_disabled);
+    assert_eq!(started.channels, vec![Channel::Screen, Channel::Input]);
+    let helper_view = within(helper.wait_for_start()).await.unwrap();
+    assert!(helper_view.chat_disabled);
+
+    let mut chat = within(helper.connection().open_uni()).await.unwrap();
+    within(chat.write_all(&[Channel::Chat.to_wire() as u8, 0, 0, 0, 1, b'x']))
+        .await
+        .unwrap();
+    let stopped = within(chat.stopped()).await.unwrap();
+    assert_eq!(
+        stopped.map(|c| c.into_inner()),
+        Some(u64::from(ErrorCode::ChatDisabled.to_quic()))
+    );
+    // The session itself goes on.
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"ok"))).await.unwrap();
+    let (channel, _) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_unattended_device_agent_is_controlled_without_consent_and_only_the_helper_ends() {
+    let relay = TestRelay::start().await;
+    let mut agent = relay
+        .connect(agent_token(&relay, "kiosk-7"), Role::Sharer)
+        .await
+        .unwrap();
+    assert_eq!(within(agent.register_device()).await.unwrap(), "kiosk-7");
+
+    let mut helper = relay.helper("contoso").await;
+    let started = within(helper.connect_unattended("kiosk-7", "INC-1234"))
+        .await
+        .unwrap();
+    assert_eq!(started.mode, Mode::Unattended);
+    assert_eq!(
+        started
+            .peer
+            .as_ref()
+            .unwrap()
+            .device
+            .as_ref()
+            .unwrap()
+            .device_id,
+        "kiosk-7"
+    );
+    let agent_view = within(agent.wait_for_start()).await.unwrap();
+    assert_eq!(agent_view.mode, Mode::Unattended);
+    assert_eq!(agent_view.peer.unwrap().given_name, "Ada");
+
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"tap")))
+        .await
+        .unwrap();
+    let (_, mut input_in) = within(agent.accept_channel()).await.unwrap();
+    assert_eq!(&within(input_in.recv()).await.unwrap().unwrap()[..], b"tap");
+
+    let err = within(agent.end_session()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CannotEnd));
+    within(helper.end_session()).await.unwrap();
+    assert_eq!(within(agent.wait_for_end()).await, ErrorCode::PeerEnded);
+
+    // The agent stays registered for the next session.
+    within(helper.connect_unattended("kiosk-7", ""))
+        .await
+        .unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unattended_access_needs_the_permission_the_scope_and_the_same_tenant() {
+    use Permission::*;
+    let relay = TestRelay::builder()
+        .tenant("contoso", TokenSigner::generate_ed25519("c1").unwrap())
+        .tenant("fabrikam", TokenSigner::generate_ed25519("f1").unwrap())
+        .policy("contoso", |p| {
+            p.assignments = vec![
+                assignment(
+                    &[OfferRemoteAssistance, Elevation],
+                    &["tier1"],
+                    &["all_devices"],
+                ),
+                assignment(
+                    &[OfferRemoteAssistance, UnattendedControl],
+                    &["tier2"],
+                    &["laptops"],
+                ),
+            ]
+        })
+        .start()
+        .await;
+    let mut agent = relay
+        .connect(agent_token(&relay, "kiosk-7"), Role::Sharer)
+        .await
+        .unwrap();
+    within(agent.register_device()).await.unwrap();
+
+    let cases = [
+        (
+            "elevation is not unattended",
+            json!({"groups": ["tier1"]}),
+            ErrorCode::PermissionDenied,
+        ),
+        (
+            "scope misses the kiosk",
+            json!({"groups": ["tier2"]}),
+            ErrorCode::NotInScope,
+        ),
+    ];
+    for (name, extra, expected) in cases {
+        let mut helper = relay
+            .connect(helper_token(&relay, extra), Role::Helper)
+            .await
+            .unwrap();
+        let err = within(helper.connect_unattended("kiosk-7", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(expected), "{name}");
+    }
+    let mut helper = relay
+        .connect(
+            helper_token(&relay, json!({"groups": ["tier2"]})),
+            Role::Helper,
+        )
+        .await
+        .unwrap();
+    let err = within(helper.connect_unattended("no-such-device", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DeviceUnavailable));
+
+    let mut foreign = relay
+        .connect(
+            relay.tenant("fabrikam").token(Persona::Helper),
+            Role::Helper,
+        )
+        .await
+        .unwrap();
+    let err = within(foreign.connect_unattended("kiosk-7", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CrossTenant));
+
+    // A user's token cannot register as a device agent.
+    let mut user = relay.sharer("contoso").await;
+    assert_eq!(
+        within(user.register_device()).await.unwrap_err().code(),
+        Some(ErrorCode::WrongRole)
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
+    let relay = TestRelay::start().await;
+    let (helper, sharer) = relay.paired("contoso", Mode::FullControl).await;
+
+    let mut disabled = remote_help_relay::config::Config::with_defaults(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![relay.tenant("contoso").config()],
+    );
+    disabled.tenants[0].policy = TenantPolicy::default();
+    relay.handle.reload(&disabled);
+
+    let err = relay
+        .connect(relay.tenant("contoso").token(Persona::Helper), Role::Helper)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TenantDisabled));
+    // The session that was already running carries on.
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"still allowed")))
+        .await
+        .unwrap();
+    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"still allowed"
+    );
+    relay.stop().await;
+}
