@@ -31,7 +31,7 @@ fn a_bad_config_exits_64_naming_every_field() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[server]\nlisten = \"no\"\ncode_ttl_secs = 1\n[[tenants]]\nid = \"x\"\njwks_file = \"missing.json\"\n",
+        "[server]\nlisten = \"no\"\ncode_ttl_secs = 1\n[[tenants]]\nid = \"x\"\njwks_file = \"missing.json\"\ncloud = \"gcc-high\"\n",
     )
     .unwrap();
     let out = relay().arg("check-config").arg(&path).output().unwrap();
@@ -88,7 +88,22 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
             break (addr.to_string(), fp.to_string());
         }
     };
-    let drain = std::thread::spawn(move || log.count());
+    // Keep reading the log on a thread (so the daemon never blocks on a full pipe) and
+    // hand the lines over, so the test can wait for a given line.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let drain = std::thread::spawn(move || {
+        for line in log.map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for_log = |needle: &str| loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
 
     let helper_token = dir.path().join("helper.jwt");
     let sharer_token = dir.path().join("sharer.jwt");
@@ -243,16 +258,37 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         "{helper_rest:?}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
+    // SIGHUP with a broken file keeps the running policy...
+    let good_config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, "[[tenants]]\nid = \"dev\"\n").unwrap();
+    let hup = |pid: u32| {
+        assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+    };
+    hup(daemon.id());
+    wait_for_log("reload failed");
+    let probe = |extra: &[&str]| {
+        rhelp()
+            .args(["probe", "--relay", &addr, "--pin", &fingerprint, "--screen-mb", "1", "--round-trips", "5", "--json"])
+            .args(extra)
+            .arg("--helper-token")
+            .arg(&helper_token)
+            .arg("--sharer-token")
+            .arg(&sharer_token)
+            .output()
+            .unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_slice(&probe(&[]).stdout).unwrap();
+    assert_eq!(report["ok"], true, "a bad reload must not change anything: {report}");
+    // ...and a good one applies: the tenant is disabled now.
+    std::fs::write(&config_path, good_config.replace("enabled = true", "enabled = false")).unwrap();
+    hup(daemon.id());
+    wait_for_log("configuration reloaded");
+    let report: serde_json::Value = serde_json::from_slice(&probe(&[]).stdout).unwrap();
+    assert_eq!(report["error_code"], "TENANT_DISABLED", "{report}");
+
+    let status = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = daemon.wait().unwrap();
-    assert_eq!(
-        exit.code(),
-        Some(0),
-        "relay did not exit cleanly on SIGTERM"
-    );
+    assert_eq!(exit.code(), Some(0), "relay did not exit cleanly on SIGTERM");
     drain.join().unwrap();
 }
