@@ -262,13 +262,30 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     let good_config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, "[[tenants]]\nid = \"dev\"\n").unwrap();
     let hup = |pid: u32| {
-        assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
     };
     hup(daemon.id());
     wait_for_log("reload failed");
     let probe = |extra: &[&str]| {
         rhelp()
-            .args(["probe", "--relay", &addr, "--pin", &fingerprint, "--screen-mb", "1", "--round-trips", "5", "--json"])
+            .args([
+                "probe",
+                "--relay",
+                &addr,
+                "--pin",
+                &fingerprint,
+                "--screen-mb",
+                "1",
+                "--round-trips",
+                "5",
+                "--json",
+            ])
             .args(extra)
             .arg("--helper-token")
             .arg(&helper_token)
@@ -278,17 +295,31 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
             .unwrap()
     };
     let report: serde_json::Value = serde_json::from_slice(&probe(&[]).stdout).unwrap();
-    assert_eq!(report["ok"], true, "a bad reload must not change anything: {report}");
+    assert_eq!(
+        report["ok"], true,
+        "a bad reload must not change anything: {report}"
+    );
     // ...and a good one applies: the tenant is disabled now.
-    std::fs::write(&config_path, good_config.replace("enabled = true", "enabled = false")).unwrap();
+    std::fs::write(
+        &config_path,
+        good_config.replace("enabled = true", "enabled = false"),
+    )
+    .unwrap();
     hup(daemon.id());
     wait_for_log("configuration reloaded");
     let report: serde_json::Value = serde_json::from_slice(&probe(&[]).stdout).unwrap();
     assert_eq!(report["error_code"], "TENANT_DISABLED", "{report}");
 
-    let status = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = daemon.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "relay did not exit cleanly on SIGTERM");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "relay did not exit cleanly on SIGTERM"
+    );
     drain.join().unwrap();
 }

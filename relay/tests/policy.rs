@@ -602,3 +602,78 @@ async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
     );
     relay.stop().await;
 }
+
+#[test]
+fn the_worked_example_in_config_example_decides_as_documented() {
+    use remote_help_relay::auth::{DeviceClaims, Principal, PrincipalKind, ProfileClaims};
+    use remote_help_relay::core::TenantId;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+    let config = remote_help_relay::config::Config::load(&example).unwrap();
+    let policy = &config.tenants[0].policy;
+    let person = |groups: &[&str], device_groups: Option<&[&str]>, kind: PrincipalKind| Principal {
+        tenant: TenantId::new("contoso"),
+        subject: "s".into(),
+        kind,
+        profile: ProfileClaims::default(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        licenses: vec!["remote-help".into()],
+        device: device_groups.map(|groups| DeviceClaims {
+            platform: "windows".into(),
+            enrolled: true,
+            compliant: true,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..DeviceClaims::default()
+        }),
+        token_id: None,
+        expires_at: 0,
+    };
+    let desk = person(&["grp-service-desk"], None, PrincipalKind::User);
+    let engineering = person(&["grp-desktop-engineering"], None, PrincipalKind::User);
+    let marketing = person(&["grp-marketing"], None, PrincipalKind::User);
+    let finance_user = person(&["grp-finance-users"], Some(&[]), PrincipalKind::User);
+    let hr_on_finance_laptop = person(
+        &["grp-hr"],
+        Some(&["grp-finance-laptops"]),
+        PrincipalKind::User,
+    );
+    let hr_elsewhere = person(&["grp-hr"], Some(&["grp-other"]), PrincipalKind::User);
+    let agent = person(&[], Some(&["grp-kiosks"]), PrincipalKind::Device);
+    let cases = [
+        (&desk, &finance_user, Mode::FullControl, None),
+        (&desk, &finance_user, Mode::ViewOnly, None),
+        (
+            &desk,
+            &finance_user,
+            Mode::Elevation,
+            Some(ErrorCode::PermissionDenied),
+        ),
+        (&desk, &hr_on_finance_laptop, Mode::FullControl, None),
+        (
+            &desk,
+            &hr_elsewhere,
+            Mode::ViewOnly,
+            Some(ErrorCode::NotInScope),
+        ),
+        (&engineering, &hr_elsewhere, Mode::Elevation, None),
+        (&engineering, &agent, Mode::Unattended, None),
+        (
+            &marketing,
+            &finance_user,
+            Mode::ViewOnly,
+            Some(ErrorCode::PermissionDenied),
+        ),
+    ];
+    assert!(policy.enabled);
+    for (i, (helper, sharer, mode, expected)) in cases.into_iter().enumerate() {
+        let decided = policy
+            .may_help(helper, sharer, mode)
+            .err()
+            .map(|r| r.code());
+        assert_eq!(
+            decided,
+            expected,
+            "row {} of the table in docs/policy.md",
+            i + 1
+        );
+    }
+}
