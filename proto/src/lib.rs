@@ -68,6 +68,11 @@ impl ErrorCode {
             ErrorCode::DeviceUnavailable => "no such device is waiting for help",
             ErrorCode::ModeDeclined => "the user declined the mode change",
             ErrorCode::CannotEnd => "only the helper can end an unattended session",
+            ErrorCode::AdminEnded => "an administrator ended the session",
+            ErrorCode::AuditUnavailable => {
+                "the relay cannot record sessions right now; try again later"
+            }
+            ErrorCode::RelayRestarted => "the relay restarted during the session",
         }
     }
 

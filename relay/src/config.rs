@@ -34,6 +34,43 @@ pub struct RawConfig {
     /// `[[tenants]]`.
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Folder of the audit files (default "audit" under the state folder).
+    pub dir: Option<PathBuf>,
+    /// Size at which a file is closed and the next begun, MiB (default 64).
+    pub max_file_mb: Option<u64>,
+    /// Days files are kept (default 30).
+    pub retention_days: Option<u64>,
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// TCP address of the admin/metrics listener (default "127.0.0.1:9464"); "" disables it.
+    pub listen: Option<String>,
+    /// File holding the bearer token for the session endpoints.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin/metrics HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for `/admin/*`; without one those endpoints answer 403.
+    pub token: Option<String>,
 }
 
 /// `[server]` as written.
@@ -241,7 +278,14 @@ pub struct Config {
     pub consent_timeout: Duration,
     /// The tenants this relay serves.
     pub tenants: Vec<Tenant>,
+    /// Where audit events go.
+    pub audit: crate::audit::AuditConfig,
+    /// The admin/metrics listener.
+    pub admin: AdminConfig,
 }
+
+/// Default admin/metrics listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// Default UDP port of the relay.
 pub const DEFAULT_PORT: u16 = 4433;
@@ -302,6 +346,15 @@ impl Config {
             consent_timeout: Duration::from_secs(300),
             limits: Limits::default(),
             tenants,
+            audit: crate::audit::AuditConfig {
+                dir: PathBuf::from("state/audit"),
+                max_file_bytes: 64 << 20,
+                retention_days: 30,
+            },
+            admin: AdminConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                token: None,
+            },
         }
     }
 
@@ -669,10 +722,77 @@ impl Config {
             }
         }
 
+        let raw_audit = raw.audit;
+        let audit = crate::audit::AuditConfig {
+            dir: resolve(&raw_audit.dir.unwrap_or_else(|| state_dir.join("audit"))),
+            max_file_bytes: {
+                let mb = raw_audit.max_file_mb.unwrap_or(64);
+                if !(1..=4096).contains(&mb) {
+                    problem(
+                        "audit.max_file_mb",
+                        format!("{mb} is out of range 1..=4096"),
+                    );
+                }
+                mb << 20
+            },
+            retention_days: {
+                let days = raw_audit.retention_days.unwrap_or(30);
+                if !(1..=3650).contains(&days) {
+                    problem(
+                        "audit.retention_days",
+                        format!("{days} is out of range 1..=3650"),
+                    );
+                }
+                days as u32
+            },
+        };
+        let raw_admin = raw.admin;
+        let admin_listen = match raw_admin.listen.as_deref() {
+            Some("") => None,
+            text => {
+                let text = text.unwrap_or(DEFAULT_ADMIN_LISTEN);
+                match text.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        problem(
+                            "admin.listen",
+                            format!("{text:?} is not an ip:port address ({e})"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let admin_token = match raw_admin.token_file {
+            None => None,
+            Some(path) => match std::fs::read_to_string(resolve(&path)) {
+                Ok(text) if text.trim().len() >= 16 => Some(text.trim().to_string()),
+                Ok(_) => {
+                    problem(
+                        "admin.token_file",
+                        "the token must be at least 16 characters".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Config {
+            audit,
+            admin: AdminConfig {
+                listen: admin_listen,
+                token: admin_token,
+            },
             listen,
             audience,
             tls,

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod core;
 pub mod dev;
 pub mod issuer;
 pub mod probe;
+pub mod report;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -62,7 +62,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n[[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\", \"all_devices\"]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n[[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\", \"all_devices\"]\n",
             state.display().to_string(),
             config.tenants[0].trust.issuer,
             jwks.display().to_string()

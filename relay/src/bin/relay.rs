@@ -69,6 +69,48 @@ enum Command {
     },
     /// Run a relay, a helper and a sharer in one process and narrate a session.
     Demo,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Past sessions from the audit log (or active ones from the admin endpoint).
+    Sessions {
+        /// Audit folder (default: the config's `[audit] dir`).
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+        /// Only this tenant's sessions.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Sessions that started at or after this RFC 3339 time (or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Sessions that started before this RFC 3339 time (or YYYY-MM-DD).
+        #[arg(long)]
+        until: Option<String>,
+        /// One JSON object (rows and summary) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Active sessions, from the admin endpoint.
+        #[arg(long)]
+        active: bool,
+        /// Admin endpoint HOST:PORT (default: the config's `[admin] listen`).
+        #[arg(long)]
+        admin: Option<String>,
+        /// File with the admin bearer token (default: the config's `[admin] token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files; report the first broken link.
+    Verify {
+        /// Audit files (`audit-*.jsonl`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +137,40 @@ fn main() -> ExitCode {
             out,
         } => dev_token(&cli.state_dir, *role, sub.as_deref(), *ttl, out.as_deref()),
         Command::Demo => demo(),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => return audit_verify(files),
+        Command::Sessions {
+            audit_dir,
+            tenant,
+            since,
+            until,
+            json,
+            active,
+            admin,
+            token_file,
+        } => {
+            if *active {
+                active_sessions(
+                    cli.config.as_deref(),
+                    &cli.state_dir,
+                    admin.as_deref(),
+                    token_file.as_deref(),
+                    tenant.as_deref(),
+                    *json,
+                )
+            } else {
+                past_sessions(
+                    cli.config.as_deref(),
+                    &cli.state_dir,
+                    audit_dir.as_deref(),
+                    tenant,
+                    since,
+                    until,
+                    *json,
+                )
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,6 +320,7 @@ fn demo() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let (mut config, signer) = dev::config(&state_for_run)?;
         config.listen = "127.0.0.1:0".parse()?;
+        config.admin.listen = Some("127.0.0.1:0".parse()?);
         config.drain_timeout = std::time::Duration::from_secs(1);
         let handle = server::spawn(config)?;
         println!(
@@ -280,6 +357,154 @@ fn demo() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    let mut broken = false;
+    for file in files {
+        match remote_help_relay::audit::verify_file(file) {
+            Ok(events) => println!(
+                "{}: OK ({events} events, hash chain intact)",
+                file.display()
+            ),
+            Err(link) => {
+                broken = true;
+                println!(
+                    "{}:{}: BROKEN: {}",
+                    link.file.display(),
+                    link.line,
+                    link.reason
+                );
+            }
+        }
+    }
+    if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn parse_when(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    if let Some(t) = remote_help_relay::audit::parse_time(text) {
+        return Ok(t);
+    }
+    remote_help_relay::audit::parse_time(&format!("{text}T00:00:00Z"))
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+fn past_sessions(
+    config: Option<&Path>,
+    state_dir: &Path,
+    audit_dir: Option<&Path>,
+    tenant: &Option<String>,
+    since: &Option<String>,
+    until: &Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use remote_help_relay::report;
+    let dir = match audit_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => match config {
+            Some(path) => Config::load(path)?.audit.dir,
+            None => state_dir.join("audit"),
+        },
+    };
+    let files = remote_help_relay::audit::audit_files(&dir);
+    let events = remote_help_relay::audit::read_events(&files);
+    let filter = report::Filter {
+        tenant: tenant.clone(),
+        since: since.as_deref().map(parse_when).transpose()?,
+        until: until.as_deref().map(parse_when).transpose()?,
+    };
+    let rows = report::sessions(&events, &filter);
+    let summary = report::summarize(&rows);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "sessions": rows, "summary": summary })
+        );
+    } else {
+        print!("{}", report::render(&rows, &summary));
+    }
+    Ok(())
+}
+
+fn active_sessions(
+    config: Option<&Path>,
+    state_dir: &Path,
+    admin: Option<&str>,
+    token_file: Option<&Path>,
+    tenant: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let loaded = match config {
+        Some(path) => Some(Config::load(path)?),
+        None if admin.is_none() => Some(dev::config(state_dir)?.0),
+        None => None,
+    };
+    let addr = match admin {
+        Some(a) => a.to_string(),
+        None => loaded
+            .as_ref()
+            .and_then(|c| c.admin.listen)
+            .map(|a| a.to_string())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "give --admin HOST:PORT (the admin listener is disabled in the config)"
+                )
+            })?,
+    };
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string(),
+        None => loaded
+            .as_ref()
+            .and_then(|c| c.admin.token.clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!("give --token-file (no [admin] token_file in the config)")
+            })?,
+    };
+    let query = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
+    let mut stream =
+        std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /admin/sessions{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        anyhow::bail!("admin endpoint answered {status}: {}", body.trim());
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let sessions: Vec<serde_json::Value> = serde_json::from_str(body)?;
+    println!(
+        "{:<34} {:<10} {:<20} {:<20} {:<14} {:>9}",
+        "SESSION", "TENANT", "HELPER", "SHARER", "MODE", "DURATION"
+    );
+    for s in &sessions {
+        println!(
+            "{:<34} {:<10} {:<20} {:<20} {:<14} {:>8.0}s",
+            s["session_id"].as_str().unwrap_or(""),
+            s["tenant"].as_str().unwrap_or(""),
+            s["helper_name"].as_str().unwrap_or(""),
+            s["sharer_name"].as_str().unwrap_or(""),
+            s["mode"].as_str().unwrap_or(""),
+            s["duration_secs"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!("{} active session(s)", sessions.len());
     Ok(())
 }
 

@@ -53,6 +53,16 @@ impl SessionId {
         SessionId(Arc::from(format!("{bits:032x}")))
     }
 
+    /// An id as received from outside (the admin API); it may name no session.
+    pub fn from_wire(id: &str) -> SessionId {
+        SessionId(Arc::from(id))
+    }
+
+    /// The id of no session (for events about a refused request).
+    pub fn empty() -> SessionId {
+        SessionId(Arc::from(""))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -66,6 +66,10 @@ pub struct Session {
     pub code: Option<SessionCode>,
     /// When the helper created it.
     pub created_at: Instant,
+    /// When the sharer joined.
+    pub joined_at: Option<Instant>,
+    /// The helper's reason or ticket reference.
+    pub reason: String,
 }
 
 /// What a session code points at.
@@ -246,6 +250,8 @@ impl Registry {
                 state: SessionState::AwaitingSharer,
                 code: Some(code),
                 created_at: now,
+                joined_at: None,
+                reason: String::new(),
             },
         );
         Created {
@@ -286,6 +292,7 @@ impl Registry {
             return Err(ErrorCode::WrongRole);
         }
         session.sharer = Some(sharer);
+        session.joined_at = Some(now);
         session.state = SessionState::AwaitingConsent;
         session.answer_deadline = Some(now + self.limits.consent_timeout);
         self.codes.insert(
@@ -497,6 +504,8 @@ impl Registry {
                 state: SessionState::Active,
                 code: None,
                 created_at: now,
+                joined_at: Some(now),
+                reason: String::new(),
             },
         );
         if let Some(slot) = self.devices.get_mut(&key) {
@@ -564,6 +573,13 @@ impl Registry {
             }
         }
         found
+    }
+
+    /// Keeps the helper's reason or ticket reference with the session (for audit).
+    pub fn set_reason(&mut self, session: &SessionId, reason: &str) {
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.reason = reason.to_string();
+        }
     }
 
     /// The session with this id, if it exists.

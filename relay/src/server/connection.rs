@@ -19,9 +19,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, ChannelCounters};
-use super::hub::{
-    ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome, UnattendedStart,
-};
+use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome};
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::code::SessionCode;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
@@ -136,7 +134,8 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
         conn.leave_session(match close {
             Close::Shutdown => ErrorCode::RelayShutdown,
             _ => ErrorCode::PeerLost,
-        });
+        })
+        .await;
         hub.unregister(id);
         let mut writer = conn.writer;
         finish(&connection, Some(&mut writer), close).await;
@@ -209,6 +208,7 @@ async fn authenticate(
         metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name())
             .increment(1);
         warn!(tenant = %principal.tenant, code = refusal.code().as_str_name(), "policy refused the client");
+        hub.refused(&principal, &SessionId::empty(), refusal.code());
         return Err(Close::Refuse(refusal.code(), refusal.message()));
     }
     let mut conn_writer = writer;
@@ -396,12 +396,22 @@ impl Conn {
                 "CreateSession.mode must be VIEW_ONLY or FULL_CONTROL".into(),
             ));
         };
+        if !self.hub.audit.is_available() {
+            return self
+                .refuse(
+                    ErrorCode::AuditUnavailable,
+                    ErrorCode::AuditUnavailable.describe().into(),
+                )
+                .await;
+        }
         let policy = self.hub.policies().tenant(&self.principal.tenant);
         if let Err(refusal) = policy.may_offer(&self.principal, mode) {
             metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
             return self.refuse(refusal.code(), refusal.message()).await;
         }
-        let created = self.hub.create(self.id, &self.principal, mode);
+        let created = self
+            .hub
+            .create(self.id, &self.principal, mode, &create.reason);
         let ttl_left = created.expires_at.saturating_duration_since(Instant::now());
         info!(session = %created.session, mode = mode.as_str(), "session created");
         metrics::counter!("relay_sessions_created_total", "tenant" => self.principal.tenant.to_string())
@@ -428,6 +438,14 @@ impl Conn {
         }
         if self.hub.draining.is_cancelled() {
             return Err(Close::Shutdown);
+        }
+        if !self.hub.audit.is_available() {
+            return self
+                .refuse(
+                    ErrorCode::AuditUnavailable,
+                    ErrorCode::AuditUnavailable.describe().into(),
+                )
+                .await;
         }
         let outcome = SessionCode::parse(&join.code)
             .map_err(|_| {
@@ -473,6 +491,7 @@ impl Conn {
                 if code == ErrorCode::CrossTenant {
                     warn!(tenant = %self.principal.tenant, "cross-tenant join refused");
                     metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
+                    self.hub.refused(&self.principal, &SessionId::empty(), code);
                 }
                 if guess {
                     self.failed_joins += 1;
@@ -536,7 +555,10 @@ impl Conn {
                 info!(session = %session, mode = mode.as_str(), "mode raise asked of the sharer");
                 Ok(())
             }
-            Ok(ModeOutcome::Changed(mode)) => self.apply_mode(&session, mode).await,
+            Ok(ModeOutcome::Changed(mode)) => {
+                self.hub.change_mode(&session, mode, self.id).await;
+                self.apply_mode(&session, mode).await
+            }
             Err((ErrorCode::ProtocolViolation, message)) => {
                 Err(Close::Refuse(ErrorCode::ProtocolViolation, message))
             }
@@ -585,39 +607,55 @@ impl Conn {
         if self.hub.draining.is_cancelled() {
             return Err(Close::Shutdown);
         }
-        match self
-            .hub
-            .connect_unattended(self.id, &self.principal, &connect.device_id)
-        {
-            Ok(UnattendedStart {
-                session,
-                agent,
-                agent_profile,
-                chat_allowed,
-            }) => {
-                info!(session = %session, device_id = %connect.device_id, "unattended session started");
-                metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
-                    .increment(1);
-                self.session = Some(LocalSession {
-                    id: session.clone(),
-                    active: None,
-                    reason: connect.reason,
-                });
-                self.activate(
-                    &session,
-                    Mode::Unattended,
-                    agent,
-                    chat_allowed,
-                    Some(agent_profile),
+        if !self.hub.audit.is_available() {
+            return self
+                .refuse(
+                    ErrorCode::AuditUnavailable,
+                    ErrorCode::AuditUnavailable.describe().into(),
                 )
-                .await
-            }
+                .await;
+        }
+        let pending = match self.hub.connect_unattended(
+            self.id,
+            &self.principal,
+            &connect.device_id,
+            connect.reason,
+        ) {
+            Ok(pending) => pending,
             Err((code, message)) => {
                 if code == ErrorCode::CrossTenant {
                     warn!(tenant = %self.principal.tenant, "cross-tenant unattended connect refused");
                     metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
+                    self.hub.refused(&self.principal, &SessionId::empty(), code);
                 }
-                self.refuse(code, message).await
+                return self.refuse(code, message).await;
+            }
+        };
+        let session = pending.session.clone();
+        self.session = Some(LocalSession {
+            id: session.clone(),
+            active: None,
+            reason: pending.reason.clone(),
+        });
+        match self.hub.begin(&pending).await {
+            Ok(counters) => {
+                info!(session = %session, device_id = %connect.device_id, "unattended session started");
+                metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
+                    .increment(1);
+                let agent = pending.sharer;
+                self.activate(
+                    &session,
+                    Mode::Unattended,
+                    agent.connection,
+                    pending.chat_allowed,
+                    Some(agent.principal),
+                    counters,
+                )
+                .await
+            }
+            Err(code) => {
+                self.session = None;
+                self.refuse(code, code.describe().into()).await
             }
         }
     }
@@ -630,17 +668,26 @@ impl Conn {
             ));
         };
         match self.hub.consent(self.id, &session, accept) {
-            Ok(ConsentOutcome::Started {
-                mode,
-                helper,
-                chat_allowed,
-            }) => {
-                info!(session = %session, mode = mode.as_str(), "consent given; session started");
-                metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
-                    .increment(1);
-                self.activate(&session, mode, helper, chat_allowed, None)
+            Ok(ConsentOutcome::Started(pending)) => match self.hub.begin(&pending).await {
+                Ok(counters) => {
+                    info!(session = %session, mode = pending.mode.as_str(), "consent given; session started");
+                    metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
+                        .increment(1);
+                    self.activate(
+                        &session,
+                        pending.mode,
+                        pending.helper.connection,
+                        pending.chat_allowed,
+                        None,
+                        counters,
+                    )
                     .await
-            }
+                }
+                Err(code) => {
+                    self.session = None;
+                    self.reply(ended(&session, code)).await
+                }
+            },
             Ok(ConsentOutcome::Declined) => {
                 info!(session = %session, "sharer declined");
                 self.session = None;
@@ -648,6 +695,7 @@ impl Conn {
             }
             Ok(ConsentOutcome::ModeChanged(mode)) => {
                 info!(session = %session, mode = mode.as_str(), "sharer consented to a raised mode");
+                self.hub.change_mode(&session, mode, self.id).await;
                 self.apply_mode(&session, mode).await
             }
             Ok(ConsentOutcome::ModeDeclined) => {
@@ -679,7 +727,7 @@ impl Conn {
                 .refuse(ErrorCode::CannotEnd, ErrorCode::CannotEnd.describe().into())
                 .await;
         }
-        self.leave_session(ErrorCode::PeerEnded);
+        self.leave_session(ErrorCode::PeerEnded).await;
         info!(session = %session, "session ended by client");
         self.reply(ended(&session, ErrorCode::EndedByClient)).await
     }
@@ -691,6 +739,7 @@ impl Conn {
         peer: quinn::Connection,
         chat_allowed: bool,
         peer_profile: Option<Arc<Principal>>,
+        counters: Arc<ChannelCounters>,
     ) -> Result<(), Close> {
         let Some(local) = self.session.as_mut().filter(|s| &s.id == session) else {
             return Ok(());
@@ -700,7 +749,7 @@ impl Conn {
             peer,
             chat_allowed,
             forwarders: [None, None, None],
-            counters: Arc::new(ChannelCounters::default()),
+            counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
         self.reply(Out::SessionStarted(v1::SessionStarted {
@@ -777,6 +826,7 @@ impl Conn {
                 peer,
                 peer_profile,
                 chat_allowed,
+                counters,
             } => {
                 if current.is_none() && self.device_registered {
                     // An unattended session: the agent had no join step.
@@ -786,12 +836,19 @@ impl Conn {
                         reason: String::new(),
                     });
                     return self
-                        .activate(&session, mode, peer, chat_allowed, Some(peer_profile))
+                        .activate(
+                            &session,
+                            mode,
+                            peer,
+                            chat_allowed,
+                            Some(peer_profile),
+                            counters,
+                        )
                         .await;
                 }
                 if current.as_ref() == Some(&session) {
                     return self
-                        .activate(&session, mode, peer, chat_allowed, None)
+                        .activate(&session, mode, peer, chat_allowed, None, counters)
                         .await;
                 }
                 debug!(%session, "start of a session this connection no longer has");
@@ -816,19 +873,19 @@ impl Conn {
         }
     }
 
-    /// Ends this connection's session (if any) in the hub, telling the peer `reason`.
-    fn leave_session(&mut self, reason: ErrorCode) {
+    /// Ends this connection's session (if any) in the hub, telling the peer `reason`;
+    /// an active session's end event is on disk when this returns.
+    async fn leave_session(&mut self, reason: ErrorCode) {
         self.stop_forwarding();
         if let Some(session) = self.session.take()
-            && let Some(ended) = self.hub.end(&session.id, reason, Some(self.id))
+            && let Some(ended) = self.hub.end(&session.id, reason, Some(self.id)).await
         {
             let label = if ended.was_active {
                 "active"
             } else {
                 "pending"
             };
-            metrics::counter!("relay_sessions_ended_total", "reason" => reason.as_str_name(), "state" => label)
-                .increment(1);
+            debug!(session = %session.id, reason = reason.as_str_name(), state = label, "left session");
         }
     }
 

@@ -7,17 +7,19 @@
 //! Policy is a snapshot behind an `RwLock<Arc<_>>`, swapped whole on reload, so a request
 //! is decided by one consistent policy and active sessions are never disturbed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use remote_help_proto::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use crate::auth::{Principal, Verifier};
+use super::forward::ChannelCounters;
+use crate::audit::{AuditEvent, AuditLog, EventKind, NO_USER, rfc3339};
+use crate::auth::{Principal, PrincipalKind, Verifier};
 use crate::config::Config;
 use crate::core::code::SessionCode;
 use crate::core::policy::{Refusal, TenantPolicy};
@@ -63,6 +65,8 @@ pub enum Event {
         peer_profile: Arc<Principal>,
         /// Whether the tenant allows chat.
         chat_allowed: bool,
+        /// Where this side's forwarded bytes are counted.
+        counters: Arc<ChannelCounters>,
     },
     /// The session's mode changed.
     ModeChanged {
@@ -160,15 +164,8 @@ pub enum JoinOutcome {
 /// The sharer's consent, as the sharer's task needs it.
 #[derive(Debug)]
 pub enum ConsentOutcome {
-    /// Accepted: data may flow to the helper's connection.
-    Started {
-        /// The active mode.
-        mode: Mode,
-        /// The helper's connection.
-        helper: quinn::Connection,
-        /// Whether the tenant allows chat.
-        chat_allowed: bool,
-    },
+    /// Accepted: call [`Hub::begin`] to record the start and tell the helper.
+    Started(PendingStart),
     /// Declined: the helper has been told.
     Declined,
     /// A raised mode was accepted: the helper has been told.
@@ -177,17 +174,129 @@ pub enum ConsentOutcome {
     ModeDeclined,
 }
 
-/// An unattended session, as the helper's task needs it.
+/// A session the registry made active, not yet recorded or announced. [`Hub::begin`]
+/// writes its start event, durably, before either party is told.
 #[derive(Debug)]
-pub struct UnattendedStart {
-    /// The new, already active session.
+pub struct PendingStart {
+    /// The session.
     pub session: SessionId,
-    /// The device agent's connection, where the helper's data streams go.
-    pub agent: quinn::Connection,
-    /// The device agent.
-    pub agent_profile: Arc<Principal>,
+    /// Its mode.
+    pub mode: Mode,
     /// Whether the tenant allows chat.
     pub chat_allowed: bool,
+    /// The helper's reason or ticket reference.
+    pub reason: String,
+    /// The helper.
+    pub helper: ConnLink,
+    /// The sharer (or device agent).
+    pub sharer: ConnLink,
+    /// Which of the two is calling `begin` (the other one is sent `Event::Started`).
+    pub caller: Role,
+}
+
+impl PendingStart {
+    /// The other party, from the caller's point of view.
+    pub fn peer(&self) -> &ConnLink {
+        match self.caller {
+            Role::Helper => &self.sharer,
+            Role::Sharer => &self.helper,
+        }
+    }
+}
+
+/// What the relay keeps about an active session, for audit, metrics and the admin view.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// The session.
+    pub session: SessionId,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The helper.
+    pub helper: Arc<Principal>,
+    /// The sharer.
+    pub sharer: Arc<Principal>,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// The mode it started in.
+    pub control_type: Mode,
+    /// Its current mode.
+    pub mode: Mode,
+    /// Every mode used, and `chat` once chat flowed.
+    pub modes: BTreeSet<&'static str>,
+    /// The helper's reason or ticket reference.
+    pub reason: String,
+    /// Bytes from the helper's side ([0]) and the sharer's side ([1]).
+    pub counters: [Arc<ChannelCounters>; 2],
+}
+
+impl SessionRecord {
+    fn bytes(&self, side: usize) -> u64 {
+        self.counters[side]
+            .bytes
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The audit event for this session, of `kind`, with everything known so far.
+    fn event(&self, kind: EventKind) -> AuditEvent {
+        let sharer_is_agent = self.sharer.kind == PrincipalKind::Device;
+        let device = self.sharer.device.as_ref();
+        AuditEvent {
+            event: Some(kind),
+            tenant: self.tenant.to_string(),
+            session_id: self.session.to_string(),
+            helper_id: Some(self.helper.subject.clone()),
+            helper_name: Some(self.helper.display_name()),
+            sharer_id: Some(if sharer_is_agent {
+                NO_USER.into()
+            } else {
+                self.sharer.subject.clone()
+            }),
+            sharer_name: Some(if sharer_is_agent {
+                NO_USER.into()
+            } else {
+                self.sharer.display_name()
+            }),
+            device_id: device.map(|d| d.device_id.clone()),
+            device_name: device.map(|d| d.device_name.clone()),
+            platform: device.map(|d| d.platform.clone()),
+            control_type: Some(self.control_type.as_str().into()),
+            modes: self.modes.iter().map(|m| m.to_string()).collect(),
+            reason: (!self.reason.is_empty()).then(|| self.reason.clone()),
+            start_time: Some(rfc3339(self.started_at)),
+            ..AuditEvent::default()
+        }
+    }
+}
+
+/// An active session as the admin endpoint lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActiveSession {
+    /// The session id.
+    pub session_id: String,
+    /// The tenant.
+    pub tenant: String,
+    /// Helper object id and name.
+    pub helper_id: String,
+    /// Helper display name.
+    pub helper_name: String,
+    /// Sharer object id, or `--`.
+    pub sharer_id: String,
+    /// Sharer display name, or `--`.
+    pub sharer_name: String,
+    /// Device name, if known.
+    pub device_name: Option<String>,
+    /// Current mode.
+    pub mode: String,
+    /// Start, RFC 3339 UTC.
+    pub start_time: String,
+    /// Seconds since the start.
+    pub duration_secs: f64,
+    /// Bytes helper → sharer.
+    pub bytes_helper_to_sharer: u64,
+    /// Bytes sharer → helper.
+    pub bytes_sharer_to_helper: u64,
 }
 
 /// A helper's mode request, applied.
@@ -202,6 +311,7 @@ pub enum ModeOutcome {
 struct State {
     registry: Registry,
     links: HashMap<ConnId, ConnLink>,
+    records: HashMap<SessionId, SessionRecord>,
 }
 
 /// Shared state of the relay node.
@@ -211,6 +321,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// The relay's configuration as started (reloads change only `policies`).
     pub config: Config,
+    /// The durable audit log.
+    pub audit: AuditLog,
     /// Cancelled when the relay starts draining: no new sessions.
     pub draining: CancellationToken,
     /// Cancelled when every remaining connection must close now.
@@ -222,7 +334,7 @@ pub struct Hub {
 
 impl Hub {
     /// A hub for `config`.
-    pub fn new(config: Config) -> Hub {
+    pub fn new(config: Config, audit: AuditLog) -> Hub {
         Hub {
             state: Mutex::new(State {
                 registry: Registry::new(RegistryLimits {
@@ -231,7 +343,9 @@ impl Hub {
                     consent_timeout: config.consent_timeout,
                 }),
                 links: HashMap::new(),
+                records: HashMap::new(),
             }),
+            audit,
             policies: RwLock::new(Arc::new(Policies::from_config(&config))),
             next_conn: AtomicU64::new(1),
             config,
@@ -318,15 +432,22 @@ impl Hub {
     }
 
     /// A helper opens a session.
-    pub fn create(&self, helper: ConnId, principal: &Principal, mode: Mode) -> Created {
+    pub fn create(
+        &self,
+        helper: ConnId,
+        principal: &Principal,
+        mode: Mode,
+        reason: &str,
+    ) -> Created {
         let mut rng = rand::rng();
         let party = Party {
             conn: helper,
             tenant: principal.tenant.clone(),
         };
-        self.lock()
-            .registry
-            .create(party, mode, Instant::now(), &mut rng)
+        let mut state = self.lock();
+        let created = state.registry.create(party, mode, Instant::now(), &mut rng);
+        state.registry.set_reason(&created.session, reason);
+        created
     }
 
     /// A sharer joins by code. Policy decides before the sharer sees anything of the
@@ -359,7 +480,7 @@ impl Hub {
         };
         let policy = self.policies().tenant(&principal.tenant);
         if let Err(refusal) = policy.may_help(&helper.principal, principal, joined.mode) {
-            self.refuse_joined(&joined.session, &helper, &refusal);
+            self.refuse_joined(&joined.session, &helper, principal, &refusal);
             return Err((refusal.code(), refusal.message()));
         }
         let non_compliant = principal.device.as_ref().is_some_and(|d| !d.compliant);
@@ -390,8 +511,15 @@ impl Hub {
         })
     }
 
-    fn refuse_joined(&self, session: &SessionId, helper: &ConnLink, refusal: &Refusal) {
+    fn refuse_joined(
+        &self,
+        session: &SessionId,
+        helper: &ConnLink,
+        sharer: &Principal,
+        refusal: &Refusal,
+    ) {
         self.lock().registry.end(session);
+        self.refused(sharer, session, refusal.code());
         metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name())
             .increment(1);
         deliver(
@@ -476,36 +604,41 @@ impl Hub {
             (outcome, helper_link, sharer_link)
         };
         let Some(helper) = helper_link else {
-            self.end(session, ErrorCode::PeerLost, None);
+            self.end_unstarted(session);
             return Err(ErrorCode::PeerLost);
         };
         match outcome {
             Consented::Started { mode, .. } => {
                 let Some(sharer_link) = sharer_link else {
-                    self.end(session, ErrorCode::PeerLost, None);
+                    self.end_unstarted(session);
                     return Err(ErrorCode::PeerLost);
                 };
                 let chat_allowed = !self
                     .policies()
                     .tenant(&sharer_link.principal.tenant)
                     .disable_chat;
-                deliver(
-                    &helper,
-                    Event::Started {
-                        session: session.clone(),
-                        mode,
-                        peer: sharer_link.connection,
-                        peer_profile: sharer_link.principal,
-                        chat_allowed,
-                    },
-                );
-                Ok(ConsentOutcome::Started {
+                let reason = self
+                    .read()
+                    .registry
+                    .get(session)
+                    .map(|s| s.reason.clone())
+                    .unwrap_or_default();
+                Ok(ConsentOutcome::Started(PendingStart {
+                    session: session.clone(),
                     mode,
-                    helper: helper.connection,
                     chat_allowed,
-                })
+                    reason,
+                    helper,
+                    sharer: sharer_link,
+                    caller: Role::Sharer,
+                }))
             }
             Consented::Declined(_) => {
+                self.refused(
+                    &sharer_principal(&sharer_link),
+                    session,
+                    ErrorCode::Declined,
+                );
                 deliver(
                     &helper,
                     Event::Ended {
@@ -515,16 +648,7 @@ impl Hub {
                 );
                 Ok(ConsentOutcome::Declined)
             }
-            Consented::ModeChanged { mode, .. } => {
-                deliver(
-                    &helper,
-                    Event::ModeChanged {
-                        session: session.clone(),
-                        mode,
-                    },
-                );
-                Ok(ConsentOutcome::ModeChanged(mode))
-            }
+            Consented::ModeChanged { mode, .. } => Ok(ConsentOutcome::ModeChanged(mode)),
             Consented::ModeDeclined { .. } => {
                 deliver(
                     &helper,
@@ -589,16 +713,7 @@ impl Hub {
                 );
                 Ok(ModeOutcome::AskedSharer)
             }
-            ModeRequest::Changed { .. } => {
-                deliver(
-                    &sharer,
-                    Event::ModeChanged {
-                        session: session.clone(),
-                        mode,
-                    },
-                );
-                Ok(ModeOutcome::Changed(mode))
-            }
+            ModeRequest::Changed { .. } => Ok(ModeOutcome::Changed(mode)),
         }
     }
 
@@ -624,14 +739,15 @@ impl Hub {
         Ok(device_id)
     }
 
-    /// A helper connects to a registered device agent: no code, no consent. Returns the
-    /// session and the agent's connection and profile; the agent is told.
+    /// A helper connects to a registered device agent: no code, no consent. The session
+    /// is active in the registry; [`Hub::begin`] records and announces it.
     pub fn connect_unattended(
         &self,
         helper: ConnId,
         principal: &Arc<Principal>,
         device_id: &str,
-    ) -> Result<UnattendedStart, (ErrorCode, String)> {
+        reason: String,
+    ) -> Result<PendingStart, (ErrorCode, String)> {
         let agent = {
             let state = self.read();
             state
@@ -645,6 +761,7 @@ impl Hub {
                 .may_help(principal, &agent.principal, Mode::Unattended)
                 .map_err(|r| {
                     metrics::counter!("relay_policy_refusals_total", "code" => r.code().as_str_name()).increment(1);
+                    self.refused(principal, &SessionId::empty(), r.code());
                     (r.code(), r.message())
                 })?;
         }
@@ -658,47 +775,229 @@ impl Hub {
             .registry
             .connect_unattended(party, device_id, Instant::now(), &mut rng)
             .map_err(|code| (code, code.describe().to_string()))?;
-        let Some(agent) = agent else {
-            // Registered in the registry but its link is gone: it is disconnecting.
-            self.lock().registry.end(&session);
+        let helper_link = self.read().links.get(&helper).cloned();
+        let (Some(agent), Some(helper_link)) = (agent, helper_link) else {
+            // Registered in the registry but a link is gone: it is disconnecting.
+            self.end_unstarted(&session);
             return Err((
                 ErrorCode::DeviceUnavailable,
                 ErrorCode::DeviceUnavailable.describe().into(),
             ));
         };
-        let helper_connection = self.read().links.get(&helper).map(|l| l.connection.clone());
-        let Some(helper_connection) = helper_connection else {
-            self.lock().registry.end(&session);
-            return Err((ErrorCode::PeerLost, "helper connection gone".into()));
-        };
-        let chat_allowed = !policy.disable_chat;
-        deliver(
-            &agent,
-            Event::Started {
-                session: session.clone(),
-                mode: Mode::Unattended,
-                peer: helper_connection,
-                peer_profile: principal.clone(),
-                chat_allowed,
-            },
-        );
-        Ok(UnattendedStart {
+        Ok(PendingStart {
             session,
-            agent: agent.connection,
-            agent_profile: agent.principal,
-            chat_allowed,
+            mode: Mode::Unattended,
+            chat_allowed: !policy.disable_chat,
+            reason,
+            helper: helper_link,
+            sharer: agent,
+            caller: Role::Helper,
         })
     }
 
+    /// Records a session's start (fsynced) and only then tells the other party; the
+    /// caller activates itself when this returns `Ok`. If the audit log cannot be
+    /// written, the session never started: both parties get `AUDIT_UNAVAILABLE`.
+    pub async fn begin(&self, start: &PendingStart) -> Result<Arc<ChannelCounters>, ErrorCode> {
+        let now = SystemTime::now();
+        let timing = self
+            .read()
+            .registry
+            .get(&start.session)
+            .map(|s| (s.created_at, s.joined_at));
+        let record = SessionRecord {
+            session: start.session.clone(),
+            tenant: start.helper.principal.tenant.clone(),
+            helper: start.helper.principal.clone(),
+            sharer: start.sharer.principal.clone(),
+            started_at: now,
+            control_type: start.mode,
+            mode: start.mode,
+            modes: BTreeSet::from([start.mode.as_str()]),
+            reason: start.reason.clone(),
+            counters: [
+                Arc::new(ChannelCounters::default()),
+                Arc::new(ChannelCounters::default()),
+            ],
+        };
+        if let Err(e) = self
+            .audit
+            .record(record.event(EventKind::SessionStarted))
+            .await
+        {
+            warn!(session = %start.session, error = %e, "session start could not be recorded; refusing it");
+            self.end_unstarted(&start.session);
+            deliver(
+                start.peer(),
+                Event::Ended {
+                    session: start.session.clone(),
+                    reason: ErrorCode::AuditUnavailable,
+                },
+            );
+            return Err(ErrorCode::AuditUnavailable);
+        }
+        let (helper_side, sharer_side) = (record.counters[0].clone(), record.counters[1].clone());
+        let tenant = record.tenant.to_string();
+        // Keep the record unless the session ended while its start was being written.
+        let orphan = {
+            let mut state = self.lock();
+            if state.registry.get(&start.session).is_some() {
+                state.records.insert(start.session.clone(), record);
+                None
+            } else {
+                Some(record)
+            }
+        };
+        if let Some(record) = orphan {
+            // A peer vanished meanwhile: the start is on disk, so record the end too.
+            let mut ended = record.event(EventKind::SessionEnded);
+            ended.end_time = Some(rfc3339(SystemTime::now()));
+            ended.end_reason = Some(ErrorCode::PeerLost.as_str_name().into());
+            let _ = self.audit.record(ended).await;
+            return Err(ErrorCode::PeerLost);
+        }
+        metrics::gauge!("relay_sessions_active", "tenant" => tenant.clone(), "mode" => start.mode.as_str()).increment(1.0);
+        if let Some((created, joined)) = timing {
+            metrics::histogram!("relay_session_setup_seconds")
+                .record(created.elapsed().as_secs_f64());
+            if let Some(joined) = joined {
+                metrics::histogram!("relay_consent_wait_seconds")
+                    .record(joined.elapsed().as_secs_f64());
+            }
+        }
+        let (peer, peer_counters) = match start.caller {
+            Role::Sharer => (&start.sharer, helper_side.clone()),
+            Role::Helper => (&start.helper, sharer_side.clone()),
+        };
+        deliver(
+            start.peer(),
+            Event::Started {
+                session: start.session.clone(),
+                mode: start.mode,
+                peer: peer.connection.clone(),
+                peer_profile: peer.principal.clone(),
+                chat_allowed: start.chat_allowed,
+                counters: peer_counters,
+            },
+        );
+        Ok(match start.caller {
+            Role::Helper => helper_side,
+            Role::Sharer => sharer_side,
+        })
+    }
+
+    /// Records a mode change (fsynced), then tells every party but `caller`.
+    pub async fn change_mode(&self, session: &SessionId, mode: Mode, caller: ConnId) {
+        let (event, old, parties) = {
+            let mut state = self.lock();
+            let parties: Vec<ConnLink> = state
+                .registry
+                .get(session)
+                .map(|s| {
+                    std::iter::once(s.helper.conn)
+                        .chain(s.sharer.as_ref().map(|p| p.conn))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| *c != caller)
+                .filter_map(|c| state.links.get(&c).cloned())
+                .collect();
+            let Some(record) = state.records.get_mut(session) else {
+                return;
+            };
+            let old = record.mode;
+            record.mode = mode;
+            record.modes.insert(mode.as_str());
+            let mut event = record.event(EventKind::ModeChanged);
+            event.mode = Some(mode.as_str().into());
+            (event, (record.tenant.to_string(), old), parties)
+        };
+        metrics::gauge!("relay_sessions_active", "tenant" => old.0.clone(), "mode" => old.1.as_str()).decrement(1.0);
+        metrics::gauge!("relay_sessions_active", "tenant" => old.0, "mode" => mode.as_str())
+            .increment(1.0);
+        if let Err(e) = self.audit.record(event).await {
+            warn!(%session, error = %e, "mode change could not be recorded");
+        }
+        for link in parties {
+            deliver(
+                &link,
+                Event::ModeChanged {
+                    session: session.clone(),
+                    mode,
+                },
+            );
+        }
+    }
+
+    /// Notes that chat flowed in `session` (reported among its modes).
+    pub fn note_chat(&self, session: &SessionId) {
+        if let Some(record) = self.lock().records.get_mut(session) {
+            record.modes.insert("chat");
+        }
+    }
+
+    /// Records a refusal (not waited on: nothing depends on it being on disk first).
+    pub fn refused(&self, actor: &Principal, session: &SessionId, code: ErrorCode) {
+        let device = actor.device.as_ref();
+        self.audit.submit(AuditEvent {
+            event: Some(EventKind::SessionRefused),
+            tenant: actor.tenant.to_string(),
+            session_id: session.to_string(),
+            helper_id: None,
+            sharer_id: Some(actor.subject.clone()),
+            sharer_name: Some(actor.display_name()),
+            device_id: device.map(|d| d.device_id.clone()),
+            platform: device.map(|d| d.platform.clone()),
+            refusal: Some(code.as_str_name().into()),
+            ..AuditEvent::default()
+        });
+    }
+
+    /// The active sessions, of one tenant or all.
+    pub fn active_sessions(&self, tenant: Option<&str>) -> Vec<ActiveSession> {
+        let state = self.read();
+        let mut list: Vec<ActiveSession> = state
+            .records
+            .values()
+            .filter(|r| tenant.is_none_or(|t| r.tenant.as_str() == t))
+            .map(|r| {
+                let event = r.event(EventKind::SessionStarted);
+                ActiveSession {
+                    session_id: r.session.to_string(),
+                    tenant: r.tenant.to_string(),
+                    helper_id: event.helper_id.unwrap_or_default(),
+                    helper_name: event.helper_name.unwrap_or_default(),
+                    sharer_id: event.sharer_id.unwrap_or_default(),
+                    sharer_name: event.sharer_name.unwrap_or_default(),
+                    device_name: event.device_name,
+                    mode: r.mode.as_str().into(),
+                    start_time: rfc3339(r.started_at),
+                    duration_secs: crate::audit::age(r.started_at).as_secs_f64(),
+                    bytes_helper_to_sharer: r.bytes(0),
+                    bytes_sharer_to_helper: r.bytes(1),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.start_time.cmp(&b.start_time));
+        list
+    }
+
+    /// Ends a session that never started (no audit end event is due).
+    fn end_unstarted(&self, session: &SessionId) {
+        self.lock().registry.end(session);
+    }
+
     /// Ends `session`, telling every party except `except` (the one that caused the end,
-    /// which tells its own client). Returns the ended session if it was still live.
-    pub fn end(
+    /// which tells its own client). An active session's end event is written (fsynced)
+    /// before anyone is told. Returns the ended session if it was still live.
+    pub async fn end(
         &self,
         session: &SessionId,
         reason: ErrorCode,
         except: Option<ConnId>,
     ) -> Option<Ended> {
-        let (ended, links) = {
+        let (ended, links, record) = {
             let mut state = self.lock();
             let ended = state.registry.end(session)?;
             let links: Vec<ConnLink> = std::iter::once(ended.helper)
@@ -706,8 +1005,29 @@ impl Hub {
                 .filter(|c| Some(*c) != except)
                 .filter_map(|c| state.links.get(&c).cloned())
                 .collect();
-            (ended, links)
+            let record = state.records.remove(session);
+            (ended, links, record)
         };
+        if let Some(record) = record {
+            let now = SystemTime::now();
+            let mut event = record.event(EventKind::SessionEnded);
+            event.end_time = Some(rfc3339(now));
+            event.duration_secs = Some(
+                now.duration_since(record.started_at)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+            event.end_reason = Some(reason.as_str_name().into());
+            event.bytes_helper_to_sharer = Some(record.bytes(0));
+            event.bytes_sharer_to_helper = Some(record.bytes(1));
+            metrics::gauge!("relay_sessions_active", "tenant" => record.tenant.to_string(), "mode" => record.mode.as_str())
+                .decrement(1.0);
+            metrics::counter!("relay_sessions_ended_total", "reason" => reason.as_str_name())
+                .increment(1);
+            if let Err(e) = self.audit.record(event).await {
+                error!(%session, error = %e, "session end could not be recorded");
+            }
+        }
         for link in links {
             deliver(
                 &link,
@@ -796,6 +1116,22 @@ impl Drop for Changing<'_> {
         // watcher then waits on the mutex and sees the finished change.
         self.changed.notify_waiters();
     }
+}
+
+fn sharer_principal(link: &Option<ConnLink>) -> Principal {
+    link.as_ref()
+        .map(|l| l.principal.as_ref().clone())
+        .unwrap_or_else(|| Principal {
+            tenant: TenantId::new(""),
+            subject: String::new(),
+            kind: PrincipalKind::User,
+            profile: Default::default(),
+            groups: Vec::new(),
+            licenses: Vec::new(),
+            device: None,
+            token_id: None,
+            expires_at: 0,
+        })
 }
 
 fn deliver(link: &ConnLink, event: Event) {

@@ -4,6 +4,7 @@
 //! [`spawn`] binds and returns a [`ServerHandle`] that owns every task; dropping the
 //! handle does not stop the relay, [`ServerHandle::shutdown`] does (drain, then close).
 
+pub mod admin;
 pub mod connection;
 pub mod forward;
 pub mod hub;
@@ -32,6 +33,17 @@ pub enum StartError {
     /// TLS identity or configuration.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The audit log could not be opened or recovered.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen for admin on {addr}: {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -62,12 +74,18 @@ pub struct ServerHandle {
     hub: Arc<Hub>,
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl ServerHandle {
     /// The UDP address the relay listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin/metrics listener's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The SHA-256 fingerprint of the relay's certificate.
@@ -155,8 +173,17 @@ impl ServerHandle {
     }
 }
 
-/// Binds the endpoint and starts serving. Must be called inside a tokio runtime.
+/// Opens the audit log (closing sessions a crash left open), binds the endpoint and the
+/// admin listener, and starts serving. Must be called inside a tokio runtime.
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
+    admin::prometheus();
+    let (audit, recovered) = crate::audit::AuditLog::open(config.audit.clone())?;
+    if recovered > 0 {
+        warn!(
+            sessions = recovered,
+            "recorded the end of sessions left open by the last run"
+        );
+    }
     let identity = match &config.tls {
         TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
         TlsSource::SelfSigned => {
@@ -182,15 +209,31 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         source,
     })?;
     info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
-    let hub = Arc::new(Hub::new(config));
+    let admin_listener = match config.admin.listen {
+        None => None,
+        Some(addr) => {
+            let std_listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| StartError::AdminBind { addr, source })?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)
+                .map_err(|source| StartError::AdminBind { addr, source })?;
+            Some(listener)
+        }
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(addr) = admin_addr {
+        info!(%addr, "admin and metrics listener (/metrics, /healthz, /readyz, /admin/sessions)");
+    }
+    let hub = Arc::new(Hub::new(config, audit));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run(endpoint, hub.clone(), shutdown.clone()));
+    let task = tokio::spawn(run(endpoint, hub.clone(), shutdown.clone(), admin_listener));
     Ok(ServerHandle {
         local_addr,
         fingerprint,
         hub,
         shutdown,
         task,
+        admin_addr,
     })
 }
 
@@ -198,7 +241,12 @@ async fn run(
     endpoint: quinn::Endpoint,
     hub: Arc<Hub>,
     shutdown: tokio_util::sync::CancellationToken,
+    admin_listener: Option<tokio::net::TcpListener>,
 ) {
+    // The admin listener outlives the drain (so readiness reports it) and stops last.
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, hub.clone(), admin_stop.clone())));
     let mut connections = JoinSet::new();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +263,10 @@ async fn run(
                 connections.spawn(connection::serve(hub.clone(), incoming));
             }
             Some(_) = connections.join_next() => {}
-            _ = sweep.tick() => hub.expire(Instant::now()),
+            _ = sweep.tick() => {
+                hub.expire(Instant::now());
+                admin::prometheus().run_upkeep();
+            }
         }
     }
 
@@ -257,6 +308,10 @@ async fn run(
         .is_err()
     {
         warn!("endpoint did not go idle in time");
+    }
+    admin_stop.cancel();
+    if let Some(admin_task) = admin_task {
+        let _ = tokio::time::timeout(CLOSE_GRACE, admin_task).await;
     }
     info!("relay stopped");
 }

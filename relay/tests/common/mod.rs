@@ -157,6 +157,11 @@ impl TestRelay {
         TestRelay::builder().start().await
     }
 
+    /// The folder this relay writes its audit files to.
+    pub fn audit_dir(&self) -> PathBuf {
+        self._dir.path().join("audit")
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.handle.local_addr()
     }
@@ -263,6 +268,7 @@ impl TestRelayBuilder {
             self.tenants.iter().map(TestTenant::config).collect(),
         );
         config.drain_timeout = Duration::ZERO;
+        config.audit.dir = self.dir.path().join("audit");
         for tweak in self.tweak {
             tweak(&mut config);
         }

@@ -1,0 +1,159 @@
+//! The admin and metrics HTTP listener (loopback by default).
+//!
+//! - `GET /metrics`: Prometheus text exposition (see `docs/metrics.md`);
+//! - `GET /healthz`: liveness, 200 while the process serves;
+//! - `GET /readyz`: readiness, 503 while draining or while the audit log cannot be written;
+//! - `GET /admin/sessions[?tenant=ID]`: active sessions, JSON (bearer token);
+//! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use remote_help_proto::ErrorCode;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::hub::Hub;
+use crate::core::SessionId;
+
+/// Histogram buckets, in seconds, for every latency the relay records.
+const BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use. Metrics are global to
+/// a process (the `metrics` facade has one recorder), so relays embedded in one process
+/// (tests) share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            warn!(
+                "a metrics recorder was already installed; /metrics shows only this one's series"
+            );
+        }
+        metrics::gauge!("relay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// Serves the admin listener until `stop`.
+pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/admin/sessions", get(list_sessions))
+        .route("/admin/sessions/{id}/end", post(end_session))
+        .with_state(hub);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        warn!(error = %e, "admin listener failed");
+    }
+}
+
+async fn metrics_text() -> Response {
+    let handle = prometheus();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !hub.audit.is_available() {
+        (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// Checks the bearer token in constant time; `Err` is the response to send.
+fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = hub.config.admin.token.as_deref() else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "no admin token is configured ([admin] token_file)\n",
+        )
+            .into_response());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches = presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if matches {
+        Ok(())
+    } else {
+        metrics::counter!("relay_admin_unauthorized_total").increment(1);
+        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
+    }
+}
+
+#[derive(Deserialize)]
+struct TenantFilter {
+    tenant: Option<String>,
+}
+
+async fn list_sessions(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(filter): Query<TenantFilter>,
+) -> Response {
+    if let Err(denied) = authorize(&hub, &headers) {
+        return denied;
+    }
+    axum::Json(hub.active_sessions(filter.tenant.as_deref())).into_response()
+}
+
+async fn end_session(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&hub, &headers) {
+        return denied;
+    }
+    let session = hub
+        .active_sessions(None)
+        .into_iter()
+        .find(|s| s.session_id == id);
+    let Some(session) = session else {
+        return (StatusCode::NOT_FOUND, "no active session with that id\n").into_response();
+    };
+    let id = SessionId::from_wire(&session.session_id);
+    match hub.end(&id, ErrorCode::AdminEnded, None).await {
+        Some(_) => {
+            info!(session = %id, tenant = %session.tenant, "session ended by an administrator");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no active session with that id\n").into_response(),
+    }
+}
