@@ -185,7 +185,8 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> AuditError {
 }
 
 struct Submit {
-    event: AuditEvent,
+    /// `None`: a probe (reopen and fsync, no event) to learn whether writing works again.
+    event: Option<AuditEvent>,
     ack: Option<oneshot::Sender<Result<(), AuditError>>>,
 }
 
@@ -194,6 +195,7 @@ struct Submit {
 pub struct AuditLog {
     tx: mpsc::Sender<Submit>,
     available: Arc<AtomicBool>,
+    changes: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -215,11 +217,19 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let available = Arc::new(AtomicBool::new(true));
         let flag = available.clone();
+        let (publish, changes) = tokio::sync::watch::channel(true);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(rx, files, flag))
+            .spawn(move || writer(rx, files, flag, publish))
             .map_err(|e| io_error(&config.dir, e))?;
-        Ok((AuditLog { tx, available }, recovered))
+        Ok((
+            AuditLog {
+                tx,
+                available,
+                changes,
+            },
+            recovered,
+        ))
     }
 
     /// Whether the last write succeeded. While false, the relay refuses new sessions
@@ -228,12 +238,28 @@ impl AuditLog {
         self.available.load(Ordering::Relaxed)
     }
 
+    /// Waits until the log is writable (returns at once if it is).
+    pub async fn writable(&self) {
+        let mut changes = self.changes.clone();
+        let _ = changes.wait_for(|available| *available).await;
+    }
+
+    /// While the log is unavailable, asks the writer to try again (reopen and fsync).
+    pub fn probe(&self) {
+        if !self.is_available() {
+            let _ = self.tx.try_send(Submit {
+                event: None,
+                ack: None,
+            });
+        }
+    }
+
     /// Writes `event` and waits until it is on disk (fsynced).
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Submit {
-                event,
+                event: Some(event),
                 ack: Some(ack),
             })
             .await
@@ -243,7 +269,14 @@ impl AuditLog {
 
     /// Queues `event` without waiting (for events nothing waits on, e.g. refusals).
     pub fn submit(&self, event: AuditEvent) {
-        if self.tx.try_send(Submit { event, ack: None }).is_err() {
+        if self
+            .tx
+            .try_send(Submit {
+                event: Some(event),
+                ack: None,
+            })
+            .is_err()
+        {
             metrics::counter!("relay_audit_write_failures_total", "reason" => "queue_full")
                 .increment(1);
             warn!("audit queue full; event not recorded");
@@ -252,7 +285,12 @@ impl AuditLog {
 }
 
 /// The writer thread: batches, writes, fsyncs once per batch, acknowledges.
-fn writer(mut rx: mpsc::Receiver<Submit>, mut files: Files, available: Arc<AtomicBool>) {
+fn writer(
+    mut rx: mpsc::Receiver<Submit>,
+    mut files: Files,
+    available: Arc<AtomicBool>,
+    publish: tokio::sync::watch::Sender<bool>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -262,7 +300,10 @@ fn writer(mut rx: mpsc::Receiver<Submit>, mut files: Files, available: Arc<Atomi
             }
         }
         let started = Instant::now();
-        let result = files.append(batch.iter_mut().map(|s| &mut s.event), SystemTime::now());
+        let result = files.append(
+            batch.iter_mut().filter_map(|s| s.event.as_mut()),
+            SystemTime::now(),
+        );
         metrics::histogram!("relay_audit_write_seconds").record(started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => {
@@ -278,6 +319,11 @@ fn writer(mut rx: mpsc::Receiver<Submit>, mut files: Files, available: Arc<Atomi
                 }
             }
         }
+        metrics::gauge!("relay_audit_available").set(if result.is_ok() { 1.0 } else { 0.0 });
+        publish.send_if_modified(|current| {
+            let now = result.is_ok();
+            std::mem::replace(current, now) != now
+        });
         for submit in batch {
             if let Some(ack) = submit.ack {
                 let _ = ack.send(result.clone());

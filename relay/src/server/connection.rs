@@ -978,6 +978,9 @@ impl Conn {
             self.forwarders
                 .spawn(forward::stream(tagged.stream, tag, channel, peer, counters));
         active.forwarders[channel.index()] = Some(handle);
+        if channel == Channel::Chat {
+            self.hub.note_chat(&tagged.session);
+        }
         Ok(())
     }
 

@@ -156,6 +156,11 @@ impl ServerHandle {
         ignored
     }
 
+    /// Waits until the audit log is writable (at once if it is).
+    pub async fn audit_writable(&self) {
+        self.hub.audit.writable().await;
+    }
+
     /// Starts shutting down without waiting: stop accepting, drain, close.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
@@ -265,6 +270,7 @@ async fn run(
             Some(_) = connections.join_next() => {}
             _ = sweep.tick() => {
                 hub.expire(Instant::now());
+                hub.audit.probe();
                 admin::prometheus().run_upkeep();
             }
         }
