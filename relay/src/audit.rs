@@ -649,3 +649,118 @@ pub fn verify_file(path: &Path) -> Result<usize, BrokenLink> {
 pub fn age(at: SystemTime) -> Duration {
     SystemTime::now().duration_since(at).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, max_file_bytes: u64) -> AuditConfig {
+        AuditConfig {
+            dir: dir.to_path_buf(),
+            max_file_bytes,
+            retention_days: 30,
+        }
+    }
+
+    fn started(session: &str) -> AuditEvent {
+        AuditEvent {
+            event: Some(EventKind::SessionStarted),
+            tenant: "t".into(),
+            session_id: session.into(),
+            start_time: Some(rfc3339(SystemTime::now())),
+            control_type: Some("view_only".into()),
+            modes: vec!["view_only".into()],
+            ..AuditEvent::default()
+        }
+    }
+
+    #[test]
+    fn lines_chain_and_an_edit_breaks_the_next_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::new(config(dir.path(), 1 << 20));
+        let mut events = vec![started("a"), started("b"), started("c")];
+        files.append(events.iter_mut(), SystemTime::now()).unwrap();
+        let path = audit_files(dir.path()).pop().unwrap();
+        assert_eq!(verify_file(&path), Ok(3));
+        assert_eq!(events[0].prev_hash, "0".repeat(64));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Removing a line breaks the chain where it was.
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        assert_eq!(verify_file(&path).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn files_roll_over_by_size_and_keep_each_chain_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::new(config(dir.path(), 600));
+        for i in 0..10 {
+            files
+                .append([started(&format!("s{i}"))].iter_mut(), SystemTime::now())
+                .unwrap();
+        }
+        let all = audit_files(dir.path());
+        assert!(all.len() > 1, "expected several files, got {all:?}");
+        for path in &all {
+            verify_file(path).unwrap();
+        }
+        assert_eq!(read_events(&all).len(), 10);
+    }
+
+    #[test]
+    fn a_restart_continues_the_chain_of_todays_file() {
+        let dir = tempfile::tempdir().unwrap();
+        Files::new(config(dir.path(), 1 << 20))
+            .append([started("a")].iter_mut(), SystemTime::now())
+            .unwrap();
+        Files::new(config(dir.path(), 1 << 20))
+            .append([started("b")].iter_mut(), SystemTime::now())
+            .unwrap();
+        let all = audit_files(dir.path());
+        assert_eq!(all.len(), 1);
+        assert_eq!(verify_file(&all[0]), Ok(2));
+    }
+
+    #[test]
+    fn files_past_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("audit-2020-01-01-000.jsonl");
+        let recent = dir.path().join(format!(
+            "audit-{}-000.jsonl",
+            OffsetDateTime::now_utc().date()
+        ));
+        std::fs::write(&old, "").unwrap();
+        std::fs::write(&recent, "").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+        Files::new(config(dir.path(), 1 << 20)).prune(SystemTime::now());
+        assert!(!old.exists());
+        assert!(recent.exists());
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "only audit files are pruned"
+        );
+    }
+
+    #[test]
+    fn opening_the_log_ends_sessions_left_open_with_relay_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::new(config(dir.path(), 1 << 20));
+        let mut ended = started("closed");
+        ended.event = Some(EventKind::SessionEnded);
+        let mut events = vec![started("open"), started("closed"), ended];
+        files.append(events.iter_mut(), SystemTime::now()).unwrap();
+        let recovered = recover(dir.path(), &mut Files::new(config(dir.path(), 1 << 20))).unwrap();
+        assert_eq!(recovered, 1);
+        let all = read_events(&audit_files(dir.path()));
+        let last = all.last().unwrap();
+        assert_eq!(last.event, Some(EventKind::SessionEnded));
+        assert_eq!(last.session_id, "open");
+        assert_eq!(last.end_reason.as_deref(), Some("RELAY_RESTARTED"));
+        // A second open finds nothing left to close.
+        assert_eq!(
+            recover(dir.path(), &mut Files::new(config(dir.path(), 1 << 20))).unwrap(),
+            0
+        );
+        verify_file(&audit_files(dir.path())[0]).unwrap();
+    }
+}

@@ -323,3 +323,187 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     );
     drain.join().unwrap();
 }
+
+/// Starts the daemon on `config`, returns it with its address, fingerprint and log lines.
+fn start_daemon(
+    config: &Path,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut daemon = relay()
+        .args(["--log-format", "json", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let (addr, fingerprint) = loop {
+        let line = log.next().expect("relay exited before listening").unwrap();
+        let _ = tx.send(line.clone());
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &entry["fields"];
+        if let (Some(addr), Some(fp)) = (
+            fields["local_addr"].as_str(),
+            fields["fingerprint"].as_str(),
+        ) {
+            break (addr.to_string(), fp.to_string());
+        }
+    };
+    std::thread::spawn(move || {
+        for line in log.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (daemon, addr, fingerprint, lines)
+}
+
+#[test]
+fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (config, signer) = remote_help_relay::dev::config(&state).unwrap();
+    let audit = dir.path().join("audit");
+    let config_path = dir.path().join("relay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[audit]\ndir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n\
+             [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\"]\n",
+            state.display().to_string(),
+            audit.display().to_string(),
+            config.tenants[0].trust.issuer,
+            state.join(remote_help_relay::dev::JWKS_FILE).display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (mut daemon, addr, fingerprint, _lines) = start_daemon(&config_path);
+
+    // A session is active when the relay is killed.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let session_id = runtime.block_on(async {
+        use remote_help_relay::client::{Client, ClientOptions};
+        use remote_help_relay::core::{Mode, Role};
+        use remote_help_relay::dev::{Persona, mint};
+        let trust = remote_help_relay::tls::RelayTrust::Pin(
+            remote_help_relay::tls::Fingerprint::parse(&fingerprint).unwrap(),
+        );
+        let relay_addr = addr.parse().unwrap();
+        let mut helper = Client::connect(ClientOptions::new(
+            relay_addr,
+            trust.clone(),
+            mint(&signer, Persona::Helper, None, 600).unwrap(),
+            Role::Helper,
+        ))
+        .await
+        .unwrap();
+        let mut sharer = Client::connect(ClientOptions::new(
+            relay_addr,
+            trust,
+            mint(&signer, Persona::Sharer, None, 600).unwrap(),
+            Role::Sharer,
+        ))
+        .await
+        .unwrap();
+        let created = helper.create_session(Mode::FullControl).await.unwrap();
+        sharer.join(&created.code).await.unwrap();
+        helper.wait_for_sharer().await.unwrap();
+        sharer.accept().await.unwrap();
+        helper.wait_for_start().await.unwrap();
+        // Leave both connected; the relay dies under them.
+        std::mem::forget(helper);
+        std::mem::forget(sharer);
+        created.session_id
+    });
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    drop(runtime);
+
+    let events =
+        remote_help_relay::audit::read_events(&remote_help_relay::audit::audit_files(&audit));
+    assert!(
+        !events.iter().any(|e| e.session_id == session_id
+            && e.event == Some(remote_help_relay::audit::EventKind::SessionEnded)),
+        "no end event can have been written by a killed relay"
+    );
+
+    // The next start closes the session, before serving anyone.
+    let (mut daemon, _, _, lines) = start_daemon(&config_path);
+    let events =
+        remote_help_relay::audit::read_events(&remote_help_relay::audit::audit_files(&audit));
+    let end = events
+        .iter()
+        .find(|e| {
+            e.session_id == session_id
+                && e.event == Some(remote_help_relay::audit::EventKind::SessionEnded)
+        })
+        .expect("the restarted relay recorded the end of the interrupted session");
+    assert_eq!(end.end_reason.as_deref(), Some("RELAY_RESTARTED"));
+    assert_eq!(end.helper_id.as_deref(), Some("helper-ada"));
+    assert!(end.end_time.is_some() && end.duration_secs.is_some());
+    assert!(
+        lines
+            .try_iter()
+            .any(|l| l.contains("RELAY_RESTARTED") || l.contains("left open"))
+    );
+
+    // The report shows it; the hash chains hold; tampering is found.
+    let out = relay()
+        .args(["sessions", "--json", "--tenant", "dev", "--audit-dir"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["summary"]["count"], 1);
+    assert_eq!(report["sessions"][0]["end_reason"], "RELAY_RESTARTED");
+    let out = relay()
+        .args(["sessions", "--tenant", "other", "--audit-dir"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 session(s)"),
+        "another tenant's report is empty"
+    );
+
+    let files = remote_help_relay::audit::audit_files(&audit);
+    let out = relay()
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(&files[0], text.replacen("helper-ada", "helper-eve", 1)).unwrap();
+    let out = relay()
+        .args(["audit", "verify"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(":2: BROKEN"),
+        "the line after the edited one breaks: {said}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}
