@@ -678,7 +678,7 @@ mod tests {
     fn lines_chain_and_an_edit_breaks_the_next_link() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = Files::new(config(dir.path(), 1 << 20));
-        let mut events = vec![started("a"), started("b"), started("c")];
+        let mut events = [started("a"), started("b"), started("c")];
         files.append(events.iter_mut(), SystemTime::now()).unwrap();
         let path = audit_files(dir.path()).pop().unwrap();
         assert_eq!(verify_file(&path), Ok(3));
@@ -747,7 +747,7 @@ mod tests {
         let mut files = Files::new(config(dir.path(), 1 << 20));
         let mut ended = started("closed");
         ended.event = Some(EventKind::SessionEnded);
-        let mut events = vec![started("open"), started("closed"), ended];
+        let mut events = [started("open"), started("closed"), ended];
         files.append(events.iter_mut(), SystemTime::now()).unwrap();
         let recovered = recover(dir.path(), &mut Files::new(config(dir.path(), 1 << 20))).unwrap();
         assert_eq!(recovered, 1);

@@ -150,6 +150,17 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
         );
     }
     within(finisher).await.unwrap().unwrap();
+    // The relay counted the stalls of that screen stream.
+    let (_, metrics) =
+        common::http(relay.handle.admin_addr().unwrap(), "GET", "/metrics", None).await;
+    let stalls: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("relay_backpressure_stalls_total{") && l.contains("channel=\"screen\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    assert!(stalls > 0.0, "no backpressure stall counted:\n{metrics}");
     within(helper.end_session()).await.unwrap();
     relay.stop().await;
 }

@@ -5,37 +5,18 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, with_claims, within};
+use common::{TestRelay, http, with_claims, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::audit::{AuditEvent, EventKind, audit_files, read_events, verify_file};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::TokenSigner;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-
-/// One HTTP/1.1 request; returns the status and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    within(stream.write_all(request.as_bytes())).await.unwrap();
-    let mut response = String::new();
-    within(stream.read_to_string(&mut response)).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
 
 /// Parses the Prometheus text exposition into `series → value`, failing on any line
 /// that is not a comment, blank, or `name{labels} value`.

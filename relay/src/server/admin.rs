@@ -89,14 +89,31 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     }
 }
 
-/// Checks the bearer token in constant time; `Err` is the response to send.
-fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+/// Why an admin request is not allowed.
+enum Denied {
+    NoTokenConfigured,
+    WrongToken,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::NoTokenConfigured => (
+                StatusCode::FORBIDDEN,
+                "no admin token is configured ([admin] token_file)\n",
+            )
+                .into_response(),
+            Denied::WrongToken => {
+                (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response()
+            }
+        }
+    }
+}
+
+/// Checks the bearer token in constant time.
+fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Denied> {
     let Some(expected) = hub.config.admin.token.as_deref() else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "no admin token is configured ([admin] token_file)\n",
-        )
-            .into_response());
+        return Err(Denied::NoTokenConfigured);
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -113,7 +130,7 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
         Ok(())
     } else {
         metrics::counter!("relay_admin_unauthorized_total").increment(1);
-        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
+        Err(Denied::WrongToken)
     }
 }
 
@@ -128,7 +145,7 @@ async fn list_sessions(
     Query(filter): Query<TenantFilter>,
 ) -> Response {
     if let Err(denied) = authorize(&hub, &headers) {
-        return denied;
+        return denied.into_response();
     }
     axum::Json(hub.active_sessions(filter.tenant.as_deref())).into_response()
 }
@@ -139,7 +156,7 @@ async fn end_session(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(denied) = authorize(&hub, &headers) {
-        return denied;
+        return denied.into_response();
     }
     let session = hub
         .active_sessions(None)

@@ -50,13 +50,30 @@ pub async fn stream(
         let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
         return;
     }
+    // Handles resolved once per stream, so the loop does no label lookups.
     let bytes_metric =
         metrics::counter!("relay_forwarded_bytes_total", "channel" => channel.as_str());
+    let chunks_metric =
+        metrics::counter!("relay_forwarded_chunks_total", "channel" => channel.as_str());
+    let stalls_metric =
+        metrics::counter!("relay_backpressure_stalls_total", "channel" => channel.as_str());
     loop {
         match from.read_chunk(CHUNK, true).await {
             Ok(Some(chunk)) => {
                 let len = chunk.bytes.len() as u64;
-                if let Err(e) = to.write_chunk(chunk.bytes).await {
+                let write = to.write_chunk(chunk.bytes);
+                tokio::pin!(write);
+                // Poll once: if the peer's flow control has no room, this is a stall
+                // (the slow reader is pushing back); count it, then wait as usual.
+                let written = tokio::select! {
+                    biased;
+                    result = &mut write => result,
+                    () = std::future::ready(()) => {
+                        stalls_metric.increment(1);
+                        write.await
+                    }
+                };
+                if let Err(e) = written {
                     debug!(error = %e, channel = channel.as_str(), "peer stopped the stream");
                     let code = match e {
                         quinn::WriteError::Stopped(code) => code,
@@ -67,6 +84,7 @@ pub async fn stream(
                 }
                 counters.bytes[channel.index()].fetch_add(len, Ordering::Relaxed);
                 bytes_metric.increment(len);
+                chunks_metric.increment(1);
             }
             Ok(None) => {
                 let _ = to.finish();

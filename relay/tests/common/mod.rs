@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use jsonwebtoken::Algorithm;
 use remote_help_relay::auth::TenantTrust;
@@ -288,4 +289,26 @@ pub fn with_claims(mut spec: TokenSpec, extra: Value) -> TokenSpec {
         merged.extend(map);
     }
     spec
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    within(stream.write_all(request.as_bytes())).await.unwrap();
+    let mut response = String::new();
+    within(stream.read_to_string(&mut response)).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
