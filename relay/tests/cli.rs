@@ -69,14 +69,16 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut daemon = relay()
+    let mut child = relay()
         .args(["--log-format", "json", "--config"])
         .arg(&config_path)
         .stderr(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     // Read the log until the relay says where it listens (no polling, no sleeping).
-    let mut log = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut daemon = Daemon(child);
     let (addr, fingerprint) = loop {
         let line = log.next().expect("relay exited before listening").unwrap();
         let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -315,7 +317,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = daemon.wait().unwrap();
+    let exit = daemon.0.wait().unwrap();
     assert_eq!(
         exit.code(),
         Some(0),
@@ -324,41 +326,72 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     drain.join().unwrap();
 }
 
-/// Starts the daemon on `config`, returns it with its address, fingerprint and log lines.
+/// A daemon process that is killed if the test ends early (a failing assertion must not
+/// leave a relay running, holding the test's output pipes).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts the daemon on `config`; returns it with its address, fingerprint, admin address
+/// and its log lines.
 fn start_daemon(
     config: &Path,
 ) -> (
-    std::process::Child,
+    Daemon,
+    String,
     String,
     String,
     std::sync::mpsc::Receiver<String>,
 ) {
-    let mut daemon = relay()
+    let mut child = relay()
         .args(["--log-format", "json", "--config"])
         .arg(config)
         .stderr(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut log = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let daemon = Daemon(child);
     let (tx, lines) = std::sync::mpsc::channel::<String>();
-    let (addr, fingerprint) = loop {
+    let (mut admin, mut listening) = (None, None);
+    while admin.is_none() || listening.is_none() {
         let line = log.next().expect("relay exited before listening").unwrap();
         let _ = tx.send(line.clone());
         let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
         let fields = &entry["fields"];
+        if fields["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("admin and metrics listener"))
+        {
+            admin = fields["addr"].as_str().map(str::to_string);
+        }
         if let (Some(addr), Some(fp)) = (
             fields["local_addr"].as_str(),
             fields["fingerprint"].as_str(),
         ) {
-            break (addr.to_string(), fp.to_string());
+            listening = Some((addr.to_string(), fp.to_string()));
         }
-    };
+    }
     std::thread::spawn(move || {
         for line in log.map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    (daemon, addr, fingerprint, lines)
+    let (addr, fingerprint) = listening.unwrap_or_default();
+    (daemon, addr, fingerprint, admin.unwrap_or_default(), lines)
 }
 
 #[test]
@@ -367,21 +400,29 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
     let state = dir.path().join("state");
     let (config, signer) = remote_help_relay::dev::config(&state).unwrap();
     let audit = dir.path().join("audit");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "cli-test-admin-token-0123456789\n").unwrap();
+    std::fs::write(
+        dir.path().join("wrong-token"),
+        "not-the-admin-token-0123456789\n",
+    )
+    .unwrap();
     let config_path = dir.path().join("relay.toml");
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[audit]\ndir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[audit]\ndir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\
              [[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n\
              [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\"]\n",
             state.display().to_string(),
             audit.display().to_string(),
+            token_file.display().to_string(),
             config.tenants[0].trust.issuer,
             state.join(remote_help_relay::dev::JWKS_FILE).display().to_string(),
         ),
     )
     .unwrap();
-    let (mut daemon, addr, fingerprint, _lines) = start_daemon(&config_path);
+    let (mut daemon, addr, fingerprint, admin, _lines) = start_daemon(&config_path);
 
     // A session is active when the relay is killed.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -419,8 +460,39 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         std::mem::forget(sharer);
         created.session_id
     });
-    daemon.kill().unwrap(); // SIGKILL
-    daemon.wait().unwrap();
+    // The active session is listed by the admin API, through `relay sessions --active`.
+    let out = relay()
+        .args([
+            "sessions",
+            "--active",
+            "--tenant",
+            "dev",
+            "--admin",
+            &admin,
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains(&session_id) && listed.contains("1 active session(s)"),
+        "{listed}"
+    );
+    let out = relay()
+        .args(["sessions", "--active", "--admin", &admin, "--token-file"])
+        .arg(dir.path().join("wrong-token"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong token must be refused");
+
+    daemon.0.kill().unwrap(); // SIGKILL
+    daemon.0.wait().unwrap();
     drop(runtime);
 
     let events =
@@ -432,7 +504,7 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
     );
 
     // The next start closes the session, before serving anyone.
-    let (mut daemon, _, _, lines) = start_daemon(&config_path);
+    let (mut daemon, _, _, _, lines) = start_daemon(&config_path);
     let events =
         remote_help_relay::audit::read_events(&remote_help_relay::audit::audit_files(&audit));
     let end = events
@@ -505,5 +577,5 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
 }
