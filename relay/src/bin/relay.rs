@@ -69,6 +69,15 @@ enum Command {
     },
     /// Run a relay, a helper and a sharer in one process and narrate a session.
     Demo,
+    /// Probe the admin listener's health endpoint (for container health checks).
+    Health {
+        /// Admin listener HOST:PORT.
+        #[arg(long, default_value = remote_help_relay::config::DEFAULT_ADMIN_LISTEN)]
+        admin: String,
+        /// Check readiness (/readyz) instead of liveness (/healthz).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -140,6 +149,7 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => return audit_verify(files),
+        Command::Health { admin, ready } => return health(admin, *ready),
         Command::Sessions {
             audit_dir,
             tenant,
@@ -228,8 +238,11 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the fingerprint file");
             }
         }
+        // systemd Type=notify: ready only once the endpoint and admin listener are bound.
+        notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("serving on {}", handle.local_addr()))]);
         serve_signals(&handle, config_path.as_deref(), &state_dir).await;
         tracing::info!("stop signal received");
+        notify_systemd(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
         handle.shutdown().await;
         anyhow::Ok(())
     })
@@ -254,6 +267,11 @@ async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, sta
                 _ = term.recv() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                        reloading.push(now);
+                    }
+                    notify_systemd(&reloading);
                     match load_config(config, state_dir) {
                         Ok(fresh) => {
                             handle.reload(&fresh);
@@ -263,6 +281,7 @@ async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, sta
                             tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running policy");
                         }
                     }
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
                 }
             }
         }
@@ -271,6 +290,48 @@ async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, sta
     {
         let _ = (handle, config, state_dir);
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Tells systemd about the service's state, when run under it (a no-op otherwise).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// `relay health`: GET /healthz (or /readyz) on the admin listener; exit 0 on 200.
+fn health(addr: &str, ready: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let result = (|| -> std::io::Result<String> {
+        let sockaddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&sockaddr, std::time::Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            println!("{path}: ok");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("{path}: {}", response.lines().next().unwrap_or("no answer"));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{path}: {addr}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

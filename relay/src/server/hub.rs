@@ -225,7 +225,7 @@ pub struct SessionRecord {
     pub modes: BTreeSet<&'static str>,
     /// The helper's reason or ticket reference.
     pub reason: String,
-    /// Bytes from the helper's side ([0]) and the sharer's side ([1]).
+    /// Bytes from the helper's side (index 0) and the sharer's side (index 1).
     pub counters: [Arc<ChannelCounters>; 2],
 }
 
