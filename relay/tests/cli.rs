@@ -69,9 +69,21 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
+    // Stand in for systemd: a datagram socket the daemon reports its state to.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let next_notice = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("no systemd notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
     let mut child = relay()
         .args(["--log-format", "json", "--config"])
         .arg(&config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -272,8 +284,16 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
                 .success()
         );
     };
+    let ready = next_notice();
+    assert!(ready.contains("READY=1"), "{ready}");
     hup(daemon.id());
     wait_for_log("reload failed");
+    let reloading = next_notice();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next_notice().contains("READY=1"));
     let probe = |extra: &[&str]| {
         rhelp()
             .args([
@@ -324,6 +344,20 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         "relay did not exit cleanly on SIGTERM"
     );
     drain.join().unwrap();
+    // After the second reload's READY=1, the stop: STOPPING=1.
+    let notices: Vec<String> = std::iter::from_fn(|| {
+        let mut buf = [0u8; 512];
+        notify.set_nonblocking(true).ok()?;
+        notify
+            .recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+    })
+    .collect();
+    assert!(
+        notices.iter().any(|n| n.contains("STOPPING=1")),
+        "{notices:?}"
+    );
 }
 
 /// A daemon process that is killed if the test ends early (a failing assertion must not
