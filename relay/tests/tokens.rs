@@ -223,3 +223,57 @@ async fn a_client_pinning_the_wrong_fingerprint_does_not_connect() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_relay_with_a_ca_signed_certificate_is_trusted_by_ca_and_refused_by_another_ca() {
+    use remote_help_relay::config::TlsSource;
+    use remote_help_relay::tls::RelayTrust;
+    // A private CA and a relay certificate it signs, as PEM files the config names.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Relay CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let relay_key = rcgen::KeyPair::generate().unwrap();
+    let relay_params = rcgen::CertificateParams::new(vec!["relay.test".to_string()]).unwrap();
+    let relay_cert = relay_params.signed_by(&relay_key, &issuer).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("relay.pem"), relay_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("relay.key"), relay_key.serialize_pem()).unwrap();
+    let (cert, key) = (dir.path().join("relay.pem"), dir.path().join("relay.key"));
+    let relay = TestRelay::builder()
+        .config(move |c| c.tls = TlsSource::Files { cert, key })
+        .start()
+        .await;
+
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let mut options = relay.options(token.clone(), Role::Helper);
+    options.trust = RelayTrust::ca_file(&dir.path().join("ca.pem")).unwrap();
+    options.server_name = "relay.test".into();
+    let client = common::within(remote_help_relay::client::Client::connect(options.clone()))
+        .await
+        .unwrap();
+    client.close().await;
+
+    // The right CA but the wrong name, or another CA: no connection.
+    let mut wrong_name = options.clone();
+    wrong_name.server_name = "other.test".into();
+    assert!(
+        common::within(remote_help_relay::client::Client::connect(wrong_name))
+            .await
+            .is_err()
+    );
+    let other_ca = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    let mut wrong_ca = options;
+    wrong_ca.trust = RelayTrust::CaCerts(vec![other_ca.cert.der().clone()]);
+    assert!(
+        common::within(remote_help_relay::client::Client::connect(wrong_ca))
+            .await
+            .is_err()
+    );
+    relay.stop().await;
+}
