@@ -285,7 +285,12 @@ mod tests {
 
     #[test]
     fn channel_tags_round_trip_and_unknown_tags_are_refused() {
-        for channel in [Channel::Screen, Channel::Input, Channel::Chat] {
+        for channel in [
+            Channel::Screen,
+            Channel::Input,
+            Channel::Chat,
+            Channel::Keys,
+        ] {
             assert_eq!(channel_from_tag(channel_tag(channel)).unwrap(), channel);
         }
         assert!(matches!(

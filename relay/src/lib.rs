@@ -13,6 +13,8 @@
 //! - [`tls`] and [`transport`]: TLS 1.3 identity and trust, QUIC windows and timeouts.
 //! - [`client`]: the reference client SDK, used by the `rhelp` CLI, the tests and `loadtest`.
 //! - [`dev`]: the development tenant used when `relay` runs without a config.
+//! - [`e2e`]: end-to-end encryption between the parties (the relay sees only sealed bytes);
+//!   [`client::secure`] runs it in the SDK.
 //! - [`probe`]: a whole measured session in one process (`rhelp probe`, `relay demo`).
 //!
 //! Wire types come from the `remote-help-proto` crate and stop at the edge: the server and
@@ -26,9 +28,12 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod dev;
+pub mod e2e;
 pub mod issuer;
 pub mod probe;
 pub mod report;
 pub mod server;
+#[cfg(feature = "tap")]
+pub mod tap;
 pub mod tls;
 pub mod transport;

@@ -240,3 +240,141 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Figures for end-to-end protection: crypto speed on one core, and screen throughput
+/// through the relay without and with it, in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eReport {
+    /// Sealing speed on one core, MB/s (64 KiB frames).
+    pub seal_mb_s: f64,
+    /// Opening speed on one core, MB/s.
+    pub open_mb_s: f64,
+    /// Screen throughput through the relay, unprotected, Mbit/s.
+    pub plain_mbit_s: f64,
+    /// Screen throughput through the relay, sealed end to end, Mbit/s.
+    pub sealed_mbit_s: f64,
+    /// The two users' verification codes matched.
+    pub codes_match: bool,
+}
+
+/// Measures [`E2eReport`]: `screen_bytes` of 64 KiB frames per session.
+pub async fn e2e_bench(
+    helper_options: ClientOptions,
+    sharer_options: ClientOptions,
+    screen_bytes: usize,
+) -> Result<E2eReport, ClientError> {
+    use crate::client::secure;
+    use crate::core::Role;
+    const FRAME: usize = 64 * 1024;
+    let frames = screen_bytes.div_ceil(FRAME).max(1);
+
+    // Crypto alone, one core.
+    let (keys_h, keys_s) = {
+        let (h, s) = (
+            crate::e2e::KeyExchange::start()?,
+            crate::e2e::KeyExchange::start()?,
+        );
+        let party = |x: &str| crate::e2e::Party {
+            tenant: "bench".into(),
+            subject: x.into(),
+        };
+        let t = crate::e2e::Transcript {
+            session_id: "bench".into(),
+            helper: party("h"),
+            sharer: party("s"),
+            helper_key: h.public_key(),
+            sharer_key: s.public_key(),
+        };
+        (h.finish(Role::Helper, &t)?, s.finish(Role::Sharer, &t)?)
+    };
+    let domain = crate::e2e::stream_domain(Channel::Screen);
+    let plain = vec![0x42u8; FRAME];
+    // Timed as a sender uses it: seal a frame, hand it on, drop it.
+    let mut timed_sealer = keys_s.sealer(crate::e2e::stream_domain(Channel::Chat));
+    let started = Instant::now();
+    for _ in 0..frames {
+        std::hint::black_box(timed_sealer.seal(&plain)?);
+    }
+    let seal_secs = started.elapsed().as_secs_f64();
+    let mut sealer = keys_s.sealer(domain);
+    let sealed: Vec<Vec<u8>> = (0..frames)
+        .map(|_| sealer.seal(&plain))
+        .collect::<Result<_, _>>()?;
+    let mut opener = keys_h.stream_opener(domain);
+    let started = Instant::now();
+    for frame in &sealed {
+        opener.open(frame)?;
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    let mb = (frames * FRAME) as f64 / 1e6;
+    drop(sealed);
+
+    // Through the relay: one unprotected session, then one protected.
+    let mut results = [0.0f64; 2];
+    let mut codes_match = true;
+    for (round, sealed_round) in [false, true].into_iter().enumerate() {
+        let mut helper = Client::connect(helper_options.clone()).await?;
+        let mut sharer = Client::connect(sharer_options.clone()).await?;
+        let created = helper.create_session(Mode::ViewOnly).await?;
+        sharer.join(&created.code).await?;
+        helper.wait_for_sharer().await?;
+        let sharer_start = sharer.accept().await?;
+        let helper_start = helper.wait_for_start().await?;
+        let frame = Bytes::from(vec![0x5au8; FRAME]);
+        let elapsed = if sealed_round {
+            let (h, s) = tokio::join!(
+                secure::establish(&helper, &helper_start, Role::Helper),
+                secure::establish(&sharer, &sharer_start, Role::Sharer)
+            );
+            let (mut h, s) = (h?, s?);
+            codes_match = h.verification_code() == s.verification_code();
+            let mut out = s.open_channel(Channel::Screen).await?;
+            let start = Instant::now();
+            let sender = tokio::spawn(async move {
+                for _ in 0..frames {
+                    out.send(&frame).await?;
+                }
+                Ok::<_, ClientError>(out)
+            });
+            let (_, mut input) = h.accept_channel().await?;
+            for _ in 0..frames {
+                input.recv().await?;
+            }
+            let elapsed = start.elapsed();
+            sender
+                .await
+                .map_err(|e| ClientError::Unexpected(e.to_string()))??;
+            elapsed
+        } else {
+            let mut out = sharer.open_channel(Channel::Screen).await?;
+            let start = Instant::now();
+            let sender = tokio::spawn(async move {
+                for _ in 0..frames {
+                    out.send(frame.clone()).await?;
+                }
+                Ok::<_, ClientError>(out)
+            });
+            let (_, mut input) = helper.accept_channel().await?;
+            for _ in 0..frames {
+                expect_frame(&mut input).await?;
+            }
+            let elapsed = start.elapsed();
+            sender
+                .await
+                .map_err(|e| ClientError::Unexpected(e.to_string()))??;
+            elapsed
+        };
+        results[round] = (frames * FRAME) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
+        helper.end_session().await?;
+        sharer.wait_for_end().await;
+        helper.close().await;
+        sharer.close().await;
+    }
+    Ok(E2eReport {
+        seal_mb_s: mb / seal_secs,
+        open_mb_s: mb / open_secs,
+        plain_mbit_s: results[0],
+        sealed_mbit_s: results[1],
+        codes_match,
+    })
+}

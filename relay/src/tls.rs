@@ -122,6 +122,39 @@ impl ServerIdentity {
         })
     }
 
+    /// The relay's own self-signed certificate, kept in `state_dir` so that its fingerprint
+    /// (which clients pin) survives restarts: loaded if present, else made and saved (the key
+    /// owner-only). If the folder cannot be written, an ephemeral one is used and said so.
+    pub fn self_signed_in(
+        state_dir: &Path,
+        names: Vec<String>,
+    ) -> Result<ServerIdentity, TlsError> {
+        let (cert, key) = (
+            state_dir.join("relay-cert.pem"),
+            state_dir.join("relay-key.pem"),
+        );
+        if cert.is_file() && key.is_file() {
+            return ServerIdentity::from_pem_files(&cert, &key);
+        }
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        let saved = std::fs::create_dir_all(state_dir)
+            .and_then(|()| std::fs::write(&cert, certified.cert.pem()))
+            .and_then(|()| {
+                crate::issuer::write_private_file(&key, &certified.signing_key.serialize_pem())
+                    .map_err(std::io::Error::other)
+            });
+        if let Err(e) = saved {
+            tracing::warn!(dir = %state_dir.display(), error = %e, "cannot save the self-signed certificate; it will change at the next start");
+        }
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        Ok(ServerIdentity {
+            chain: vec![certified.cert.der().clone()],
+            key,
+        })
+    }
+
     /// The leaf certificate's fingerprint, which clients may pin.
     pub fn fingerprint(&self) -> Fingerprint {
         // Invariant: constructors refuse empty chains.
@@ -287,6 +320,15 @@ mod tests {
         assert_eq!(Fingerprint::parse(&format!("sha256:{plain}")), Some(fp));
         assert_eq!(Fingerprint::parse("abc"), None);
         assert_eq!(Fingerprint::parse(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn the_self_signed_certificate_is_kept_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ServerIdentity::self_signed_in(dir.path(), vec!["localhost".into()]).unwrap();
+        let second = ServerIdentity::self_signed_in(dir.path(), vec!["localhost".into()]).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        second.quic_server_config().unwrap();
     }
 
     #[test]

@@ -318,6 +318,10 @@ async fn an_unanswered_consent_prompt_times_out_for_both() {
         within(helper.wait_for_end()).await,
         ErrorCode::ConsentTimeout
     );
+    // An answer that raced the timeout is refused, but not fatally.
+    let late = within(sharer.accept()).await.unwrap_err();
+    assert_eq!(late.code(), Some(ErrorCode::ConsentTimeout));
+    within(sharer.ping()).await.unwrap();
     relay.stop().await;
 }
 
@@ -421,7 +425,10 @@ async fn with_chat_disabled_both_are_told_and_a_chat_stream_is_refused() {
     within(helper.wait_for_sharer()).await.unwrap();
     let started = within(sharer.accept()).await.unwrap();
     assert!(started.chat_disabled);
-    assert_eq!(started.channels, vec![Channel::Screen, Channel::Input]);
+    assert_eq!(
+        started.channels,
+        vec![Channel::Screen, Channel::Input, Channel::Keys]
+    );
     let helper_view = within(helper.wait_for_start()).await.unwrap();
     assert!(helper_view.chat_disabled);
 
@@ -576,7 +583,7 @@ async fn unattended_access_needs_the_permission_the_scope_and_the_same_tenant() 
 #[tokio::test]
 async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
     let relay = TestRelay::start().await;
-    let (helper, sharer) = relay.paired("contoso", Mode::FullControl).await;
+    let (mut helper, sharer) = relay.paired("contoso", Mode::FullControl).await;
 
     let mut disabled = remote_help_relay::config::Config::with_defaults(
         "127.0.0.1:0".parse().unwrap(),
@@ -600,6 +607,12 @@ async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"still allowed"
     );
+    // A client that signed in before the reload cannot start anything new.
+    within(helper.end_session()).await.unwrap();
+    let err = within(helper.create_session(Mode::ViewOnly))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TenantDisabled));
     relay.stop().await;
 }
 

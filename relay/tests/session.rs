@@ -125,7 +125,10 @@ async fn each_party_sees_the_others_profile_and_the_requested_mode() {
 
     let started = within(sharer.accept()).await.unwrap();
     assert_eq!(started.mode, Mode::ViewOnly);
-    assert_eq!(started.channels, vec![Channel::Screen, Channel::Chat]);
+    assert_eq!(
+        started.channels,
+        vec![Channel::Screen, Channel::Chat, Channel::Keys]
+    );
     let helper_view = within(helper.wait_for_start()).await.unwrap();
     assert_eq!(helper_view.session_id, started.session_id);
     assert_eq!(helper_view.mode, started.mode);

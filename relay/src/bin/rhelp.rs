@@ -63,6 +63,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure end-to-end protection: seal/open speed on one core, and screen throughput
+    /// through the relay without and with it.
+    E2eBench {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// File with the helper's token.
+        #[arg(long)]
+        helper_token: PathBuf,
+        /// File with the sharer's token.
+        #[arg(long)]
+        sharer_token: PathBuf,
+        /// Megabytes of screen data per measurement.
+        #[arg(long, default_value_t = 256)]
+        screen_mb: usize,
+    },
     /// Offer help: create a session, print the code, view the screen, send input.
     Helper {
         #[command(flatten)]
@@ -143,6 +158,26 @@ fn main() -> ExitCode {
                 mode,
                 seconds,
             } => report(helper_command(relay, &token, mode, seconds).await),
+            Command::E2eBench {
+                relay,
+                helper_token,
+                sharer_token,
+                screen_mb,
+            } => report(
+                async {
+                    let helper = options(&relay, &helper_token, Role::Helper)?;
+                    let sharer = options(&relay, &sharer_token, Role::Sharer)?;
+                    let r = probe::e2e_bench(helper, sharer, screen_mb.max(1) * 1024 * 1024).await?;
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    println!(
+                        "seal {:.0} MB/s, open {:.0} MB/s (one core); through the relay: plain {:.0} Mbit/s, sealed {:.0} Mbit/s ({:.0}%); codes match: {}",
+                        r.seal_mb_s, r.open_mb_s, r.plain_mbit_s, r.sealed_mbit_s,
+                        100.0 * r.sealed_mbit_s / r.plain_mbit_s.max(f64::MIN_POSITIVE), r.codes_match
+                    );
+                    Ok(())
+                }
+                .await,
+            ),
             Command::Share {
                 relay,
                 token,

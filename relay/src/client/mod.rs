@@ -36,6 +36,8 @@ use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::
 use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+pub mod secure;
+
 use crate::core::{Channel, Mode, Role};
 use crate::tls::{RelayTrust, TlsError};
 use crate::transport::ClientTransport;
@@ -116,6 +118,9 @@ pub enum ClientError {
     /// A frame could not be read or written.
     #[error("framing: {0}")]
     Frame(FrameError),
+    /// End-to-end protection failed: the frame was forged, replayed, reordered or cut.
+    #[error("end-to-end protection: {0}")]
+    E2e(#[from] crate::e2e::E2eError),
 }
 
 impl ClientError {
@@ -177,6 +182,7 @@ pub struct Client {
     writer: Writer,
     welcome: v1::Welcome,
     next_nonce: u64,
+    peer: Option<v1::Profile>,
 }
 
 /// Opens a bare QUIC connection to the relay (no `Hello`): for tools and tests that
@@ -233,6 +239,7 @@ impl Client {
             writer: FramedWrite::new(send, ControlCodec::new(MAX_CONTROL)),
             welcome: v1::Welcome::default(),
             next_nonce: 1,
+            peer: None,
         };
         let role = match options.role {
             Role::Helper => v1::Role::Helper,
@@ -260,6 +267,11 @@ impl Client {
     /// This client's own profile, as the relay verified it.
     pub fn me(&self) -> Option<&v1::Profile> {
         self.welcome.you.as_ref()
+    }
+
+    /// The other party of the current (or last) session, as the relay presented it.
+    pub fn peer(&self) -> Option<&v1::Profile> {
+        self.peer.as_ref()
     }
 
     /// The address the relay observes for this client.
@@ -525,6 +537,16 @@ impl Client {
                 Some(Ok(v1::RelayToClient { msg: None })) => continue,
                 Some(Ok(v1::RelayToClient { msg: Some(m) })) => m,
             };
+            match &message {
+                In::PeerJoined(joined) => self.peer = joined.sharer.clone(),
+                In::ConsentRequest(request) if !request.mode_change => {
+                    self.peer = request.helper.clone()
+                }
+                In::SessionStarted(started) if started.peer.is_some() => {
+                    self.peer = started.peer.clone()
+                }
+                _ => {}
+            }
             return match message {
                 In::Error(e) => Err(ClientError::Refused {
                     code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),

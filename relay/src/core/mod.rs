@@ -163,6 +163,8 @@ pub enum Channel {
     Input,
     /// Both ways: chat.
     Chat,
+    /// Both ways: the end-to-end key exchange.
+    Keys,
 }
 
 impl Channel {
@@ -172,6 +174,7 @@ impl Channel {
             v1::Channel::Screen => Some(Channel::Screen),
             v1::Channel::Input => Some(Channel::Input),
             v1::Channel::Chat => Some(Channel::Chat),
+            v1::Channel::Keys => Some(Channel::Keys),
             v1::Channel::Unspecified => None,
         }
     }
@@ -182,6 +185,7 @@ impl Channel {
             Channel::Screen => v1::Channel::Screen,
             Channel::Input => v1::Channel::Input,
             Channel::Chat => v1::Channel::Chat,
+            Channel::Keys => v1::Channel::Keys,
         }
     }
 
@@ -191,6 +195,7 @@ impl Channel {
             Channel::Screen => "screen",
             Channel::Input => "input",
             Channel::Chat => "chat",
+            Channel::Keys => "keys",
         }
     }
 
@@ -200,6 +205,7 @@ impl Channel {
             Channel::Screen => 0,
             Channel::Input => 1,
             Channel::Chat => 2,
+            Channel::Keys => 3,
         }
     }
 }
@@ -213,6 +219,7 @@ pub fn session_channels(mode: Mode, chat_allowed: bool) -> Vec<Channel> {
     if chat_allowed {
         channels.push(Channel::Chat);
     }
+    channels.push(Channel::Keys);
     channels
 }
 
@@ -225,6 +232,7 @@ pub fn may_send(role: Role, channel: Channel, mode: Mode, chat_allowed: bool) ->
         Channel::Screen => role == Role::Sharer,
         Channel::Input => role == Role::Helper && mode.allows_input(),
         Channel::Chat => chat_allowed,
+        Channel::Keys => true,
     }
 }
 
@@ -258,8 +266,9 @@ mod tests {
                 "{role:?} on {channel:?} in {mode:?}, chat allowed {chat_allowed}"
             );
         }
-        assert_eq!(session_channels(ViewOnly, true), [Screen, Chat]);
-        assert_eq!(session_channels(Elevation, false), [Screen, Input]);
+        assert_eq!(session_channels(ViewOnly, true), [Screen, Chat, Keys]);
+        assert_eq!(session_channels(Elevation, false), [Screen, Input, Keys]);
+        assert!(may_send(Helper, Keys, ViewOnly, false) && may_send(Sharer, Keys, ViewOnly, false));
     }
 
     #[test]

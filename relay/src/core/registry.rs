@@ -81,9 +81,16 @@ enum CodeSlot {
         expires_at: Instant,
     },
     /// Used by a sharer; kept (until `forget_at`) so a second use says `CODE_USED`.
-    Used { forget_at: Instant },
+    /// The tenant is kept so another tenant's sharer learns only `CROSS_TENANT`.
+    Used {
+        tenant: TenantId,
+        forget_at: Instant,
+    },
     /// Expired unused; kept (until `forget_at`) so a late join says `CODE_EXPIRED`.
-    Expired { forget_at: Instant },
+    Expired {
+        tenant: TenantId,
+        forget_at: Instant,
+    },
 }
 
 /// A newly created session, as the helper is told about it.
@@ -273,6 +280,11 @@ impl Registry {
     ) -> Result<Joined, ErrorCode> {
         let session_id = match self.codes.get(&code) {
             None => return Err(ErrorCode::CodeInvalid),
+            Some(CodeSlot::Used { tenant, .. } | CodeSlot::Expired { tenant, .. })
+                if *tenant != sharer.tenant =>
+            {
+                return Err(ErrorCode::CrossTenant);
+            }
             Some(CodeSlot::Used { .. }) => return Err(ErrorCode::CodeUsed),
             Some(CodeSlot::Expired { .. }) => return Err(ErrorCode::CodeExpired),
             Some(CodeSlot::Open { expires_at, .. }) if *expires_at <= now => {
@@ -298,6 +310,7 @@ impl Registry {
         self.codes.insert(
             code,
             CodeSlot::Used {
+                tenant: session.tenant.clone(),
                 forget_at: now + self.limits.code_memory,
             },
         );
@@ -483,10 +496,15 @@ impl Registry {
                 ErrorCode::DeviceUnavailable
             });
         };
-        if slot.session.is_some() {
+        let agent = slot.conn;
+        // Busy with an unattended session, or with an attended one it joined by code.
+        let in_session = self
+            .sessions
+            .values()
+            .any(|s| s.helper.conn == agent || s.sharer.as_ref().is_some_and(|p| p.conn == agent));
+        if slot.session.is_some() || in_session {
             return Err(ErrorCode::SessionBusy);
         }
-        let agent = slot.conn;
         let session = SessionId::generate(rng);
         self.sessions.insert(
             session.clone(),
@@ -526,18 +544,26 @@ impl Registry {
         let mut found = Expired::default();
         let mut code_expired = Vec::new();
         let memory = self.limits.code_memory;
+        let sessions = &self.sessions;
         self.codes.retain(|_, slot| match slot {
             CodeSlot::Open {
                 session,
                 expires_at,
             } if *expires_at <= now => {
+                let tenant = sessions
+                    .get(session)
+                    .map(|s| s.tenant.clone())
+                    .unwrap_or_else(|| TenantId::new(""));
                 code_expired.push(session.clone());
                 *slot = CodeSlot::Expired {
+                    tenant,
                     forget_at: now + memory,
                 };
                 true
             }
-            CodeSlot::Used { forget_at } | CodeSlot::Expired { forget_at } => *forget_at > now,
+            CodeSlot::Used { forget_at, .. } | CodeSlot::Expired { forget_at, .. } => {
+                *forget_at > now
+            }
             CodeSlot::Open { .. } => true,
         });
         for id in code_expired {
@@ -697,6 +723,41 @@ mod tests {
             Err(ErrorCode::CrossTenant)
         );
         assert!(reg.join(created.code, party(3, "contoso"), now).is_ok());
+    }
+
+    #[test]
+    fn another_tenant_learns_only_cross_tenant_even_for_used_and_expired_codes() {
+        let (mut reg, mut rng, now) = setup();
+        let used = reg.create(party(1, "contoso"), Mode::ViewOnly, now, &mut rng);
+        reg.join(used.code, party(2, "contoso"), now).unwrap();
+        let expired = reg.create(party(3, "contoso"), Mode::ViewOnly, now, &mut rng);
+        reg.expire(now + TTL);
+        for code in [used.code, expired.code] {
+            assert_eq!(
+                reg.join(code, party(9, "fabrikam"), now + TTL),
+                Err(ErrorCode::CrossTenant)
+            );
+        }
+        assert_eq!(
+            reg.join(used.code, party(4, "contoso"), now + TTL),
+            Err(ErrorCode::CodeUsed)
+        );
+        assert_eq!(
+            reg.join(expired.code, party(4, "contoso"), now + TTL),
+            Err(ErrorCode::CodeExpired)
+        );
+    }
+
+    #[test]
+    fn a_device_agent_in_an_attended_session_is_busy_for_unattended_ones() {
+        let (mut reg, mut rng, now) = setup();
+        reg.register_device(party(5, "t"), "kiosk").unwrap();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        reg.join(created.code, party(5, "t"), now).unwrap();
+        assert_eq!(
+            reg.connect_unattended(party(2, "t"), "kiosk", now, &mut rng),
+            Err(ErrorCode::SessionBusy)
+        );
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
             forwarders: JoinSet::new(),
             failed_joins: 0,
             device_registered: false,
+            prompt_lapsed: false,
         };
         let close = conn.run(reader).await;
         conn.leave_session(match close {
@@ -239,6 +240,8 @@ struct Conn {
     failed_joins: u32,
     /// This device agent is registered for unattended sessions.
     device_registered: bool,
+    /// A consent prompt to this sharer lapsed; an answer racing the timeout is not fatal.
+    prompt_lapsed: bool,
 }
 
 /// This connection's view of its current session.
@@ -256,7 +259,7 @@ struct Active {
     peer: quinn::Connection,
     chat_allowed: bool,
     /// The forwarder of each channel this side opened, to stop it on a mode change.
-    forwarders: [Option<tokio::task::AbortHandle>; 3],
+    forwarders: [Option<tokio::task::AbortHandle>; 4],
     counters: Arc<ChannelCounters>,
 }
 
@@ -405,6 +408,14 @@ impl Conn {
                 .await;
         }
         let policy = self.hub.policies().tenant(&self.principal.tenant);
+        if !policy.enabled {
+            return self
+                .refuse(
+                    ErrorCode::TenantDisabled,
+                    ErrorCode::TenantDisabled.describe().into(),
+                )
+                .await;
+        }
         if let Err(refusal) = policy.may_offer(&self.principal, mode) {
             metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
             return self.refuse(refusal.code(), refusal.message()).await;
@@ -444,6 +455,14 @@ impl Conn {
                 .refuse(
                     ErrorCode::AuditUnavailable,
                     ErrorCode::AuditUnavailable.describe().into(),
+                )
+                .await;
+        }
+        if !self.hub.policies().tenant(&self.principal.tenant).enabled {
+            return self
+                .refuse(
+                    ErrorCode::TenantDisabled,
+                    ErrorCode::TenantDisabled.describe().into(),
                 )
                 .await;
         }
@@ -547,6 +566,7 @@ impl Conn {
                 "RequestMode.mode must be VIEW_ONLY, FULL_CONTROL or ELEVATION".into(),
             ));
         };
+        self.hub.note_mode_reason(&session, &request.reason);
         match self
             .hub
             .request_mode(self.id, &self.principal, &session, mode)
@@ -615,6 +635,14 @@ impl Conn {
                 )
                 .await;
         }
+        if !self.hub.policies().tenant(&self.principal.tenant).enabled {
+            return self
+                .refuse(
+                    ErrorCode::TenantDisabled,
+                    ErrorCode::TenantDisabled.describe().into(),
+                )
+                .await;
+        }
         let pending = match self.hub.connect_unattended(
             self.id,
             &self.principal,
@@ -662,6 +690,14 @@ impl Conn {
 
     async fn on_consent(&mut self, accept: bool) -> Result<(), Close> {
         let Some(session) = self.session.as_ref().map(|s| s.id.clone()) else {
+            if std::mem::take(&mut self.prompt_lapsed) {
+                return self
+                    .refuse(
+                        ErrorCode::ConsentTimeout,
+                        "the consent prompt had already expired".into(),
+                    )
+                    .await;
+            }
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
                 "ConsentAnswer without a joined session".into(),
@@ -706,6 +742,13 @@ impl Conn {
                 self.session = None;
                 self.reply(ended(&session, ErrorCode::PeerLost)).await
             }
+            Err(ErrorCode::ProtocolViolation) if std::mem::take(&mut self.prompt_lapsed) => {
+                self.refuse(
+                    ErrorCode::ConsentTimeout,
+                    "the consent prompt had already expired".into(),
+                )
+                .await
+            }
             Err(code) => Err(Close::Refuse(code, "ConsentAnswer not expected now".into())),
         }
     }
@@ -748,7 +791,7 @@ impl Conn {
             mode,
             peer,
             chat_allowed,
-            forwarders: [None, None, None],
+            forwarders: [None, None, None, None],
             counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
@@ -811,6 +854,7 @@ impl Conn {
                 mode_change,
                 deadline,
             } if current.as_ref() == Some(&session) => {
+                self.prompt_lapsed = false;
                 self.reply(consent_request(
                     &session,
                     &helper,
@@ -858,9 +902,15 @@ impl Conn {
                 self.apply_mode(&session, mode).await
             }
             Event::ModeRefused { session, reason } if current.as_ref() == Some(&session) => {
+                if reason == ErrorCode::ConsentTimeout && self.role == Role::Sharer {
+                    self.prompt_lapsed = true;
+                }
                 self.refuse(reason, reason.describe().to_string()).await
             }
             Event::Ended { session, reason } if current.as_ref() == Some(&session) => {
+                if reason == ErrorCode::ConsentTimeout && self.role == Role::Sharer {
+                    self.prompt_lapsed = true;
+                }
                 info!(session = %session, reason = reason.as_str_name(), "session ended");
                 self.stop_forwarding();
                 self.session = None;
@@ -1076,9 +1126,12 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
             let _ = tokio::time::timeout(LINGER, stream.stopped()).await;
         }
     }
-    let mut reason = message.into_bytes();
-    reason.truncate(256);
-    connection.close(code.to_quic().into(), &reason);
+    // QUIC carries the reason in the close frame: keep it short, cut on a character boundary.
+    let mut end = message.len().min(256);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    connection.close(code.to_quic().into(), &message.as_bytes()[..end]);
 }
 
 fn unix_now() -> u64 {

@@ -22,7 +22,7 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct ChannelCounters {
     /// Bytes forwarded, by `Channel::index`.
-    pub bytes: [AtomicU64; 3],
+    pub bytes: [AtomicU64; 4],
     /// Datagrams forwarded.
     pub datagrams: AtomicU64,
     /// Datagrams dropped because the peer's datagram buffer was full.
@@ -38,7 +38,7 @@ pub async fn stream(
     peer: quinn::Connection,
     counters: std::sync::Arc<ChannelCounters>,
 ) {
-    let mut to = match peer.open_uni().await {
+    let to = match peer.open_uni().await {
         Ok(to) => to,
         Err(e) => {
             debug!(error = %e, "peer gone before its data stream opened");
@@ -46,6 +46,10 @@ pub async fn stream(
             return;
         }
     };
+    // If this task is aborted (the session ended, input was revoked) or fails, the peer's
+    // stream is reset rather than finished, so a cut stream never looks complete.
+    let mut out = ResetOnDrop(Some(to));
+    let Some(to) = out.0.as_mut() else { return };
     if to.write_all(&[tag]).await.is_err() {
         let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
         return;
@@ -61,6 +65,8 @@ pub async fn stream(
         match from.read_chunk(CHUNK, true).await {
             Ok(Some(chunk)) => {
                 let len = chunk.bytes.len() as u64;
+                #[cfg(feature = "tap")]
+                crate::tap::record(&chunk.bytes);
                 let write = to.write_chunk(chunk.bytes);
                 tokio::pin!(write);
                 // Poll once: if the peer's flow control has no room, this is a stall
@@ -87,7 +93,9 @@ pub async fn stream(
                 chunks_metric.increment(1);
             }
             Ok(None) => {
-                let _ = to.finish();
+                if let Some(mut finished) = out.0.take() {
+                    let _ = finished.finish();
+                }
                 return;
             }
             Err(e) => {
@@ -96,9 +104,22 @@ pub async fn stream(
                     quinn::ReadError::Reset(code) => code,
                     _ => ErrorCode::PeerLost.to_quic().into(),
                 };
-                let _ = to.reset(code);
+                if let Some(mut reset) = out.0.take() {
+                    let _ = reset.reset(code);
+                }
                 return;
             }
+        }
+    }
+}
+
+/// Owns the stream towards the peer; resets it unless it was finished deliberately.
+struct ResetOnDrop(Option<quinn::SendStream>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut stream) = self.0.take() {
+            let _ = stream.reset(ErrorCode::PeerEnded.to_quic().into());
         }
     }
 }
@@ -115,6 +136,8 @@ pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCou
         return;
     }
     let len = datagram.len() as u64;
+    #[cfg(feature = "tap")]
+    crate::tap::record(&datagram);
     match peer.send_datagram(datagram) {
         Ok(()) => {
             counters.datagrams.fetch_add(1, Ordering::Relaxed);

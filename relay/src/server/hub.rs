@@ -225,6 +225,8 @@ pub struct SessionRecord {
     pub modes: BTreeSet<&'static str>,
     /// The helper's reason or ticket reference.
     pub reason: String,
+    /// The reason given with the latest mode request.
+    pub mode_reason: String,
     /// Bytes from the helper's side (index 0) and the sharer's side (index 1).
     pub counters: [Arc<ChannelCounters>; 2],
 }
@@ -815,6 +817,7 @@ impl Hub {
             mode: start.mode,
             modes: BTreeSet::from([start.mode.as_str()]),
             reason: start.reason.clone(),
+            mode_reason: String::new(),
             counters: [
                 Arc::new(ChannelCounters::default()),
                 Arc::new(ChannelCounters::default()),
@@ -911,6 +914,9 @@ impl Hub {
             record.modes.insert(mode.as_str());
             let mut event = record.event(EventKind::ModeChanged);
             event.mode = Some(mode.as_str().into());
+            if !record.mode_reason.is_empty() {
+                event.reason = Some(std::mem::take(&mut record.mode_reason));
+            }
             (event, (record.tenant.to_string(), old), parties)
         };
         metrics::gauge!("relay_sessions_active", "tenant" => old.0.clone(), "mode" => old.1.as_str()).decrement(1.0);
@@ -927,6 +933,16 @@ impl Hub {
                     mode,
                 },
             );
+        }
+    }
+
+    /// Keeps the reason the helper gave for a mode request (recorded with the change).
+    pub fn note_mode_reason(&self, session: &SessionId, reason: &str) {
+        if reason.is_empty() {
+            return;
+        }
+        if let Some(record) = self.lock().records.get_mut(session) {
+            record.mode_reason = reason.to_string();
         }
     }
 

@@ -191,9 +191,10 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     }
     let identity = match &config.tls {
         TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
-        TlsSource::SelfSigned => {
-            ServerIdentity::self_signed(vec!["localhost".into(), "remote-help-relay".into()])?
-        }
+        TlsSource::SelfSigned => ServerIdentity::self_signed_in(
+            &config.state_dir,
+            vec!["localhost".into(), "remote-help-relay".into()],
+        )?,
     };
     let fingerprint = identity.fingerprint();
     let mut server_config =

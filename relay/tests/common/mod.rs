@@ -270,6 +270,7 @@ impl TestRelayBuilder {
         );
         config.drain_timeout = Duration::ZERO;
         config.audit.dir = self.dir.path().join("audit");
+        config.state_dir = self.dir.path().join("state");
         for tweak in self.tweak {
             tweak(&mut config);
         }
