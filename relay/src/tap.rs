@@ -31,3 +31,27 @@ pub fn take() -> Vec<u8> {
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
     )
 }
+
+static SUBSTITUTE_KEYS: AtomicBool = AtomicBool::new(false);
+
+/// Makes the relay behave like a malicious one: replace the public key in every key-exchange
+/// frame it forwards with a fresh one of its own.
+pub fn substitute_keys(on: bool) {
+    SUBSTITUTE_KEYS.store(on, Ordering::SeqCst);
+}
+
+/// The chunk to forward on a `KEYS` stream: unchanged, or with the key substituted. A key
+/// frame is a 4-byte length (32) and the 32-byte key.
+pub fn keys_chunk(chunk: bytes::Bytes) -> bytes::Bytes {
+    if !SUBSTITUTE_KEYS.load(Ordering::SeqCst) || chunk.len() != 36 || chunk[..4] != [0, 0, 0, 32] {
+        return chunk;
+    }
+    match crate::e2e::KeyExchange::start() {
+        Ok(ours) => {
+            let mut forged = chunk.to_vec();
+            forged[4..].copy_from_slice(&ours.public_key());
+            bytes::Bytes::from(forged)
+        }
+        Err(_) => chunk,
+    }
+}

@@ -67,6 +67,15 @@ pub async fn stream(
                 let len = chunk.bytes.len() as u64;
                 #[cfg(feature = "tap")]
                 crate::tap::record(&chunk.bytes);
+                #[cfg(feature = "tap")]
+                let chunk = if channel == Channel::Keys {
+                    quinn::Chunk {
+                        offset: chunk.offset,
+                        bytes: crate::tap::keys_chunk(chunk.bytes),
+                    }
+                } else {
+                    chunk
+                };
                 let write = to.write_chunk(chunk.bytes);
                 tokio::pin!(write);
                 // Poll once: if the peer's flow control has no room, this is a stall
