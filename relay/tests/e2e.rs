@@ -5,30 +5,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestRelay, within};
-use remote_help_relay::client::secure::{self, SecureSession};
+use common::{TestRelay, secured, within};
+use remote_help_relay::client::secure::SecureSession;
 use remote_help_relay::client::{Client, ClientError};
-use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::core::{Channel, Mode};
 use remote_help_relay::e2e::{E2eError, stream_domain};
-
-/// A started session with both sides' key exchange done.
-async fn secured(relay: &TestRelay, mode: Mode) -> (Client, SecureSession, Client, SecureSession) {
-    let mut helper = relay.helper("contoso").await;
-    let mut sharer = relay.sharer("contoso").await;
-    let created = within(helper.create_session(mode)).await.unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    let sharer_start = within(sharer.accept()).await.unwrap();
-    let helper_start = within(helper.wait_for_start()).await.unwrap();
-    let (h, s) = within(async {
-        tokio::join!(
-            secure::establish(&helper, &helper_start, Role::Helper),
-            secure::establish(&sharer, &sharer_start, Role::Sharer)
-        )
-    })
-    .await;
-    (helper, h.unwrap(), sharer, s.unwrap())
-}
 
 #[tokio::test]
 async fn both_users_see_the_same_code_and_sealed_channels_carry_content() {

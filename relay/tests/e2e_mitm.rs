@@ -5,31 +5,16 @@
 
 mod common;
 
-use common::{TestRelay, within};
-use remote_help_relay::client::secure;
-use remote_help_relay::core::{Channel, Mode, Role};
+use common::{TestRelay, secured, within};
+use remote_help_relay::core::{Channel, Mode};
 
 #[tokio::test]
 async fn a_relay_that_substitutes_keys_is_revealed_by_the_verification_codes() {
     let relay = TestRelay::start().await;
     remote_help_relay::tap::substitute_keys(true);
-    let (mut helper, mut sharer) = (relay.helper("contoso").await, relay.sharer("contoso").await);
-    let created = within(helper.create_session(Mode::FullControl))
-        .await
-        .unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    let ss = within(sharer.accept()).await.unwrap();
-    let hs = within(helper.wait_for_start()).await.unwrap();
-    let (h, s) = within(async {
-        tokio::join!(
-            secure::establish(&helper, &hs, Role::Helper),
-            secure::establish(&sharer, &ss, Role::Sharer)
-        )
-    })
-    .await;
+    let (_helper, h, _sharer, s) = secured(&relay, Mode::FullControl).await;
     remote_help_relay::tap::substitute_keys(false);
-    let (h, mut s) = (h.unwrap(), s.unwrap());
+    let mut s = s;
     assert_ne!(
         h.verification_code(),
         s.verification_code(),

@@ -6,9 +6,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestRelay, within};
-use remote_help_relay::client::secure;
-use remote_help_relay::core::{Channel, Mode, Role};
+use common::{TestRelay, secured, within};
+use remote_help_relay::core::{Channel, Mode};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -19,22 +18,8 @@ async fn the_relay_never_sees_protected_content() {
     let relay = TestRelay::start().await;
     remote_help_relay::tap::enable();
 
-    let (mut helper, mut sharer) = (relay.helper("contoso").await, relay.sharer("contoso").await);
-    let created = within(helper.create_session(Mode::FullControl))
-        .await
-        .unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    let ss = within(sharer.accept()).await.unwrap();
-    let hs = within(helper.wait_for_start()).await.unwrap();
-    let (h, s) = within(async {
-        tokio::join!(
-            secure::establish(&helper, &hs, Role::Helper),
-            secure::establish(&sharer, &ss, Role::Sharer)
-        )
-    })
-    .await;
-    let (mut h, mut s) = (h.unwrap(), s.unwrap());
+    let (_helper, h, _sharer, s) = secured(&relay, Mode::FullControl).await;
+    let (mut h, mut s) = (h, s);
     let screen_secret = b"TOP-SECRET-SCREEN-PIXELS".repeat(100);
     let keystrokes = b"PASSWORD-hunter2-KEYSTROKES";
     let chat_secret = b"CHAT-SECRET-MEET-AT-NOON";

@@ -383,15 +383,38 @@ impl Conn {
         }
     }
 
-    async fn on_create(&mut self, create: v1::CreateSession) -> Result<(), Close> {
+    /// The checks every request to start a session passes first: not already in a session,
+    /// the relay not draining, the audit log writable, the tenant (still) enabled. `Ok(false)`:
+    /// a non-fatal refusal was sent and the request is over.
+    async fn admit_new_session(&mut self, request: &str) -> Result<bool, Close> {
         if self.session.is_some() {
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
-                "CreateSession while already in a session".into(),
+                format!("{request} while already in a session"),
             ));
         }
         if self.hub.draining.is_cancelled() {
             return Err(Close::Shutdown);
+        }
+        let refusal = if !self.hub.audit.is_available() {
+            Some(ErrorCode::AuditUnavailable)
+        } else if !self.hub.policies().tenant(&self.principal.tenant).enabled {
+            Some(ErrorCode::TenantDisabled)
+        } else {
+            None
+        };
+        match refusal {
+            Some(code) => self
+                .refuse(code, code.describe().into())
+                .await
+                .map(|()| false),
+            None => Ok(true),
+        }
+    }
+
+    async fn on_create(&mut self, create: v1::CreateSession) -> Result<(), Close> {
+        if !self.admit_new_session("CreateSession").await? {
+            return Ok(());
         }
         let Some(mode) = Mode::from_wire(create.mode).filter(|m| *m <= Mode::FullControl) else {
             return Err(Close::Refuse(
@@ -399,23 +422,7 @@ impl Conn {
                 "CreateSession.mode must be VIEW_ONLY or FULL_CONTROL".into(),
             ));
         };
-        if !self.hub.audit.is_available() {
-            return self
-                .refuse(
-                    ErrorCode::AuditUnavailable,
-                    ErrorCode::AuditUnavailable.describe().into(),
-                )
-                .await;
-        }
         let policy = self.hub.policies().tenant(&self.principal.tenant);
-        if !policy.enabled {
-            return self
-                .refuse(
-                    ErrorCode::TenantDisabled,
-                    ErrorCode::TenantDisabled.describe().into(),
-                )
-                .await;
-        }
         if let Err(refusal) = policy.may_offer(&self.principal, mode) {
             metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
             return self.refuse(refusal.code(), refusal.message()).await;
@@ -441,30 +448,8 @@ impl Conn {
     }
 
     async fn on_join(&mut self, join: v1::JoinSession) -> Result<(), Close> {
-        if self.session.is_some() {
-            return Err(Close::Refuse(
-                ErrorCode::ProtocolViolation,
-                "JoinSession while already in a session".into(),
-            ));
-        }
-        if self.hub.draining.is_cancelled() {
-            return Err(Close::Shutdown);
-        }
-        if !self.hub.audit.is_available() {
-            return self
-                .refuse(
-                    ErrorCode::AuditUnavailable,
-                    ErrorCode::AuditUnavailable.describe().into(),
-                )
-                .await;
-        }
-        if !self.hub.policies().tenant(&self.principal.tenant).enabled {
-            return self
-                .refuse(
-                    ErrorCode::TenantDisabled,
-                    ErrorCode::TenantDisabled.describe().into(),
-                )
-                .await;
+        if !self.admit_new_session("JoinSession").await? {
+            return Ok(());
         }
         let outcome = SessionCode::parse(&join.code)
             .map_err(|_| {
@@ -618,30 +603,8 @@ impl Conn {
     }
 
     async fn on_connect_unattended(&mut self, connect: v1::ConnectUnattended) -> Result<(), Close> {
-        if self.session.is_some() {
-            return Err(Close::Refuse(
-                ErrorCode::ProtocolViolation,
-                "ConnectUnattended while in a session".into(),
-            ));
-        }
-        if self.hub.draining.is_cancelled() {
-            return Err(Close::Shutdown);
-        }
-        if !self.hub.audit.is_available() {
-            return self
-                .refuse(
-                    ErrorCode::AuditUnavailable,
-                    ErrorCode::AuditUnavailable.describe().into(),
-                )
-                .await;
-        }
-        if !self.hub.policies().tenant(&self.principal.tenant).enabled {
-            return self
-                .refuse(
-                    ErrorCode::TenantDisabled,
-                    ErrorCode::TenantDisabled.describe().into(),
-                )
-                .await;
+        if !self.admit_new_session("ConnectUnattended").await? {
+            return Ok(());
         }
         let pending = match self.hub.connect_unattended(
             self.id,

@@ -313,3 +313,31 @@ pub async fn http(
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_string())
 }
+
+/// A started session of `tenant` in `mode` with both sides' end-to-end key exchange done.
+pub async fn secured(
+    relay: &TestRelay,
+    mode: remote_help_relay::core::Mode,
+) -> (
+    Client,
+    remote_help_relay::client::secure::SecureSession,
+    Client,
+    remote_help_relay::client::secure::SecureSession,
+) {
+    use remote_help_relay::client::secure;
+    let mut helper = relay.helper("contoso").await;
+    let mut sharer = relay.sharer("contoso").await;
+    let created = within(helper.create_session(mode)).await.unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    let sharer_start = within(sharer.accept()).await.unwrap();
+    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    let (h, s) = within(async {
+        tokio::join!(
+            secure::establish(&helper, &helper_start, Role::Helper),
+            secure::establish(&sharer, &sharer_start, Role::Sharer)
+        )
+    })
+    .await;
+    (helper, h.unwrap(), sharer, s.unwrap())
+}
