@@ -123,6 +123,13 @@ pub struct RawLimits {
     pub max_connections: Option<u64>,
     /// Failed joins a connection may make before it is closed.
     pub max_failed_joins_per_connection: Option<u64>,
+    /// Most simultaneous connections from one IP address.
+    pub max_connections_per_source: Option<u64>,
+    /// Most connections that have not authenticated yet.
+    pub max_unauthenticated_connections: Option<u64>,
+    /// Above this many unauthenticated connections, new clients must prove their address
+    /// (QUIC Retry) before the relay does any handshake work.
+    pub retry_above_unauthenticated: Option<u64>,
 }
 
 /// `[[tenants]]` entry as written.
@@ -220,6 +227,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Failed joins a connection may make before it is closed.
     pub max_failed_joins_per_connection: u32,
+    /// Most simultaneous connections from one IP address.
+    pub max_connections_per_source: usize,
+    /// Most connections that have not authenticated yet.
+    pub max_unauthenticated_connections: usize,
+    /// Above this many unauthenticated connections, clients must pass a QUIC Retry first.
+    pub retry_above_unauthenticated: usize,
 }
 
 impl Default for Limits {
@@ -233,6 +246,9 @@ impl Default for Limits {
             datagram_send_buffer: 64 * 1024,
             max_connections: 10_000,
             max_failed_joins_per_connection: 5,
+            max_connections_per_source: 256,
+            max_unauthenticated_connections: 2_000,
+            retry_above_unauthenticated: 100,
         }
     }
 }
@@ -573,6 +589,27 @@ impl Config {
                 1,
                 1_000,
             ) as u32,
+            max_connections_per_source: bytes(
+                "limits.max_connections_per_source",
+                l.max_connections_per_source,
+                d.max_connections_per_source as u64,
+                1,
+                10_000_000,
+            ) as usize,
+            max_unauthenticated_connections: bytes(
+                "limits.max_unauthenticated_connections",
+                l.max_unauthenticated_connections,
+                d.max_unauthenticated_connections as u64,
+                1,
+                10_000_000,
+            ) as usize,
+            retry_above_unauthenticated: bytes(
+                "limits.retry_above_unauthenticated",
+                l.retry_above_unauthenticated,
+                d.retry_above_unauthenticated as u64,
+                0,
+                10_000_000,
+            ) as usize,
         };
         if limits.stream_receive_window > limits.connection_receive_window {
             problem(

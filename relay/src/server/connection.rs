@@ -66,8 +66,7 @@ impl From<FrameError> for Close {
 }
 
 /// Serves one incoming connection to its end.
-pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
-    let _open = hub.connection_opened();
+pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hub::OpenConnection) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(c) => c,
@@ -100,6 +99,7 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
                     return;
                 }
             };
+        open.authenticated();
         info!(
             tenant = %principal.tenant,
             subject = %principal.subject,

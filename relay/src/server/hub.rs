@@ -330,6 +330,10 @@ pub struct Hub {
     /// Cancelled when every remaining connection must close now.
     pub stopping: CancellationToken,
     open_connections: AtomicU64,
+    /// Connections not yet authenticated.
+    unauthenticated: AtomicU64,
+    /// Open connections per source IP address.
+    per_source: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Woken whenever sessions or connections come or go (for tests and admin views).
     pub changed: tokio::sync::Notify,
 }
@@ -354,6 +358,8 @@ impl Hub {
             draining: CancellationToken::new(),
             stopping: CancellationToken::new(),
             open_connections: AtomicU64::new(0),
+            unauthenticated: AtomicU64::new(0),
+            per_source: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -398,11 +404,40 @@ impl Hub {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Counts a connection as open; returns the guard that un-counts it.
-    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+    /// Admits a new connection from `source` against the connection limits, counting it
+    /// as open and unauthenticated; the guard un-counts it. `Err` names the limit hit.
+    pub fn admit_connection(
+        self: &Arc<Self>,
+        source: std::net::IpAddr,
+    ) -> Result<OpenConnection, &'static str> {
+        let limits = &self.config.limits;
+        if self.open_connections() >= limits.max_connections as u64 {
+            return Err("max_connections");
+        }
+        if self.unauthenticated() >= limits.max_unauthenticated_connections as u64 {
+            return Err("max_unauthenticated");
+        }
+        {
+            let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_source.entry(source).or_insert(0);
+            if *count as usize >= limits.max_connections_per_source {
+                return Err("max_per_source");
+            }
+            *count += 1;
+        }
         self.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.unauthenticated.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("relay_connections_open").increment(1.0);
-        OpenConnection(self.clone())
+        Ok(OpenConnection {
+            hub: self.clone(),
+            source,
+            authenticated: false,
+        })
+    }
+
+    /// Connections that have not authenticated yet.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
     }
 
     /// Connections currently open (handshaking, authenticating or authenticated).
@@ -1164,12 +1199,39 @@ fn deliver(link: &ConnLink, event: Event) {
 }
 
 /// Un-counts an open connection when dropped.
-pub struct OpenConnection(Arc<Hub>);
+pub struct OpenConnection {
+    hub: Arc<Hub>,
+    source: std::net::IpAddr,
+    authenticated: bool,
+}
+
+impl OpenConnection {
+    /// The connection authenticated: it no longer counts against the unauthenticated limit.
+    pub fn authenticated(&mut self) {
+        if !std::mem::replace(&mut self.authenticated, true) {
+            self.hub.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_waiters();
+        self.authenticated();
+        {
+            let mut per_source = self
+                .hub
+                .per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_source.get_mut(&self.source) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    per_source.remove(&self.source);
+                }
+            }
+        }
+        self.hub.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.changed.notify_waiters();
         metrics::gauge!("relay_connections_open").decrement(1.0);
     }
 }

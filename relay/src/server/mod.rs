@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use remote_help_proto::ErrorCode;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, TlsSource};
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
@@ -261,12 +261,25 @@ async fn run(
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if hub.open_connections() >= hub.config.limits.max_connections as u64 {
-                    metrics::counter!("relay_connections_refused_total", "reason" => "max_connections").increment(1);
-                    incoming.refuse();
+                // Under handshake load, make new clients prove their address first (QUIC
+                // Retry): a spoofed source can then not make the relay do handshake work.
+                if hub.unauthenticated() >= hub.config.limits.retry_above_unauthenticated as u64
+                    && incoming.may_retry()
+                {
+                    metrics::counter!("relay_retries_total").increment(1);
+                    let _ = incoming.retry();
                     continue;
                 }
-                connections.spawn(connection::serve(hub.clone(), incoming));
+                match hub.admit_connection(incoming.remote_address().ip()) {
+                    Ok(open) => {
+                        connections.spawn(connection::serve(hub.clone(), incoming, open));
+                    }
+                    Err(limit) => {
+                        metrics::counter!("relay_connections_refused_total", "reason" => limit).increment(1);
+                        debug!(remote = %incoming.remote_address(), limit, "connection refused");
+                        incoming.refuse();
+                    }
+                }
             }
             Some(_) = connections.join_next() => {}
             _ = sweep.tick() => {

@@ -1,0 +1,88 @@
+//! Connection limits against floods: per source address, unauthenticated connections, and
+//! QUIC address validation (Retry) under handshake load. Over real QUIC on 127.0.0.1.
+
+mod common;
+
+use common::{TestRelay, http, within};
+use remote_help_relay::client::connect_quic;
+use remote_help_relay::core::{Mode, Role};
+use remote_help_relay::dev::Persona;
+
+#[tokio::test]
+async fn one_source_address_cannot_hold_more_than_its_share_of_connections() {
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.max_connections_per_source = 2)
+        .start()
+        .await;
+    let first = relay.helper("contoso").await;
+    let _second = relay.helper("contoso").await;
+    let refused = relay
+        .connect(relay.tenant("contoso").token(Persona::Helper), Role::Helper)
+        .await;
+    assert!(
+        refused.is_err(),
+        "a third connection from 127.0.0.1 was accepted"
+    );
+    // When one goes, there is room again.
+    first.close().await;
+    within(relay.handle.wait_for(|s| s.connections <= 1)).await;
+    relay.helper("contoso").await.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn connections_that_never_authenticate_are_capped() {
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.max_unauthenticated_connections = 2)
+        .start()
+        .await;
+    let options = relay.options(String::new(), Role::Helper);
+    // Two silent connections (handshake done, no Hello) fill the unauthenticated budget.
+    let silent: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            v.push(within(connect_quic(&options)).await.unwrap());
+        }
+        v
+    };
+    within(relay.handle.wait_for(|s| s.connections == 2)).await;
+    let third = within(connect_quic(&options)).await;
+    assert!(
+        third.is_err(),
+        "a third unauthenticated connection was accepted"
+    );
+    // Authenticated clients do not count: once the silent ones go, clients get in again.
+    drop(silent);
+    within(relay.handle.wait_for(|s| s.connections == 0)).await;
+    let helper = relay.helper("contoso").await;
+    let other = relay.helper("contoso").await;
+    let also = relay.sharer("contoso").await;
+    for c in [helper, other, also] {
+        c.close().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn under_handshake_load_clients_must_pass_a_retry_and_still_get_in() {
+    // Threshold 0: every new client is asked to prove its address first.
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.retry_above_unauthenticated = 0)
+        .start()
+        .await;
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+    within(helper.end_session()).await.unwrap();
+    within(sharer.wait_for_end()).await;
+    let (_, metrics) = http(relay.handle.admin_addr().unwrap(), "GET", "/metrics", None).await;
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("relay_retries_total"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retries >= 2.0,
+        "each client should have been sent a Retry ({retries})"
+    );
+    relay.stop().await;
+}
