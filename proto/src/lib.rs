@@ -73,6 +73,7 @@ impl ErrorCode {
                 "the relay cannot record sessions right now; try again later"
             }
             ErrorCode::RelayRestarted => "the relay restarted during the session",
+            ErrorCode::RateLimited => "too many attempts; try again in a minute",
         }
     }
 

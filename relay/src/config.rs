@@ -130,6 +130,14 @@ pub struct RawLimits {
     /// Above this many unauthenticated connections, new clients must prove their address
     /// (QUIC Retry) before the relay does any handshake work.
     pub retry_above_unauthenticated: Option<u64>,
+    /// Join attempts allowed per source IP address per minute.
+    pub joins_per_source_per_minute: Option<u64>,
+    /// Join attempts allowed per tenant per minute.
+    pub joins_per_tenant_per_minute: Option<u64>,
+    /// Sessions (any state) one tenant may have at once.
+    pub max_sessions_per_tenant: Option<u64>,
+    /// Sessions one tenant may set up per minute.
+    pub session_setups_per_tenant_per_minute: Option<u64>,
 }
 
 /// `[[tenants]]` entry as written.
@@ -233,6 +241,14 @@ pub struct Limits {
     pub max_unauthenticated_connections: usize,
     /// Above this many unauthenticated connections, clients must pass a QUIC Retry first.
     pub retry_above_unauthenticated: usize,
+    /// Join attempts allowed per source IP address per minute (bursts of a third of it).
+    pub joins_per_source_per_minute: u32,
+    /// Join attempts allowed per tenant per minute (bursts of a tenth of it).
+    pub joins_per_tenant_per_minute: u32,
+    /// Sessions (any state) one tenant may have at once.
+    pub max_sessions_per_tenant: usize,
+    /// Sessions one tenant may set up per minute (bursts of a tenth of it).
+    pub session_setups_per_tenant_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -249,11 +265,39 @@ impl Default for Limits {
             max_connections_per_source: 256,
             max_unauthenticated_connections: 2_000,
             retry_above_unauthenticated: 100,
+            joins_per_source_per_minute: 30,
+            joins_per_tenant_per_minute: 3_000,
+            max_sessions_per_tenant: 5_000,
+            session_setups_per_tenant_per_minute: 1_200,
         }
     }
 }
 
 impl Limits {
+    /// The join rate per source address.
+    pub fn join_rate_per_source(&self) -> crate::core::limits::Rate {
+        crate::core::limits::Rate {
+            per_minute: self.joins_per_source_per_minute,
+            burst: (self.joins_per_source_per_minute / 3).max(1),
+        }
+    }
+
+    /// The join rate per tenant.
+    pub fn join_rate_per_tenant(&self) -> crate::core::limits::Rate {
+        crate::core::limits::Rate {
+            per_minute: self.joins_per_tenant_per_minute,
+            burst: (self.joins_per_tenant_per_minute / 10).max(1),
+        }
+    }
+
+    /// The session setup rate per tenant.
+    pub fn setup_rate_per_tenant(&self) -> crate::core::limits::Rate {
+        crate::core::limits::Rate {
+            per_minute: self.session_setups_per_tenant_per_minute,
+            burst: (self.session_setups_per_tenant_per_minute / 10).max(1),
+        }
+    }
+
     /// Upper bound of the relay's buffered bytes for one session: both connections'
     /// receive windows, send windows and datagram buffers. See ARCHITECTURE.md.
     pub fn session_memory_bound(&self) -> u64 {
@@ -610,6 +654,34 @@ impl Config {
                 0,
                 10_000_000,
             ) as usize,
+            joins_per_source_per_minute: bytes(
+                "limits.joins_per_source_per_minute",
+                l.joins_per_source_per_minute,
+                u64::from(d.joins_per_source_per_minute),
+                1,
+                1_000_000,
+            ) as u32,
+            joins_per_tenant_per_minute: bytes(
+                "limits.joins_per_tenant_per_minute",
+                l.joins_per_tenant_per_minute,
+                u64::from(d.joins_per_tenant_per_minute),
+                1,
+                10_000_000,
+            ) as u32,
+            max_sessions_per_tenant: bytes(
+                "limits.max_sessions_per_tenant",
+                l.max_sessions_per_tenant,
+                d.max_sessions_per_tenant as u64,
+                1,
+                10_000_000,
+            ) as usize,
+            session_setups_per_tenant_per_minute: bytes(
+                "limits.session_setups_per_tenant_per_minute",
+                l.session_setups_per_tenant_per_minute,
+                u64::from(d.session_setups_per_tenant_per_minute),
+                1,
+                10_000_000,
+            ) as u32,
         };
         if limits.stream_receive_window > limits.connection_receive_window {
             problem(

@@ -86,3 +86,56 @@ async fn under_handshake_load_clients_must_pass_a_retry_and_still_get_in() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn code_guessing_from_one_address_is_rate_limited() {
+    use remote_help_proto::ErrorCode;
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.joins_per_source_per_minute = 1)
+        .start()
+        .await;
+    let mut guesser = relay.sharer("contoso").await;
+    let first = within(guesser.join("AAAA-AAAA")).await.unwrap_err();
+    assert_eq!(first.code(), Some(ErrorCode::CodeInvalid));
+    let second = within(guesser.join("AAAA-AAAB")).await.unwrap_err();
+    assert_eq!(second.code(), Some(ErrorCode::RateLimited));
+    // A second connection from the same address shares the budget.
+    let mut other = relay.sharer("contoso").await;
+    let third = within(other.join("AAAA-AAAC")).await.unwrap_err();
+    assert_eq!(third.code(), Some(ErrorCode::RateLimited));
+    // Not fatal: the connection still works.
+    within(guesser.ping()).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_exceed_its_session_cap_or_setup_rate() {
+    use remote_help_proto::ErrorCode;
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.max_sessions_per_tenant = 2)
+        .start()
+        .await;
+    let mut a = relay.helper("contoso").await;
+    let mut b = relay.helper("contoso").await;
+    let mut c = relay.helper("contoso").await;
+    within(a.create_session(Mode::ViewOnly)).await.unwrap();
+    within(b.create_session(Mode::ViewOnly)).await.unwrap();
+    let err = within(c.create_session(Mode::ViewOnly)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::LimitExceeded));
+    within(a.end_session()).await.unwrap();
+    within(c.create_session(Mode::ViewOnly)).await.unwrap();
+    relay.stop().await;
+
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.session_setups_per_tenant_per_minute = 1)
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    within(helper.end_session()).await.unwrap();
+    let err = within(helper.create_session(Mode::ViewOnly))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RateLimited));
+    relay.stop().await;
+}

@@ -6,6 +6,7 @@
 //! keeps the async shell (`server`) thin.
 
 pub mod code;
+pub mod limits;
 pub mod policy;
 pub mod registry;
 

@@ -208,6 +208,7 @@ pub struct Registry {
     sessions: HashMap<SessionId, Session>,
     codes: HashMap<SessionCode, CodeSlot>,
     devices: HashMap<(TenantId, String), DeviceSlot>,
+    per_tenant: HashMap<TenantId, usize>,
 }
 
 impl Registry {
@@ -218,6 +219,7 @@ impl Registry {
             sessions: HashMap::new(),
             codes: HashMap::new(),
             devices: HashMap::new(),
+            per_tenant: HashMap::new(),
         }
     }
 
@@ -244,6 +246,7 @@ impl Registry {
                 expires_at,
             },
         );
+        *self.per_tenant.entry(helper.tenant.clone()).or_insert(0) += 1;
         self.sessions.insert(
             session.clone(),
             Session {
@@ -506,6 +509,7 @@ impl Registry {
             return Err(ErrorCode::SessionBusy);
         }
         let session = SessionId::generate(rng);
+        *self.per_tenant.entry(helper.tenant.clone()).or_insert(0) += 1;
         self.sessions.insert(
             session.clone(),
             Session {
@@ -613,6 +617,11 @@ impl Registry {
         self.sessions.get(session)
     }
 
+    /// Sessions of `tenant` in any state.
+    pub fn tenant_sessions(&self, tenant: &TenantId) -> usize {
+        self.per_tenant.get(tenant).copied().unwrap_or(0)
+    }
+
     /// Number of sessions in any state.
     pub fn len(&self) -> usize {
         self.sessions.len()
@@ -630,6 +639,12 @@ impl Registry {
 
     fn remove(&mut self, session: &SessionId) -> Option<Ended> {
         let s = self.sessions.remove(session)?;
+        if let Some(count) = self.per_tenant.get_mut(&s.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(&s.tenant);
+            }
+        }
         // An unused code dies with its session, so an open code always has a session.
         if let Some(code) = s.code
             && let Some(CodeSlot::Open { .. }) = self.codes.get(&code)

@@ -416,6 +416,9 @@ impl Conn {
         if !self.admit_new_session("CreateSession").await? {
             return Ok(());
         }
+        if let Err(code) = self.hub.allow_setup(&self.principal.tenant) {
+            return self.refuse(code, code.describe().into()).await;
+        }
         let Some(mode) = Mode::from_wire(create.mode).filter(|m| *m <= Mode::FullControl) else {
             return Err(Close::Refuse(
                 ErrorCode::ProtocolViolation,
@@ -450,6 +453,10 @@ impl Conn {
     async fn on_join(&mut self, join: v1::JoinSession) -> Result<(), Close> {
         if !self.admit_new_session("JoinSession").await? {
             return Ok(());
+        }
+        let source = self.connection.remote_address().ip();
+        if let Err(code) = self.hub.allow_join(source, &self.principal.tenant) {
+            return self.refuse(code, code.describe().into()).await;
         }
         let outcome = SessionCode::parse(&join.code)
             .map_err(|_| {
@@ -605,6 +612,9 @@ impl Conn {
     async fn on_connect_unattended(&mut self, connect: v1::ConnectUnattended) -> Result<(), Close> {
         if !self.admit_new_session("ConnectUnattended").await? {
             return Ok(());
+        }
+        if let Err(code) = self.hub.allow_setup(&self.principal.tenant) {
+            return self.refuse(code, code.describe().into()).await;
         }
         let pending = match self.hub.connect_unattended(
             self.id,

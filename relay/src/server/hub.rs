@@ -22,6 +22,7 @@ use crate::audit::{AuditEvent, AuditLog, EventKind, NO_USER, rfc3339};
 use crate::auth::{Principal, PrincipalKind, Verifier};
 use crate::config::Config;
 use crate::core::code::SessionCode;
+use crate::core::limits::Limiter;
 use crate::core::policy::{Refusal, TenantPolicy};
 use crate::core::registry::{
     Consented, Created, Ended, ModeRequest, Party, Registry, RegistryLimits,
@@ -310,6 +311,13 @@ pub enum ModeOutcome {
     Changed(Mode),
 }
 
+/// Token buckets for the request rates the relay limits.
+struct Limiters {
+    joins_by_source: Limiter<std::net::IpAddr>,
+    joins_by_tenant: Limiter<TenantId>,
+    setups_by_tenant: Limiter<TenantId>,
+}
+
 struct State {
     registry: Registry,
     links: HashMap<ConnId, ConnLink>,
@@ -334,6 +342,8 @@ pub struct Hub {
     unauthenticated: AtomicU64,
     /// Open connections per source IP address.
     per_source: Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Rate limits on joins and session setups.
+    limiters: Mutex<Limiters>,
     /// Woken whenever sessions or connections come or go (for tests and admin views).
     pub changed: tokio::sync::Notify,
 }
@@ -341,6 +351,11 @@ pub struct Hub {
 impl Hub {
     /// A hub for `config`.
     pub fn new(config: Config, audit: AuditLog) -> Hub {
+        let limiters = Limiters {
+            joins_by_source: Limiter::new(config.limits.join_rate_per_source()),
+            joins_by_tenant: Limiter::new(config.limits.join_rate_per_tenant()),
+            setups_by_tenant: Limiter::new(config.limits.setup_rate_per_tenant()),
+        };
         Hub {
             state: Mutex::new(State {
                 registry: Registry::new(RegistryLimits {
@@ -360,6 +375,7 @@ impl Hub {
             open_connections: AtomicU64::new(0),
             unauthenticated: AtomicU64::new(0),
             per_source: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(limiters),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -433,6 +449,49 @@ impl Hub {
             source,
             authenticated: false,
         })
+    }
+
+    /// May a sharer at `source` of `tenant` try a code now? Refused attempts are counted too,
+    /// so guessing stays slow however it is spread.
+    pub fn allow_join(&self, source: std::net::IpAddr, tenant: &TenantId) -> Result<(), ErrorCode> {
+        let now = Instant::now();
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let by_source = limiters.joins_by_source.allow(&source, now);
+        let by_tenant = limiters.joins_by_tenant.allow(tenant, now);
+        if by_source && by_tenant {
+            return Ok(());
+        }
+        let which = if by_source {
+            "join_per_tenant"
+        } else {
+            "join_per_source"
+        };
+        metrics::counter!("relay_rate_limited_total", "limit" => which).increment(1);
+        Err(ErrorCode::RateLimited)
+    }
+
+    /// May `tenant` set up another session now (rate and concurrent sessions)?
+    pub fn allow_setup(&self, tenant: &TenantId) -> Result<(), ErrorCode> {
+        if self.read().registry.tenant_sessions(tenant)
+            >= self.config.limits.max_sessions_per_tenant
+        {
+            metrics::counter!("relay_rate_limited_total", "limit" => "sessions_per_tenant")
+                .increment(1);
+            return Err(ErrorCode::LimitExceeded);
+        }
+        let allowed = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .setups_by_tenant
+            .allow(tenant, Instant::now());
+        if allowed {
+            Ok(())
+        } else {
+            metrics::counter!("relay_rate_limited_total", "limit" => "setups_per_tenant")
+                .increment(1);
+            Err(ErrorCode::RateLimited)
+        }
     }
 
     /// Connections that have not authenticated yet.
@@ -1094,6 +1153,12 @@ impl Hub {
     /// Applies every passed deadline: expired codes, unanswered consent prompts and
     /// compliance warnings end their sessions; unanswered mode requests lapse.
     pub fn expire(&self, now: Instant) {
+        {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            limiters.joins_by_source.prune(now);
+            limiters.joins_by_tenant.prune(now);
+            limiters.setups_by_tenant.prune(now);
+        }
         let (ended, lapsed) = {
             let mut state = self.lock();
             let expired = state.registry.expire(now);
