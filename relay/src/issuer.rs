@@ -136,7 +136,7 @@ impl TokenSigner {
 }
 
 /// PEM text for `der` under `label`, in 64-column lines.
-fn pem_encode(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {label}-----\n");

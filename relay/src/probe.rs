@@ -11,7 +11,9 @@ use bytes::Bytes;
 use remote_help_proto::ErrorCode;
 use serde::Serialize;
 
-use crate::client::{ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions};
+use crate::client::{
+    ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions, SessionStart,
+};
 use crate::core::{Channel, Mode};
 
 /// What to measure.
@@ -64,34 +66,17 @@ pub async fn run(
     mut narrate: impl FnMut(&str),
 ) -> Result<ProbeReport, ClientError> {
     let start = Instant::now();
-    let mut helper = Client::connect(helper_options).await?;
-    narrate(&format!(
-        "helper connected and authenticated as {}",
-        name(helper.me())
-    ));
-    let mut sharer = Client::connect(sharer_options).await?;
-    narrate(&format!(
-        "sharer connected and authenticated as {}",
-        name(sharer.me())
-    ));
-
-    let created = helper.create_session(Mode::FullControl).await?;
-    narrate(&format!(
-        "helper created session {} and got code {} to read to the sharer",
-        created.session_id, created.code
-    ));
-    let request = sharer.join(&created.code).await?;
-    narrate(&format!(
-        "sharer joined with the code; the relay asks the sharer to let {} take full control",
-        name(request.helper.as_ref())
-    ));
-    let joined = helper.wait_for_sharer().await?;
-    narrate(&format!(
-        "helper sees {} joined and waits for consent",
-        name(Some(&joined))
-    ));
-    sharer.accept().await?;
-    helper.wait_for_start().await?;
+    let Opened {
+        mut helper,
+        mut sharer,
+        ..
+    } = open_session(
+        helper_options,
+        sharer_options,
+        Mode::FullControl,
+        &mut narrate,
+    )
+    .await?;
     let setup = start.elapsed();
     narrate(&format!(
         "sharer consented; session started after {:.1} ms",
@@ -191,6 +176,57 @@ pub async fn run(
         screen_bytes: received,
         throughput_mbit_s: throughput,
         sharer_end_reason: sharer_end.as_str_name().to_string(),
+    })
+}
+
+/// Both parties connected, in a started session.
+struct Opened {
+    helper: Client,
+    helper_start: SessionStart,
+    sharer: Client,
+    sharer_start: SessionStart,
+}
+
+/// Connects both parties and runs create, join and consent, telling `narrate` each step.
+async fn open_session(
+    helper_options: ClientOptions,
+    sharer_options: ClientOptions,
+    mode: Mode,
+    narrate: &mut impl FnMut(&str),
+) -> Result<Opened, ClientError> {
+    let mut helper = Client::connect(helper_options).await?;
+    narrate(&format!(
+        "helper connected and authenticated as {}",
+        name(helper.me())
+    ));
+    let mut sharer = Client::connect(sharer_options).await?;
+    narrate(&format!(
+        "sharer connected and authenticated as {}",
+        name(sharer.me())
+    ));
+    let created = helper.create_session(mode).await?;
+    narrate(&format!(
+        "helper created session {} and got code {} to read to the sharer",
+        created.session_id, created.code
+    ));
+    let request = sharer.join(&created.code).await?;
+    narrate(&format!(
+        "sharer joined with the code; the relay asks the sharer to let {} connect in {} mode",
+        name(request.helper.as_ref()),
+        mode.as_str()
+    ));
+    let joined = helper.wait_for_sharer().await?;
+    narrate(&format!(
+        "helper sees {} joined and waits for consent",
+        name(Some(&joined))
+    ));
+    let sharer_start = sharer.accept().await?;
+    let helper_start = helper.wait_for_start().await?;
+    Ok(Opened {
+        helper,
+        helper_start,
+        sharer,
+        sharer_start,
     })
 }
 
@@ -313,13 +349,18 @@ pub async fn e2e_bench(
     let mut results = [0.0f64; 2];
     let mut codes_match = true;
     for (round, sealed_round) in [false, true].into_iter().enumerate() {
-        let mut helper = Client::connect(helper_options.clone()).await?;
-        let mut sharer = Client::connect(sharer_options.clone()).await?;
-        let created = helper.create_session(Mode::ViewOnly).await?;
-        sharer.join(&created.code).await?;
-        helper.wait_for_sharer().await?;
-        let sharer_start = sharer.accept().await?;
-        let helper_start = helper.wait_for_start().await?;
+        let Opened {
+            mut helper,
+            helper_start,
+            mut sharer,
+            sharer_start,
+        } = open_session(
+            helper_options.clone(),
+            sharer_options.clone(),
+            Mode::ViewOnly,
+            &mut |_| {},
+        )
+        .await?;
         let frame = Bytes::from(vec![0x5au8; FRAME]);
         let elapsed = if sealed_round {
             let (h, s) = tokio::join!(

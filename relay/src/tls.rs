@@ -136,23 +136,21 @@ impl ServerIdentity {
         if cert.is_file() && key.is_file() {
             return ServerIdentity::from_pem_files(&cert, &key);
         }
-        let certified = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        let identity = ServerIdentity::self_signed(names)?;
+        let pem = |label, der: &[u8]| crate::issuer::pem_encode(label, der);
         let saved = std::fs::create_dir_all(state_dir)
-            .and_then(|()| std::fs::write(&cert, certified.cert.pem()))
+            .and_then(|()| std::fs::write(&cert, pem("CERTIFICATE", identity.chain[0].as_ref())))
             .and_then(|()| {
-                crate::issuer::write_private_file(&key, &certified.signing_key.serialize_pem())
-                    .map_err(std::io::Error::other)
+                crate::issuer::write_private_file(
+                    &key,
+                    &pem("PRIVATE KEY", identity.key.secret_der()),
+                )
+                .map_err(std::io::Error::other)
             });
         if let Err(e) = saved {
             tracing::warn!(dir = %state_dir.display(), error = %e, "cannot save the self-signed certificate; it will change at the next start");
         }
-        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-        Ok(ServerIdentity {
-            chain: vec![certified.cert.der().clone()],
-            key,
-        })
+        Ok(identity)
     }
 
     /// The leaf certificate's fingerprint, which clients may pin.

@@ -52,23 +52,12 @@ fn a_bad_config_exits_64_naming_every_field() {
 
 #[test]
 fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    // The embedded config listens on 127.0.0.1:4433; run a copy on a free port instead so
-    // parallel test runs cannot collide.
-    let (config, _) = remote_help_relay::dev::config(&state).unwrap();
-    let jwks = state.join(remote_help_relay::dev::JWKS_FILE);
-    let config_path = dir.path().join("relay.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n[[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\", \"all_devices\"]\n",
-            state.display().to_string(),
-            config.tenants[0].trust.issuer,
-            jwks.display().to_string()
-        ),
-    )
-    .unwrap();
+    let DaemonSetup {
+        dir,
+        state,
+        config: config_path,
+        ..
+    } = daemon_setup();
     // Stand in for systemd: a datagram socket the daemon reports its state to.
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
@@ -80,36 +69,8 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         let n = notify.recv(&mut buf).expect("no systemd notification");
         String::from_utf8_lossy(&buf[..n]).to_string()
     };
-    let mut child = relay()
-        .args(["--log-format", "json", "--config"])
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Read the log until the relay says where it listens (no polling, no sleeping).
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut daemon = Daemon(child);
-    let (addr, fingerprint) = loop {
-        let line = log.next().expect("relay exited before listening").unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let fields = &entry["fields"];
-        if let (Some(addr), Some(fp)) = (
-            fields["local_addr"].as_str(),
-            fields["fingerprint"].as_str(),
-        ) {
-            break (addr.to_string(), fp.to_string());
-        }
-    };
-    // Keep reading the log on a thread (so the daemon never blocks on a full pipe) and
-    // hand the lines over, so the test can wait for a given line.
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let drain = std::thread::spawn(move || {
-        for line in log.map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let (mut daemon, addr, fingerprint, _admin, lines) =
+        start_daemon(&config_path, &[("NOTIFY_SOCKET", notify_path.as_path())]);
     let wait_for_log = |needle: &str| loop {
         let line = lines
             .recv_timeout(std::time::Duration::from_secs(20))
@@ -343,7 +304,6 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         Some(0),
         "relay did not exit cleanly on SIGTERM"
     );
-    drain.join().unwrap();
     // After the second reload's READY=1, the stop: STOPPING=1.
     let notices: Vec<String> = std::iter::from_fn(|| {
         let mut buf = [0u8; 512];
@@ -358,6 +318,55 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         notices.iter().any(|n| n.contains("STOPPING=1")),
         "{notices:?}"
     );
+}
+
+/// Everything a daemon under test needs, in a temporary folder: the dev tenant's key in
+/// `state`, an admin token, audit in `audit`, and a config on free ports.
+struct DaemonSetup {
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    config: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    token_file: std::path::PathBuf,
+    signer: remote_help_relay::issuer::TokenSigner,
+}
+
+fn daemon_setup() -> DaemonSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (dev, signer) = remote_help_relay::dev::config(&state).unwrap();
+    let audit = dir.path().join("audit");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "cli-test-admin-token-0123456789\n").unwrap();
+    // The embedded config listens on fixed ports; a copy on free ones lets runs overlap.
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[audit]\ndir = {:?}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\
+             [[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n\
+             [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\n\
+             scope = [\"all_users\", \"all_devices\"]\n",
+            state.display().to_string(),
+            audit.display().to_string(),
+            token_file.display().to_string(),
+            dev.tenants[0].trust.issuer,
+            state
+                .join(remote_help_relay::dev::JWKS_FILE)
+                .display()
+                .to_string(),
+        ),
+    )
+    .unwrap();
+    DaemonSetup {
+        dir,
+        state,
+        config,
+        audit,
+        token_file,
+        signer,
+    }
 }
 
 /// A daemon process that is killed if the test ends early (a failing assertion must not
@@ -383,6 +392,7 @@ impl Drop for Daemon {
 /// and its log lines.
 fn start_daemon(
     config: &Path,
+    env: &[(&str, &Path)],
 ) -> (
     Daemon,
     String,
@@ -393,6 +403,7 @@ fn start_daemon(
     let mut child = relay()
         .args(["--log-format", "json", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -430,33 +441,20 @@ fn start_daemon(
 
 #[test]
 fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let (config, signer) = remote_help_relay::dev::config(&state).unwrap();
-    let audit = dir.path().join("audit");
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, "cli-test-admin-token-0123456789\n").unwrap();
+    let DaemonSetup {
+        dir,
+        config: config_path,
+        audit,
+        token_file,
+        signer,
+        ..
+    } = daemon_setup();
     std::fs::write(
         dir.path().join("wrong-token"),
         "not-the-admin-token-0123456789\n",
     )
     .unwrap();
-    let config_path = dir.path().join("relay.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[audit]\ndir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\
-             [[tenants]]\nid = \"dev\"\nissuer = {:?}\njwks_file = {:?}\nenabled = true\n\
-             [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\nscope = [\"all_users\"]\n",
-            state.display().to_string(),
-            audit.display().to_string(),
-            token_file.display().to_string(),
-            config.tenants[0].trust.issuer,
-            state.join(remote_help_relay::dev::JWKS_FILE).display().to_string(),
-        ),
-    )
-    .unwrap();
-    let (mut daemon, addr, fingerprint, admin, _lines) = start_daemon(&config_path);
+    let (mut daemon, addr, fingerprint, admin, _lines) = start_daemon(&config_path, &[]);
 
     // A session is active when the relay is killed.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -538,7 +536,7 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
     );
 
     // The next start closes the session, before serving anyone.
-    let (mut daemon, _, _, _, lines) = start_daemon(&config_path);
+    let (mut daemon, _, _, _, lines) = start_daemon(&config_path, &[]);
     let events =
         remote_help_relay::audit::read_events(&remote_help_relay::audit::audit_files(&audit));
     let end = events

@@ -41,18 +41,35 @@ struct RelayArgs {
     server_name: String,
 }
 
+/// A relay and a token for each party: the tools that play both sides in one process.
+#[derive(Args, Clone)]
+struct BothParties {
+    #[command(flatten)]
+    relay: RelayArgs,
+    /// File with the helper's token.
+    #[arg(long)]
+    helper_token: PathBuf,
+    /// File with the sharer's token.
+    #[arg(long)]
+    sharer_token: PathBuf,
+}
+
+impl BothParties {
+    /// Client options for the helper and for the sharer.
+    fn options(&self) -> Result<(ClientOptions, ClientOptions), Failure> {
+        Ok((
+            options(&self.relay, &self.helper_token, Role::Helper)?,
+            options(&self.relay, &self.sharer_token, Role::Sharer)?,
+        ))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole session against a relay and report setup time, input round trip and throughput.
     Probe {
         #[command(flatten)]
-        relay: RelayArgs,
-        /// File with the helper's token.
-        #[arg(long)]
-        helper_token: PathBuf,
-        /// File with the sharer's token.
-        #[arg(long)]
-        sharer_token: PathBuf,
+        parties: BothParties,
         /// Megabytes of screen data to stream for the throughput figure.
         #[arg(long, default_value_t = 64)]
         screen_mb: usize,
@@ -67,13 +84,7 @@ enum Command {
     /// through the relay without and with it.
     E2eBench {
         #[command(flatten)]
-        relay: RelayArgs,
-        /// File with the helper's token.
-        #[arg(long)]
-        helper_token: PathBuf,
-        /// File with the sharer's token.
-        #[arg(long)]
-        sharer_token: PathBuf,
+        parties: BothParties,
         /// Megabytes of screen data per measurement.
         #[arg(long, default_value_t = 256)]
         screen_mb: usize,
@@ -135,38 +146,20 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Probe {
-                relay,
-                helper_token,
-                sharer_token,
+                parties,
                 screen_mb,
                 round_trips,
                 json,
-            } => {
-                probe_command(
-                    relay,
-                    &helper_token,
-                    &sharer_token,
-                    screen_mb,
-                    round_trips,
-                    json,
-                )
-                .await
-            }
+            } => probe_command(&parties, screen_mb, round_trips, json).await,
             Command::Helper {
                 relay,
                 token,
                 mode,
                 seconds,
             } => report(helper_command(relay, &token, mode, seconds).await),
-            Command::E2eBench {
-                relay,
-                helper_token,
-                sharer_token,
-                screen_mb,
-            } => report(
+            Command::E2eBench { parties, screen_mb } => report(
                 async {
-                    let helper = options(&relay, &helper_token, Role::Helper)?;
-                    let sharer = options(&relay, &sharer_token, Role::Sharer)?;
+                    let (helper, sharer) = parties.options()?;
                     let r = probe::e2e_bench(helper, sharer, screen_mb.max(1) * 1024 * 1024).await?;
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                     println!(
@@ -252,9 +245,7 @@ fn options(relay: &RelayArgs, token_file: &Path, role: Role) -> Result<ClientOpt
 }
 
 async fn probe_command(
-    relay: RelayArgs,
-    helper_token: &Path,
-    sharer_token: &Path,
+    parties: &BothParties,
     screen_mb: usize,
     round_trips: usize,
     json: bool,
@@ -265,8 +256,7 @@ async fn probe_command(
         frame_size: 64 * 1024,
     };
     let result = async {
-        let helper = options(&relay, helper_token, Role::Helper)?;
-        let sharer = options(&relay, sharer_token, Role::Sharer)?;
+        let (helper, sharer) = parties.options()?;
         probe::run(helper, sharer, settings, |step| {
             if !json {
                 println!("  {step}");

@@ -113,7 +113,6 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hu
                 events: events_tx,
                 connection: connection.clone(),
                 principal: principal.clone(),
-                role,
             },
         );
         let mut conn = Conn {
@@ -248,9 +247,6 @@ struct Conn {
 struct LocalSession {
     id: SessionId,
     active: Option<Active>,
-    /// The helper's reason or ticket reference, if given (for audit).
-    #[allow(dead_code)]
-    reason: String,
 }
 
 /// An active session: where data goes, and which channels this side has opened.
@@ -440,7 +436,6 @@ impl Conn {
         self.session = Some(LocalSession {
             id: created.session.clone(),
             active: None,
-            reason: create.reason,
         });
         self.reply(Out::SessionCreated(v1::SessionCreated {
             session_id: created.session.to_string(),
@@ -477,7 +472,6 @@ impl Conn {
                 self.session = Some(LocalSession {
                     id: session.clone(),
                     active: None,
-                    reason: String::new(),
                 });
                 self.reply(consent_request(&session, &helper, mode, false, deadline))
                     .await
@@ -487,7 +481,6 @@ impl Conn {
                 self.session = Some(LocalSession {
                     id: session,
                     active: None,
-                    reason: String::new(),
                 });
                 Ok(())
             }
@@ -636,7 +629,6 @@ impl Conn {
         self.session = Some(LocalSession {
             id: session.clone(),
             active: None,
-            reason: pending.reason.clone(),
         });
         match self.hub.begin(&pending).await {
             Ok(counters) => {
@@ -850,7 +842,6 @@ impl Conn {
                     self.session = Some(LocalSession {
                         id: session.clone(),
                         active: None,
-                        reason: String::new(),
                     });
                     return self
                         .activate(
@@ -1019,7 +1010,7 @@ impl Conn {
                 .increment(1);
             return;
         }
-        forward::datagram(&active.peer, datagram, &active.counters);
+        forward::datagram(&active.peer, datagram);
     }
 }
 

@@ -18,15 +18,12 @@ use crate::core::Channel;
 /// Largest chunk taken from a stream at once.
 const CHUNK: usize = 64 * 1024;
 
-/// Bytes forwarded per channel and datagrams dropped, for one side of a session.
+/// Bytes forwarded per channel for one side of a session (read for audit events and the
+/// admin view; datagram counts live in metrics only).
 #[derive(Debug, Default)]
 pub struct ChannelCounters {
     /// Bytes forwarded, by `Channel::index`.
     pub bytes: [AtomicU64; 4],
-    /// Datagrams forwarded.
-    pub datagrams: AtomicU64,
-    /// Datagrams dropped because the peer's datagram buffer was full.
-    pub datagrams_dropped: AtomicU64,
 }
 
 /// Forwards one data stream to a new stream on `peer`, tagged `tag`, until either end
@@ -135,12 +132,11 @@ impl Drop for ResetOnDrop {
 
 /// Forwards one lossy screen datagram, or drops it if the peer's send buffer is full
 /// (screen frames are replaced by newer ones; queueing old ones only adds latency).
-pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCounters) {
+pub fn datagram(peer: &quinn::Connection, datagram: Bytes) {
     let fits = peer
         .max_datagram_size()
         .is_some_and(|max| datagram.len() <= max);
     if !fits || datagram.len() > peer.datagram_send_buffer_space() {
-        counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("relay_datagrams_dropped_total", "reason" => "peer_full").increment(1);
         return;
     }
@@ -149,12 +145,10 @@ pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCou
     crate::tap::record(&datagram);
     match peer.send_datagram(datagram) {
         Ok(()) => {
-            counters.datagrams.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("relay_forwarded_bytes_total", "channel" => "screen_datagram")
                 .increment(len);
         }
         Err(_) => {
-            counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("relay_datagrams_dropped_total", "reason" => "send_failed")
                 .increment(1);
         }

@@ -106,8 +106,6 @@ pub struct ConnLink {
     pub connection: quinn::Connection,
     /// Who authenticated on it.
     pub principal: Arc<Principal>,
-    /// Which side it speaks for.
-    pub role: Role,
 }
 
 /// Token verification and every tenant's policy, as one consistent snapshot.
