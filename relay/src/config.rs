@@ -833,7 +833,12 @@ impl Config {
 
         let raw_audit = raw.audit;
         let audit = crate::audit::AuditConfig {
-            dir: resolve(&raw_audit.dir.unwrap_or_else(|| state_dir.join("audit"))),
+            // An explicit folder is relative to the config file; the default sits in the
+            // state folder, which is already resolved.
+            dir: raw_audit
+                .dir
+                .map(|dir| resolve(&dir))
+                .unwrap_or_else(|| state_dir.join("audit")),
             max_file_bytes: {
                 let mb = raw_audit.max_file_mb.unwrap_or(64);
                 if !(1..=4096).contains(&mb) {
@@ -1057,6 +1062,27 @@ mod tests {
                 "tenants[0].assignments[1].scope",
             ]
         );
+    }
+
+    #[test]
+    fn the_default_audit_folder_is_inside_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n";
+        let config = Config::parse(
+            &format!("[server]\nstate_dir = \"st\"\n{tenant}"),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(config.state_dir, dir.path().join("st"));
+        assert_eq!(config.audit.dir, dir.path().join("st").join("audit"));
+        let config =
+            Config::parse(&format!("[audit]\ndir = \"logs\"\n{tenant}"), dir.path()).unwrap();
+        assert_eq!(config.audit.dir, dir.path().join("logs"));
     }
 
     #[test]
