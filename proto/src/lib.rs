@@ -74,6 +74,9 @@ impl ErrorCode {
             }
             ErrorCode::RelayRestarted => "the relay restarted during the session",
             ErrorCode::RateLimited => "too many attempts; try again in a minute",
+            ErrorCode::CodeBurned => {
+                "too many wrong codes were tried against this code; ask the helper for a new one"
+            }
         }
     }
 

@@ -123,6 +123,10 @@ pub struct RawLimits {
     pub max_connections: Option<u64>,
     /// Failed joins a connection may make before it is closed.
     pub max_failed_joins_per_connection: Option<u64>,
+    /// Wrong attempts against one open code that burn it.
+    pub wrong_attempts_per_code: Option<u64>,
+    /// Budget for the relay's buffered bytes over all connections, MiB.
+    pub max_buffered_mib: Option<u64>,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: Option<u64>,
     /// Most connections that have not authenticated yet.
@@ -235,6 +239,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Failed joins a connection may make before it is closed.
     pub max_failed_joins_per_connection: u32,
+    /// Wrong attempts against one open code (same locator, same tenant) that burn it.
+    pub wrong_attempts_per_code: u32,
+    /// Budget for the worst-case buffered bytes of all connections together, bytes; with
+    /// the per-connection bound it caps connections (see `connection_cap`).
+    pub max_buffered_bytes: u64,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: usize,
     /// Most connections that have not authenticated yet.
@@ -262,6 +271,8 @@ impl Default for Limits {
             datagram_send_buffer: 64 * 1024,
             max_connections: 10_000,
             max_failed_joins_per_connection: 5,
+            wrong_attempts_per_code: 3,
+            max_buffered_bytes: 8 << 30,
             max_connections_per_source: 256,
             max_unauthenticated_connections: 2_000,
             retry_above_unauthenticated: 100,
@@ -301,11 +312,25 @@ impl Limits {
     /// Upper bound of the relay's buffered bytes for one session: both connections'
     /// receive windows, send windows and datagram buffers. See ARCHITECTURE.md.
     pub fn session_memory_bound(&self) -> u64 {
-        let per_connection = self.connection_receive_window
+        2 * self.connection_memory_bound()
+    }
+
+    /// Upper bound of the relay's buffered bytes for one connection: its receive window,
+    /// send window and datagram buffers.
+    pub fn connection_memory_bound(&self) -> u64 {
+        self.connection_receive_window
             + self.send_window
             + self.datagram_receive_buffer as u64
-            + self.datagram_send_buffer as u64;
-        2 * per_connection
+            + self.datagram_send_buffer as u64
+    }
+
+    /// Most simultaneous connections: `max_connections`, lowered if needed so that every
+    /// connection at its memory bound still fits `max_buffered_bytes`.
+    pub fn connection_cap(&self) -> usize {
+        let by_budget = self.max_buffered_bytes / self.connection_memory_bound().max(1);
+        self.max_connections
+            .min(usize::try_from(by_budget).unwrap_or(usize::MAX))
+            .max(1)
     }
 }
 
@@ -633,6 +658,20 @@ impl Config {
                 1,
                 1_000,
             ) as u32,
+            wrong_attempts_per_code: bytes(
+                "limits.wrong_attempts_per_code",
+                l.wrong_attempts_per_code,
+                u64::from(d.wrong_attempts_per_code),
+                1,
+                10,
+            ) as u32,
+            max_buffered_bytes: bytes(
+                "limits.max_buffered_mib",
+                l.max_buffered_mib,
+                d.max_buffered_bytes >> 20,
+                64,
+                16 << 20,
+            ) << 20,
             max_connections_per_source: bytes(
                 "limits.max_connections_per_source",
                 l.max_connections_per_source,

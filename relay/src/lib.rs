@@ -16,6 +16,7 @@
 //! - [`e2e`]: end-to-end encryption between the parties (the relay sees only sealed bytes);
 //!   [`client::secure`] runs it in the SDK.
 //! - [`probe`]: a whole measured session in one process (`rhelp probe`, `relay demo`).
+//! - [`hostile`]: the hostile-client campaign (`rhelp hostile`, the hostile tests).
 //!
 //! Wire types come from the `remote-help-proto` crate and stop at the edge: the server and
 //! client convert them into the domain types of [`core`] and [`auth`].
@@ -29,6 +30,7 @@ pub mod config;
 pub mod core;
 pub mod dev;
 pub mod e2e;
+pub mod hostile;
 pub mod issuer;
 pub mod probe;
 pub mod report;

@@ -12,9 +12,9 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use crate::config::Limits;
 
 /// Control stream plus nothing: clients get one bidirectional stream.
-const BIDI_STREAMS: u32 = 1;
+pub const BIDI_STREAMS: u32 = 1;
 /// Screen, input and chat, plus headroom for a stream still closing.
-const UNI_STREAMS: u32 = 6;
+pub const UNI_STREAMS: u32 = 6;
 
 fn varint(value: u64) -> VarInt {
     VarInt::from_u64(value).unwrap_or(VarInt::MAX)

@@ -201,7 +201,7 @@ async fn messages_out_of_order_or_from_the_wrong_role_close_the_connection() {
             "helper joins",
             Role::Helper,
             Msg::JoinSession(v1::JoinSession {
-                code: "AAAA-AAAA".into(),
+                code: "AAAAA-AAAAA".into(),
             }),
             ErrorCode::WrongRole,
         ),
@@ -342,5 +342,44 @@ async fn a_client_without_our_alpn_is_refused_in_the_handshake() {
         other => panic!("expected a handshake refusal, got {other}"),
     }
     still_serves_honest_sessions(&relay).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_hostile_campaign_finds_nothing_and_leaves_nothing_behind() {
+    use remote_help_relay::hostile::{Campaign, Target, run};
+    // The guesses and the honest session come from one address; let the honest join past
+    // the per-source join limit that the guessing uses up (limits.rs tests that limit).
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.joins_per_source_per_minute = 600)
+        .start()
+        .await;
+    let target = Target {
+        options: relay.options(String::new(), Role::Helper),
+        helper_token: relay.tenant("contoso").token(Persona::Helper),
+        sharer_token: relay.tenant("contoso").token(Persona::Sharer),
+    };
+    let reports = run(
+        &target,
+        Campaign {
+            rounds: 2,
+            ..Campaign::default()
+        },
+    )
+    .await;
+    for report in &reports {
+        assert!(report.inputs > 0, "{} tried nothing", report.attack);
+        assert!(
+            report.findings.is_empty(),
+            "{}: {:#?}",
+            report.attack,
+            report.findings
+        );
+        assert_eq!(report.as_expected, report.inputs, "{}", report.attack);
+    }
+    // No sessions, connections, registrations or relay tasks left; honest sessions work.
+    still_serves_honest_sessions(&relay).await;
+    let stats = relay.handle.stats();
+    assert_eq!(stats.tasks, 0);
     relay.stop().await;
 }

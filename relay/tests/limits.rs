@@ -7,6 +7,7 @@ use common::{TestRelay, http, within};
 use remote_help_relay::client::connect_quic;
 use remote_help_relay::core::{Mode, Role};
 use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
 
 #[tokio::test]
 async fn one_source_address_cannot_hold_more_than_its_share_of_connections() {
@@ -95,13 +96,13 @@ async fn code_guessing_from_one_address_is_rate_limited() {
         .start()
         .await;
     let mut guesser = relay.sharer("contoso").await;
-    let first = within(guesser.join("AAAA-AAAA")).await.unwrap_err();
+    let first = within(guesser.join("AAAAA-AAAAA")).await.unwrap_err();
     assert_eq!(first.code(), Some(ErrorCode::CodeInvalid));
-    let second = within(guesser.join("AAAA-AAAB")).await.unwrap_err();
+    let second = within(guesser.join("AAAAA-AAAAB")).await.unwrap_err();
     assert_eq!(second.code(), Some(ErrorCode::RateLimited));
     // A second connection from the same address shares the budget.
     let mut other = relay.sharer("contoso").await;
-    let third = within(other.join("AAAA-AAAC")).await.unwrap_err();
+    let third = within(other.join("AAAAA-AAAAC")).await.unwrap_err();
     assert_eq!(third.code(), Some(ErrorCode::RateLimited));
     // Not fatal: the connection still works.
     within(guesser.ping()).await.unwrap();
@@ -137,5 +138,85 @@ async fn a_tenant_cannot_exceed_its_session_cap_or_setup_rate() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::RateLimited));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_attempts_against_a_code_burn_it_and_tell_its_helper() {
+    use remote_help_proto::ErrorCode;
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.wrong_attempts_per_code = 3)
+        .tenant("contoso", TokenSigner::generate_ed25519("c1").unwrap())
+        .tenant("fabrikam", TokenSigner::generate_ed25519("f1").unwrap())
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    let (locator, secret) = created.code.split_once('-').unwrap();
+    let wrong: Vec<String> = ["00000", "00001", "00002", "00003"]
+        .into_iter()
+        .filter(|s| *s != secret)
+        .take(3)
+        .map(|s| format!("{locator}-{s}"))
+        .collect();
+
+    // Another tenant's wrong attempts at the same locator never count against the code.
+    let mut outsider = relay.sharer("fabrikam").await;
+    for code in &wrong[..2] {
+        let err = within(outsider.join(code)).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::CodeInvalid));
+    }
+    // The same tenant's do: the third one burns it. Each guesser uses its own connection
+    // so that the per-connection failed-join limit is not what stops them.
+    for code in &wrong {
+        let mut guesser = relay.sharer("contoso").await;
+        let err = within(guesser.join(code)).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::CodeInvalid), "{code}");
+    }
+    assert_eq!(within(helper.wait_for_end()).await, ErrorCode::CodeBurned);
+    within(relay.handle.wait_for(|s| s.sessions == 0)).await;
+
+    // The rightful sharer is told the code is burned; the other tenant still learns nothing.
+    let mut sharer = relay.sharer("contoso").await;
+    let err = within(sharer.join(&created.code)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CodeBurned));
+    let err = within(outsider.join(&created.code)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CrossTenant));
+
+    let (_, metrics) = http(relay.handle.admin_addr().unwrap(), "GET", "/metrics", None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("relay_codes_burned_total") && !l.ends_with(" 0")),
+        "no relay_codes_burned_total in:\n{metrics}"
+    );
+    // The helper goes on with a new session and code.
+    let fresh = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    within(sharer.join(&fresh.code)).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_buffer_budget_caps_connections() {
+    // Budget for exactly two connections at their worst-case buffering.
+    let relay = TestRelay::builder()
+        .config(|c| {
+            c.limits.max_buffered_bytes = 2 * c.limits.connection_memory_bound();
+        })
+        .start()
+        .await;
+    let _first = relay.helper("contoso").await;
+    let _second = relay.sharer("contoso").await;
+    let refused = relay
+        .connect(relay.tenant("contoso").token(Persona::Helper), Role::Helper)
+        .await;
+    assert!(refused.is_err(), "a third connection fit a budget of two");
+    let (_, metrics) = http(relay.handle.admin_addr().unwrap(), "GET", "/metrics", None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("relay_connections_refused_total{reason=\"max_buffered\"}")),
+        "no max_buffered refusal in:\n{metrics}"
+    );
     relay.stop().await;
 }

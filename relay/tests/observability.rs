@@ -77,7 +77,7 @@ async fn the_metrics_endpoint_parses_and_its_series_exist_and_move() {
     within(input_in.recv()).await.unwrap();
     let _ = relay.connect("not.a.token".into(), Role::Helper).await;
     let mut guesser = relay.sharer("contoso").await;
-    let _ = within(guesser.join("0000-0000")).await;
+    let _ = within(guesser.join("00000-00000")).await;
     within(helper.end_session()).await.unwrap();
     within(sharer.wait_for_end()).await;
 

@@ -106,7 +106,7 @@ async fn each_party_sees_the_others_profile_and_the_requested_mode() {
     let mut sharer = relay.sharer("contoso").await;
     assert_eq!(helper.me().unwrap().given_name, "Ada");
     let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
-    assert_eq!(created.code.len(), 9, "XXXX-XXXX");
+    assert_eq!(created.code.len(), 11, "XXXXX-XXXXX");
 
     let request = within(sharer.join(&created.code.to_lowercase()))
         .await
@@ -168,7 +168,7 @@ async fn unknown_malformed_and_reused_codes_are_refused() {
     let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
 
     let mut sharer = relay.sharer("contoso").await;
-    for bad in ["0000-0000", "not a code", ""] {
+    for bad in ["00000-00000", "not a code", ""] {
         let err = within(sharer.join(bad)).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::CodeInvalid), "code {bad:?}");
     }
@@ -339,10 +339,10 @@ async fn too_many_failed_joins_close_the_connection() {
         .await;
     let mut guesser = relay.sharer("contoso").await;
     for _ in 0..2 {
-        let err = within(guesser.join("AAAA-AAAA")).await.unwrap_err();
+        let err = within(guesser.join("AAAAA-AAAAA")).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::CodeInvalid));
     }
-    let err = within(guesser.join("AAAA-AAAA")).await.unwrap_err();
+    let err = within(guesser.join("AAAAA-AAAAA")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::LimitExceeded));
     relay.wait_until_empty().await;
     relay.stop().await;

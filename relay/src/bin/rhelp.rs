@@ -89,6 +89,26 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         screen_mb: usize,
     },
+    /// Attack a relay with hostile clients (malformed frames, garbage, forged tokens, wrong
+    /// order, stream and connection floods, code guessing), then check an honest session
+    /// still works. Exits 1 if the relay answered anything unexpectedly. Only ever point it
+    /// at a relay you run.
+    Hostile {
+        #[command(flatten)]
+        parties: BothParties,
+        /// Times each attack is repeated.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Data streams per stream flood.
+        #[arg(long, default_value_t = 64)]
+        streams: u32,
+        /// Simultaneous silent connections per connection flood.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Codes guessed per round.
+        #[arg(long, default_value_t = 12)]
+        guesses: u32,
+    },
     /// Offer help: create a session, print the code, view the screen, send input.
     Helper {
         #[command(flatten)]
@@ -178,6 +198,24 @@ fn main() -> ExitCode {
                 yes,
                 fps,
             } => report(share_command(relay, &token, &code, yes, fps).await),
+            Command::Hostile {
+                parties,
+                rounds,
+                streams,
+                connections,
+                guesses,
+            } => report(
+                hostile_command(
+                    &parties,
+                    remote_help_relay::hostile::Campaign {
+                        rounds,
+                        streams_per_flood: streams,
+                        connections_per_flood: connections,
+                        guesses,
+                    },
+                )
+                .await,
+            ),
         }
     })
 }
@@ -307,6 +345,44 @@ async fn probe_command(
             ExitCode::FAILURE
         }
     }
+}
+
+async fn hostile_command(
+    parties: &BothParties,
+    campaign: remote_help_relay::hostile::Campaign,
+) -> Result<(), Failure> {
+    let (helper, sharer) = parties.options()?;
+    let target = remote_help_relay::hostile::Target {
+        helper_token: helper.token.clone(),
+        sharer_token: sharer.token,
+        options: helper,
+    };
+    let started = std::time::Instant::now();
+    let reports = remote_help_relay::hostile::run(&target, campaign).await;
+    let mut findings = 0usize;
+    for r in &reports {
+        println!(
+            "{:<22} inputs {:>6}  as expected {:>6}  findings {}",
+            r.attack,
+            r.inputs,
+            r.as_expected,
+            r.findings.len()
+        );
+        for f in &r.findings {
+            println!("    {f}");
+        }
+        findings += r.findings.len();
+    }
+    let inputs: u64 = reports.iter().map(|r| r.inputs).sum();
+    println!(
+        "{inputs} hostile inputs in {:.1} s, {findings} findings",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", serde_json::to_string(&reports).unwrap_or_default());
+    if findings > 0 {
+        return Err(Failure::usage(format!("{findings} unexpected answers")));
+    }
+    Ok(())
 }
 
 async fn helper_command(

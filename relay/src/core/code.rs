@@ -1,11 +1,17 @@
 //! Session codes: short, random, read-aloud-friendly identifiers a helper gives a sharer.
 //!
-//! A code is 8 symbols of Crockford's base32 alphabet (digits and upper-case letters
-//! without I, L, O and U), shown as `XXXX-XXXX`. Each symbol carries 5 bits, so a code has
-//! 40 bits of entropy: 2^40 ≈ 1.1 × 10^12 possible codes. Symbols are drawn uniformly from
-//! a CSPRNG supplied by the caller (the relay passes the OS generator; tests pass a seeded
-//! one). Parsing is forgiving the way a person reading a code aloud expects: case, spaces
-//! and dashes are ignored, and `O`, `I`, `L` are read as `0`, `1`, `1`.
+//! A code is 10 symbols of Crockford's base32 alphabet (digits and upper-case letters
+//! without I, L, O and U), shown as `XXXXX-XXXXX`. Each symbol carries 5 bits, so a code has
+//! 50 bits of entropy. The first group is the code's *locator*: no two open codes share one,
+//! so a wrong code whose locator matches an open code is an attempt *against that code*.
+//! The second group is its *secret* (25 bits). The registry burns a code after a few wrong
+//! attempts against it, which bounds the odds of guessing any one code over its lifetime by
+//! `attempts / 2^25` whatever the attacker's rate (3 attempts: about 9 in 100 million).
+//!
+//! Symbols are drawn uniformly from a CSPRNG supplied by the caller (the relay passes the
+//! OS generator; tests pass a seeded one). Parsing is forgiving the way a person reading a
+//! code aloud expects: case, spaces and dashes are ignored, and `O`, `I`, `L` are read as
+//! `0`, `1`, `1`.
 
 use std::fmt;
 
@@ -15,14 +21,24 @@ use rand::Rng;
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// Number of symbols in a code.
-pub const CODE_LEN: usize = 8;
+pub const CODE_LEN: usize = 10;
+
+/// Number of leading symbols that form the code's locator.
+pub const LOCATOR_LEN: usize = 5;
 
 /// Entropy of one code, in bits.
 pub const CODE_ENTROPY_BITS: u32 = 5 * CODE_LEN as u32;
 
-/// A well-formed session code in canonical form (eight symbols, no dash).
+/// Entropy of a code's secret part (what a guess against a known locator must hit), bits.
+pub const SECRET_ENTROPY_BITS: u32 = 5 * (CODE_LEN - LOCATOR_LEN) as u32;
+
+/// A well-formed session code in canonical form (ten symbols, no dash).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionCode([u8; CODE_LEN]);
+
+/// The first group of a code; unique among open codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeLocator([u8; LOCATOR_LEN]);
 
 /// Why a typed-in code is not a well-formed code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +88,13 @@ impl SessionCode {
         Ok(SessionCode(symbols))
     }
 
+    /// The locator part, which the registry keeps unique among open codes.
+    pub fn locator(&self) -> CodeLocator {
+        let mut locator = [0u8; LOCATOR_LEN];
+        locator.copy_from_slice(&self.0[..LOCATOR_LEN]);
+        CodeLocator(locator)
+    }
+
     fn half(&self, range: std::ops::Range<usize>) -> &str {
         // Invariant: every byte is from ALPHABET, which is ASCII.
         std::str::from_utf8(&self.0[range]).unwrap_or("?")
@@ -80,7 +103,12 @@ impl SessionCode {
 
 impl fmt::Display for SessionCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.half(0..4), self.half(4..CODE_LEN))
+        write!(
+            f,
+            "{}-{}",
+            self.half(0..LOCATOR_LEN),
+            self.half(LOCATOR_LEN..CODE_LEN)
+        )
     }
 }
 
@@ -97,22 +125,31 @@ mod tests {
     use rand::rngs::StdRng;
 
     #[test]
-    fn generated_codes_display_as_two_groups_of_four() {
+    fn generated_codes_display_as_two_groups_of_five() {
         let mut rng = StdRng::seed_from_u64(7);
         let code = SessionCode::generate(&mut rng);
         let shown = code.to_string();
-        assert_eq!(shown.len(), 9);
-        assert_eq!(&shown[4..5], "-");
+        assert_eq!(shown.len(), 11);
+        assert_eq!(&shown[5..6], "-");
         assert_eq!(SessionCode::parse(&shown), Ok(code));
     }
 
     #[test]
+    fn the_locator_is_the_first_group() {
+        let a = SessionCode::parse("AB012-34567").unwrap();
+        let b = SessionCode::parse("AB012-ZZZZZ").unwrap();
+        let c = SessionCode::parse("AB013-34567").unwrap();
+        assert_eq!(a.locator(), b.locator());
+        assert_ne!(a.locator(), c.locator());
+    }
+
+    #[test]
     fn parsing_ignores_case_spaces_and_dashes_and_reads_lookalikes() {
-        let code = SessionCode::parse("AB01-2345").unwrap();
-        assert_eq!(SessionCode::parse("ab01 2345"), Ok(code));
-        assert_eq!(SessionCode::parse("aBo1-2345"), Ok(code));
-        assert_eq!(SessionCode::parse("ABOI2345"), Ok(code));
-        assert_eq!(SessionCode::parse("AB0L2345"), Ok(code));
+        let code = SessionCode::parse("AB012-34567").unwrap();
+        assert_eq!(SessionCode::parse("ab012 34567"), Ok(code));
+        assert_eq!(SessionCode::parse("aBo12-34567"), Ok(code));
+        assert_eq!(SessionCode::parse("ABO1234567"), Ok(code));
+        assert_eq!(SessionCode::parse("AB0I2-3456-7"), Ok(code));
     }
 
     #[test]
@@ -122,15 +159,15 @@ mod tests {
             Err(CodeParseError::WrongLength(3))
         );
         assert_eq!(
-            SessionCode::parse("ABCD-EFGH-J"),
-            Err(CodeParseError::WrongLength(9))
+            SessionCode::parse("ABCDE-FGHJK-M"),
+            Err(CodeParseError::WrongLength(11))
         );
         assert_eq!(
-            SessionCode::parse("ABCD-EFGU"),
+            SessionCode::parse("ABCDE-FGHJU"),
             Err(CodeParseError::BadSymbol('U'))
         );
         assert_eq!(
-            SessionCode::parse("ABCD-EFG\u{e9}"),
+            SessionCode::parse("ABCDE-FGHJ\u{e9}"),
             Err(CodeParseError::BadSymbol('\u{e9}'))
         );
     }
@@ -149,7 +186,8 @@ mod tests {
     }
 
     #[test]
-    fn entropy_is_forty_bits() {
-        assert_eq!(CODE_ENTROPY_BITS, 40);
+    fn entropy_is_fifty_bits_of_which_twenty_five_are_secret() {
+        assert_eq!(CODE_ENTROPY_BITS, 50);
+        assert_eq!(SECRET_ENTROPY_BITS, 25);
     }
 }

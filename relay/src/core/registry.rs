@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use remote_help_proto::ErrorCode;
 
-use super::code::SessionCode;
+use super::code::{CodeLocator, SessionCode};
 use super::{ConnId, Mode, SessionId, TenantId};
 
 /// How one side of a session is known to the registry.
@@ -79,6 +79,8 @@ enum CodeSlot {
     Open {
         session: SessionId,
         expires_at: Instant,
+        /// Wrong codes of the session's tenant that shared this code's locator.
+        wrong_attempts: u32,
     },
     /// Used by a sharer; kept (until `forget_at`) so a second use says `CODE_USED`.
     /// The tenant is kept so another tenant's sharer learns only `CROSS_TENANT`.
@@ -91,6 +93,31 @@ enum CodeSlot {
         tenant: TenantId,
         forget_at: Instant,
     },
+    /// Burned by too many wrong attempts against it; kept (until `forget_at`) so its
+    /// rightful sharer learns `CODE_BURNED` and asks the helper for a new one.
+    Burned {
+        tenant: TenantId,
+        forget_at: Instant,
+    },
+}
+
+/// Why a join was refused, and the session it burned, if the refused attempt was the
+/// last wrong one its code could take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRefused {
+    /// What the sharer is told.
+    pub error: ErrorCode,
+    /// The session whose code this attempt burned; its helper must be told `CODE_BURNED`.
+    pub burned: Option<Ended>,
+}
+
+impl From<ErrorCode> for JoinRefused {
+    fn from(error: ErrorCode) -> JoinRefused {
+        JoinRefused {
+            error,
+            burned: None,
+        }
+    }
 }
 
 /// A newly created session, as the helper is told about it.
@@ -192,6 +219,8 @@ pub struct RegistryLimits {
     pub code_memory: Duration,
     /// How long a consent prompt (or compliance confirmation) waits for its answer.
     pub consent_timeout: Duration,
+    /// Wrong attempts against one open code (same locator, same tenant) that burn it.
+    pub wrong_attempts_per_code: u32,
 }
 
 /// A registered device agent waiting for unattended sessions.
@@ -207,6 +236,8 @@ pub struct Registry {
     limits: RegistryLimits,
     sessions: HashMap<SessionId, Session>,
     codes: HashMap<SessionCode, CodeSlot>,
+    /// The open code holding each locator (invariant: exactly the `Open` slots of `codes`).
+    open_locators: HashMap<CodeLocator, SessionCode>,
     devices: HashMap<(TenantId, String), DeviceSlot>,
     per_tenant: HashMap<TenantId, usize>,
 }
@@ -218,12 +249,14 @@ impl Registry {
             limits,
             sessions: HashMap::new(),
             codes: HashMap::new(),
+            open_locators: HashMap::new(),
             devices: HashMap::new(),
             per_tenant: HashMap::new(),
         }
     }
 
-    /// A helper opens a session: a fresh code that no live or remembered code shares.
+    /// A helper opens a session: a fresh code that no live or remembered code shares, whose
+    /// locator no open code shares.
     pub fn create<R: Rng + ?Sized>(
         &mut self,
         helper: Party,
@@ -233,7 +266,9 @@ impl Registry {
     ) -> Created {
         let code = loop {
             let candidate = SessionCode::generate(rng);
-            if !self.codes.contains_key(&candidate) {
+            if !self.codes.contains_key(&candidate)
+                && !self.open_locators.contains_key(&candidate.locator())
+            {
                 break candidate;
             }
         };
@@ -244,8 +279,10 @@ impl Registry {
             CodeSlot::Open {
                 session: session.clone(),
                 expires_at,
+                wrong_attempts: 0,
             },
         );
+        self.open_locators.insert(code.locator(), code);
         *self.per_tenant.entry(helper.tenant.clone()).or_insert(0) += 1;
         self.sessions.insert(
             session.clone(),
@@ -274,42 +311,49 @@ impl Registry {
     /// A sharer presents a code. On success the code is spent: it never works again.
     ///
     /// A sharer of another tenant gets `CROSS_TENANT` and learns nothing else; the code
-    /// stays valid for its rightful sharer.
+    /// stays valid for its rightful sharer. A wrong code whose locator matches an open code
+    /// of the sharer's tenant counts against that code, and the last attempt it may take
+    /// burns it: its session ends (`JoinRefused::burned`) and the code answers
+    /// `CODE_BURNED` from then on.
     pub fn join(
         &mut self,
         code: SessionCode,
         sharer: Party,
         now: Instant,
-    ) -> Result<Joined, ErrorCode> {
+    ) -> Result<Joined, JoinRefused> {
         let session_id = match self.codes.get(&code) {
-            None => return Err(ErrorCode::CodeInvalid),
-            Some(CodeSlot::Used { tenant, .. } | CodeSlot::Expired { tenant, .. })
-                if *tenant != sharer.tenant =>
-            {
-                return Err(ErrorCode::CrossTenant);
+            None => return Err(self.wrong_attempt(code, &sharer.tenant, now)),
+            Some(
+                CodeSlot::Used { tenant, .. }
+                | CodeSlot::Expired { tenant, .. }
+                | CodeSlot::Burned { tenant, .. },
+            ) if *tenant != sharer.tenant => {
+                return Err(ErrorCode::CrossTenant.into());
             }
-            Some(CodeSlot::Used { .. }) => return Err(ErrorCode::CodeUsed),
-            Some(CodeSlot::Expired { .. }) => return Err(ErrorCode::CodeExpired),
+            Some(CodeSlot::Used { .. }) => return Err(ErrorCode::CodeUsed.into()),
+            Some(CodeSlot::Expired { .. }) => return Err(ErrorCode::CodeExpired.into()),
+            Some(CodeSlot::Burned { .. }) => return Err(ErrorCode::CodeBurned.into()),
             Some(CodeSlot::Open { expires_at, .. }) if *expires_at <= now => {
-                return Err(ErrorCode::CodeExpired);
+                return Err(ErrorCode::CodeExpired.into());
             }
             Some(CodeSlot::Open { session, .. }) => session.clone(),
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
             // An open code always points at a live session (see `remove`); treat a
             // broken link as an unknown code rather than panicking.
-            return Err(ErrorCode::CodeInvalid);
+            return Err(ErrorCode::CodeInvalid.into());
         };
         if session.tenant != sharer.tenant {
-            return Err(ErrorCode::CrossTenant);
+            return Err(ErrorCode::CrossTenant.into());
         }
         if session.helper.conn == sharer.conn {
-            return Err(ErrorCode::WrongRole);
+            return Err(ErrorCode::WrongRole.into());
         }
         session.sharer = Some(sharer);
         session.joined_at = Some(now);
         session.state = SessionState::AwaitingConsent;
         session.answer_deadline = Some(now + self.limits.consent_timeout);
+        self.open_locators.remove(&code.locator());
         self.codes.insert(
             code,
             CodeSlot::Used {
@@ -322,6 +366,43 @@ impl Registry {
             helper: session.helper.conn,
             mode: session.mode,
         })
+    }
+
+    /// A code nobody was given. If its locator is that of an open code of the same tenant,
+    /// it counts against that code, and may burn it. Another tenant's attempts never count:
+    /// they cannot join anyway, and must not be able to burn this tenant's codes.
+    fn wrong_attempt(&mut self, code: SessionCode, tenant: &TenantId, now: Instant) -> JoinRefused {
+        let Some(&target) = self.open_locators.get(&code.locator()) else {
+            return ErrorCode::CodeInvalid.into();
+        };
+        let Some(CodeSlot::Open {
+            session,
+            wrong_attempts,
+            ..
+        }) = self.codes.get_mut(&target)
+        else {
+            return ErrorCode::CodeInvalid.into();
+        };
+        let session = session.clone();
+        if self.sessions.get(&session).map(|s| &s.tenant) != Some(tenant) {
+            return ErrorCode::CodeInvalid.into();
+        }
+        *wrong_attempts += 1;
+        if *wrong_attempts < self.limits.wrong_attempts_per_code {
+            return ErrorCode::CodeInvalid.into();
+        }
+        let burned = self.remove(&session);
+        self.codes.insert(
+            target,
+            CodeSlot::Burned {
+                tenant: tenant.clone(),
+                forget_at: now + self.limits.code_memory,
+            },
+        );
+        JoinRefused {
+            error: ErrorCode::CodeInvalid,
+            burned,
+        }
     }
 
     /// The sharer's device is not compliant: the helper must confirm before the sharer
@@ -549,25 +630,28 @@ impl Registry {
         let mut code_expired = Vec::new();
         let memory = self.limits.code_memory;
         let sessions = &self.sessions;
-        self.codes.retain(|_, slot| match slot {
+        let open_locators = &mut self.open_locators;
+        self.codes.retain(|code, slot| match slot {
             CodeSlot::Open {
                 session,
                 expires_at,
+                ..
             } if *expires_at <= now => {
                 let tenant = sessions
                     .get(session)
                     .map(|s| s.tenant.clone())
                     .unwrap_or_else(|| TenantId::new(""));
                 code_expired.push(session.clone());
+                open_locators.remove(&code.locator());
                 *slot = CodeSlot::Expired {
                     tenant,
                     forget_at: now + memory,
                 };
                 true
             }
-            CodeSlot::Used { forget_at, .. } | CodeSlot::Expired { forget_at, .. } => {
-                *forget_at > now
-            }
+            CodeSlot::Used { forget_at, .. }
+            | CodeSlot::Expired { forget_at, .. }
+            | CodeSlot::Burned { forget_at, .. } => *forget_at > now,
             CodeSlot::Open { .. } => true,
         });
         for id in code_expired {
@@ -650,6 +734,7 @@ impl Registry {
             && let Some(CodeSlot::Open { .. }) = self.codes.get(&code)
         {
             self.codes.remove(&code);
+            self.open_locators.remove(&code.locator());
         }
         // A device agent becomes free for the next unattended session.
         for slot in self.devices.values_mut() {
@@ -680,6 +765,7 @@ mod tests {
             code_ttl: TTL,
             code_memory: Duration::from_secs(3600),
             consent_timeout: CONSENT,
+            wrong_attempts_per_code: 3,
         })
     }
 
@@ -735,9 +821,115 @@ mod tests {
         let created = reg.create(party(1, "contoso"), Mode::ViewOnly, now, &mut rng);
         assert_eq!(
             reg.join(created.code, party(2, "fabrikam"), now),
-            Err(ErrorCode::CrossTenant)
+            Err(ErrorCode::CrossTenant.into())
         );
         assert!(reg.join(created.code, party(3, "contoso"), now).is_ok());
+    }
+
+    /// A code with the same locator as `code` and a different secret.
+    fn same_locator(code: SessionCode, n: usize) -> SessionCode {
+        let shown = code.to_string();
+        let (locator, secret) = shown.split_once('-').unwrap();
+        let mut candidate;
+        let mut i = n;
+        loop {
+            candidate = SessionCode::parse(&format!("{locator}-{:0>5}", i)).unwrap();
+            if candidate != code {
+                break;
+            }
+            i += 100;
+        }
+        assert_ne!(secret, candidate.to_string().split_once('-').unwrap().1);
+        candidate
+    }
+
+    #[test]
+    fn wrong_attempts_against_a_code_burn_it_and_end_its_session() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        for n in 1..3 {
+            let refused = reg
+                .join(same_locator(created.code, n), party(2, "t"), now)
+                .unwrap_err();
+            assert_eq!(refused, ErrorCode::CodeInvalid.into(), "attempt {n}");
+        }
+        let refused = reg
+            .join(same_locator(created.code, 3), party(2, "t"), now)
+            .unwrap_err();
+        assert_eq!(refused.error, ErrorCode::CodeInvalid);
+        let burned = refused
+            .burned
+            .expect("the third wrong attempt burns the code");
+        assert_eq!(burned.session, created.session);
+        assert_eq!(burned.helper, ConnId(1));
+        assert!(reg.is_empty());
+        assert_eq!(reg.tenant_sessions(&TenantId::new("t")), 0);
+        // The rightful sharer now learns the code is burned; another tenant learns nothing.
+        assert_eq!(
+            reg.join(created.code, party(3, "t"), now),
+            Err(ErrorCode::CodeBurned.into())
+        );
+        assert_eq!(
+            reg.join(created.code, party(4, "other"), now),
+            Err(ErrorCode::CrossTenant.into())
+        );
+        // Remembered like used codes, then forgotten.
+        reg.expire(now + Duration::from_secs(3600));
+        assert_eq!(reg.remembered_codes(), 0);
+    }
+
+    #[test]
+    fn wrong_attempts_from_another_tenant_or_another_locator_do_not_count() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        for n in 1..20 {
+            let refused = reg
+                .join(same_locator(created.code, n), party(9, "other"), now)
+                .unwrap_err();
+            assert_eq!(refused, ErrorCode::CodeInvalid.into());
+        }
+        for n in 0..20 {
+            let other_locator = SessionCode::parse(&format!("ZZZZ{}-00000", n % 10)).unwrap();
+            if other_locator.locator() == created.code.locator() {
+                continue;
+            }
+            assert_eq!(
+                reg.join(other_locator, party(2, "t"), now),
+                Err(ErrorCode::CodeInvalid.into())
+            );
+        }
+        assert!(reg.join(created.code, party(2, "t"), now).is_ok());
+    }
+
+    #[test]
+    fn open_codes_never_share_a_locator_and_free_it_when_they_close() {
+        let (mut reg, mut rng, now) = setup();
+        let mut locators = std::collections::HashSet::new();
+        let mut sessions = Vec::new();
+        for i in 0..2_000 {
+            let created = reg.create(party(i, "t"), Mode::ViewOnly, now, &mut rng);
+            assert!(locators.insert(created.code.locator()));
+            sessions.push(created);
+        }
+        // A used code frees its locator: wrong attempts there no longer count against it.
+        let first = &sessions[0];
+        reg.join(first.code, party(10_000, "t"), now).unwrap();
+        for n in 1..10 {
+            assert_eq!(
+                reg.join(same_locator(first.code, n), party(10_001, "t"), now),
+                Err(ErrorCode::CodeInvalid.into())
+            );
+        }
+        assert_eq!(reg.len(), 2_000);
+        // Expired codes free theirs too.
+        let expired = reg.expire(now + TTL);
+        let code_expired = expired
+            .ended
+            .iter()
+            .filter(|(_, reason)| *reason == ErrorCode::CodeExpired)
+            .count();
+        assert_eq!(code_expired, 1_999);
+        assert_eq!(reg.open_locators.len(), 0);
     }
 
     #[test]
@@ -750,16 +942,16 @@ mod tests {
         for code in [used.code, expired.code] {
             assert_eq!(
                 reg.join(code, party(9, "fabrikam"), now + TTL),
-                Err(ErrorCode::CrossTenant)
+                Err(ErrorCode::CrossTenant.into())
             );
         }
         assert_eq!(
             reg.join(used.code, party(4, "contoso"), now + TTL),
-            Err(ErrorCode::CodeUsed)
+            Err(ErrorCode::CodeUsed.into())
         );
         assert_eq!(
             reg.join(expired.code, party(4, "contoso"), now + TTL),
-            Err(ErrorCode::CodeExpired)
+            Err(ErrorCode::CodeExpired.into())
         );
     }
 
@@ -782,23 +974,23 @@ mod tests {
         reg.join(created.code, party(2, "t"), now).unwrap();
         assert_eq!(
             reg.join(created.code, party(3, "t"), now),
-            Err(ErrorCode::CodeUsed)
+            Err(ErrorCode::CodeUsed.into())
         );
         // Still used after the session has ended.
         reg.end(&created.session);
         assert_eq!(
             reg.join(created.code, party(3, "t"), now),
-            Err(ErrorCode::CodeUsed)
+            Err(ErrorCode::CodeUsed.into())
         );
     }
 
     #[test]
     fn unknown_codes_are_invalid() {
         let (mut reg, _, now) = setup();
-        let code = SessionCode::parse("AAAA-AAAA").unwrap();
+        let code = SessionCode::parse("AAAAA-AAAAA").unwrap();
         assert_eq!(
             reg.join(code, party(2, "t"), now),
-            Err(ErrorCode::CodeInvalid)
+            Err(ErrorCode::CodeInvalid.into())
         );
     }
 
@@ -813,7 +1005,7 @@ mod tests {
         // A join exactly at expiry is too late, even before the sweep ran.
         assert_eq!(
             reg.join(created.code, party(2, "t"), now + TTL),
-            Err(ErrorCode::CodeExpired)
+            Err(ErrorCode::CodeExpired.into())
         );
         let expired = reg.expire(now + TTL).ended;
         assert_eq!(expired.len(), 1);
@@ -823,7 +1015,7 @@ mod tests {
         // After the sweep the code is remembered as expired...
         assert_eq!(
             reg.join(created.code, party(2, "t"), now + TTL),
-            Err(ErrorCode::CodeExpired)
+            Err(ErrorCode::CodeExpired.into())
         );
         // ...and eventually forgotten, so memory does not grow forever.
         reg.expire(now + TTL + Duration::from_secs(3601));
@@ -884,7 +1076,7 @@ mod tests {
         let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
         assert_eq!(
             reg.join(created.code, party(1, "t"), now),
-            Err(ErrorCode::WrongRole)
+            Err(ErrorCode::WrongRole.into())
         );
     }
 
@@ -897,7 +1089,7 @@ mod tests {
         assert_eq!(reg.remembered_codes(), 0);
         assert_eq!(
             reg.join(created.code, party(2, "t"), now),
-            Err(ErrorCode::CodeInvalid)
+            Err(ErrorCode::CodeInvalid.into())
         );
     }
 

@@ -490,6 +490,7 @@ impl Conn {
                     ErrorCode::CodeInvalid
                         | ErrorCode::CodeExpired
                         | ErrorCode::CodeUsed
+                        | ErrorCode::CodeBurned
                         | ErrorCode::CrossTenant
                 );
                 if code == ErrorCode::CrossTenant {
@@ -919,7 +920,7 @@ impl Conn {
             return;
         };
         let session = session.id.clone();
-        self.tag_readers.spawn(async move {
+        self.tag_readers.spawn(self.hub.tracked(async move {
             let mut tag = [0u8; 1];
             let tag = match stream.read_exact(&mut tag).await {
                 Ok(()) => Ok(tag[0]),
@@ -930,7 +931,7 @@ impl Conn {
                 tag,
                 stream,
             }
-        });
+        }));
     }
 
     fn on_tagged_stream(&mut self, tagged: TaggedStream) -> Result<(), Close> {
@@ -988,9 +989,13 @@ impl Conn {
         }
         let peer = active.peer.clone();
         let counters = active.counters.clone();
-        let handle =
-            self.forwarders
-                .spawn(forward::stream(tagged.stream, tag, channel, peer, counters));
+        let handle = self.forwarders.spawn(self.hub.tracked(forward::stream(
+            tagged.stream,
+            tag,
+            channel,
+            peer,
+            counters,
+        )));
         active.forwarders[channel.index()] = Some(handle);
         if channel == Channel::Chat {
             self.hub.note_chat(&tagged.session);

@@ -336,6 +336,8 @@ pub struct Hub {
     /// Cancelled when every remaining connection must close now.
     pub stopping: CancellationToken,
     open_connections: AtomicU64,
+    /// Live per-connection tasks (connection, tag readers, forwarders), for leak checks.
+    tasks: AtomicU64,
     /// Connections not yet authenticated.
     unauthenticated: AtomicU64,
     /// Open connections per source IP address.
@@ -360,6 +362,7 @@ impl Hub {
                     code_ttl: config.code_ttl,
                     code_memory: config.code_ttl.max(std::time::Duration::from_secs(600)),
                     consent_timeout: config.consent_timeout,
+                    wrong_attempts_per_code: config.limits.wrong_attempts_per_code,
                 }),
                 links: HashMap::new(),
                 records: HashMap::new(),
@@ -367,6 +370,7 @@ impl Hub {
             audit,
             policies: RwLock::new(Arc::new(Policies::from_config(&config))),
             next_conn: AtomicU64::new(1),
+            tasks: AtomicU64::new(0),
             config,
             draining: CancellationToken::new(),
             stopping: CancellationToken::new(),
@@ -413,6 +417,25 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Wraps a task the relay spawns so that it is counted while it lives; a count that
+    /// does not return to zero after the clients leave is a leaked task.
+    pub fn tracked<F: std::future::Future>(
+        self: &Arc<Self>,
+        task: F,
+    ) -> impl std::future::Future<Output = F::Output> + use<F> {
+        self.tasks.fetch_add(1, Ordering::Relaxed);
+        let guard = TaskGuard(self.clone());
+        async move {
+            let _guard = guard;
+            task.await
+        }
+    }
+
+    /// Live tracked tasks.
+    pub fn live_tasks(&self) -> u64 {
+        self.tasks.load(Ordering::Relaxed)
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
@@ -427,6 +450,9 @@ impl Hub {
         let limits = &self.config.limits;
         if self.open_connections() >= limits.max_connections as u64 {
             return Err("max_connections");
+        }
+        if self.open_connections() >= limits.connection_cap() as u64 {
+            return Err("max_buffered");
         }
         if self.unauthenticated() >= limits.max_unauthenticated_connections as u64 {
             return Err("max_unauthenticated");
@@ -559,12 +585,24 @@ impl Hub {
         let now = Instant::now();
         let (joined, helper) = {
             let mut state = self.lock();
-            let joined = state
-                .registry
-                .join(code, party, now)
-                .map_err(|code| (code, code.describe().to_string()))?;
-            let helper = state.links.get(&joined.helper).cloned();
-            (joined, helper)
+            match state.registry.join(code, party, now) {
+                Ok(joined) => {
+                    let helper = state.links.get(&joined.helper).cloned();
+                    (joined, helper)
+                }
+                Err(refused) => {
+                    let burned_helper = refused
+                        .burned
+                        .as_ref()
+                        .and_then(|b| state.links.get(&b.helper).cloned());
+                    drop(state);
+                    if let Some(burned) = refused.burned {
+                        self.code_burned(principal, &burned.session, burned_helper.as_ref());
+                    }
+                    let error = refused.error;
+                    return Err((error, error.describe().to_string()));
+                }
+            }
         };
         let Some(helper) = helper else {
             // The helper vanished between creating and this join; its cleanup ends
@@ -603,6 +641,29 @@ impl Hub {
             mode: joined.mode,
             deadline: now + self.config.consent_timeout,
         })
+    }
+
+    /// A wrong attempt burned an open code: its session ends, its helper is told
+    /// `CODE_BURNED` (and must create a new session), and the audit log records who made
+    /// the attempt that burned it.
+    fn code_burned(&self, burner: &Principal, session: &SessionId, helper: Option<&ConnLink>) {
+        warn!(
+            session = %session,
+            tenant = %burner.tenant,
+            subject = %burner.subject,
+            "session code burned by too many wrong attempts against it"
+        );
+        metrics::counter!("relay_codes_burned_total").increment(1);
+        self.refused(burner, session, ErrorCode::CodeBurned);
+        if let Some(helper) = helper {
+            deliver(
+                helper,
+                Event::Ended {
+                    session: session.clone(),
+                    reason: ErrorCode::CodeBurned,
+                },
+            );
+        }
     }
 
     fn refuse_joined(
@@ -1296,5 +1357,15 @@ impl Drop for OpenConnection {
         self.hub.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.hub.changed.notify_waiters();
         metrics::gauge!("relay_connections_open").decrement(1.0);
+    }
+}
+
+/// Un-counts a tracked task when it ends, however it ends (finished, aborted, panicked).
+struct TaskGuard(Arc<Hub>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.tasks.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }

@@ -65,6 +65,8 @@ pub struct ServerStats {
     pub sessions: usize,
     /// Codes remembered (open, used or expired).
     pub remembered_codes: usize,
+    /// Live per-connection tasks (connection tasks, stream readers, forwarders).
+    pub tasks: u64,
 }
 
 /// A running relay. Owns its accept loop and, through it, every connection task.
@@ -101,6 +103,7 @@ impl ServerHandle {
             registered,
             sessions,
             remembered_codes,
+            tasks: self.hub.live_tasks(),
         }
     }
 
@@ -178,6 +181,88 @@ impl ServerHandle {
     }
 }
 
+/// Publishes every configured limit as `relay_limit{name}` so dashboards can show usage
+/// against it, and logs the connection cap the buffer budget allows.
+fn report_limits(limits: &crate::config::Limits) {
+    let values: [(&'static str, f64); 18] = [
+        ("max_connections", limits.max_connections as f64),
+        ("connection_cap", limits.connection_cap() as f64),
+        ("max_buffered_bytes", limits.max_buffered_bytes as f64),
+        (
+            "connection_memory_bound_bytes",
+            limits.connection_memory_bound() as f64,
+        ),
+        (
+            "session_memory_bound_bytes",
+            limits.session_memory_bound() as f64,
+        ),
+        (
+            "max_connections_per_source",
+            limits.max_connections_per_source as f64,
+        ),
+        (
+            "max_unauthenticated_connections",
+            limits.max_unauthenticated_connections as f64,
+        ),
+        (
+            "retry_above_unauthenticated",
+            limits.retry_above_unauthenticated as f64,
+        ),
+        (
+            "max_control_message_bytes",
+            limits.max_control_message as f64,
+        ),
+        (
+            "datagram_receive_buffer_bytes",
+            limits.datagram_receive_buffer as f64,
+        ),
+        (
+            "max_failed_joins_per_connection",
+            f64::from(limits.max_failed_joins_per_connection),
+        ),
+        (
+            "wrong_attempts_per_code",
+            f64::from(limits.wrong_attempts_per_code),
+        ),
+        (
+            "joins_per_source_per_minute",
+            f64::from(limits.joins_per_source_per_minute),
+        ),
+        (
+            "joins_per_tenant_per_minute",
+            f64::from(limits.joins_per_tenant_per_minute),
+        ),
+        (
+            "max_sessions_per_tenant",
+            limits.max_sessions_per_tenant as f64,
+        ),
+        (
+            "session_setups_per_tenant_per_minute",
+            f64::from(limits.session_setups_per_tenant_per_minute),
+        ),
+        (
+            "max_bidi_streams_per_connection",
+            f64::from(crate::transport::BIDI_STREAMS),
+        ),
+        (
+            "max_uni_streams_per_connection",
+            f64::from(crate::transport::UNI_STREAMS),
+        ),
+    ];
+    for (name, value) in values {
+        metrics::gauge!("relay_limit", "name" => name).set(value);
+    }
+    if limits.connection_cap() < limits.max_connections {
+        info!(
+            max_connections = limits.max_connections,
+            cap = limits.connection_cap(),
+            per_connection_bytes = limits.connection_memory_bound(),
+            budget_bytes = limits.max_buffered_bytes,
+            "limits.max_buffered_mib caps connections below limits.max_connections"
+        );
+    }
+}
+
 /// Opens the audit log (closing sessions a crash left open), binds the endpoint and the
 /// admin listener, and starts serving. Must be called inside a tokio runtime.
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
@@ -215,6 +300,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         source,
     })?;
     info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
+    report_limits(&config.limits);
     let admin_listener = match config.admin.listen {
         None => None,
         Some(addr) => {
@@ -272,7 +358,7 @@ async fn run(
                 }
                 match hub.admit_connection(incoming.remote_address().ip()) {
                     Ok(open) => {
-                        connections.spawn(connection::serve(hub.clone(), incoming, open));
+                        connections.spawn(hub.tracked(connection::serve(hub.clone(), incoming, open)));
                     }
                     Err(limit) => {
                         metrics::counter!("relay_connections_refused_total", "reason" => limit).increment(1);

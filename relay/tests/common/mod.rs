@@ -210,10 +210,9 @@ impl TestRelay {
 
     /// Waits until the relay holds no sessions and no connections: nothing leaked.
     pub async fn wait_until_empty(&self) {
-        within(
-            self.handle
-                .wait_for(|s| s.sessions == 0 && s.connections == 0 && s.registered == 0),
-        )
+        within(self.handle.wait_for(|s| {
+            s.sessions == 0 && s.connections == 0 && s.registered == 0 && s.tasks == 0
+        }))
         .await;
     }
 
