@@ -132,7 +132,8 @@ impl ClientError {
         }
     }
 
-    fn from_connection(e: quinn::ConnectionError) -> ClientError {
+    /// A connection-level failure, as the relay's close code when it sent one.
+    pub fn from_connection(e: quinn::ConnectionError) -> ClientError {
         match &e {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 match ErrorCode::from_quic(close.error_code.into_inner()) {
@@ -178,6 +179,8 @@ type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::RelayToClient, v1:
 pub struct Client {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+    /// Whether this client made its endpoint (and so waits for it to go idle on close).
+    owns_endpoint: bool,
     reader: Reader,
     writer: Writer,
     welcome: v1::Welcome,
@@ -228,6 +231,31 @@ impl Client {
     /// Connects, sends `Hello` and waits for `Welcome`.
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let (endpoint, connection) = connect_quic(&options).await?;
+        Client::hello(options, endpoint, connection, true).await
+    }
+
+    /// Like [`Client::connect`], from an endpoint the caller already has, which may carry
+    /// many clients' connections (a load generator's thousands of clients on one socket).
+    pub async fn connect_from(
+        endpoint: &quinn::Endpoint,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let mut config =
+            quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
+        config.transport_config(crate::transport::client(&options.transport));
+        let connection = endpoint
+            .connect_with(config, options.relay, &options.server_name)?
+            .await
+            .map_err(ClientError::from_connection)?;
+        Client::hello(options, endpoint.clone(), connection, false).await
+    }
+
+    async fn hello(
+        options: ClientOptions,
+        endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        owns_endpoint: bool,
+    ) -> Result<Client, ClientError> {
         let (send, recv) = connection
             .open_bi()
             .await
@@ -235,6 +263,7 @@ impl Client {
         let mut client = Client {
             endpoint,
             connection,
+            owns_endpoint,
             reader: FramedRead::new(recv, ControlCodec::new(MAX_CONTROL)),
             writer: FramedWrite::new(send, ControlCodec::new(MAX_CONTROL)),
             welcome: v1::Welcome::default(),
@@ -512,7 +541,11 @@ impl Client {
     /// Closes the connection and waits (bounded) for the close to reach the relay.
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // A shared endpoint's driver sends the close; waiting for it to be idle would wait
+        // for every other client on it.
+        if self.owns_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        }
     }
 
     async fn send(&mut self, message: Out) -> Result<(), ClientError> {
@@ -597,6 +630,12 @@ pub struct DataChannels {
 }
 
 impl DataChannels {
+    /// The data plane over any QUIC connection speaking the data-stream format: a direct
+    /// peer-to-peer connection (the `loadtest --baseline direct` run) as well as the relay's.
+    pub fn over(connection: quinn::Connection) -> DataChannels {
+        DataChannels { connection }
+    }
+
     /// Opens this side's stream for `channel` in an active session.
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
         let mut stream = self

@@ -68,6 +68,7 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
 
 async fn metrics_text() -> Response {
     let handle = prometheus();
+    record_process_metrics();
     handle.run_upkeep();
     (
         [(
@@ -172,5 +173,77 @@ async fn end_session(
             StatusCode::NO_CONTENT.into_response()
         }
         None => (StatusCode::NOT_FOUND, "no active session with that id\n").into_response(),
+    }
+}
+
+/// Sets `process_cpu_seconds_total` and `process_resident_memory_bytes` (the Prometheus
+/// client conventions) from `/proc/self`, so `loadtest` and dashboards can read the relay's
+/// cost from its metrics endpoint. Linux only; elsewhere the series are absent.
+fn record_process_metrics() {
+    if let Some(usage) = ProcessUsage::of_self() {
+        metrics::gauge!("process_cpu_seconds_total").set(usage.cpu_seconds);
+        metrics::gauge!("process_resident_memory_bytes").set(usage.resident_bytes as f64);
+    }
+}
+
+/// CPU time and resident memory of a process, read from `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessUsage {
+    /// User plus system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, bytes.
+    pub resident_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// This process's usage.
+    pub fn of_self() -> Option<ProcessUsage> {
+        Self::read("self")
+    }
+
+    /// Another local process's usage.
+    pub fn of_pid(pid: u32) -> Option<ProcessUsage> {
+        Self::read(&pid.to_string())
+    }
+
+    fn read(which: &str) -> Option<ProcessUsage> {
+        let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the state.
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{which}/status")).ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        // USER_HZ is 100 on every Linux ABI Rust targets.
+        Some(ProcessUsage {
+            cpu_seconds: ticks / 100.0,
+            resident_bytes: rss_kb * 1024,
+        })
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::ProcessUsage;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let mut spin = 0u64;
+        for i in 0..5_000_000u64 {
+            spin = spin.wrapping_add(i * i);
+        }
+        assert!(spin > 0);
+        let usage = ProcessUsage::of_self().expect("/proc/self is readable on Linux");
+        assert!(usage.resident_bytes > 0);
+        assert!(usage.cpu_seconds >= 0.0);
     }
 }

@@ -1,0 +1,199 @@
+//! The relay under test: one `loadtest` starts itself (`--spawn-relay`), or one already
+//! running that it is pointed at; and how to read that relay's CPU time and memory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use remote_help_relay::dev::{self, Persona};
+use remote_help_relay::server::admin::ProcessUsage;
+use remote_help_relay::tls::Fingerprint;
+
+/// A relay process `loadtest` started, killed when dropped.
+pub struct SpawnedRelay {
+    child: Child,
+    /// Where it listens for QUIC.
+    pub addr: SocketAddr,
+    /// Its admin (metrics) address.
+    pub admin: SocketAddr,
+    /// Its certificate's fingerprint, to pin.
+    pub fingerprint: Fingerprint,
+    /// A helper token and a sharer token of its tenant.
+    pub helper_token: String,
+    /// See `helper_token`.
+    pub sharer_token: String,
+    state: PathBuf,
+}
+
+impl SpawnedRelay {
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts `relay_bin` on a config sized for `sessions` sessions, and waits until it
+    /// answers on its admin endpoint.
+    pub fn start(relay_bin: &Path, sessions: usize) -> Result<SpawnedRelay> {
+        let state = std::env::temp_dir().join(format!("loadtest-relay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).context("state folder for the spawned relay")?;
+        let signer = dev::ensure_signer(&state).context("tenant key")?;
+        let addr = free_udp_port()?;
+        let admin = free_tcp_port()?;
+        let connections = (sessions * 2 + 256).max(1024);
+        // Everything comes from one address, so per-source caps are lifted; the buffer
+        // budget is sized so that the windows, not the budget, bound each connection.
+        let buffered_mib = (connections as u64 * 3).max(8192);
+        let config = format!(
+            r#"# Written by loadtest --spawn-relay.
+[server]
+listen = "{addr}"
+audience = "remote-help-relay"
+state_dir = "."
+
+[admin]
+listen = "{admin}"
+
+[limits]
+max_connections = {connections}
+max_connections_per_source = {connections}
+max_unauthenticated_connections = {connections}
+retry_above_unauthenticated = {connections}
+max_buffered_mib = {buffered_mib}
+joins_per_source_per_minute = 1000000
+joins_per_tenant_per_minute = 10000000
+max_sessions_per_tenant = {connections}
+session_setups_per_tenant_per_minute = 10000000
+
+[[tenants]]
+id = "dev"
+issuer = "https://dev.remote-help.invalid/"
+jwks_file = "dev-tenant.jwks.json"
+enabled = true
+
+[[tenants.assignments]]
+role = "Help Desk Operator"
+members = ["helpdesk"]
+scope = ["all_users", "all_devices"]
+"#
+        );
+        let config_path = state.join("loadtest-relay.toml");
+        std::fs::write(&config_path, config).context("writing the relay config")?;
+        let log = std::fs::File::create(state.join("relay.log")).context("relay log")?;
+        let child = Command::new(relay_bin)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", relay_bin.display()))?;
+        let mut relay = SpawnedRelay {
+            child,
+            addr,
+            admin,
+            fingerprint: Fingerprint([0; 32]),
+            helper_token: dev::mint(&signer, Persona::Helper, None, 24 * 3600)?,
+            sharer_token: dev::mint(&signer, Persona::Sharer, None, 24 * 3600)?,
+            state,
+        };
+        relay.wait_ready()?;
+        let text = std::fs::read_to_string(relay.state.join(dev::FINGERPRINT_FILE))
+            .context("the relay's fingerprint file")?;
+        relay.fingerprint = Fingerprint::parse(text.trim()).context("fingerprint")?;
+        Ok(relay)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the relay exited ({status}); see {}",
+                    self.state.join("relay.log").display()
+                );
+            }
+            if http_get(self.admin, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the relay did not become ready within 30 s")
+    }
+}
+
+impl Drop for SpawnedRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// Where to read the relay's CPU time and memory from.
+#[derive(Debug, Clone)]
+pub enum RelayProbe {
+    /// A local process, through `/proc`.
+    Pid(u32),
+    /// A Prometheus endpoint exposing `process_cpu_seconds_total` and
+    /// `process_resident_memory_bytes` (the relay's `/metrics` does).
+    Metrics(SocketAddr),
+    /// Not measured.
+    None,
+}
+
+impl RelayProbe {
+    /// The relay's usage now, if it can be read.
+    pub fn usage(&self) -> Option<ProcessUsage> {
+        match self {
+            RelayProbe::Pid(pid) => ProcessUsage::of_pid(*pid),
+            RelayProbe::Metrics(addr) => {
+                let (_, body) = http_get(*addr, "/metrics").ok()?;
+                let value = |name: &str| {
+                    body.lines()
+                        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                        .and_then(|l| l.rsplit(' ').next())
+                        .and_then(|v| v.parse::<f64>().ok())
+                };
+                Some(ProcessUsage {
+                    cpu_seconds: value("process_cpu_seconds_total")?,
+                    resident_bytes: value("process_resident_memory_bytes")? as u64,
+                })
+            }
+            RelayProbe::None => None,
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET (the admin endpoint is plain HTTP on a trusted address).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn free_udp_port() -> Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
+}
+
+fn free_tcp_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}

@@ -1,0 +1,86 @@
+//! The `loadtest` binary end to end: it starts a real relay (`--spawn-relay`), drives real
+//! sessions over QUIC on 127.0.0.1, runs the direct baseline, and writes its JSON report.
+//! Figures are measured, never asserted; the test checks that the work was done and counted.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn relay_bin() -> PathBuf {
+    // `cargo test --workspace` builds the relay package's binaries next to ours.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_loadtest")).with_file_name("relay");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the workspace tests (cargo test --workspace) or cargo build --bin relay",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_small_run_against_a_spawned_relay_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--spawn-relay", "--relay-bin"])
+        .arg(relay_bin())
+        .args([
+            "--sessions",
+            "3",
+            "--ramp",
+            "50",
+            "--duration",
+            "1",
+            "--screen-kbit",
+            "2000",
+            "--input-rate",
+            "50",
+            "--chat",
+            "--baseline",
+            "direct",
+            "--no-progress",
+            "--json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadtest failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("input round trip"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let relayed = &json["relayed"];
+    assert_eq!(relayed["sessions_ok"], 3, "{json:#}");
+    assert_eq!(relayed["sessions_failed"], 0);
+    assert_eq!(relayed["setup_ms"]["count"], 3);
+    assert!(relayed["input_round_trips"].as_u64().unwrap() > 0);
+    assert!(relayed["screen_frames"].as_u64().unwrap() > 0);
+    assert!(relayed["bytes_received"].as_u64().unwrap() > 0);
+    // The spawned relay is measured through /proc.
+    assert!(relayed["relay"]["rss_before_bytes"].as_u64().unwrap() > 0);
+    let direct = &json["direct"];
+    assert_eq!(direct["sessions_ok"], 3, "{json:#}");
+    assert!(direct["screen_frames"].as_u64().unwrap() > 0);
+    assert!(json["throughput_ratio"].as_f64().is_some());
+}
+
+#[test]
+fn out_of_bounds_settings_are_refused_before_any_traffic() {
+    for args in [
+        vec!["--spawn-relay", "--sessions", "0"],
+        vec!["--spawn-relay", "--sessions", "1000000"],
+        vec!["--spawn-relay", "--duration", "100000"],
+        vec!["--relay", "127.0.0.1:9"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("loadtest:"), "{args:?}: {stderr}");
+    }
+}
