@@ -93,6 +93,9 @@ struct Args {
     /// No traffic: hold paired sessions for the duration (memory per idle session).
     #[arg(long)]
     idle: bool,
+    /// This many sessions get a helper that reads no screen until the end (slow readers).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
     /// Also run the same workload peer to peer without the relay, in the same run.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
@@ -135,6 +138,7 @@ struct Settings {
     input_rate: u32,
     chat: bool,
     idle: bool,
+    stalled: usize,
     relay: String,
 }
 
@@ -242,6 +246,7 @@ async fn run(args: Args) -> Result<u64> {
         input_per_sec: args.input_rate,
         chat: args.chat,
         idle: args.idle,
+        stalled_sessions: args.stalled,
     };
 
     // With --spawn-relay the guard keeps the relay running until the report is written.
@@ -298,6 +303,7 @@ async fn run(args: Args) -> Result<u64> {
         input_rate: args.input_rate,
         chat: args.chat,
         idle: args.idle,
+        stalled: args.stalled,
         relay: addr.to_string(),
     };
     let sockets = if args.client_sockets > 0 {
@@ -388,7 +394,13 @@ async fn run_phase(
     for i in 0..args.sessions {
         tokio::time::sleep_until(next).await;
         next += interval;
-        sessions.spawn(workload::session(path_for(i), workload, until, rec.clone()));
+        sessions.spawn(workload::session(
+            i,
+            path_for(i),
+            workload,
+            until,
+            rec.clone(),
+        ));
         if last_tick.elapsed() >= Duration::from_millis(500) {
             last_bytes = tick(&bar, &rec, &mut last_tick, last_bytes);
         }
@@ -571,11 +583,23 @@ fn print_summary(report: &Report) {
 }
 
 /// Client endpoints (UDP sockets) that the sessions' clients share.
+/// Each gets large kernel buffers: hundreds of clients' handshakes arrive in bursts.
 fn client_endpoints(count: usize) -> Result<Vec<quinn::Endpoint>> {
+    let runtime = quinn::default_runtime().context("no async runtime")?;
     (0..count)
         .map(|_| {
-            quinn::Endpoint::client("127.0.0.1:0".parse().context("address")?)
-                .context("client socket")
+            let (socket, _) = remote_help_relay::transport::udp_socket(
+                "127.0.0.1:0".parse().context("address")?,
+                8 << 20,
+            )
+            .context("client socket")?;
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                runtime.clone(),
+            )
+            .context("client endpoint")
         })
         .collect()
 }

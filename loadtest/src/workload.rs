@@ -33,7 +33,13 @@ pub struct Workload {
     pub chat: bool,
     /// No traffic at all: hold the paired session (memory per idle session).
     pub idle: bool,
+    /// This many sessions (the first ones) have a helper that does not read its screen
+    /// until the deadline: slow readers, whose senders the relay must hold back.
+    pub stalled_sessions: usize,
 }
+
+/// How long after the deadline a session may take to wind down before it counts as hung.
+const GRACE: Duration = Duration::from_secs(30);
 
 /// Marks the first byte of a chat frame: an input echo, or a chat message.
 const ECHO: u8 = b'E';
@@ -158,41 +164,72 @@ pub enum Path {
     },
 }
 
+/// What one session does, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    workload: Workload,
+    stalled: bool,
+    until: Instant,
+}
+
 /// Runs one session from setup to end; failures are counted, never returned.
-pub async fn session(path: Path, workload: Workload, until: Instant, rec: Arc<Recorder>) {
-    let ok = match path {
-        Path::Relayed {
-            helper,
-            sharer,
-            helper_endpoint,
-            sharer_endpoint,
-        } => {
-            relayed(
-                *helper,
-                *sharer,
-                &helper_endpoint,
-                &sharer_endpoint,
-                workload,
-                until,
-                &rec,
-            )
-            .await
-        }
-        Path::Direct {
-            sharer_endpoint,
-            sharer_addr,
-            helper_endpoint,
-        } => {
-            direct(
-                &sharer_endpoint,
+pub async fn session(
+    index: usize,
+    path: Path,
+    workload: Workload,
+    until: Instant,
+    rec: Arc<Recorder>,
+) {
+    let stalled = index < workload.stalled_sessions;
+    // However the relay or a peer misbehaves, a session gives up this long after the
+    // deadline: a load generator that hangs measures nothing.
+    let give_up = tokio::time::Instant::from_std(until) + GRACE;
+    let run = async {
+        match path {
+            Path::Relayed {
+                helper,
+                sharer,
+                helper_endpoint,
+                sharer_endpoint,
+            } => {
+                relayed(
+                    *helper,
+                    *sharer,
+                    &helper_endpoint,
+                    &sharer_endpoint,
+                    Plan {
+                        workload,
+                        stalled,
+                        until,
+                    },
+                    &rec,
+                )
+                .await
+            }
+            Path::Direct {
+                sharer_endpoint,
                 sharer_addr,
-                &helper_endpoint,
-                workload,
-                until,
-                &rec,
-            )
-            .await
+                helper_endpoint,
+            } => {
+                direct(
+                    &sharer_endpoint,
+                    sharer_addr,
+                    &helper_endpoint,
+                    Plan {
+                        workload,
+                        stalled,
+                        until,
+                    },
+                    &rec,
+                )
+                .await
+            }
         }
+    };
+    let Ok(ok) = tokio::time::timeout_at(give_up, run).await else {
+        rec.error_named("did_not_finish".into());
+        rec.live.failed.fetch_add(1, Ordering::Relaxed);
+        return;
     };
     match ok {
         Ok(()) => rec.live.done.fetch_add(1, Ordering::Relaxed),
@@ -209,8 +246,7 @@ async fn relayed(
     sharer_options: ClientOptions,
     helper_endpoint: &quinn::Endpoint,
     sharer_endpoint: &quinn::Endpoint,
-    workload: Workload,
-    until: Instant,
+    plan: Plan,
     rec: &Arc<Recorder>,
 ) -> Result<(), ClientError> {
     let started = Instant::now();
@@ -223,7 +259,7 @@ async fn relayed(
     helper.wait_for_start().await?;
     record(&rec.setup, started.elapsed().as_micros() as u64);
     rec.live.up.fetch_add(1, Ordering::Relaxed);
-    let traffic = traffic(helper.data(), sharer.data(), workload, until, rec.clone()).await;
+    let traffic = traffic(helper.data(), sharer.data(), plan, rec.clone()).await;
     if let Err(e) = traffic {
         rec.error_named(e);
     }
@@ -238,8 +274,7 @@ async fn direct(
     sharer_endpoint: &quinn::Endpoint,
     sharer_addr: std::net::SocketAddr,
     helper_endpoint: &quinn::Endpoint,
-    workload: Workload,
-    until: Instant,
+    plan: Plan,
     rec: &Arc<Recorder>,
 ) -> Result<(), ClientError> {
     let started = Instant::now();
@@ -261,8 +296,7 @@ async fn direct(
     let traffic = traffic(
         DataChannels::over(helper.clone()),
         DataChannels::over(sharer.clone()),
-        workload,
-        until,
+        plan,
         rec.clone(),
     )
     .await;
@@ -278,10 +312,14 @@ async fn direct(
 async fn traffic(
     helper: DataChannels,
     sharer: DataChannels,
-    workload: Workload,
-    until: Instant,
+    plan: Plan,
     rec: Arc<Recorder>,
 ) -> Result<(), String> {
+    let Plan {
+        workload,
+        stalled,
+        until,
+    } = plan;
     if workload.idle {
         tokio::time::sleep_until(until.into()).await;
         return Ok(());
@@ -323,7 +361,11 @@ async fn traffic(
     for _ in 0..helper_expects {
         let (channel, receiver) = helper.accept_channel().await.map_err(name)?;
         match channel {
-            Channel::Screen => tasks.spawn(receive_screen(receiver, rec.clone())),
+            Channel::Screen => tasks.spawn(receive_screen(
+                receiver,
+                stalled.then_some(until),
+                rec.clone(),
+            )),
             _ => tasks.spawn(receive_echoes(receiver, rec.clone())),
         };
     }
@@ -497,7 +539,15 @@ async fn receive_echoes(mut chat: ChannelReceiver, rec: Arc<Recorder>) -> Result
     Ok(())
 }
 
-async fn receive_screen(mut screen: ChannelReceiver, rec: Arc<Recorder>) -> Result<(), String> {
+async fn receive_screen(
+    mut screen: ChannelReceiver,
+    stalled_until: Option<tokio::time::Instant>,
+    rec: Arc<Recorder>,
+) -> Result<(), String> {
+    if let Some(until) = stalled_until {
+        // A slow reader: reads nothing until the deadline, then catches up.
+        tokio::time::sleep_until(until).await;
+    }
     while let Some(frame) = screen.recv().await.map_err(name)? {
         rec.live
             .bytes

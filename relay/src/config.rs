@@ -127,6 +127,8 @@ pub struct RawLimits {
     pub wrong_attempts_per_code: Option<u64>,
     /// Budget for the relay's buffered bytes over all connections, MiB.
     pub max_buffered_mib: Option<u64>,
+    /// Kernel receive and send buffer of the relay's UDP socket, bytes.
+    pub udp_socket_buffer_bytes: Option<u64>,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: Option<u64>,
     /// Most connections that have not authenticated yet.
@@ -244,6 +246,10 @@ pub struct Limits {
     /// Budget for the worst-case buffered bytes of all connections together, bytes; with
     /// the per-connection bound it caps connections (see `connection_cap`).
     pub max_buffered_bytes: u64,
+    /// Kernel receive and send buffer asked for the relay's UDP socket, bytes. Bursts of
+    /// handshakes overflow a small one, and every dropped Initial costs its client a
+    /// one-second retransmission.
+    pub udp_socket_buffer: usize,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: usize,
     /// Most connections that have not authenticated yet.
@@ -273,6 +279,7 @@ impl Default for Limits {
             max_failed_joins_per_connection: 5,
             wrong_attempts_per_code: 3,
             max_buffered_bytes: 8 << 30,
+            udp_socket_buffer: 8 << 20,
             max_connections_per_source: 256,
             max_unauthenticated_connections: 2_000,
             retry_above_unauthenticated: 100,
@@ -672,6 +679,13 @@ impl Config {
                 64,
                 16 << 20,
             ) << 20,
+            udp_socket_buffer: bytes(
+                "limits.udp_socket_buffer_bytes",
+                l.udp_socket_buffer_bytes,
+                d.udp_socket_buffer as u64,
+                64 * 1024,
+                1 << 30,
+            ) as usize,
             max_connections_per_source: bytes(
                 "limits.max_connections_per_source",
                 l.max_connections_per_source,

@@ -79,3 +79,24 @@ pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
         .keep_alive_interval(Some(settings.keep_alive));
     Arc::new(t)
 }
+
+/// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much
+/// as the kernel allows: Linux caps them at `net.core.rmem_max` / `wmem_max`). Returns the
+/// socket and the receive buffer actually granted.
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the address is the unspecified v6 one, as std does not.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer than asked is not an error, only slower under bursts.
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket.into(), granted))
+}

@@ -289,12 +289,28 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         config.idle_timeout,
         config.keep_alive,
     ));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-        StartError::Bind {
-            addr: config.listen,
-            source,
-        }
-    })?;
+    let bind_error = |source| StartError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let (socket, granted) =
+        crate::transport::udp_socket(config.listen, config.limits.udp_socket_buffer)
+            .map_err(bind_error)?;
+    if granted < config.limits.udp_socket_buffer {
+        info!(
+            asked = config.limits.udp_socket_buffer,
+            granted, "the kernel granted a smaller UDP receive buffer (raise net.core.rmem_max)"
+        );
+    }
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(bind_error)?;
     let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,

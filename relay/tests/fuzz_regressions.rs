@@ -1,0 +1,67 @@
+//! Problems the fuzz targets in `fuzz/` found, each kept as an ordinary test with its
+//! minimal reproducer (see `docs/fuzzing.md`, "When a target crashes").
+
+use std::time::Duration;
+
+use remote_help_relay::auth::{TenantKeys, TenantTrust, Verifier};
+use remote_help_relay::core::TenantId;
+use remote_help_relay::issuer::{TokenSigner, jwks_of};
+use serde_json::json;
+
+const NOW: u64 = 1_750_000_000;
+
+fn verifier(signer: &TokenSigner) -> Verifier {
+    Verifier::new(
+        "remote-help-relay".into(),
+        Duration::from_secs(60),
+        vec![TenantTrust {
+            id: TenantId::new("multi"),
+            issuer: "https://multi.example/".into(),
+            keys: TenantKeys::from_jwks(&jwks_of(&[signer]).unwrap()).unwrap(),
+        }],
+    )
+}
+
+/// Fuzz target `token`: a token signed by the tenant's key whose `iss` is an array holding
+/// the tenant's issuer and anything else verified. docs/tokens.md says `iss` is a string
+/// equal to the tenant's issuer, character for character. (jsonwebtoken accepts an array
+/// whose members include the expected issuer, and `auth::Claims` never reads `iss`
+/// itself.) Minimal claims the fuzzer found:
+/// `{"aud":"remote-help-relay","exp":1750003600,"iss":["https://multi.example/","ed"],"sub":"user-1","tid":"multi"}`.
+#[test]
+#[ignore = "fuzz finding, not fixed yet: relay/src/auth.rs accepts an iss array (see docs/fuzzing.md)"]
+fn an_issuer_array_is_refused() {
+    let signer = TokenSigner::generate_ed25519("m-ed").unwrap();
+    let verifier = verifier(&signer);
+    let token = signer
+        .sign(&json!({
+            "aud": "remote-help-relay",
+            "exp": NOW + 3600,
+            "iss": ["https://multi.example/", "ed"],
+            "sub": "user-1",
+            "tid": "multi",
+        }))
+        .unwrap();
+    let verdict = verifier.verify(&token, NOW);
+    assert!(verdict.is_err(), "an iss array verified: {verdict:?}");
+}
+
+/// The same token with `iss` as the string the contract asks for verifies, so the test
+/// above fails only on the array.
+#[test]
+fn the_same_token_with_a_string_issuer_verifies() {
+    let signer = TokenSigner::generate_ed25519("m-ed").unwrap();
+    let verifier = verifier(&signer);
+    let token = signer
+        .sign(&json!({
+            "aud": "remote-help-relay",
+            "exp": NOW + 3600,
+            "iss": "https://multi.example/",
+            "sub": "user-1",
+            "tid": "multi",
+        }))
+        .unwrap();
+    let principal = verifier.verify(&token, NOW).unwrap();
+    assert_eq!(principal.tenant.as_str(), "multi");
+    assert_eq!(principal.subject, "user-1");
+}
