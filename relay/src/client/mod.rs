@@ -643,6 +643,7 @@ impl DataChannels {
             .open_uni()
             .await
             .map_err(ClientError::from_connection)?;
+        let _ = stream.set_priority(channel.send_priority());
         stream
             .write_all(&[channel_tag(channel.to_wire())])
             .await

@@ -169,6 +169,18 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// QUIC send priority of the channel's streams (higher goes first when a connection's
+    /// congestion window is the limit): key exchange and input before chat, chat before
+    /// screen, so a burst of screen frames never delays an input event.
+    pub fn send_priority(self) -> i32 {
+        match self {
+            Channel::Keys => 3,
+            Channel::Input => 2,
+            Channel::Chat => 1,
+            Channel::Screen => 0,
+        }
+    }
+
     /// The domain channel for a wire channel.
     pub fn from_wire(channel: v1::Channel) -> Option<Channel> {
         match channel {

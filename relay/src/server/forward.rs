@@ -47,6 +47,7 @@ pub async fn stream(
     // stream is reset rather than finished, so a cut stream never looks complete.
     let mut out = ResetOnDrop(Some(to));
     let Some(to) = out.0.as_mut() else { return };
+    let _ = to.set_priority(channel.send_priority());
     if to.write_all(&[tag]).await.is_err() {
         let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
         return;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Reruns every benchmark recorded in BENCHMARKS.md, each against a relay that loadtest
+# starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
+# bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
+# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench-results}
+mkdir -p "$OUT"
+cargo build --release --locked --bins --quiet
+LT=target/release/loadtest
+
+run() { # name, then loadtest arguments
+  local name=$1; shift
+  echo "=== $name: loadtest $*"
+  "$LT" --spawn-relay --no-progress --json "$OUT/$name.json" "$@" || echo "($name: some sessions failed; see the report)"
+}
+
+names=("$@")
+selected() { [ ${#names[@]} -eq 0 ] && return 0; for n in "${names[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
+
+# 1. One session, maximum screen throughput, relayed and peer to peer in the same run.
+if selected throughput; then
+  for i in 1 2 3; do
+    run "throughput-$i" --sessions 1 --duration 10 --screen-kbit 0 --frame-bytes 65536 \
+      --input-rate 0 --baseline direct
+  done
+fi
+
+# 2. 1,000 concurrent sessions at 2 Mbit/s screen and 50 input events/s.
+if selected concurrent; then
+  run concurrent --sessions 1000 --ramp 100 --duration 30 --screen-kbit 2000 --input-rate 50
+fi
+# 2b. The same session count at a tenth of the screen rate (what 2 cores can carry).
+if selected concurrent-light; then
+  run concurrent-light --sessions 1000 --ramp 100 --duration 30 --screen-kbit 200 --input-rate 50
+fi
+
+# 3. Session setup rate: idle sessions set up at rising rates; see where setup p99 doubles.
+if selected setup-rate; then
+  for rate in 50 100 200 400 800 1600; do
+    run "setup-$rate" --sessions $((rate * 5)) --ramp "$rate" --duration 0 --idle
+  done
+fi
+
+# 4. 10,000 idle paired sessions: relay memory per session.
+if selected idle; then
+  run idle --sessions 10000 --ramp 500 --duration 10 --idle
+fi
+
+# 5. Slow readers under load: 20 of 200 sessions never read their screen until the end.
+if selected slow-reader; then
+  run slow-reader --sessions 200 --ramp 100 --duration 20 --screen-kbit 2000 --input-rate 50 \
+    --stalled 20
+fi
