@@ -126,7 +126,19 @@ scope = ["all_users", "all_devices"]
 }
 
 impl Drop for SpawnedRelay {
+    /// Stops the relay the way an operator does (SIGTERM: drain, write the audit, exit),
+    /// and kills it if it is not gone within 15 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state);

@@ -30,6 +30,9 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
 type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
 
+/// Initial capacity of a connection's control-stream read and write buffers, bytes.
+const CONTROL_BUFFER: usize = 512;
+
 /// Why a connection's service ended.
 #[derive(Debug)]
 enum Close {
@@ -80,8 +83,13 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hu
     let span = info_span!("conn", id = id.0, %remote);
     async move {
         let (reader, writer, principal, role) =
-            match tokio::time::timeout(hub.config.auth_timeout, authenticate(&hub, &connection))
-                .await
+            // Boxed: the handshake phase's state would otherwise stay inline in every
+            // connection task for its whole life.
+            match tokio::time::timeout(
+                hub.config.auth_timeout,
+                Box::pin(authenticate(&hub, &connection)),
+            )
+            .await
             {
                 Ok(Ok(authenticated)) => authenticated,
                 Ok(Err(close)) => {
@@ -154,8 +162,11 @@ async fn authenticate(
         .accept_bi()
         .await
         .map_err(|e| Close::Lost(e.to_string()))?;
-    let mut reader = FramedRead::new(recv, ControlCodec::new(max));
-    let writer = FramedWrite::new(send_stream, ControlCodec::new(max));
+    // Small initial buffers: control messages are small and an idle connection should
+    // not hold 2 × 8 KiB (tokio-util's default) for the session's life; they grow on need.
+    let mut reader = FramedRead::with_capacity(recv, ControlCodec::new(max), CONTROL_BUFFER);
+    let mut writer = FramedWrite::new(send_stream, ControlCodec::new(max));
+    *writer.write_buffer_mut() = bytes::BytesMut::with_capacity(CONTROL_BUFFER);
     let hello = match reader.next().await {
         None => return Err(Close::Lost("control stream closed before Hello".into())),
         Some(Err(e)) => return Err(e.into()),
@@ -280,11 +291,13 @@ impl Conn {
                     // everything else ends now.
                     if self.is_active() { Ok(()) } else { Err(Close::Shutdown) }
                 }
-                Some(event) = self.events.recv() => self.on_event(event).await,
+                // Handlers are boxed: their state lives only while a message is handled,
+                // not inline in every idle connection task (memory per idle session).
+                Some(event) = self.events.recv() => Box::pin(self.on_event(event)).await,
                 message = reader.next() => match message {
                     None => Err(Close::Lost("client closed its control stream".into())),
                     Some(Err(e)) => Err(e.into()),
-                    Some(Ok(m)) => self.on_message(m).await,
+                    Some(Ok(m)) => Box::pin(self.on_message(m)).await,
                 },
                 stream = self.connection.accept_uni() => match stream {
                     Ok(stream) => { self.on_data_stream(stream); Ok(()) }
