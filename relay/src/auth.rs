@@ -322,6 +322,10 @@ impl AuthError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Read as a string so that an array (which jsonwebtoken's issuer check accepts when
+    /// it contains the expected value) is refused: RFC 7519 makes `iss` a single string,
+    /// and so does docs/tokens.md. Found by the `token` fuzz target.
+    iss: String,
     exp: u64,
     #[serde(default)]
     nbf: Option<u64>,
@@ -439,6 +443,9 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
+        if claims.iss != tenant.issuer {
+            return Err(AuthError::WrongIssuer);
+        }
 
         let leeway = self.leeway.as_secs();
         if claims.exp.saturating_add(leeway) < now_unix {

@@ -25,11 +25,10 @@ fn verifier(signer: &TokenSigner) -> Verifier {
 /// Fuzz target `token`: a token signed by the tenant's key whose `iss` is an array holding
 /// the tenant's issuer and anything else verified. docs/tokens.md says `iss` is a string
 /// equal to the tenant's issuer, character for character. (jsonwebtoken accepts an array
-/// whose members include the expected issuer, and `auth::Claims` never reads `iss`
-/// itself.) Minimal claims the fuzzer found:
+/// whose members include the expected issuer; `auth::Claims` now reads `iss` as a string.)
+/// Minimal claims the fuzzer found:
 /// `{"aud":"remote-help-relay","exp":1750003600,"iss":["https://multi.example/","ed"],"sub":"user-1","tid":"multi"}`.
 #[test]
-#[ignore = "fuzz finding, not fixed yet: relay/src/auth.rs accepts an iss array (see docs/fuzzing.md)"]
 fn an_issuer_array_is_refused() {
     let signer = TokenSigner::generate_ed25519("m-ed").unwrap();
     let verifier = verifier(&signer);
