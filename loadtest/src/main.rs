@@ -256,7 +256,12 @@ async fn run(args: Args) -> Result<u64> {
             Some(b) => b.clone(),
             None => std::env::current_exe()?.with_file_name("relay"),
         };
-        let relay = spawned_relay.insert(SpawnedRelay::start(&bin, args.sessions)?);
+        // Starting waits (polls readiness) synchronously: keep it off the async workers.
+        let sessions = args.sessions;
+        let started = tokio::task::spawn_blocking(move || SpawnedRelay::start(&bin, sessions))
+            .await
+            .context("relay start task")??;
+        let relay = spawned_relay.insert(started);
         (
             relay.addr,
             RelayTrust::Pin(relay.fingerprint),
@@ -367,7 +372,10 @@ async fn run(args: Args) -> Result<u64> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| path.display().to_string())?;
     }
-    drop(spawned_relay);
+    // Stopping waits for the relay to drain and exit: off the async workers too.
+    if let Some(relay) = spawned_relay {
+        let _ = tokio::task::spawn_blocking(move || drop(relay)).await;
+    }
     Ok(failed)
 }
 
@@ -383,7 +391,7 @@ async fn run_phase(
     let started = Instant::now();
     // Every session keeps going until `until`: the ramp, then the steady duration.
     let until = started + Duration::from_secs_f64(ramp_secs + args.duration);
-    let relay_before = probe.usage();
+    let relay_before = probe.usage().await;
     let clients_before = ProcessUsage::of_self();
     let bar = progress(args, name);
     let mut sessions = tokio::task::JoinSet::new();
@@ -419,14 +427,14 @@ async fn run_phase(
                 let all_up = rec.live.up.load(Ordering::Relaxed) + rec.live.failed.load(Ordering::Relaxed)
                     >= args.sessions as u64;
                 if relay_loaded.is_none() && (all_up || tokio::time::Instant::now() > loaded_at) {
-                    relay_loaded = probe.usage();
+                    relay_loaded = probe.usage().await;
                 }
             }
         }
     }
     let wall = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let relay_after = probe.usage();
+    let relay_after = probe.usage().await;
     let clients_after = ProcessUsage::of_self();
     let bytes = rec.live.bytes.load(Ordering::Relaxed);
     let gb = bytes as f64 / 1e9;
@@ -450,7 +458,6 @@ async fn run_phase(
         }
         _ => None,
     };
-    let steady = (wall - ramp_secs).max(f64::MIN_POSITIVE);
     let errors = rec.errors.lock().map(|e| e.clone()).unwrap_or_default();
     let latency = |h: &std::sync::Mutex<Histogram<u64>>| {
         h.lock().map(|h| Latency::of(&h)).unwrap_or_default()
@@ -466,7 +473,7 @@ async fn run_phase(
         screen_latency_ms: latency(&rec.screen),
         bytes_received: bytes,
         // Over the whole run including the ramp: an honest lower bound for steady state.
-        throughput_mbit_s: bytes as f64 * 8.0 / 1e6 / wall.max(steady.min(wall)),
+        throughput_mbit_s: bytes as f64 * 8.0 / 1e6 / wall.max(f64::MIN_POSITIVE),
         screen_frames: rec.live.frames.load(Ordering::Relaxed),
         frames_dropped: rec.live.frames_dropped.load(Ordering::Relaxed),
         input_round_trips: rec.live.input_round_trips.load(Ordering::Relaxed),

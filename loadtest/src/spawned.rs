@@ -158,8 +158,18 @@ pub enum RelayProbe {
 }
 
 impl RelayProbe {
-    /// The relay's usage now, if it can be read.
-    pub fn usage(&self) -> Option<ProcessUsage> {
+    /// The relay's usage now, if it can be read. The reads (`/proc`, or an HTTP scrape that
+    /// may take seconds) are blocking, so they run on the blocking pool, never on the
+    /// runtime's workers that drive the sessions.
+    pub async fn usage(&self) -> Option<ProcessUsage> {
+        let probe = self.clone();
+        tokio::task::spawn_blocking(move || probe.usage_now())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn usage_now(&self) -> Option<ProcessUsage> {
         match self {
             RelayProbe::Pid(pid) => ProcessUsage::of_pid(*pid),
             RelayProbe::Metrics(addr) => {

@@ -180,7 +180,11 @@ pub async fn session(
     until: Instant,
     rec: Arc<Recorder>,
 ) {
-    let stalled = index < workload.stalled_sessions;
+    let plan = Plan {
+        workload,
+        stalled: index < workload.stalled_sessions,
+        until,
+    };
     // However the relay or a peer misbehaves, a session gives up this long after the
     // deadline: a load generator that hangs measures nothing.
     let give_up = tokio::time::Instant::from_std(until) + GRACE;
@@ -197,11 +201,7 @@ pub async fn session(
                     *sharer,
                     &helper_endpoint,
                     &sharer_endpoint,
-                    Plan {
-                        workload,
-                        stalled,
-                        until,
-                    },
+                    plan,
                     &rec,
                 )
                 .await
@@ -210,20 +210,7 @@ pub async fn session(
                 sharer_endpoint,
                 sharer_addr,
                 helper_endpoint,
-            } => {
-                direct(
-                    &sharer_endpoint,
-                    sharer_addr,
-                    &helper_endpoint,
-                    Plan {
-                        workload,
-                        stalled,
-                        until,
-                    },
-                    &rec,
-                )
-                .await
-            }
+            } => direct(&sharer_endpoint, sharer_addr, &helper_endpoint, plan, &rec).await,
         }
     };
     let Ok(ok) = tokio::time::timeout_at(give_up, run).await else {

@@ -134,7 +134,8 @@ fn options(target: &Target, token: &str, role: Role) -> ClientOptions {
     options
 }
 
-fn frame(message: &v1::ClientToRelay) -> Vec<u8> {
+/// One control message as it goes on the wire: 4-byte big-endian length, then protobuf.
+pub fn frame(message: &v1::ClientToRelay) -> Vec<u8> {
     let body = message.encode_to_vec();
     let mut out = BytesMut::with_capacity(4 + body.len());
     out.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
@@ -142,10 +143,11 @@ fn frame(message: &v1::ClientToRelay) -> Vec<u8> {
     out.to_vec()
 }
 
-fn hello(token: &str, role: v1::Role) -> v1::ClientToRelay {
+/// A `Hello` with any token, role and protocol version (valid or not).
+pub fn hello(token: &str, role: v1::Role, version: u32) -> v1::ClientToRelay {
     v1::ClientToRelay {
         msg: Some(Msg::Hello(v1::Hello {
-            protocol_version: remote_help_proto::PROTOCOL_VERSION,
+            protocol_version: version,
             token: token.to_string(),
             role: role as i32,
             client_name: "hostile".into(),
@@ -193,10 +195,7 @@ async fn malformed_frames(target: &Target, report: &mut AttackReport) {
     let ping = v1::ClientToRelay {
         msg: Some(Msg::Ping(v1::Ping { nonce: 1 })),
     };
-    let mut unsupported = hello(token, v1::Role::Helper);
-    if let Some(Msg::Hello(h)) = unsupported.msg.as_mut() {
-        h.protocol_version = 0xffff;
-    }
+    let unsupported = hello(token, v1::Role::Helper, 0xffff);
     let cases: Vec<(&str, Vec<u8>, bool, ErrorCode)> = vec![
         (
             "garbage body",
@@ -236,7 +235,11 @@ async fn malformed_frames(target: &Target, report: &mut AttackReport) {
         ),
         (
             "no role",
-            frame(&hello(token, v1::Role::Unspecified)),
+            frame(&hello(
+                token,
+                v1::Role::Unspecified,
+                remote_help_proto::PROTOCOL_VERSION,
+            )),
             false,
             ErrorCode::ProtocolViolation,
         ),
@@ -280,7 +283,11 @@ fn forgeries(token: &str) -> Vec<(&'static str, String)> {
     let mut out = vec![
         ("empty", String::new()),
         ("not a JWT", "a.b.c".to_string()),
-        ("truncated", token[..token.len() / 2].to_string()),
+        // By characters: the token comes from a file and need not be ASCII.
+        (
+            "truncated",
+            token.chars().take(token.chars().count() / 2).collect(),
+        ),
     ];
     if let [header, payload, signature] = parts[..] {
         let mut flipped = signature.as_bytes().to_vec();
@@ -333,12 +340,12 @@ fn is_auth_refusal(code: ErrorCode) -> bool {
 }
 
 async fn wrong_order(target: &Target, report: &mut AttackReport) {
-    // A helper presenting a code, a sharer creating a session, a second Hello.
-    let cases: [(&str, Role, &str); 2] = [
-        ("helper joins by code", Role::Helper, "join"),
-        ("sharer creates a session", Role::Sharer, "create"),
-    ];
-    for (name, role, action) in cases {
+    // Each role tries the other role's first step (a helper presenting a code, a sharer
+    // creating a session); then a second Hello.
+    for (name, role) in [
+        ("helper joins by code", Role::Helper),
+        ("sharer creates a session", Role::Sharer),
+    ] {
         let token = match role {
             Role::Helper => &target.helper_token,
             Role::Sharer => &target.sharer_token,
@@ -347,9 +354,9 @@ async fn wrong_order(target: &Target, report: &mut AttackReport) {
             let mut client = step(Client::connect(options(target, token, role)))
                 .await?
                 .map_err(|e| format!("connect: {e}"))?;
-            let result = match action {
-                "join" => step(client.join("00000-00000")).await?.map(|_| ()),
-                _ => step(client.create_session(Mode::ViewOnly))
+            let result = match role {
+                Role::Helper => step(client.join("00000-00000")).await?.map(|_| ()),
+                Role::Sharer => step(client.create_session(Mode::ViewOnly))
                     .await?
                     .map(|_| ()),
             };
@@ -365,8 +372,16 @@ async fn wrong_order(target: &Target, report: &mut AttackReport) {
         report.check(name, outcome);
     }
     let second_hello = [
-        frame(&hello(&target.helper_token, v1::Role::Helper)),
-        frame(&hello(&target.helper_token, v1::Role::Helper)),
+        frame(&hello(
+            &target.helper_token,
+            v1::Role::Helper,
+            remote_help_proto::PROTOCOL_VERSION,
+        )),
+        frame(&hello(
+            &target.helper_token,
+            v1::Role::Helper,
+            remote_help_proto::PROTOCOL_VERSION,
+        )),
     ]
     .concat();
     let got = send_raw(target, &second_hello, false).await;

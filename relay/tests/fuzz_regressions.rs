@@ -22,6 +22,19 @@ fn verifier(signer: &TokenSigner) -> Verifier {
     )
 }
 
+/// The fuzzer's minimal valid claims, with `iss` as given, signed by `signer`.
+fn signed_with_issuer(signer: &TokenSigner, iss: serde_json::Value) -> String {
+    signer
+        .sign(&json!({
+            "aud": "remote-help-relay",
+            "exp": NOW + 3600,
+            "iss": iss,
+            "sub": "user-1",
+            "tid": "multi",
+        }))
+        .unwrap()
+}
+
 /// Fuzz target `token`: a token signed by the tenant's key whose `iss` is an array holding
 /// the tenant's issuer and anything else verified. docs/tokens.md says `iss` is a string
 /// equal to the tenant's issuer, character for character. (jsonwebtoken accepts an array
@@ -32,15 +45,7 @@ fn verifier(signer: &TokenSigner) -> Verifier {
 fn an_issuer_array_is_refused() {
     let signer = TokenSigner::generate_ed25519("m-ed").unwrap();
     let verifier = verifier(&signer);
-    let token = signer
-        .sign(&json!({
-            "aud": "remote-help-relay",
-            "exp": NOW + 3600,
-            "iss": ["https://multi.example/", "ed"],
-            "sub": "user-1",
-            "tid": "multi",
-        }))
-        .unwrap();
+    let token = signed_with_issuer(&signer, json!(["https://multi.example/", "ed"]));
     let verdict = verifier.verify(&token, NOW);
     assert!(verdict.is_err(), "an iss array verified: {verdict:?}");
 }
@@ -51,15 +56,7 @@ fn an_issuer_array_is_refused() {
 fn the_same_token_with_a_string_issuer_verifies() {
     let signer = TokenSigner::generate_ed25519("m-ed").unwrap();
     let verifier = verifier(&signer);
-    let token = signer
-        .sign(&json!({
-            "aud": "remote-help-relay",
-            "exp": NOW + 3600,
-            "iss": "https://multi.example/",
-            "sub": "user-1",
-            "tid": "multi",
-        }))
-        .unwrap();
+    let token = signed_with_issuer(&signer, json!("https://multi.example/"));
     let principal = verifier.verify(&token, NOW).unwrap();
     assert_eq!(principal.tenant.as_str(), "multi");
     assert_eq!(principal.subject, "user-1");

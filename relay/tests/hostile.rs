@@ -7,14 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use common::{TestRelay, within};
-use prost::Message as _;
 use remote_help_proto::ErrorCode;
 use remote_help_proto::v1::{self, client_to_relay::Msg};
 use remote_help_relay::client::connect_quic;
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::Persona;
+use remote_help_relay::hostile::{frame, hello};
 
 /// How the relay closed a connection, as a code of ours.
 async fn close_code(connection: &quinn::Connection) -> Option<ErrorCode> {
@@ -23,25 +23,6 @@ async fn close_code(connection: &quinn::Connection) -> Option<ErrorCode> {
             ErrorCode::from_quic(close.error_code.into_inner())
         }
         _ => None,
-    }
-}
-
-fn frame(message: &v1::ClientToRelay) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(4 + body.len());
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
-    out.freeze()
-}
-
-fn hello(token: String, role: v1::Role, version: u32) -> v1::ClientToRelay {
-    v1::ClientToRelay {
-        msg: Some(Msg::Hello(v1::Hello {
-            protocol_version: version,
-            token,
-            role: role as i32,
-            client_name: "hostile".into(),
-        })),
     }
 }
 
@@ -107,31 +88,31 @@ async fn malformed_control_frames_get_specific_codes() {
         ),
         (
             "first message not Hello",
-            frame(&ping).to_vec(),
+            frame(&ping),
             false,
             ErrorCode::ProtocolViolation,
         ),
         (
             "empty message",
-            frame(&v1::ClientToRelay { msg: None }).to_vec(),
+            frame(&v1::ClientToRelay { msg: None }),
             false,
             ErrorCode::ProtocolViolation,
         ),
         (
             "unsupported version",
-            frame(&hello(token.clone(), v1::Role::Helper, 2)).to_vec(),
+            frame(&hello(&token, v1::Role::Helper, 2)),
             false,
             ErrorCode::UnsupportedVersion,
         ),
         (
             "no role",
-            frame(&hello(token.clone(), v1::Role::Unspecified, 1)).to_vec(),
+            frame(&hello(&token, v1::Role::Unspecified, 1)),
             false,
             ErrorCode::ProtocolViolation,
         ),
         (
             "forged token",
-            frame(&hello("a.b.c".into(), v1::Role::Helper, 1)).to_vec(),
+            frame(&hello("a.b.c", v1::Role::Helper, 1)),
             false,
             ErrorCode::TokenInvalid,
         ),

@@ -197,6 +197,14 @@ pub async fn connect_quic(
     connect_quic_on(options, socket).await
 }
 
+/// The QUIC client configuration for `options`: its trust and transport settings.
+fn quic_config(options: &ClientOptions) -> Result<quinn::ClientConfig, ClientError> {
+    let mut config =
+        quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
+    config.transport_config(crate::transport::client(&options.transport));
+    Ok(config)
+}
+
 /// Like [`connect_quic`], on a UDP socket the caller already has.
 pub async fn connect_quic_on(
     options: &ClientOptions,
@@ -204,15 +212,10 @@ pub async fn connect_quic_on(
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(ClientError::Socket)?;
-    let mut config =
-        quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
-    config.transport_config(crate::transport::client(&options.transport));
-    endpoint.set_default_client_config(config);
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .map_err(ClientError::Socket)?;
     let connection = endpoint
-        .connect(options.relay, &options.server_name)?
+        .connect_with(quic_config(options)?, options.relay, &options.server_name)?
         .await
         .map_err(ClientError::from_connection)?;
     Ok((endpoint, connection))
@@ -240,11 +243,8 @@ impl Client {
         endpoint: &quinn::Endpoint,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let mut config =
-            quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
-        config.transport_config(crate::transport::client(&options.transport));
         let connection = endpoint
-            .connect_with(config, options.relay, &options.server_name)?
+            .connect_with(quic_config(&options)?, options.relay, &options.server_name)?
             .await
             .map_err(ClientError::from_connection)?;
         Client::hello(options, endpoint.clone(), connection, false).await
