@@ -77,6 +77,8 @@ impl ErrorCode {
             ErrorCode::CodeBurned => {
                 "too many wrong codes were tried against this code; ask the helper for a new one"
             }
+            ErrorCode::Redirect => "the session is held by another relay node",
+            ErrorCode::RelayLost => "the connection to the relay was lost",
         }
     }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::{TenantKeys, TenantTrust};
 use crate::core::TenantId;
+use crate::core::cluster::{MAX_NODES, NodeId, node_from_hostname};
 use crate::core::policy::{
     Assignment, CloudEnvironment, DEFAULT_LICENSE, HELP_DESK_OPERATOR, Permission, PermissionSet,
     Role, Scope, TenantPolicy,
@@ -40,6 +41,75 @@ pub struct RawConfig {
     /// `[admin]`.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// `[cluster]`: absent for a single relay.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// This node's id (0-31), or `"hostname"`: the ordinal of a StatefulSet pod's name.
+    pub node_id: Option<RawNodeId>,
+    /// Every node's public `host:port`, in node id order.
+    pub nodes: Option<Vec<String>>,
+    /// Instead of `nodes`: one address with `{id}` in it (per-pod DNS names of a
+    /// Kubernetes headless Service), expanded for ids `0..size`.
+    pub node_address_template: Option<String>,
+    /// With `node_address_template`: how many nodes there are.
+    pub size: Option<u64>,
+}
+
+/// A node id as written: a number, or the name of where to find it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawNodeId {
+    /// The id itself.
+    Number(u64),
+    /// `"hostname"`.
+    From(String),
+}
+
+/// This node's place in a cluster of relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Every node's public `host:port` (what clients are redirected to), by node id.
+    pub nodes: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// The public address of `node`, if the cluster has it.
+    pub fn address_of(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(usize::from(node.get())).map(String::as_str)
+    }
+}
+
+/// The host name of this machine (a Kubernetes pod's name).
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Whether `text` is a `host:port` a client can resolve and dial.
+fn is_host_port(text: &str) -> bool {
+    if text.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+        None => false,
+    }
 }
 
 /// `[audit]` as written.
@@ -374,6 +444,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// The admin/metrics listener.
     pub admin: AdminConfig,
+    /// This node's place in a cluster; `None` for a single relay.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Default admin/metrics listener.
@@ -447,6 +519,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 token: None,
             },
+            cluster: None,
         }
     }
 
@@ -913,6 +986,83 @@ impl Config {
                 days as u32
             },
         };
+        let cluster = raw.cluster.and_then(|c| {
+            let nodes: Vec<String> = match (c.nodes, c.node_address_template, c.size) {
+                (Some(nodes), None, None) => nodes,
+                (None, Some(template), Some(size)) => {
+                    if !template.contains("{id}") {
+                        problem(
+                            "cluster.node_address_template",
+                            "must contain {id}".into(),
+                        );
+                    }
+                    (0..size.min(MAX_NODES as u64 + 1))
+                        .map(|id| template.replace("{id}", &id.to_string()))
+                        .collect()
+                }
+                _ => {
+                    problem(
+                        "cluster",
+                        "give either `nodes`, or `node_address_template` with `size`".into(),
+                    );
+                    return None;
+                }
+            };
+            if nodes.is_empty() || nodes.len() > MAX_NODES {
+                problem(
+                    "cluster.nodes",
+                    format!("a cluster has 1 to {MAX_NODES} nodes, not {}", nodes.len()),
+                );
+            }
+            for (i, address) in nodes.iter().enumerate() {
+                if !is_host_port(address) {
+                    problem(
+                        &format!("cluster.nodes[{i}]"),
+                        format!("{address:?} is not a host:port address"),
+                    );
+                }
+            }
+            let node = match c.node_id {
+                None => {
+                    problem("cluster.node_id", "is required".into());
+                    None
+                }
+                Some(RawNodeId::Number(n)) => u8::try_from(n).ok().and_then(NodeId::new),
+                Some(RawNodeId::From(from)) if from == "hostname" => {
+                    let host = hostname();
+                    let node = host.as_deref().and_then(node_from_hostname);
+                    if node.is_none() {
+                        problem(
+                            "cluster.node_id",
+                            format!(
+                                "the host name {host:?} does not end in a node ordinal (like relay-2)"
+                            ),
+                        );
+                        return None;
+                    }
+                    node
+                }
+                Some(RawNodeId::From(other)) => {
+                    problem(
+                        "cluster.node_id",
+                        format!("{other:?}: give a number or \"hostname\""),
+                    );
+                    return None;
+                }
+            };
+            match node {
+                Some(node) if usize::from(node.get()) < nodes.len() => {
+                    Some(ClusterConfig { node, nodes })
+                }
+                _ => {
+                    problem(
+                        "cluster.node_id",
+                        format!("must be one of the {} nodes' ids (0..{})", nodes.len(), nodes.len()),
+                    );
+                    None
+                }
+            }
+        });
         let raw_admin = raw.admin;
         let admin_listen = match raw_admin.listen.as_deref() {
             Some("") => None,
@@ -955,6 +1105,7 @@ impl Config {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Config {
+            cluster,
             audit,
             admin: AdminConfig {
                 listen: admin_listen,

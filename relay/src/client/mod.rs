@@ -44,6 +44,9 @@ use crate::transport::ClientTransport;
 
 /// Largest data frame the SDK sends or accepts on a channel.
 pub const MAX_DATA_FRAME: usize = 4 * 1024 * 1024;
+/// Redirects one request may follow (a node names the holder directly, so one is
+/// normal; more means the nodes' cluster settings disagree).
+const MAX_REDIRECTS: usize = 2;
 /// Largest control message the SDK accepts from the relay.
 const MAX_CONTROL: usize = 1024 * 1024;
 
@@ -121,6 +124,27 @@ pub enum ClientError {
     /// End-to-end protection failed: the frame was forged, replayed, reordered or cut.
     #[error("end-to-end protection: {0}")]
     E2e(#[from] crate::e2e::E2eError),
+    /// The connection to the relay was lost without a close from it (the node crashed or
+    /// the network failed): `RELAY_LOST`.
+    #[error("the connection to the relay was lost: {0}")]
+    RelayLost(quinn::ConnectionError),
+    /// The relay said the request belongs to another node (`REDIRECT`). The SDK's requests
+    /// follow redirects themselves; this surfaces only where one could not be followed.
+    #[error("redirected to relay node {node} at {address}")]
+    Redirected {
+        /// The node's `host:port`.
+        address: String,
+        /// The node's id.
+        node: u32,
+    },
+    /// A redirect could not be followed (the address does not resolve, or too many hops).
+    #[error("cannot follow the redirect to {address}: {reason}")]
+    Redirect {
+        /// Where the relay pointed.
+        address: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -128,6 +152,8 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Refused { code, .. } => Some(*code),
+            ClientError::RelayLost(_) => Some(ErrorCode::RelayLost),
+            ClientError::Redirected { .. } => Some(ErrorCode::Redirect),
             _ => None,
         }
     }
@@ -143,6 +169,10 @@ impl ClientError {
                     },
                     _ => ClientError::Connection(e),
                 }
+            }
+            // Silence or a stateless reset: the relay is gone, not refusing anything.
+            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+                ClientError::RelayLost(e)
             }
             _ => ClientError::Connection(e),
         }
@@ -177,6 +207,8 @@ type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::RelayToClient, v1:
 
 /// An authenticated connection to a relay.
 pub struct Client {
+    /// How this client connected (what a redirect reuses, with another address).
+    options: ClientOptions,
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     /// Whether this client made its endpoint (and so waits for it to go idle on close).
@@ -261,6 +293,7 @@ impl Client {
             .await
             .map_err(ClientError::from_connection)?;
         let mut client = Client {
+            options: options.clone(),
             endpoint,
             connection,
             owns_endpoint,
@@ -291,6 +324,77 @@ impl Client {
                 "{other:?} instead of Welcome"
             ))),
         }
+    }
+
+    /// Sends `request` and returns the relay's answer, following `REDIRECT`s to the node
+    /// that holds the session or device (at most [`MAX_REDIRECTS`] hops).
+    async fn ask(&mut self, request: Out) -> Result<In, ClientError> {
+        let mut hops = 0;
+        loop {
+            self.send(request.clone()).await?;
+            match self.recv().await {
+                Err(ClientError::Redirected { address, .. }) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    self.follow(&address).await?;
+                }
+                Err(ClientError::Redirected { address, .. }) => {
+                    return Err(ClientError::Redirect {
+                        address,
+                        reason: format!("more than {MAX_REDIRECTS} redirects"),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Moves this client to the relay node at `address` (`host:port`): same socket, same
+    /// token and role, a fresh connection and `Hello`; the old connection is closed. The
+    /// TLS name checked is the address's host when it is a DNS name (cluster nodes' certificates
+    /// carry their own names), else the name this client started with.
+    async fn follow(&mut self, address: &str) -> Result<(), ClientError> {
+        let fail = |reason: String| ClientError::Redirect {
+            address: address.to_string(),
+            reason,
+        };
+        let want_v6 = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false);
+        let target = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .find(|a| a.is_ipv6() == want_v6)
+            .ok_or_else(|| fail("no address of this client's IP family".into()))?;
+        let mut options = self.options.clone();
+        options.relay = target;
+        if let Some((host, _)) = address.rsplit_once(':')
+            && host.parse::<std::net::IpAddr>().is_err()
+            && !host.starts_with('[')
+        {
+            options.server_name = host.to_string();
+        }
+        let connection = self
+            .endpoint
+            .connect_with(quic_config(&options)?, target, &options.server_name)?
+            .await
+            .map_err(ClientError::from_connection)?;
+        let next = Client::hello(
+            options,
+            self.endpoint.clone(),
+            connection,
+            self.owns_endpoint,
+        )
+        .await?;
+        let previous = std::mem::replace(self, next);
+        previous.connection.close(0u32.into(), b"redirected");
+        Ok(())
+    }
+
+    /// The relay node this client is connected to now (after any redirect).
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.connection.remote_address()
     }
 
     /// This client's own profile, as the relay verified it.
@@ -401,9 +505,7 @@ impl Client {
 
     /// Device agent: registers to wait for unattended sessions; returns its device id.
     pub async fn register_device(&mut self) -> Result<String, ClientError> {
-        self.send(Out::RegisterDevice(v1::RegisterDevice {}))
-            .await?;
-        match self.recv().await? {
+        match self.ask(Out::RegisterDevice(v1::RegisterDevice {})).await? {
             In::DeviceRegistered(registered) => Ok(registered.device_id),
             other => Err(unexpected(other)),
         }
@@ -415,12 +517,16 @@ impl Client {
         device_id: &str,
         reason: &str,
     ) -> Result<SessionStart, ClientError> {
-        self.send(Out::ConnectUnattended(v1::ConnectUnattended {
-            device_id: device_id.into(),
-            reason: reason.into(),
-        }))
-        .await?;
-        self.wait_for_start().await
+        match self
+            .ask(Out::ConnectUnattended(v1::ConnectUnattended {
+                device_id: device_id.into(),
+                reason: reason.into(),
+            }))
+            .await?
+        {
+            In::SessionStarted(started) => session_start(started),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Helper: waits until the sharer consents.
@@ -433,9 +539,10 @@ impl Client {
 
     /// Sharer: joins by code; returns the consent request to show the user.
     pub async fn join(&mut self, code: &str) -> Result<v1::ConsentRequest, ClientError> {
-        self.send(Out::JoinSession(v1::JoinSession { code: code.into() }))
-            .await?;
-        match self.recv().await? {
+        match self
+            .ask(Out::JoinSession(v1::JoinSession { code: code.into() }))
+            .await?
+        {
             In::ConsentRequest(request) => Ok(request),
             other => Err(unexpected(other)),
         }
@@ -485,6 +592,7 @@ impl Client {
             match self.recv().await {
                 Ok(_) => continue,
                 Err(ClientError::Refused { code, .. }) => return code,
+                Err(ClientError::RelayLost(_)) => return ErrorCode::RelayLost,
                 Err(_) => return ErrorCode::PeerLost,
             }
         }
@@ -581,6 +689,12 @@ impl Client {
                 _ => {}
             }
             return match message {
+                In::Error(e) if e.code == ErrorCode::Redirect as i32 => {
+                    Err(ClientError::Redirected {
+                        address: e.redirect_address,
+                        node: e.redirect_node,
+                    })
+                }
                 In::Error(e) => Err(ClientError::Refused {
                     code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
                     message: e.message,

@@ -17,6 +17,8 @@ use std::fmt;
 
 use rand::Rng;
 
+use super::cluster::NodeId;
+
 /// The 32 symbols codes are made of, in value order.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -59,6 +61,22 @@ impl SessionCode {
             *symbol = ALPHABET[rng.random_range(0..ALPHABET.len())];
         }
         SessionCode(symbols)
+    }
+
+    /// A fresh random code held by `node` of a cluster: its first symbol is the node id
+    /// (so any node can tell where the session lives), the other 45 bits are random. The
+    /// secret half is untouched, so the guessing bound is the same as for [`Self::generate`].
+    pub fn generate_on<R: Rng + ?Sized>(node: NodeId, rng: &mut R) -> SessionCode {
+        let mut code = SessionCode::generate(rng);
+        code.0[0] = ALPHABET[usize::from(node.get())];
+        code
+    }
+
+    /// The node a clustered relay put in this code (the value of its first symbol).
+    pub fn node(&self) -> NodeId {
+        let value = ALPHABET.iter().position(|&a| a == self.0[0]).unwrap_or(0);
+        // Invariant: the alphabet has 32 symbols, so `value` < 32 = MAX_NODES.
+        NodeId::new(value as u8).unwrap_or(NodeId::FIRST)
     }
 
     /// Reads a code as a person typed it.
@@ -183,6 +201,19 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&s| s), "some symbol never drawn: {seen:?}");
+    }
+
+    #[test]
+    fn a_clustered_code_names_its_node_in_its_first_symbol() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for id in 0..32u8 {
+            let node = NodeId::new(id).unwrap();
+            let code = SessionCode::generate_on(node, &mut rng);
+            assert_eq!(code.node(), node);
+            assert_eq!(SessionCode::parse(&code.to_string()).unwrap().node(), node);
+        }
+        assert_eq!(SessionCode::parse("2BCDE-FGHJK").unwrap().node().get(), 2);
+        assert_eq!(SessionCode::parse("ZBCDE-FGHJK").unwrap().node().get(), 31);
     }
 
     #[test]

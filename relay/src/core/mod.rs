@@ -5,6 +5,7 @@
 //! That keeps every decision testable with a fake clock and a seeded generator, and
 //! keeps the async shell (`server`) thin.
 
+pub mod cluster;
 pub mod code;
 pub mod limits;
 pub mod policy;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use remote_help_proto::ErrorCode;
 
+use super::cluster::NodeId;
 use super::code::{CodeLocator, SessionCode};
 use super::{ConnId, Mode, SessionId, TenantId};
 
@@ -240,6 +241,8 @@ pub struct Registry {
     open_locators: HashMap<CodeLocator, SessionCode>,
     devices: HashMap<(TenantId, String), DeviceSlot>,
     per_tenant: HashMap<TenantId, usize>,
+    /// In a cluster, the node every code names.
+    node: Option<NodeId>,
 }
 
 impl Registry {
@@ -252,7 +255,14 @@ impl Registry {
             open_locators: HashMap::new(),
             devices: HashMap::new(),
             per_tenant: HashMap::new(),
+            node: None,
         }
+    }
+
+    /// The registry of `node` of a cluster: every code it makes names that node.
+    pub fn on_node(mut self, node: NodeId) -> Registry {
+        self.node = Some(node);
+        self
     }
 
     /// A helper opens a session: a fresh code that no live or remembered code shares, whose
@@ -265,7 +275,10 @@ impl Registry {
         rng: &mut R,
     ) -> Created {
         let code = loop {
-            let candidate = SessionCode::generate(rng);
+            let candidate = match self.node {
+                Some(node) => SessionCode::generate_on(node, rng),
+                None => SessionCode::generate(rng),
+            };
             if !self.codes.contains_key(&candidate)
                 && !self.open_locators.contains_key(&candidate.locator())
             {
@@ -899,6 +912,19 @@ mod tests {
             );
         }
         assert!(reg.join(created.code, party(2, "t"), now).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_node_only_makes_codes_that_name_it() {
+        let (reg, mut rng, now) = setup();
+        let node = NodeId::new(5).unwrap();
+        let mut reg = reg.on_node(node);
+        let mut locators = std::collections::HashSet::new();
+        for i in 0..2_000 {
+            let created = reg.create(party(i, "t"), Mode::ViewOnly, now, &mut rng);
+            assert_eq!(created.code.node(), node);
+            assert!(locators.insert(created.code.locator()));
+        }
     }
 
     #[test]

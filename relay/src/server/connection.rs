@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::forward::{self, ChannelCounters};
 use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome};
 use crate::auth::{Principal, PrincipalKind};
+use crate::core::cluster::{NodeId, device_home};
 use crate::core::code::SessionCode;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
 
@@ -345,8 +346,40 @@ impl Conn {
             code: code as i32,
             message,
             fatal: false,
+            ..Default::default()
         }))
         .await
+    }
+
+    /// In a cluster, when `node` is another node: tells the client to take `request` there
+    /// (`REDIRECT`, never fatal) and returns `true`. `false` when the request is this node's
+    /// to answer (not clustered, this node, or a node id the cluster does not have, which
+    /// then fails here as an unknown code or device would).
+    async fn redirect_elsewhere(
+        &mut self,
+        node: NodeId,
+        request: &'static str,
+    ) -> Result<bool, Close> {
+        let Some(cluster) = &self.hub.config.cluster else {
+            return Ok(false);
+        };
+        if node == cluster.node {
+            return Ok(false);
+        }
+        let Some(address) = cluster.address_of(node).map(str::to_string) else {
+            return Ok(false);
+        };
+        metrics::counter!("relay_redirects_total", "request" => request).increment(1);
+        info!(request, node = %node, %address, "redirected to the node that holds it");
+        self.reply(Out::Error(v1::Error {
+            code: ErrorCode::Redirect as i32,
+            message: format!("{request}: held by relay node {node} at {address}"),
+            fatal: false,
+            redirect_address: address,
+            redirect_node: u32::from(node.get()),
+        }))
+        .await
+        .map(|()| true)
     }
 
     async fn on_message(&mut self, message: v1::ClientToRelay) -> Result<(), Close> {
@@ -465,6 +498,11 @@ impl Conn {
         let source = self.connection.remote_address().ip();
         if let Err(code) = self.hub.allow_join(source, &self.principal.tenant) {
             return self.refuse(code, code.describe().into()).await;
+        }
+        if let Ok(code) = SessionCode::parse(&join.code)
+            && self.redirect_elsewhere(code.node(), "join").await?
+        {
+            return Ok(());
         }
         let outcome = SessionCode::parse(&join.code)
             .map_err(|_| {
@@ -598,6 +636,18 @@ impl Conn {
                 "RegisterDevice not expected now".into(),
             ));
         }
+        if let Some(cluster) = &self.hub.config.cluster
+            && let Some(device) = self
+                .principal
+                .device
+                .as_ref()
+                .filter(|d| !d.device_id.is_empty())
+        {
+            let home = device_home(&device.device_id, cluster.nodes.len());
+            if self.redirect_elsewhere(home, "register").await? {
+                return Ok(());
+            }
+        }
         match self.hub.register_device(self.id, &self.principal) {
             Ok(device_id) => {
                 info!(%device_id, "device agent registered for unattended sessions");
@@ -619,6 +669,12 @@ impl Conn {
     async fn on_connect_unattended(&mut self, connect: v1::ConnectUnattended) -> Result<(), Close> {
         if !self.admit_new_session("ConnectUnattended").await? {
             return Ok(());
+        }
+        if let Some(cluster) = &self.hub.config.cluster {
+            let home = device_home(&connect.device_id, cluster.nodes.len());
+            if self.redirect_elsewhere(home, "unattended").await? {
+                return Ok(());
+            }
         }
         if let Err(code) = self.hub.allow_setup(&self.principal.tenant) {
             return self.refuse(code, code.describe().into()).await;
@@ -1100,6 +1156,7 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
                     code: code as i32,
                     message: message.clone(),
                     fatal: true,
+                    ..Default::default()
                 })),
             })
             .await;

@@ -358,12 +358,18 @@ impl Hub {
         };
         Hub {
             state: Mutex::new(State {
-                registry: Registry::new(RegistryLimits {
-                    code_ttl: config.code_ttl,
-                    code_memory: config.code_ttl.max(std::time::Duration::from_secs(600)),
-                    consent_timeout: config.consent_timeout,
-                    wrong_attempts_per_code: config.limits.wrong_attempts_per_code,
-                }),
+                registry: {
+                    let registry = Registry::new(RegistryLimits {
+                        code_ttl: config.code_ttl,
+                        code_memory: config.code_ttl.max(std::time::Duration::from_secs(600)),
+                        consent_timeout: config.consent_timeout,
+                        wrong_attempts_per_code: config.limits.wrong_attempts_per_code,
+                    });
+                    match &config.cluster {
+                        Some(cluster) => registry.on_node(cluster.node),
+                        None => registry,
+                    }
+                },
                 links: HashMap::new(),
                 records: HashMap::new(),
             }),

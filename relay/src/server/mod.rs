@@ -23,6 +23,52 @@ use hub::Hub;
 
 /// How often unused codes are swept for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// The relay's QUIC endpoint settings: a stateless-reset key that survives restarts (so a
+/// node that crashed and came back tells its old clients at once that their connections are
+/// gone, instead of leaving them to time out), and, in a cluster, connection ids that name
+/// this node for QUIC-LB load balancers.
+fn endpoint_config(config: &Config) -> quinn::EndpointConfig {
+    let key = stateless_reset_key(&config.state_dir);
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &key,
+    )));
+    if let Some(cluster) = &config.cluster {
+        let node = cluster.node;
+        endpoint.cid_generator(move || Box::new(crate::core::cluster::RoutableCids::new(node)));
+    }
+    endpoint
+}
+
+/// The 32-byte stateless-reset key kept in `state_dir/stateless-reset.key` (made on first
+/// start); a fresh random one, with a warning, when the folder cannot hold it.
+fn stateless_reset_key(state_dir: &std::path::Path) -> [u8; 32] {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = state_dir.join("stateless-reset.key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return key;
+    }
+    let mut key = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut key);
+    let saved = std::fs::create_dir_all(state_dir).and_then(|()| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(&key)?;
+        file.sync_all()
+    });
+    if let Err(e) = saved {
+        warn!(path = %path.display(), error = %e, "cannot save the stateless-reset key; clients of a restarted relay will time out instead of being reset");
+    }
+    key
+}
+
 /// After the drain deadline, how long connections get to say goodbye before the
 /// endpoint closes under them.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -305,7 +351,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(&config),
         Some(server_config),
         socket,
         runtime,

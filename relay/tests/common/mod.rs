@@ -2,6 +2,8 @@
 //! files, real signed tokens) and real QUIC clients.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,207 @@
+//! What a relay node needs to know to be one of several: its [`NodeId`], where a session
+//! or a device agent lives, and QUIC connection ids a stateless load balancer can route.
+//!
+//! Pairing needs no shared database: a session code carries the id of the node that holds
+//! the session ([`super::code::SessionCode::node`]), and a device agent's home node is a
+//! hash of its device id ([`device_home`]), so every node can tell where any
+//! request belongs from the request alone and redirect the client there.
+//!
+//! Connection ids follow the *unencrypted* format of QUIC-LB
+//! (draft-ietf-quic-load-balancers-21, §3 and §5): the first octet carries the config
+//! rotation bits (`0b000`) and the id's length minus one, then one octet of server id (our
+//! node id), then six random nonce octets. A load balancer configured with "server id
+//! length 1, no key" reads the node from any connection id the relay issued, so packets of
+//! a migrated or re-bound connection reach the node that holds it.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Most nodes one deployment can have: a code's first symbol (5 bits) names its node.
+pub const MAX_NODES: usize = 32;
+
+/// Length of the connection ids the relay issues, bytes.
+pub const CID_LEN: usize = 8;
+
+/// QUIC-LB config rotation codepoint the relay uses (the three high bits of octet 0).
+pub const CONFIG_ROTATION: u8 = 0;
+
+/// One relay node's id within its deployment, 0 to 31.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(u8);
+
+impl NodeId {
+    /// Node 0 (the id of a relay that is not part of a cluster).
+    pub const FIRST: NodeId = NodeId(0);
+
+    /// `id` as a node id, if it is below [`MAX_NODES`].
+    pub fn new(id: u8) -> Option<NodeId> {
+        (usize::from(id) < MAX_NODES).then_some(NodeId(id))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The node id in a Kubernetes StatefulSet pod's host name: its ordinal suffix
+/// (`relay-2` is node 2).
+pub fn node_from_hostname(hostname: &str) -> Option<NodeId> {
+    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse::<u8>().ok().and_then(NodeId::new)
+}
+
+/// The node that hosts a device agent's registration among `nodes` nodes: a stable hash
+/// of its device id (SHA-256, so every node and every build agrees). The tenant is left
+/// out on purpose: a helper of another tenant naming the same device id lands on the same
+/// node, which refuses it `CROSS_TENANT` as a single relay would.
+pub fn device_home(device_id: &str, nodes: usize) -> NodeId {
+    let nodes = nodes.clamp(1, MAX_NODES);
+    let digest = ring::digest::digest(&ring::digest::SHA256, device_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    NodeId((u64::from_be_bytes(first) % nodes as u64) as u8)
+}
+
+/// A fresh QUIC-LB connection id for `node` (unencrypted mode, [`CID_LEN`] octets).
+pub fn routable_cid<R: Rng + ?Sized>(node: NodeId, rng: &mut R) -> [u8; CID_LEN] {
+    let mut cid = [0u8; CID_LEN];
+    cid[0] = (CONFIG_ROTATION << 5) | (CID_LEN as u8 - 1);
+    cid[1] = node.0;
+    rng.fill_bytes(&mut cid[2..]);
+    cid
+}
+
+/// The node a load balancer routes `cid` to, if it is a connection id this format made:
+/// what a QUIC-LB load balancer does with the destination connection id of each packet.
+pub fn node_of_cid(cid: &[u8]) -> Option<NodeId> {
+    let first = *cid.first()?;
+    if first >> 5 != CONFIG_ROTATION || usize::from(first & 0x1f) + 1 != cid.len() {
+        return None;
+    }
+    cid.get(1).copied().and_then(NodeId::new)
+}
+
+/// quinn's connection id source for a clustered relay: every id routes to `node`.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutableCids {
+    node: NodeId,
+}
+
+impl RoutableCids {
+    /// Ids for `node`.
+    pub fn new(node: NodeId) -> RoutableCids {
+        RoutableCids { node }
+    }
+}
+
+impl quinn_proto::ConnectionIdGenerator for RoutableCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        quinn_proto::ConnectionId::new(&routable_cid(self.node, &mut rand::rng()))
+    }
+
+    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        // Ids of other nodes (or other formats) cannot be ours: quinn may then skip the
+        // lookup, and a stateless reset is never sent for another node's connection.
+        match node_of_cid(cid) {
+            Some(node) if node == self.node => Ok(()),
+            _ => Err(quinn_proto::InvalidCid),
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn_proto::ConnectionIdGenerator;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn node_ids_stop_at_thirty_one() {
+        assert_eq!(NodeId::new(31).map(NodeId::get), Some(31));
+        assert_eq!(NodeId::new(32), None);
+    }
+
+    #[test]
+    fn statefulset_host_names_give_their_ordinal() {
+        assert_eq!(node_from_hostname("relay-0"), NodeId::new(0));
+        assert_eq!(
+            node_from_hostname("remote-help-relay-12\n"),
+            NodeId::new(12)
+        );
+        assert_eq!(node_from_hostname("relay-32"), None);
+        assert_eq!(node_from_hostname("relay"), None);
+        assert_eq!(node_from_hostname("relay-"), None);
+        assert_eq!(node_from_hostname("relay-x1"), None);
+        assert_eq!(node_from_hostname("relay-+1"), None);
+    }
+
+    #[test]
+    fn connection_ids_carry_the_node_and_self_encode_their_length() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for id in [0u8, 1, 17, 31] {
+            let node = NodeId::new(id).unwrap();
+            let cid = routable_cid(node, &mut rng);
+            assert_eq!(cid[0], 0b000_00111, "config rotation 0, length 8 - 1");
+            assert_eq!(node_of_cid(&cid), Some(node));
+        }
+        // Two ids of one node differ (the nonce), so a migrated connection is not linkable
+        // by its connection id beyond the node it lives on.
+        let a = routable_cid(NodeId::FIRST, &mut rng);
+        let b = routable_cid(NodeId::FIRST, &mut rng);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn foreign_connection_ids_route_nowhere() {
+        assert_eq!(node_of_cid(&[]), None);
+        assert_eq!(node_of_cid(&[0x07]), None, "claims 8 octets, has 1");
+        assert_eq!(
+            node_of_cid(&[0x27, 1, 0, 0, 0, 0, 0, 0]),
+            None,
+            "rotation 1"
+        );
+        assert_eq!(node_of_cid(&[0x07, 40, 0, 0, 0, 0, 0, 0]), None, "node 40");
+    }
+
+    #[test]
+    fn the_quinn_generator_only_accepts_its_own_node() {
+        let mut mine = RoutableCids::new(NodeId::new(2).unwrap());
+        let cid = mine.generate_cid();
+        assert_eq!(cid.len(), CID_LEN);
+        assert!(mine.validate(&cid).is_ok());
+        let theirs = RoutableCids::new(NodeId::new(3).unwrap()).generate_cid();
+        assert!(mine.validate(&theirs).is_err());
+    }
+
+    #[test]
+    fn device_homes_are_stable_and_spread() {
+        assert_eq!(device_home("d", 1), NodeId::FIRST);
+        let home = device_home("device-1", 3);
+        assert_eq!(device_home("device-1", 3), home);
+        let mut counts = [0usize; 3];
+        for i in 0..300 {
+            counts[usize::from(device_home(&format!("d{i}"), 3).get())] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 50), "skewed: {counts:?}");
+    }
+}
