@@ -66,6 +66,9 @@ pub struct AuditEvent {
     /// The session (empty for a refusal before a session existed).
     #[serde(default)]
     pub session_id: String,
+    /// In a cluster, the id of the relay node that wrote the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_node: Option<u8>,
     /// Helper (provider) object id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper_id: Option<String>,
@@ -149,6 +152,8 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// Files older than this many days are deleted.
     pub retention_days: u32,
+    /// In a cluster, this node's id, stamped on every event as `relay_node`.
+    pub node: Option<u8>,
 }
 
 /// Now, RFC 3339 UTC with milliseconds.
@@ -418,11 +423,15 @@ impl Files {
         events: impl Iterator<Item = &'a mut AuditEvent>,
         now: SystemTime,
     ) -> Result<(), AuditError> {
+        let node = self.config.node;
         let current = self.roll(now)?;
         let mut buffer = Vec::new();
         let mut hash = current.last_hash.clone();
         for event in events {
             event.schema = SCHEMA_VERSION;
+            if event.relay_node.is_none() {
+                event.relay_node = node;
+            }
             if event.event_id.is_empty() {
                 event.event_id = hex(&rand::random::<[u8; 16]>());
             }
@@ -656,6 +665,7 @@ mod tests {
 
     fn config(dir: &Path, max_file_bytes: u64) -> AuditConfig {
         AuditConfig {
+            node: None,
             dir: dir.to_path_buf(),
             max_file_bytes,
             retention_days: 30,

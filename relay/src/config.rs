@@ -511,6 +511,7 @@ impl Config {
             limits: Limits::default(),
             tenants,
             audit: crate::audit::AuditConfig {
+                node: None,
                 dir: PathBuf::from("state/audit"),
                 max_file_bytes: 64 << 20,
                 retention_days: 30,
@@ -959,6 +960,7 @@ impl Config {
 
         let raw_audit = raw.audit;
         let audit = crate::audit::AuditConfig {
+            node: None,
             // An explicit folder is relative to the config file; the default sits in the
             // state folder, which is already resolved.
             dir: raw_audit
@@ -1025,7 +1027,7 @@ impl Config {
             let node = match c.node_id {
                 None => {
                     problem("cluster.node_id", "is required".into());
-                    None
+                    return None;
                 }
                 Some(RawNodeId::Number(n)) => u8::try_from(n).ok().and_then(NodeId::new),
                 Some(RawNodeId::From(from)) if from == "hostname" => {
@@ -1232,6 +1234,95 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(other) => panic!("{other}"),
         }
+    }
+
+    /// The config (or its problems) with a valid tenant and `cluster_toml` after it.
+    fn with_cluster(cluster_toml: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n[cluster]\n{cluster_toml}"
+        );
+        match Config::parse(&text, dir.path()) {
+            Ok(config) => Ok(config),
+            Err(ConfigError::Invalid(p)) => Err(p),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_cluster_lists_its_nodes_or_expands_a_template() {
+        let listed = with_cluster(
+            "node_id = 1\nnodes = [\"relay-a.example:443\", \"192.0.2.7:443\", \"[2001:db8::1]:443\"]\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(listed.node, NodeId::new(1).unwrap());
+        assert_eq!(
+            listed.address_of(NodeId::new(2).unwrap()),
+            Some("[2001:db8::1]:443")
+        );
+        assert_eq!(listed.address_of(NodeId::new(3).unwrap()), None);
+        let templated = with_cluster(
+            "node_id = 0\nnode_address_template = \"relay-{id}.relay.example:443\"\nsize = 3\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            templated.nodes,
+            [
+                "relay-0.relay.example:443",
+                "relay-1.relay.example:443",
+                "relay-2.relay.example:443"
+            ]
+        );
+        assert!(with_cluster("").is_err(), "an empty [cluster] is a mistake");
+    }
+
+    #[test]
+    fn cluster_mistakes_are_reported_with_their_field() {
+        let fields = |toml: &str| -> Vec<String> {
+            with_cluster(toml)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        assert_eq!(
+            fields("node_id = 3\nnodes = [\"a:1\", \"b:1\"]\n"),
+            ["cluster.node_id"]
+        );
+        assert_eq!(
+            fields("node_id = 99\nnodes = [\"a:1\"]\n"),
+            ["cluster.node_id"]
+        );
+        assert_eq!(
+            fields("node_id = \"pod\"\nnodes = [\"a:1\"]\n"),
+            ["cluster.node_id"]
+        );
+        assert_eq!(fields("nodes = [\"a:1\"]\n"), ["cluster.node_id"]);
+        assert_eq!(
+            fields("node_id = 0\nnodes = [\"a:1\", \"no-port\", \"b:0\"]\n"),
+            ["cluster.nodes[1]", "cluster.nodes[2]"]
+        );
+        assert_eq!(
+            fields("node_id = 0\nnode_address_template = \"relay:443\"\nsize = 2\n"),
+            ["cluster.node_address_template"]
+        );
+        assert_eq!(
+            fields("node_id = 0\nnode_address_template = \"r-{id}:1\"\nsize = 33\n"),
+            ["cluster.nodes"]
+        );
+        assert_eq!(
+            fields("node_id = 0\nnodes = [\"a:1\"]\nsize = 1\n"),
+            ["cluster"]
+        );
     }
 
     #[test]

@@ -323,6 +323,13 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
         ended_reason(&cluster.nodes[2].audit, &on_c.id).as_deref(),
         Some("RELAY_RESTARTED")
     );
+    // Every node stamps its events with its id, so a merged audit trail says who wrote what.
+    let stamped = |node: usize| {
+        read_events(&audit_files(&cluster.nodes[node].audit))
+            .iter()
+            .all(|e| e.relay_node == Some(node as u8))
+    };
+    assert!(stamped(0) && stamped(1) && stamped(2));
     on_a.input_flows().await;
     on_b.input_flows().await;
     fresh.input_flows().await;

@@ -313,7 +313,11 @@ fn report_limits(limits: &crate::config::Limits) {
 /// admin listener, and starts serving. Must be called inside a tokio runtime.
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     admin::prometheus();
-    let (audit, recovered) = crate::audit::AuditLog::open(config.audit.clone())?;
+    let audit_config = crate::audit::AuditConfig {
+        node: config.cluster.as_ref().map(|c| c.node.get()),
+        ..config.audit.clone()
+    };
+    let (audit, recovered) = crate::audit::AuditLog::open(audit_config)?;
     if recovered > 0 {
         warn!(
             sessions = recovered,
@@ -363,6 +367,11 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
+    if let Some(cluster) = &config.cluster {
+        metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
+        metrics::gauge!("relay_cluster_nodes").set(cluster.nodes.len() as f64);
+        info!(node = %cluster.node, nodes = cluster.nodes.len(), "cluster node");
+    }
     let admin_listener = match config.admin.listen {
         None => None,
         Some(addr) => {
