@@ -72,6 +72,8 @@ impl Cluster {
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let token_file = dir.path().join("admin-token");
+        std::fs::write(&token_file, "cluster-test-admin-token-0123456789\n").unwrap();
         let mut nodes = Vec::new();
         for (id, port) in ports.iter().enumerate() {
             let node_dir = dir.path().join(format!("node-{id}"));
@@ -83,7 +85,7 @@ impl Cluster {
                 format!(
                     "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = {state:?}\n\
                      tls_cert = {cert:?}\ntls_key = {key:?}\ndrain_timeout_ms = 120000\n\
-                     [audit]\ndir = {audit:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                     [audit]\ndir = {audit:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n\
                      [cluster]\nnode_id = {id}\nnodes = [{nodes_list}]\n\
                      [[tenants]]\nid = \"dev\"\nissuer = {issuer:?}\njwks_file = {jwks:?}\nenabled = true\n\
                      [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\n\
@@ -92,6 +94,7 @@ impl Cluster {
                     cert = dir.path().join("tls/relay-cert.pem").display().to_string(),
                     key = dir.path().join("tls/relay-key.pem").display().to_string(),
                     audit = audit.display().to_string(),
+                    token = token_file.display().to_string(),
                     issuer = dev.tenants[0].trust.issuer,
                     jwks = tenant_state
                         .join(remote_help_relay::dev::JWKS_FILE)
@@ -286,9 +289,15 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     within(remote_helper.end_session()).await.unwrap();
     assert_eq!(within(agent.wait_for_end()).await, ErrorCode::PeerEnded);
 
-    // Drain A: it reports not-ready and refuses new connections, its session carries on,
-    // and B and C serve new sessions (one whose sharer comes through C).
-    cluster.nodes[0].signal("-TERM");
+    // Drain A the way a Kubernetes preStop hook does (`relay drain`; SIGTERM does the same):
+    // it reports not-ready and refuses new connections, its session carries on, and B and C
+    // serve new sessions (one whose sharer comes through C).
+    let drain = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["drain", "--wait", "--admin", &cluster.nodes[0].admin.to_string(), "--token-file"])
+        .arg(cluster._dir.path().join("admin-token"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     cluster.nodes[0].wait_for_log("shutting down: draining");
     assert_eq!(
         http(cluster.nodes[0].admin, "GET", "/readyz", None).await.0,
@@ -343,6 +352,9 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
         ErrorCode::PeerEnded
     );
     assert_eq!(cluster.nodes[0].daemon.0.wait().unwrap().code(), Some(0));
+    let drained = drain.wait_with_output().unwrap();
+    assert!(drained.status.success());
+    assert!(String::from_utf8_lossy(&drained.stdout).contains("drained and stopped"));
     assert_eq!(
         ended_reason(&cluster.nodes[0].audit, &on_a.id).as_deref(),
         Some("PEER_ENDED")

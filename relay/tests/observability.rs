@@ -438,3 +438,22 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+#[tokio::test]
+async fn an_administrator_can_drain_the_relay_and_only_with_the_token() {
+    const TOKEN: &str = "drain-test-admin-token-0123456789";
+    let relay = TestRelay::builder()
+        .config(|c| c.admin.token = Some(TOKEN.into()))
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let wrong = http(admin, "POST", "/admin/drain", Some("not-the-token-0123456789")).await;
+    assert_eq!(wrong.0, 401);
+    assert_eq!(http(admin, "GET", "/readyz", None).await.0, 200);
+    let (status, body) = http(admin, "POST", "/admin/drain", Some(TOKEN)).await;
+    assert_eq!((status, body.as_str()), (202, "draining\n"));
+    within(relay.handle.drain_requested()).await;
+    // With no sessions to wait for, the relay stops by itself.
+    let TestRelay { handle, .. } = relay;
+    within(handle.stopped()).await;
+}

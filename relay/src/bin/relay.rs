@@ -78,6 +78,19 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Drain the relay behind the admin endpoint (as SIGTERM does) and, with --wait, return
+    /// once it has stopped: for Kubernetes preStop hooks and maintenance.
+    Drain {
+        /// Admin endpoint HOST:PORT (default: the config's `[admin] listen`).
+        #[arg(long)]
+        admin: Option<String>,
+        /// File with the admin bearer token (default: the config's `[admin] token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Wait until the relay has finished draining and exited.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -146,6 +159,17 @@ fn main() -> ExitCode {
             out,
         } => dev_token(&cli.state_dir, *role, sub.as_deref(), *ttl, out.as_deref()),
         Command::Demo => demo(),
+        Command::Drain {
+            admin,
+            token_file,
+            wait,
+        } => drain(
+            cli.config.as_deref(),
+            &cli.state_dir,
+            admin.as_deref(),
+            token_file.as_deref(),
+            *wait,
+        ),
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => return audit_verify(files),
@@ -265,6 +289,10 @@ async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, sta
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
+                _ = handle.drain_requested() => {
+                    tracing::info!("drain requested through the admin endpoint");
+                    return;
+                }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     let mut reloading = vec![sd_notify::NotifyState::Reloading];
@@ -492,15 +520,14 @@ fn past_sessions(
     Ok(())
 }
 
-fn active_sessions(
+/// The admin endpoint and bearer token: from the flags, else from the config (or the dev
+/// config when neither is given).
+fn admin_target(
     config: Option<&Path>,
     state_dir: &Path,
     admin: Option<&str>,
     token_file: Option<&Path>,
-    tenant: Option<&str>,
-    json: bool,
-) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
+) -> anyhow::Result<(String, String)> {
     let loaded = match config {
         Some(path) => Some(Config::load(path)?),
         None if admin.is_none() => Some(dev::config(state_dir)?.0),
@@ -530,6 +557,57 @@ fn active_sessions(
                 anyhow::anyhow!("give --token-file (no [admin] token_file in the config)")
             })?,
     };
+    Ok((addr, token))
+}
+
+/// `relay drain`: asks the relay behind the admin endpoint to drain (as SIGTERM does: no new
+/// connections or sessions, not ready, active sessions run on until they end or the drain
+/// deadline, then it exits); with `wait`, returns only once it has exited.
+fn drain(
+    config: Option<&Path>,
+    state_dir: &Path,
+    admin: Option<&str>,
+    token_file: Option<&Path>,
+    wait: bool,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (addr, token) = admin_target(config, state_dir, admin, token_file)?;
+    let mut stream =
+        std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST /admin/drain HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 202 ") {
+        anyhow::bail!("admin endpoint answered {status}: {}", body.trim());
+    }
+    println!("{addr}: draining");
+    if wait {
+        // The admin listener is the last thing the relay closes: once it refuses
+        // connections, the drain is over and the process has exited.
+        while std::net::TcpStream::connect(&addr).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        println!("{addr}: drained and stopped");
+    }
+    Ok(())
+}
+
+fn active_sessions(
+    config: Option<&Path>,
+    state_dir: &Path,
+    admin: Option<&str>,
+    token_file: Option<&Path>,
+    tenant: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (addr, token) = admin_target(config, state_dir, admin, token_file)?;
     let query = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
     let mut stream =
         std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;

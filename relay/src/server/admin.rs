@@ -4,7 +4,8 @@
 //! - `GET /healthz`: liveness, 200 while the process serves;
 //! - `GET /readyz`: readiness, 503 while draining or while the audit log cannot be written;
 //! - `GET /admin/sessions[?tenant=ID]`: active sessions, JSON (bearer token);
-//! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token).
+//! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token);
+//! - `POST /admin/drain`: starts the drain SIGTERM starts, then the relay exits (bearer token).
 
 use std::sync::{Arc, OnceLock};
 
@@ -57,6 +58,7 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
         .route("/readyz", get(ready))
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/{id}/end", post(end_session))
+        .route("/admin/drain", post(drain))
         .with_state(hub);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -174,6 +176,15 @@ async fn end_session(
         }
         None => (StatusCode::NOT_FOUND, "no active session with that id\n").into_response(),
     }
+}
+
+async fn drain(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&hub, &headers) {
+        return denied.into_response();
+    }
+    info!("drain requested by an administrator");
+    hub.drain_requested.cancel();
+    (StatusCode::ACCEPTED, "draining\n").into_response()
 }
 
 /// Sets `process_cpu_seconds_total` and `process_resident_memory_bytes` (the Prometheus

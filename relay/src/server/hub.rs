@@ -333,6 +333,9 @@ pub struct Hub {
     pub audit: AuditLog,
     /// Cancelled when the relay starts draining: no new sessions.
     pub draining: CancellationToken,
+    /// Cancelled when an administrator asks for a drain (`POST /admin/drain`): the relay
+    /// then shuts down as on SIGTERM.
+    pub drain_requested: CancellationToken,
     /// Cancelled when every remaining connection must close now.
     pub stopping: CancellationToken,
     open_connections: AtomicU64,
@@ -379,6 +382,7 @@ impl Hub {
             tasks: AtomicU64::new(0),
             config,
             draining: CancellationToken::new(),
+            drain_requested: CancellationToken::new(),
             stopping: CancellationToken::new(),
             open_connections: AtomicU64::new(0),
             unauthenticated: AtomicU64::new(0),

@@ -221,6 +221,12 @@ impl ServerHandle {
         let _ = self.task.await;
     }
 
+    /// Resolves when an administrator has asked this relay to drain (`POST /admin/drain`);
+    /// the relay has then begun draining and will stop by itself.
+    pub async fn drain_requested(&self) {
+        self.hub.drain_requested.cancelled().await
+    }
+
     /// Waits until the relay has stopped (after `begin_shutdown`).
     pub async fn stopped(self) {
         let _ = self.task.await;
@@ -416,6 +422,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = hub.drain_requested.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 // Under handshake load, make new clients prove their address first (QUIC
