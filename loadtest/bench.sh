@@ -2,7 +2,7 @@
 # Reruns every benchmark recorded in BENCHMARKS.md, each against a relay that loadtest
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
-# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader.
+# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
@@ -52,4 +52,13 @@ fi
 if selected slow-reader; then
   run slow-reader --sessions 200 --ramp 100 --duration 20 --screen-kbit 2000 --input-rate 50 \
     --stalled 20
+fi
+
+# 6. What a redirect costs: the same idle setups with sharers joining through another node
+#    of a two-node cluster (every join redirected) and with everyone on one node.
+if selected redirect; then
+  for round in 1 2 3; do
+    run "redirect-single-$round" --sessions 200 --ramp 50 --duration 2 --idle
+    run "redirect-cluster-$round" --sessions 200 --ramp 50 --duration 2 --idle --nodes 2
+  done
 fi

@@ -62,6 +62,14 @@ struct Args {
     /// File with a sharer token of the same tenant.
     #[arg(long)]
     sharer_token: Option<PathBuf>,
+    /// Sharers connect here instead of --relay: another node of the same cluster, so that
+    /// every join is redirected to the node holding the session (measures a redirect).
+    #[arg(long)]
+    join_via: Option<SocketAddr>,
+    /// With --spawn-relay: start this many relay nodes as one cluster; helpers use node 0,
+    /// sharers join through node 1 (each join is redirected). CPU and memory are node 0's.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// A running relay's process id, to read its CPU and memory from /proc.
     #[arg(long)]
     relay_pid: Option<u32>,
@@ -140,6 +148,10 @@ struct Settings {
     idle: bool,
     stalled: usize,
     relay: String,
+    /// Where sharers connected, when not `relay` (each join was redirected).
+    join_via: Option<String>,
+    /// Relay nodes spawned (1 unless --nodes).
+    nodes: usize,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -251,17 +263,34 @@ async fn run(args: Args) -> Result<u64> {
 
     // With --spawn-relay the guard keeps the relay running until the report is written.
     let mut spawned_relay: Option<SpawnedRelay> = None;
+    let mut other_nodes: Vec<SpawnedRelay> = Vec::new();
+    let mut join_via = args.join_via;
+    if !(1..=32).contains(&args.nodes) || (args.nodes > 1 && !args.spawn_relay) {
+        bail!("--nodes is 1 to 32, and only with --spawn-relay");
+    }
     let (addr, trust, helper_token, sharer_token, probe) = if args.spawn_relay {
         let bin = match &args.relay_bin {
             Some(b) => b.clone(),
             None => std::env::current_exe()?.with_file_name("relay"),
         };
         // Starting waits (polls readiness) synchronously: keep it off the async workers.
-        let sessions = args.sessions;
-        let started = tokio::task::spawn_blocking(move || SpawnedRelay::start(&bin, sessions))
-            .await
-            .context("relay start task")??;
-        let relay = spawned_relay.insert(started);
+        let (sessions, nodes) = (args.sessions, args.nodes);
+        let started = tokio::task::spawn_blocking(move || {
+            if nodes == 1 {
+                SpawnedRelay::start(&bin, sessions).map(|r| vec![r])
+            } else {
+                SpawnedRelay::start_cluster(&bin, sessions, nodes)
+            }
+        })
+        .await
+        .context("relay start task")??;
+        let mut started = started.into_iter();
+        let first = started.next().context("no relay started")?;
+        other_nodes.extend(started);
+        if let Some(second) = other_nodes.first() {
+            join_via = join_via.or(Some(second.addr));
+        }
+        let relay = spawned_relay.insert(first);
         (
             relay.addr,
             RelayTrust::Pin(relay.fingerprint),
@@ -310,6 +339,8 @@ async fn run(args: Args) -> Result<u64> {
         idle: args.idle,
         stalled: args.stalled,
         relay: addr.to_string(),
+        join_via: join_via.map(|a| a.to_string()),
+        nodes: args.nodes,
     };
     let sockets = if args.client_sockets > 0 {
         args.client_sockets
@@ -317,7 +348,7 @@ async fn run(args: Args) -> Result<u64> {
         (args.sessions * 2).div_ceil(64).clamp(1, 64)
     };
     let helper = ClientOptions::new(addr, trust.clone(), helper_token, Role::Helper);
-    let sharer = ClientOptions::new(addr, trust, sharer_token, Role::Sharer);
+    let sharer = ClientOptions::new(join_via.unwrap_or(addr), trust, sharer_token, Role::Sharer);
     let endpoints = client_endpoints(sockets)?;
     let relayed = run_phase("relayed", &args, workload, &probe, |i| Path::Relayed {
         helper: Box::new(helper.clone()),
@@ -374,7 +405,11 @@ async fn run(args: Args) -> Result<u64> {
     }
     // Stopping waits for the relay to drain and exit: off the async workers too.
     if let Some(relay) = spawned_relay {
-        let _ = tokio::task::spawn_blocking(move || drop(relay)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(relay);
+            drop(other_nodes);
+        })
+        .await;
     }
     Ok(failed)
 }

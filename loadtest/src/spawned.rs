@@ -36,11 +36,75 @@ impl SpawnedRelay {
     /// Starts `relay_bin` on a config sized for `sessions` sessions, and waits until it
     /// answers on its admin endpoint.
     pub fn start(relay_bin: &Path, sessions: usize) -> Result<SpawnedRelay> {
-        let state = std::env::temp_dir().join(format!("loadtest-relay-{}", std::process::id()));
+        SpawnedRelay::start_node(relay_bin, sessions, None)
+    }
+
+    /// Starts `nodes` relays as one cluster on loopback (node 0 first; the others share its
+    /// certificate and tenant key, so one pin and one pair of tokens serve them all).
+    pub fn start_cluster(
+        relay_bin: &Path,
+        sessions: usize,
+        nodes: usize,
+    ) -> Result<Vec<SpawnedRelay>> {
+        let addrs = (0..nodes)
+            .map(|_| free_udp_port())
+            .collect::<Result<Vec<_>>>()?;
+        let mut started: Vec<SpawnedRelay> = Vec::new();
+        for id in 0..nodes {
+            let shared = started.first().map(|first| first.state.clone());
+            let node = NodeSpec {
+                id,
+                addrs: addrs.clone(),
+                shared_state: shared,
+            };
+            started.push(SpawnedRelay::start_node(relay_bin, sessions, Some(node))?);
+        }
+        Ok(started)
+    }
+
+    fn start_node(
+        relay_bin: &Path,
+        sessions: usize,
+        node: Option<NodeSpec>,
+    ) -> Result<SpawnedRelay> {
+        let id = node.as_ref().map_or(0, |n| n.id);
+        let state =
+            std::env::temp_dir().join(format!("loadtest-relay-{}-{id}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).context("state folder for the spawned relay")?;
+        // Nodes after the first use its tenant key and certificate.
+        let key_from = node.as_ref().and_then(|n| n.shared_state.clone());
+        if let Some(first) = &key_from {
+            for file in [dev::KEY_FILE, dev::JWKS_FILE] {
+                std::fs::copy(first.join(file), state.join(file))
+                    .with_context(|| format!("copying {file} from node 0"))?;
+            }
+        }
         let signer = dev::ensure_signer(&state).context("tenant key")?;
-        let addr = free_udp_port()?;
+        let addr = match &node {
+            Some(n) => n.addrs[n.id],
+            None => free_udp_port()?,
+        };
+        let tls = match &key_from {
+            Some(first) => format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                first.join("relay-cert.pem").display().to_string(),
+                first.join("relay-key.pem").display().to_string()
+            ),
+            None => String::new(),
+        };
+        let cluster = match &node {
+            Some(n) => format!(
+                "\n[cluster]\nnode_id = {}\nnodes = [{}]\n",
+                n.id,
+                n.addrs
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
         let admin = free_tcp_port()?;
         let connections = (sessions * 2 + 256).max(1024);
         // Everything comes from one address, so per-source caps are lifted; the buffer
@@ -52,7 +116,7 @@ impl SpawnedRelay {
 listen = "{addr}"
 audience = "remote-help-relay"
 state_dir = "."
-
+{tls}
 [admin]
 listen = "{admin}"
 
@@ -77,7 +141,7 @@ enabled = true
 role = "Help Desk Operator"
 members = ["helpdesk"]
 scope = ["all_users", "all_devices"]
-"#
+{cluster}"#
         );
         let config_path = state.join("loadtest-relay.toml");
         std::fs::write(&config_path, config).context("writing the relay config")?;
@@ -143,6 +207,14 @@ impl Drop for SpawnedRelay {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state);
     }
+}
+
+/// One node of a spawned cluster.
+struct NodeSpec {
+    id: usize,
+    addrs: Vec<SocketAddr>,
+    /// Node 0's state folder (its certificate and tenant key), for the other nodes.
+    shared_state: Option<PathBuf>,
 }
 
 /// Where to read the relay's CPU time and memory from.

@@ -68,12 +68,51 @@ fn a_small_run_against_a_spawned_relay_reports_every_figure() {
 }
 
 #[test]
+fn a_spawned_cluster_redirects_every_join_and_still_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--spawn-relay", "--nodes", "2", "--relay-bin"])
+        .arg(relay_bin())
+        .args([
+            "--sessions",
+            "4",
+            "--ramp",
+            "50",
+            "--duration",
+            "1",
+            "--input-rate",
+            "20",
+        ])
+        .args(["--screen-kbit", "500", "--no-progress", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "loadtest failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["settings"]["nodes"], 2);
+    // Sharers went to the other node: a join there succeeds only by following a redirect.
+    let (relay, via) = (&json["settings"]["relay"], &json["settings"]["join_via"]);
+    assert!(via.is_string() && via != relay, "{json:#}");
+    assert_eq!(json["relayed"]["sessions_ok"], 4, "{json:#}");
+    assert!(json["relayed"]["input_round_trips"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn out_of_bounds_settings_are_refused_before_any_traffic() {
     for args in [
         vec!["--spawn-relay", "--sessions", "0"],
         vec!["--spawn-relay", "--sessions", "1000000"],
         vec!["--spawn-relay", "--duration", "100000"],
         vec!["--relay", "127.0.0.1:9"],
+        vec!["--spawn-relay", "--nodes", "0"],
+        vec!["--spawn-relay", "--nodes", "33"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .args(&args)

@@ -293,7 +293,13 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     // it reports not-ready and refuses new connections, its session carries on, and B and C
     // serve new sessions (one whose sharer comes through C).
     let drain = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["drain", "--wait", "--admin", &cluster.nodes[0].admin.to_string(), "--token-file"])
+        .args([
+            "drain",
+            "--wait",
+            "--admin",
+            &cluster.nodes[0].admin.to_string(),
+            "--token-file",
+        ])
         .arg(cluster._dir.path().join("admin-token"))
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -447,7 +447,13 @@ async fn an_administrator_can_drain_the_relay_and_only_with_the_token() {
         .start()
         .await;
     let admin = relay.handle.admin_addr().unwrap();
-    let wrong = http(admin, "POST", "/admin/drain", Some("not-the-token-0123456789")).await;
+    let wrong = http(
+        admin,
+        "POST",
+        "/admin/drain",
+        Some("not-the-token-0123456789"),
+    )
+    .await;
     assert_eq!(wrong.0, 401);
     assert_eq!(http(admin, "GET", "/readyz", None).await.0, 200);
     let (status, body) = http(admin, "POST", "/admin/drain", Some(TOKEN)).await;
