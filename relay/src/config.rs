@@ -86,11 +86,13 @@ impl ClusterConfig {
     }
 }
 
-/// The host name of this machine (a Kubernetes pod's name).
+/// The host name: `$HOSTNAME` when set (Kubernetes sets it to the pod's name), else the
+/// kernel's.
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
 }

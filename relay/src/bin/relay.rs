@@ -366,8 +366,13 @@ fn health(addr: &str, ready: bool) -> ExitCode {
 fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            let cluster = config
+                .cluster
+                .as_ref()
+                .map(|c| format!(", cluster node {} of {}", c.node, c.nodes.len()))
+                .unwrap_or_default();
             println!(
-                "{}: OK ({} tenant(s), listen {})",
+                "{}: OK ({} tenant(s), listen {}{cluster})",
                 file.display(),
                 config.tenants.len(),
                 config.listen

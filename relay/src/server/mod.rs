@@ -181,6 +181,9 @@ impl ServerHandle {
         if config.limits != running.limits {
             ignored.push("limits");
         }
+        if config.cluster != running.cluster {
+            ignored.push("cluster");
+        }
         if config.idle_timeout != running.idle_timeout
             || config.keep_alive != running.keep_alive
             || config.auth_timeout != running.auth_timeout
