@@ -35,9 +35,9 @@ async fn two_nodes(view: impl Fn(usize, &[String]) -> Vec<String>) -> TwoNodes {
     drop(held);
     let truth: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let mut nodes: Vec<TestRelay> = Vec::new();
-    for id in 0..2 {
+    for (id, &listen) in addrs.iter().enumerate() {
         let tenants = nodes.first().map(|n| vec![n.tenant("contoso").config()]);
-        let (listen, list) = (addrs[id], view(id, &truth));
+        let list = view(id, &truth);
         let tls = TlsSource::Files {
             cert: dir.path().join("relay-cert.pem"),
             key: dir.path().join("relay-key.pem"),
