@@ -25,6 +25,8 @@ pub struct SpawnedRelay {
     /// See `helper_token`.
     pub sharer_token: String,
     state: PathBuf,
+    /// A folder this relay's drop also removes (node 0 of a cluster: the shared certificate).
+    also_remove: Option<PathBuf>,
 }
 
 impl SpawnedRelay {
@@ -49,6 +51,12 @@ impl SpawnedRelay {
         let addrs = (0..nodes)
             .map(|_| free_udp_port())
             .collect::<Result<Vec<_>>>()?;
+        // One certificate for every node (a cluster needs certificate files), so one pin
+        // trusts them all.
+        let tls_dir = std::env::temp_dir().join(format!("loadtest-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tls_dir);
+        remote_help_relay::tls::ServerIdentity::self_signed_in(&tls_dir, vec!["localhost".into()])
+            .context("the cluster's certificate")?;
         let mut started: Vec<SpawnedRelay> = Vec::new();
         for id in 0..nodes {
             let shared = started.first().map(|first| first.state.clone());
@@ -56,8 +64,12 @@ impl SpawnedRelay {
                 id,
                 addrs: addrs.clone(),
                 shared_state: shared,
+                tls_dir: tls_dir.clone(),
             };
             started.push(SpawnedRelay::start_node(relay_bin, sessions, Some(node))?);
+        }
+        if let Some(first) = started.first_mut() {
+            first.also_remove = Some(tls_dir);
         }
         Ok(started)
     }
@@ -85,11 +97,11 @@ impl SpawnedRelay {
             Some(n) => n.addrs[n.id],
             None => free_udp_port()?,
         };
-        let tls = match &key_from {
-            Some(first) => format!(
+        let tls = match &node {
+            Some(n) => format!(
                 "tls_cert = {:?}\ntls_key = {:?}\n",
-                first.join("relay-cert.pem").display().to_string(),
-                first.join("relay-key.pem").display().to_string()
+                n.tls_dir.join("relay-cert.pem").display().to_string(),
+                n.tls_dir.join("relay-key.pem").display().to_string()
             ),
             None => String::new(),
         };
@@ -163,6 +175,7 @@ scope = ["all_users", "all_devices"]
             helper_token: dev::mint(&signer, Persona::Helper, None, 24 * 3600)?,
             sharer_token: dev::mint(&signer, Persona::Sharer, None, 24 * 3600)?,
             state,
+            also_remove: None,
         };
         relay.wait_ready()?;
         let text = std::fs::read_to_string(relay.state.join(dev::FINGERPRINT_FILE))
@@ -206,6 +219,9 @@ impl Drop for SpawnedRelay {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state);
+        if let Some(dir) = &self.also_remove {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -213,8 +229,10 @@ impl Drop for SpawnedRelay {
 struct NodeSpec {
     id: usize,
     addrs: Vec<SocketAddr>,
-    /// Node 0's state folder (its certificate and tenant key), for the other nodes.
+    /// Node 0's state folder (its tenant key), for the other nodes.
     shared_state: Option<PathBuf>,
+    /// The folder of the certificate every node presents.
+    tls_dir: PathBuf,
 }
 
 /// Where to read the relay's CPU time and memory from.

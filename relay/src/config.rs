@@ -999,6 +999,7 @@ impl Config {
                             "cluster.node_address_template",
                             "must contain {id}".into(),
                         );
+                        return None;
                     }
                     (0..size.min(MAX_NODES as u64 + 1))
                         .map(|id| template.replace("{id}", &id.to_string()))
@@ -1024,7 +1025,20 @@ impl Config {
                         &format!("cluster.nodes[{i}]"),
                         format!("{address:?} is not a host:port address"),
                     );
+                } else if nodes[..i].contains(address) {
+                    problem(
+                        &format!("cluster.nodes[{i}]"),
+                        format!("{address:?} is listed twice: every node needs its own address"),
+                    );
                 }
+            }
+            if tls == TlsSource::SelfSigned {
+                // Each node would make its own certificate: a client pinned to one, or
+                // trusting a CA, could never follow a redirect to another.
+                problem(
+                    "cluster",
+                    "a cluster needs server.tls_cert and server.tls_key (one certificate every node presents, or each node's own from a CA the clients trust)".into(),
+                );
             }
             let node = match c.node_id {
                 None => {
@@ -1246,8 +1260,11 @@ mod tests {
             r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
         )
         .unwrap();
+        std::fs::write(dir.path().join("cert.pem"), "placeholder").unwrap();
+        std::fs::write(dir.path().join("key.pem"), "placeholder").unwrap();
         let text = format!(
-            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n[cluster]\n{cluster_toml}"
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\
+             [[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n[cluster]\n{cluster_toml}"
         );
         match Config::parse(&text, dir.path()) {
             Ok(config) => Ok(config),
@@ -1325,6 +1342,27 @@ mod tests {
             fields("node_id = 0\nnodes = [\"a:1\"]\nsize = 1\n"),
             ["cluster"]
         );
+        assert_eq!(
+            fields("node_id = 0\nnodes = [\"a:1\", \"a:1\"]\n"),
+            ["cluster.nodes[1]"]
+        );
+    }
+
+    #[test]
+    fn a_cluster_needs_certificate_files() {
+        // Self-signed per node, no client could follow a redirect to another node.
+        let text = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n\
+                    [cluster]\nnode_id = 0\nnodes = [\"a:1\", \"b:1\"]\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let found = problems(text, dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "cluster");
+        assert!(found[0].reason.contains("tls_cert"), "{}", found[0].reason);
     }
 
     #[test]

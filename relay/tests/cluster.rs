@@ -334,6 +334,13 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
         within(on_c.sharer.wait_for_end()).await,
         ErrorCode::RelayLost
     );
+    // Told by a stateless reset from the restarted node, not by the idle timeout.
+    for client in [&on_c.helper, &on_c.sharer] {
+        assert_eq!(
+            client.connection().close_reason(),
+            Some(quinn::ConnectionError::Reset)
+        );
+    }
     assert_eq!(
         ended_reason(&cluster.nodes[2].audit, &on_c.id).as_deref(),
         Some("RELAY_RESTARTED")

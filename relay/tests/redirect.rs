@@ -1,6 +1,6 @@
 //! Redirects in process, where the cluster settings can be made wrong on purpose: a node
 //! never redirects a request it holds, a redirect loop between misconfigured nodes ends
-//! after two hops with a clear error, an address the client cannot use is refused with its
+//! after one hop with a clear error, an address the client cannot use is refused with its
 //! reason, and a code naming a node the cluster lacks is an unknown code.
 
 mod common;
@@ -10,7 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use common::{TestRelay, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::client::{Client, ClientError};
-use remote_help_relay::config::{ClusterConfig, TlsSource};
+use remote_help_relay::config::{ClusterConfig, Config, TlsSource};
 use remote_help_relay::core::cluster::NodeId;
 use remote_help_relay::core::{Mode, Role};
 use remote_help_relay::dev::Persona;
@@ -26,6 +26,14 @@ struct TwoNodes {
 /// Two nodes on reserved ports sharing a tenant and a certificate; `view(id, truth)` is the
 /// address list node `id` is configured with (`truth` holds the real addresses).
 async fn two_nodes(view: impl Fn(usize, &[String]) -> Vec<String>) -> TwoNodes {
+    two_nodes_with(view, |_, _| {}).await
+}
+
+/// Like [`two_nodes`], with `tweak(id, config)` applied to each node's config.
+async fn two_nodes_with(
+    view: impl Fn(usize, &[String]) -> Vec<String>,
+    tweak: impl Fn(usize, &mut Config) + Clone + 'static,
+) -> TwoNodes {
     let dir = tempfile::tempdir().unwrap();
     let identity = ServerIdentity::self_signed_in(dir.path(), vec!["localhost".into()]).unwrap();
     let held: Vec<UdpSocket> = (0..2)
@@ -42,9 +50,11 @@ async fn two_nodes(view: impl Fn(usize, &[String]) -> Vec<String>) -> TwoNodes {
             cert: dir.path().join("relay-cert.pem"),
             key: dir.path().join("relay-key.pem"),
         };
+        let tweak = tweak.clone();
         let relay = TestRelay::builder()
             .tenant("contoso", TokenSigner::generate_ed25519("c1").unwrap())
             .config(move |c| {
+                tweak(id, c);
                 c.listen = listen;
                 c.tls = tls;
                 c.cluster = Some(ClusterConfig {
@@ -95,7 +105,7 @@ async fn a_join_at_the_holding_node_is_never_redirected() {
 }
 
 #[tokio::test]
-async fn a_redirect_loop_between_misconfigured_nodes_stops_after_two_hops() {
+async fn a_redirect_loop_between_misconfigured_nodes_stops_after_one_hop() {
     // Node 1 believes node 0 lives at node 1's own address.
     let cluster = two_nodes(|id, truth| match id {
         1 => vec![truth[1].clone(), truth[1].clone()],
@@ -107,7 +117,7 @@ async fn a_redirect_loop_between_misconfigured_nodes_stops_after_two_hops() {
     match within(sharer.join(&code)).await {
         Err(ClientError::Redirect { address, reason }) => {
             assert_eq!(address, cluster.nodes[1].addr().to_string());
-            assert!(reason.contains("more than 2 redirects"), "{reason}");
+            assert!(reason.contains("redirected again"), "{reason}");
         }
         other => panic!("expected a redirect failure, got {other:?}"),
     }
@@ -141,4 +151,31 @@ async fn a_code_of_a_node_the_cluster_lacks_is_an_unknown_code() {
     // The connection is still usable, and still on node 0.
     assert_eq!(sharer.relay_addr(), cluster.nodes[0].addr());
     within(sharer.ping()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_joining_nodes_rate_limit_applies_before_it_redirects() {
+    // Node 1 allows one join attempt per source per minute.
+    let cluster = two_nodes_with(
+        |_, truth| truth.to_vec(),
+        |id, c| {
+            if id == 1 {
+                c.limits.joins_per_source_per_minute = 1;
+            }
+        },
+    )
+    .await;
+    let (_helper, code) = cluster.code_on_node_0().await;
+    let mut first = cluster.client(1, Persona::Sharer, Role::Sharer).await;
+    within(first.join(&code)).await.unwrap();
+    assert_eq!(first.relay_addr(), cluster.nodes[0].addr(), "redirected");
+    let (_helper2, code2) = cluster.code_on_node_0().await;
+    let mut second = cluster.client(1, Persona::Sharer, Role::Sharer).await;
+    let refused = within(second.join(&code2)).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::RateLimited));
+    assert_eq!(
+        second.relay_addr(),
+        cluster.nodes[1].addr(),
+        "not redirected"
+    );
 }

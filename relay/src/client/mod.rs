@@ -44,9 +44,9 @@ use crate::transport::ClientTransport;
 
 /// Largest data frame the SDK sends or accepts on a channel.
 pub const MAX_DATA_FRAME: usize = 4 * 1024 * 1024;
-/// Redirects one request may follow (a node names the holder directly, so one is
-/// normal; more means the nodes' cluster settings disagree).
-const MAX_REDIRECTS: usize = 2;
+/// Redirects one request may follow: a node names the holder directly, so one is normal
+/// and a second means the nodes' cluster settings disagree.
+const MAX_REDIRECTS: usize = 1;
 /// Largest control message the SDK accepts from the relay.
 const MAX_CONTROL: usize = 1024 * 1024;
 
@@ -158,6 +158,17 @@ impl ClientError {
         }
     }
 
+    /// A failed handshake: like [`Self::from_connection`], except that silence is a
+    /// connection failure, not `RELAY_LOST` (a relay never reached was never lost).
+    pub fn from_handshake(e: quinn::ConnectionError) -> ClientError {
+        match e {
+            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+                ClientError::Connection(e)
+            }
+            other => ClientError::from_connection(other),
+        }
+    }
+
     /// A connection-level failure, as the relay's close code when it sent one.
     pub fn from_connection(e: quinn::ConnectionError) -> ClientError {
         match &e {
@@ -249,7 +260,7 @@ pub async fn connect_quic_on(
     let connection = endpoint
         .connect_with(quic_config(options)?, options.relay, &options.server_name)?
         .await
-        .map_err(ClientError::from_connection)?;
+        .map_err(ClientError::from_handshake)?;
     Ok((endpoint, connection))
 }
 
@@ -278,7 +289,7 @@ impl Client {
         let connection = endpoint
             .connect_with(quic_config(&options)?, options.relay, &options.server_name)?
             .await
-            .map_err(ClientError::from_connection)?;
+            .map_err(ClientError::from_handshake)?;
         Client::hello(options, endpoint.clone(), connection, false).await
     }
 
@@ -340,7 +351,9 @@ impl Client {
                 Err(ClientError::Redirected { address, .. }) => {
                     return Err(ClientError::Redirect {
                         address,
-                        reason: format!("more than {MAX_REDIRECTS} redirects"),
+                        reason: format!(
+                            "redirected again after {MAX_REDIRECTS} hop(s): the nodes' [cluster] settings disagree"
+                        ),
                     });
                 }
                 other => return other,
@@ -357,29 +370,37 @@ impl Client {
             address: address.to_string(),
             reason,
         };
-        let want_v6 = self
+        let local_v6 = self
             .endpoint
             .local_addr()
             .map(|a| a.is_ipv6())
             .unwrap_or(false);
-        let target = tokio::net::lookup_host(address)
+        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(address)
             .await
             .map_err(|e| fail(e.to_string()))?
-            .find(|a| a.is_ipv6() == want_v6)
-            .ok_or_else(|| fail("no address of this client's IP family".into()))?;
+            .collect();
+        let target = redirect_target(&candidates, local_v6)
+            .ok_or_else(|| fail("no address this client's socket can reach (IP family)".into()))?;
         let mut options = self.options.clone();
         options.relay = target;
-        if let Some((host, _)) = address.rsplit_once(':')
-            && host.parse::<std::net::IpAddr>().is_err()
-            && !host.starts_with('[')
-        {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let is_name = host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[');
+        if is_name && matches!(options.trust, RelayTrust::CaCerts(_)) {
+            // A relay could name any host with a publicly trusted certificate: only follow
+            // it within the domain this client was pointed at.
+            if !redirect_host_allowed(&self.options.server_name, host) {
+                return Err(fail(format!(
+                    "{host} is outside the domain of {}",
+                    self.options.server_name
+                )));
+            }
             options.server_name = host.to_string();
         }
         let connection = self
             .endpoint
             .connect_with(quic_config(&options)?, target, &options.server_name)?
             .await
-            .map_err(ClientError::from_connection)?;
+            .map_err(ClientError::from_handshake)?;
         let next = Client::hello(
             options,
             self.endpoint.clone(),
@@ -610,7 +631,9 @@ impl Client {
         }
     }
 
-    /// A handle on the session's data plane, usable while control calls are pending.
+    /// A handle on the session's data plane, usable while control calls are pending. A
+    /// request that follows a `REDIRECT` (`join`, `register_device`, `connect_unattended`)
+    /// moves the client to another connection: take this handle after it, not before.
     pub fn data(&self) -> DataChannels {
         DataChannels {
             connection: self.connection.clone(),
@@ -713,6 +736,33 @@ impl Client {
             Some(reason) => ClientError::from_connection(reason),
             None => ClientError::Unexpected("the relay closed the control stream".into()),
         }
+    }
+}
+
+/// Which resolved address of a redirect target to dial: one of the socket's own family,
+/// else (from a dual-stack IPv6 socket) an IPv4 one. An IPv4 socket cannot reach IPv6.
+fn redirect_target(candidates: &[SocketAddr], local_v6: bool) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .find(|a| a.is_ipv6() == local_v6)
+        .or_else(|| candidates.iter().find(|a| local_v6 && a.is_ipv4()))
+        .copied()
+}
+
+/// Whether a redirect may take a CA-trusting client from `original` (the name it was
+/// pointed at) to `target`: the same name, a name under it, or a sibling under the same
+/// parent domain when that parent has at least two labels (`relay.example.com` allows
+/// `relay-2.relay.example.com` and `relay-2.example.com`, never `example.net` or a bare
+/// `com` sibling).
+fn redirect_host_allowed(original: &str, target: &str) -> bool {
+    let original = original.trim_end_matches('.').to_ascii_lowercase();
+    let target = target.trim_end_matches('.').to_ascii_lowercase();
+    if target == original || target.ends_with(&format!(".{original}")) {
+        return true;
+    }
+    match original.split_once('.') {
+        Some((_, parent)) if parent.contains('.') => target.ends_with(&format!(".{parent}")),
+        _ => false,
     }
 }
 
@@ -853,5 +903,49 @@ impl ChannelReceiver {
             .await
             .transpose()
             .map_err(ClientError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_within_the_domain_the_client_was_given() {
+        for ok in [
+            "relay.example.com",
+            "relay-2.relay.example.com",
+            "relay-2.example.com",
+            "RELAY-2.Example.com.",
+        ] {
+            assert!(redirect_host_allowed("relay.example.com", ok), "{ok}");
+        }
+        for refused in [
+            "example.com.evil.net",
+            "relay.example.net",
+            "evilexample.com",
+            "com",
+        ] {
+            assert!(
+                !redirect_host_allowed("relay.example.com", refused),
+                "{refused}"
+            );
+        }
+        // A two-label name only allows itself and names under it.
+        assert!(redirect_host_allowed("example.com", "relay-1.example.com"));
+        assert!(!redirect_host_allowed("example.com", "other.com"));
+        assert!(!redirect_host_allowed("localhost", "evil.localhost.net"));
+    }
+
+    #[test]
+    fn a_redirect_dials_an_address_the_socket_can_reach() {
+        let v4: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(redirect_target(&[v6, v4], false), Some(v4));
+        assert_eq!(redirect_target(&[v4, v6], true), Some(v6));
+        // A dual-stack IPv6 socket reaches an IPv4-only node; an IPv4 socket never IPv6.
+        assert_eq!(redirect_target(&[v4], true), Some(v4));
+        assert_eq!(redirect_target(&[v6], false), None);
+        assert_eq!(redirect_target(&[], true), None);
     }
 }

@@ -52,9 +52,10 @@ impl std::fmt::Display for NodeId {
 }
 
 /// The node id in a Kubernetes StatefulSet pod's host name: its ordinal suffix
-/// (`relay-2` is node 2).
+/// (`relay-2`, or `relay-2.relay.example.com`, is node 2).
 pub fn node_from_hostname(hostname: &str) -> Option<NodeId> {
-    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    let short = hostname.trim().split('.').next()?;
+    let (_, ordinal) = short.rsplit_once('-')?;
     if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -147,6 +148,10 @@ mod tests {
         assert_eq!(
             node_from_hostname("remote-help-relay-12\n"),
             NodeId::new(12)
+        );
+        assert_eq!(
+            node_from_hostname("relay-3.relay-nodes.ns.svc"),
+            NodeId::new(3)
         );
         assert_eq!(node_from_hostname("relay-32"), None);
         assert_eq!(node_from_hostname("relay"), None);

@@ -23,47 +23,64 @@ use hub::Hub;
 
 /// How often unused codes are swept for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// The relay's QUIC endpoint settings: a stateless-reset key that survives restarts (so a
-/// node that crashed and came back tells its old clients at once that their connections are
-/// gone, instead of leaving them to time out), and, in a cluster, connection ids that name
-/// this node for QUIC-LB load balancers.
+/// The relay's QUIC endpoint settings: a stateless-reset key that survives restarts, and
+/// connection ids in the QUIC-LB format naming this node (node 0 for a single relay). Both
+/// are needed for a relay that crashed and came back to tell its old clients at once that
+/// their connections are gone: quinn answers a packet with a reset only when its connection
+/// id passes the generator's check, which a per-process random generator would fail after a
+/// restart.
 fn endpoint_config(config: &Config) -> quinn::EndpointConfig {
     let key = stateless_reset_key(&config.state_dir);
     let mut endpoint = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
         &key,
     )));
-    if let Some(cluster) = &config.cluster {
-        let node = cluster.node;
-        endpoint.cid_generator(move || Box::new(crate::core::cluster::RoutableCids::new(node)));
-    }
+    let node = config
+        .cluster
+        .as_ref()
+        .map_or(crate::core::cluster::NodeId::FIRST, |c| c.node);
+    endpoint.cid_generator(move || Box::new(crate::core::cluster::RoutableCids::new(node)));
     endpoint
 }
 
 /// The 32-byte stateless-reset key kept in `state_dir/stateless-reset.key` (made on first
-/// start); a fresh random one, with a warning, when the folder cannot hold it.
+/// start, written to a temporary file and renamed so a crash never leaves half a key); a
+/// fresh random one, with a warning, when the folder cannot hold it.
 fn stateless_reset_key(state_dir: &std::path::Path) -> [u8; 32] {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = state_dir.join("stateless-reset.key");
     if let Ok(bytes) = std::fs::read(&path)
         && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
     {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                warn!(path = %path.display(), "the stateless-reset key is readable by others; chmod 600 it (whoever reads it can reset this relay's connections)");
+            }
+        }
         return key;
     }
     let mut key = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut key);
+    let temporary = state_dir.join(format!("stateless-reset.key.{}", std::process::id()));
     let saved = std::fs::create_dir_all(state_dir).and_then(|()| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temporary)?;
         file.write_all(&key)?;
-        file.sync_all()
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)
     });
     if let Err(e) = saved {
+        let _ = std::fs::remove_file(&temporary);
         warn!(path = %path.display(), error = %e, "cannot save the stateless-reset key; clients of a restarted relay will time out instead of being reset");
     }
     key
