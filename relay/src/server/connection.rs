@@ -69,10 +69,17 @@ impl From<FrameError> for Close {
     }
 }
 
-/// Serves one incoming connection to its end.
-pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hub::OpenConnection) {
+/// Serves one incoming connection to its end. The handshake comes boxed: an async task is
+/// as large as its largest state for its whole life, and an unfinished `quinn::Incoming`
+/// (with its Initial keys) is several KiB — as are the phases before and after the idle
+/// loop, which are boxed for the same reason (memory per idle session).
+pub async fn serve(
+    hub: Arc<Hub>,
+    incoming: Box<quinn::Incoming>,
+    mut open: super::hub::OpenConnection,
+) {
     let remote = incoming.remote_address();
-    let connection = match incoming.await {
+    let connection = match Box::pin((*incoming).into_future()).await {
         Ok(c) => c,
         Err(e) => {
             debug!(%remote, error = %e, "handshake failed");
@@ -94,7 +101,7 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hu
             {
                 Ok(Ok(authenticated)) => authenticated,
                 Ok(Err(close)) => {
-                    finish(&connection, None, close).await;
+                    Box::pin(finish(&connection, None, close)).await;
                     return;
                 }
                 Err(_) => {
@@ -104,7 +111,7 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hu
                         ErrorCode::AuthTimeout,
                         "no valid Hello within the authentication deadline".into(),
                     );
-                    finish(&connection, None, close).await;
+                    Box::pin(finish(&connection, None, close)).await;
                     return;
                 }
             };
@@ -140,14 +147,14 @@ pub async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming, mut open: super::hu
             prompt_lapsed: false,
         };
         let close = conn.run(reader).await;
-        conn.leave_session(match close {
+        Box::pin(conn.leave_session(match close {
             Close::Shutdown => ErrorCode::RelayShutdown,
             _ => ErrorCode::PeerLost,
-        })
+        }))
         .await;
         hub.unregister(id);
         let mut writer = conn.writer;
-        finish(&connection, Some(&mut writer), close).await;
+        Box::pin(finish(&connection, Some(&mut writer), close)).await;
     }
     .instrument(span)
     .await;
@@ -181,6 +188,12 @@ async fn authenticate(
             ));
         }
     };
+    // The Hello (a token of a KiB or more) grew the read buffer; an idle connection should
+    // not keep that capacity for its whole life. Only an empty buffer is replaced: bytes a
+    // client sent right after its Hello stay.
+    if reader.read_buffer().is_empty() && reader.read_buffer().capacity() > CONTROL_BUFFER {
+        *reader.read_buffer_mut() = bytes::BytesMut::with_capacity(CONTROL_BUFFER);
+    }
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(Close::Refuse(
             ErrorCode::UnsupportedVersion,
@@ -242,7 +255,7 @@ struct Conn {
     principal: Arc<Principal>,
     role: Role,
     writer: Writer,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Box<Event>>,
     session: Option<LocalSession>,
     /// Data streams whose channel tag is still being read.
     tag_readers: JoinSet<TaggedStream>,
@@ -294,7 +307,7 @@ impl Conn {
                 }
                 // Handlers are boxed: their state lives only while a message is handled,
                 // not inline in every idle connection task (memory per idle session).
-                Some(event) = self.events.recv() => Box::pin(self.on_event(event)).await,
+                Some(event) = self.events.recv() => Box::pin(self.on_event(*event)).await,
                 message = reader.next() => match message {
                     None => Err(Close::Lost("client closed its control stream".into())),
                     Some(Err(e)) => Err(e.into()),

@@ -456,7 +456,7 @@ async fn run(
                 }
                 match hub.admit_connection(incoming.remote_address().ip()) {
                     Ok(open) => {
-                        connections.spawn(hub.tracked(connection::serve(hub.clone(), incoming, open)));
+                        connections.spawn(hub.tracked(connection::serve(hub.clone(), Box::new(incoming), open)));
                     }
                     Err(limit) => {
                         metrics::counter!("relay_connections_refused_total", "reason" => limit).increment(1);
