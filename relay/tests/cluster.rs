@@ -292,6 +292,7 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     // Drain A the way a Kubernetes preStop hook does (`relay drain`; SIGTERM does the same):
     // it reports not-ready and refuses new connections, its session carries on, and B and C
     // serve new sessions (one whose sharer comes through C).
+    let mut idle_on_a = cluster.helper(0, "helper-idle").await;
     let drain = Command::new(env!("CARGO_BIN_EXE_relay"))
         .args([
             "drain",
@@ -309,6 +310,11 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
         http(cluster.nodes[0].admin, "GET", "/readyz", None).await.0,
         503
     );
+    // A helper already connected to A, with no session, cannot start one there.
+    let refused = within(idle_on_a.create_session(Mode::ViewOnly))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::RelayShutdown), "{refused}");
     let token = mint(&cluster.signer, Persona::Helper, Some("late"), 600).unwrap();
     let refused = within(cluster.connect(0, token, Role::Helper)).await;
     assert!(refused.is_err(), "a draining node takes no new connections");

@@ -686,9 +686,24 @@ impl Client {
             .await;
         match result {
             Ok(()) => Ok(()),
-            Err(FrameError::Io(_)) => Err(self.closed_error()),
+            Err(FrameError::Io(_)) => Err(self.why_closed().await),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Our control stream was stopped: the relay is closing the connection, and said why in
+    /// the last message it sent (`Error{fatal}` or `SessionEnded`), which may still be unread.
+    /// Read what is left, briefly, so the caller sees that code rather than a bare failure.
+    async fn why_closed(&mut self) -> ClientError {
+        let unread = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Err(e) = self.recv().await {
+                    return e;
+                }
+            }
+        })
+        .await;
+        unread.unwrap_or_else(|_| self.closed_error())
     }
 
     /// The next control message; `Error` and `SessionEnded` become `Refused` errors.
