@@ -38,6 +38,9 @@ pub struct SessionRow {
     pub end_reason: Option<String>,
     /// The helper's reason or ticket.
     pub reason: Option<String>,
+    /// In a cluster, the node that held the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_node: Option<u8>,
 }
 
 /// Totals over a report.
@@ -98,6 +101,7 @@ pub fn sessions(events: &[AuditEvent], filter: &Filter) -> Vec<SessionRow> {
                         modes: e.modes.clone(),
                         end_reason: None,
                         reason: e.reason.clone(),
+                        relay_node: e.relay_node,
                     },
                 );
             }

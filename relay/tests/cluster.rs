@@ -381,4 +381,42 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     for session in [&mut on_b, &mut fresh] {
         within(session.helper.end_session()).await.unwrap();
     }
+
+    // A security team's view of the whole cluster: one report over the three nodes' folders.
+    let mut report = Command::new(env!("CARGO_BIN_EXE_relay"));
+    report.args(["sessions", "--json"]);
+    for node in &cluster.nodes {
+        report.arg("--audit-dir").arg(&node.audit);
+    }
+    let out = report.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["sessions"].as_array().unwrap();
+    let node_of = |id: &str| {
+        rows.iter().find(|r| r["session_id"] == id).map(|r| {
+            (
+                r["relay_node"].as_u64(),
+                r["end_reason"].as_str().map(str::to_string),
+            )
+        })
+    };
+    assert_eq!(
+        node_of(&on_a.id),
+        Some((Some(0), Some("PEER_ENDED".into())))
+    );
+    assert_eq!(
+        node_of(&on_b.id),
+        Some((Some(1), Some("PEER_ENDED".into())))
+    );
+    assert_eq!(
+        node_of(&on_c.id),
+        Some((Some(2), Some("RELAY_RESTARTED".into())))
+    );
+    assert_eq!(node_of(&fresh.id).map(|(n, _)| n), Some(Some(1)));
+    // a, b, c, the unattended session and the one started during the drain.
+    assert_eq!(report["summary"]["count"], 5, "{report:#}");
 }

@@ -98,9 +98,10 @@ enum Command {
     },
     /// Past sessions from the audit log (or active ones from the admin endpoint).
     Sessions {
-        /// Audit folder (default: the config's `[audit] dir`).
+        /// Audit folder (default: the config's `[audit] dir`). Repeat it to merge the
+        /// folders of a cluster's nodes into one report.
         #[arg(long)]
-        audit_dir: Option<PathBuf>,
+        audit_dir: Vec<PathBuf>,
         /// Only this tenant's sessions.
         #[arg(long)]
         tenant: Option<String>,
@@ -197,7 +198,7 @@ fn main() -> ExitCode {
                 past_sessions(
                     cli.config.as_deref(),
                     &cli.state_dir,
-                    audit_dir.as_deref(),
+                    audit_dir,
                     tenant,
                     since,
                     until,
@@ -491,21 +492,27 @@ fn parse_when(text: &str) -> anyhow::Result<time::OffsetDateTime> {
 fn past_sessions(
     config: Option<&Path>,
     state_dir: &Path,
-    audit_dir: Option<&Path>,
+    audit_dirs: &[PathBuf],
     tenant: &Option<String>,
     since: &Option<String>,
     until: &Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     use remote_help_relay::report;
-    let dir = match audit_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => match config {
+    let dirs = if audit_dirs.is_empty() {
+        vec![match config {
             Some(path) => Config::load(path)?.audit.dir,
             None => state_dir.join("audit"),
-        },
+        }]
+    } else {
+        audit_dirs.to_vec()
     };
-    let files = remote_help_relay::audit::audit_files(&dir);
+    // Each node of a cluster writes its own files and a session lives on one node, so the
+    // nodes' events can simply be read one folder after another.
+    let files: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|dir| remote_help_relay::audit::audit_files(dir))
+        .collect();
     let events = remote_help_relay::audit::read_events(&files);
     let filter = report::Filter {
         tenant: tenant.clone(),
