@@ -419,4 +419,13 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     assert_eq!(node_of(&fresh.id).map(|(n, _)| n), Some(Some(1)));
     // a, b, c, the unattended session and the one started during the drain.
     assert_eq!(report["summary"]["count"], 5, "{report:#}");
+    // A mistyped folder fails the report instead of silently leaving a node out.
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["sessions", "--audit-dir"])
+        .arg(&cluster.nodes[0].audit)
+        .args(["--audit-dir", "/nonexistent/audit"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an audit folder"));
 }

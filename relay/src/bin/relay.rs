@@ -505,6 +505,15 @@ fn past_sessions(
             None => state_dir.join("audit"),
         }]
     } else {
+        for dir in audit_dirs {
+            // A mistyped folder must not silently drop a node from a cluster report.
+            if !dir.is_dir() {
+                anyhow::bail!("{} is not an audit folder", dir.display());
+            }
+            if remote_help_relay::audit::audit_files(dir).is_empty() {
+                eprintln!("note: {} holds no audit files", dir.display());
+            }
+        }
         audit_dirs.to_vec()
     };
     // Each node of a cluster writes its own files and a session lives on one node, so the

@@ -692,18 +692,29 @@ impl Client {
     }
 
     /// Our control stream was stopped: the relay is closing the connection, and said why in
-    /// the last message it sent (`Error{fatal}` or `SessionEnded`), which may still be unread.
-    /// Read what is left, briefly, so the caller sees that code rather than a bare failure.
+    /// its last message, an `Error{fatal: true}` that may still be unread (the same code
+    /// then arrives as the connection's close). Read what is left, briefly (the relay
+    /// lingers 1 s for it), so the caller sees that code rather than a bare failure; older
+    /// messages still queued are stale and skipped.
     async fn why_closed(&mut self) -> ClientError {
-        let unread = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                if let Err(e) = self.recv().await {
-                    return e;
+        let fatal = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(message)) = self.reader.next().await {
+                if let Some(In::Error(e)) = message.msg
+                    && e.fatal
+                {
+                    return Some(ClientError::Refused {
+                        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                        message: e.message,
+                    });
                 }
             }
+            None
         })
         .await;
-        unread.unwrap_or_else(|_| self.closed_error())
+        match fatal {
+            Ok(Some(refused)) => refused,
+            _ => self.closed_error(),
+        }
     }
 
     /// The next control message; `Error` and `SessionEnded` become `Refused` errors.

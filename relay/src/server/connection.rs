@@ -188,10 +188,11 @@ async fn authenticate(
             ));
         }
     };
-    // The Hello (a token of a KiB or more) grew the read buffer; an idle connection should
-    // not keep that capacity for its whole life. Only an empty buffer is replaced: bytes a
-    // client sent right after its Hello stay.
-    if reader.read_buffer().is_empty() && reader.read_buffer().capacity() > CONTROL_BUFFER {
+    // The Hello (a token of a KiB or more) grew the read buffer's allocation, which the
+    // empty remainder still holds (its `capacity()` counts only the space after it, so it
+    // cannot tell); an idle connection should not keep that for its whole life. Only an
+    // empty buffer is replaced: bytes a client sent right after its Hello stay.
+    if reader.read_buffer().is_empty() {
         *reader.read_buffer_mut() = bytes::BytesMut::with_capacity(CONTROL_BUFFER);
     }
     if hello.protocol_version != PROTOCOL_VERSION {
