@@ -94,6 +94,24 @@ impl TwoNodes {
     }
 }
 
+/// The join failed because its redirect to `address` could not be followed, saying `why`.
+fn expect_redirect_failure<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    address: &str,
+    why: &str,
+) {
+    match result {
+        Err(ClientError::Redirect {
+            address: to,
+            reason,
+        }) => {
+            assert_eq!(to, address);
+            assert!(reason.contains(why), "{reason}");
+        }
+        other => panic!("expected a redirect failure, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_join_at_the_holding_node_is_never_redirected() {
     let cluster = two_nodes(|_, truth| truth.to_vec()).await;
@@ -114,13 +132,12 @@ async fn a_redirect_loop_between_misconfigured_nodes_stops_after_one_hop() {
     .await;
     let (_helper, code) = cluster.code_on_node_0().await;
     let mut sharer = cluster.client(1, Persona::Sharer, Role::Sharer).await;
-    match within(sharer.join(&code)).await {
-        Err(ClientError::Redirect { address, reason }) => {
-            assert_eq!(address, cluster.nodes[1].addr().to_string());
-            assert!(reason.contains("redirected again"), "{reason}");
-        }
-        other => panic!("expected a redirect failure, got {other:?}"),
-    }
+    let failed = within(sharer.join(&code)).await;
+    expect_redirect_failure(
+        failed,
+        &cluster.nodes[1].addr().to_string(),
+        "redirected again",
+    );
 }
 
 #[tokio::test]
@@ -133,13 +150,8 @@ async fn a_redirect_the_client_cannot_follow_says_why() {
     .await;
     let (_helper, code) = cluster.code_on_node_0().await;
     let mut sharer = cluster.client(1, Persona::Sharer, Role::Sharer).await;
-    match within(sharer.join(&code)).await {
-        Err(ClientError::Redirect { address, reason }) => {
-            assert_eq!(address, "[::1]:4433");
-            assert!(reason.contains("IP family"), "{reason}");
-        }
-        other => panic!("expected a redirect failure, got {other:?}"),
-    }
+    let failed = within(sharer.join(&code)).await;
+    expect_redirect_failure(failed, "[::1]:4433", "IP family");
 }
 
 #[tokio::test]

@@ -581,6 +581,33 @@ fn admin_target(
     Ok((addr, token))
 }
 
+/// One request to the admin API (plain HTTP/1.1 with the bearer token); the body when the
+/// status is `expect`, else an error naming the status and the relay's explanation.
+fn admin_request(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    expect: u16,
+) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(&format!(" {expect} ")) {
+        anyhow::bail!("admin endpoint answered {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
 /// `relay drain`: asks the relay behind the admin endpoint to drain (as SIGTERM does: no new
 /// connections or sessions, not ready, active sessions run on until they end or the drain
 /// deadline, then it exits); with `wait`, returns only once it has exited.
@@ -591,22 +618,8 @@ fn drain(
     token_file: Option<&Path>,
     wait: bool,
 ) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let (addr, token) = admin_target(config, state_dir, admin, token_file)?;
-    let mut stream =
-        std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "POST /admin/drain HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 202 ") {
-        anyhow::bail!("admin endpoint answered {status}: {}", body.trim());
-    }
+    admin_request(&addr, &token, "POST", "/admin/drain", 202)?;
     println!("{addr}: draining");
     if wait {
         // The admin listener is the last thing the relay closes: once it refuses
@@ -627,28 +640,20 @@ fn active_sessions(
     tenant: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let (addr, token) = admin_target(config, state_dir, admin, token_file)?;
     let query = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
-    let mut stream =
-        std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /admin/sessions{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    let body = admin_request(
+        &addr,
+        &token,
+        "GET",
+        &format!("/admin/sessions{query}"),
+        200,
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200 ") {
-        anyhow::bail!("admin endpoint answered {status}: {}", body.trim());
-    }
     if json {
         println!("{body}");
         return Ok(());
     }
-    let sessions: Vec<serde_json::Value> = serde_json::from_str(body)?;
+    let sessions: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     println!(
         "{:<34} {:<10} {:<20} {:<20} {:<14} {:>9}",
         "SESSION", "TENANT", "HELPER", "SHARER", "MODE", "DURATION"
