@@ -256,9 +256,18 @@ impl Model {
         let Some(target) = self.open_with_locator(&code) else {
             return invalid;
         };
-        let Some(Slot::Open { session, wrong, .. }) = self.codes.get_mut(&target) else {
+        let Some(Slot::Open {
+            session,
+            wrong,
+            expires_at,
+        }) = self.codes.get_mut(&target)
+        else {
             unreachable!()
         };
+        // Past its lifetime (not yet swept): expired, never burnable.
+        if *expires_at <= now {
+            return invalid;
+        }
         let session = session.clone();
         if self.sessions[&session].tenant != tenant {
             return invalid;

@@ -211,12 +211,7 @@ struct RelayCost {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    remote_help_relay::logging::init(false, "warn");
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,11 +244,25 @@ async fn run(args: Args) -> Result<u64> {
     if !(args.duration >= 0.0 && args.duration <= MAX_DURATION_SECS as f64) {
         bail!("--duration must be 0..={MAX_DURATION_SECS} seconds");
     }
-    if args.ramp <= 0.0 {
-        bail!("--ramp must be positive");
+    // The ramp, like the duration, must end: NaN, infinity and rates so low that starting
+    // the sessions alone would outlast the time bound are refused.
+    if !(args.ramp.is_finite()
+        && args.ramp > 0.0
+        && args.sessions as f64 / args.ramp <= MAX_DURATION_SECS as f64)
+    {
+        bail!("--ramp must be positive, and start --sessions within {MAX_DURATION_SECS} seconds");
+    }
+    let Some(screen_bits_per_sec) = args.screen_kbit.checked_mul(1000) else {
+        bail!("--screen-kbit is too large");
+    };
+    if args.frame_bytes > remote_help_relay::client::MAX_DATA_FRAME {
+        bail!(
+            "--frame-bytes must be at most {} (the SDK's largest data frame)",
+            remote_help_relay::client::MAX_DATA_FRAME
+        );
     }
     let workload = Workload {
-        screen_bits_per_sec: args.screen_kbit * 1000,
+        screen_bits_per_sec,
         frame_bytes: args.frame_bytes.max(17),
         input_per_sec: args.input_rate,
         chat: args.chat,
@@ -361,10 +370,11 @@ async fn run(args: Args) -> Result<u64> {
         None => None,
         Some(Baseline::Direct) => {
             let (sharer_endpoint, sharer_addr, helper_endpoint) = direct_endpoints()?;
+            let sharers = workload::DirectAcceptor::start(sharer_endpoint);
             Some(
                 run_phase("direct", &args, workload, &RelayProbe::None, |_| {
                     Path::Direct {
-                        sharer_endpoint: sharer_endpoint.clone(),
+                        sharers: sharers.clone(),
                         sharer_addr,
                         helper_endpoint: helper_endpoint.clone(),
                     }

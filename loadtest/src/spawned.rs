@@ -66,7 +66,14 @@ impl SpawnedRelay {
                 shared_state: shared,
                 tls_dir: tls_dir.clone(),
             };
-            started.push(SpawnedRelay::start_node(relay_bin, sessions, Some(node))?);
+            match SpawnedRelay::start_node(relay_bin, sessions, Some(node)) {
+                Ok(relay) => started.push(relay),
+                Err(e) => {
+                    // The nodes already up are stopped as `started` drops.
+                    let _ = std::fs::remove_dir_all(&tls_dir);
+                    return Err(e);
+                }
+            }
         }
         if let Some(first) = started.first_mut() {
             first.also_remove = Some(tls_dir);

@@ -155,13 +155,67 @@ pub enum Path {
     },
     /// Peer to peer: the helper dials the sharer's endpoint directly.
     Direct {
-        /// The sharer's listening endpoint (accepts the helper's connection).
-        sharer_endpoint: quinn::Endpoint,
+        /// The sharers' listening endpoint, which hands each session its own connection.
+        sharers: Arc<DirectAcceptor>,
         /// Where it listens.
         sharer_addr: std::net::SocketAddr,
         /// The helper's endpoint, configured to trust the sharer's certificate.
         helper_endpoint: quinn::Endpoint,
     },
+}
+
+/// The direct baseline's one listening endpoint, shared by every session: it hands each
+/// accepted connection to the session that dialled it, known by the TLS server name the
+/// helper used (`session-<index>`; the sharer's certificate is pinned, so the name is free).
+/// Without this, concurrent sessions would take each other's connections in accept order.
+pub struct DirectAcceptor {
+    waiting:
+        Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<quinn::Connection>>>,
+}
+
+impl DirectAcceptor {
+    /// Starts accepting on `endpoint` until it closes.
+    pub fn start(endpoint: quinn::Endpoint) -> Arc<DirectAcceptor> {
+        let acceptor = Arc::new(DirectAcceptor {
+            waiting: Mutex::new(std::collections::HashMap::new()),
+        });
+        let routes = acceptor.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let Ok(connection) = incoming.await else {
+                        return;
+                    };
+                    let name = connection
+                        .handshake_data()
+                        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                        .and_then(|d| d.server_name);
+                    let waiting = name.and_then(|n| {
+                        routes
+                            .waiting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&n)
+                    });
+                    if let Some(session) = waiting {
+                        let _ = session.send(connection);
+                    }
+                });
+            }
+        });
+        acceptor
+    }
+
+    /// Registers session `name` before it dials; resolves to its accepted connection.
+    fn expect(&self, name: &str) -> tokio::sync::oneshot::Receiver<quinn::Connection> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), tx);
+        rx
+    }
 }
 
 /// What one session does, and until when.
@@ -207,10 +261,10 @@ pub async fn session(
                 .await
             }
             Path::Direct {
-                sharer_endpoint,
+                sharers,
                 sharer_addr,
                 helper_endpoint,
-            } => direct(&sharer_endpoint, sharer_addr, &helper_endpoint, plan, &rec).await,
+            } => direct(index, &sharers, sharer_addr, &helper_endpoint, plan, &rec).await,
         }
     };
     let Ok(ok) = tokio::time::timeout_at(give_up, run).await else {
@@ -219,7 +273,9 @@ pub async fn session(
         return;
     };
     match ok {
-        Ok(()) => rec.live.done.fetch_add(1, Ordering::Relaxed),
+        Ok(true) => rec.live.done.fetch_add(1, Ordering::Relaxed),
+        // Set up, but its traffic failed (already counted by name): a failed session.
+        Ok(false) => rec.live.failed.fetch_add(1, Ordering::Relaxed),
         Err(e) => {
             tracing::debug!(error = %e, "session failed");
             rec.error(&e);
@@ -235,7 +291,7 @@ async fn relayed(
     sharer_endpoint: &quinn::Endpoint,
     plan: Plan,
     rec: &Arc<Recorder>,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let started = Instant::now();
     let mut helper = Client::connect_from(helper_endpoint, helper_options).await?;
     let mut sharer = Client::connect_from(sharer_endpoint, sharer_options).await?;
@@ -247,37 +303,34 @@ async fn relayed(
     record(&rec.setup, started.elapsed().as_micros() as u64);
     rec.live.up.fetch_add(1, Ordering::Relaxed);
     let traffic = traffic(helper.data(), sharer.data(), plan, rec.clone()).await;
-    if let Err(e) = traffic {
-        rec.error_named(e);
+    if let Err(e) = &traffic {
+        rec.error_named(e.clone());
     }
     helper.end_session().await?;
     sharer.wait_for_end().await;
     helper.close().await;
     sharer.close().await;
-    Ok(())
+    Ok(traffic.is_ok())
 }
 
 async fn direct(
-    sharer_endpoint: &quinn::Endpoint,
+    index: usize,
+    sharers: &DirectAcceptor,
     sharer_addr: std::net::SocketAddr,
     helper_endpoint: &quinn::Endpoint,
     plan: Plan,
     rec: &Arc<Recorder>,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let started = Instant::now();
-    let connecting = helper_endpoint.connect(sharer_addr, "localhost")?;
-    // The sharer must accept (await the `Incoming`) while the helper's handshake runs.
-    let accepting = async {
-        sharer_endpoint
-            .accept()
-            .await
-            .ok_or_else(|| ClientError::Unexpected("sharer endpoint closed".into()))?
-            .await
-            .map_err(ClientError::from_connection)
-    };
-    let (helper, sharer) = tokio::join!(connecting, accepting);
-    let helper = helper.map_err(ClientError::from_connection)?;
-    let sharer = sharer?;
+    let name = format!("session-{index}");
+    let accepted = sharers.expect(&name);
+    let helper = helper_endpoint
+        .connect(sharer_addr, &name)?
+        .await
+        .map_err(ClientError::from_handshake)?;
+    let sharer = accepted
+        .await
+        .map_err(|_| ClientError::Unexpected("the sharer endpoint closed".into()))?;
     record(&rec.setup, started.elapsed().as_micros() as u64);
     rec.live.up.fetch_add(1, Ordering::Relaxed);
     let traffic = traffic(
@@ -287,12 +340,12 @@ async fn direct(
         rec.clone(),
     )
     .await;
-    if let Err(e) = traffic {
-        rec.error_named(e);
+    if let Err(e) = &traffic {
+        rec.error_named(e.clone());
     }
     helper.close(0u32.into(), b"done");
     sharer.close(0u32.into(), b"done");
-    Ok(())
+    Ok(traffic.is_ok())
 }
 
 /// The channels of one session, until the deadline. Returns a failure's name.

@@ -112,6 +112,10 @@ fn out_of_bounds_settings_are_refused_before_any_traffic() {
         vec!["--spawn-relay", "--duration", "100000"],
         vec!["--relay", "127.0.0.1:9"],
         vec!["--spawn-relay", "--nodes", "0"],
+        vec!["--spawn-relay", "--ramp", "NaN"],
+        vec!["--spawn-relay", "--sessions", "1000", "--ramp", "0.0001"],
+        vec!["--spawn-relay", "--screen-kbit", "18446744073709551615"],
+        vec!["--spawn-relay", "--frame-bytes", "100000000"],
         vec!["--spawn-relay", "--nodes", "33"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))

@@ -152,8 +152,6 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// Files older than this many days are deleted.
     pub retention_days: u32,
-    /// In a cluster, this node's id, stamped on every event as `relay_node`.
-    pub node: Option<u8>,
 }
 
 /// Now, RFC 3339 UTC with milliseconds.
@@ -213,10 +211,12 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the log: closes sessions a crash left open, prunes old files, and starts the
-    /// writer thread. Returns the number of sessions recovered.
-    pub fn open(config: AuditConfig) -> Result<(AuditLog, usize), AuditError> {
+    /// writer thread. In a cluster, `node` is stamped on every event as `relay_node`.
+    /// Returns the number of sessions recovered.
+    pub fn open(config: AuditConfig, node: Option<u8>) -> Result<(AuditLog, usize), AuditError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| io_error(&config.dir, e))?;
         let mut files = Files::new(config.clone());
+        files.node = node;
         files.prune(SystemTime::now());
         let recovered = recover(&config.dir, &mut files)?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -340,6 +340,8 @@ fn writer(
 /// The open audit file and the rules for the next one.
 struct Files {
     config: AuditConfig,
+    /// Stamped on every event as `relay_node` (cluster nodes).
+    node: Option<u8>,
     current: Option<Current>,
 }
 
@@ -356,6 +358,7 @@ impl Files {
     fn new(config: AuditConfig) -> Files {
         Files {
             config,
+            node: None,
             current: None,
         }
     }
@@ -423,15 +426,13 @@ impl Files {
         events: impl Iterator<Item = &'a mut AuditEvent>,
         now: SystemTime,
     ) -> Result<(), AuditError> {
-        let node = self.config.node;
+        let node = self.node;
         let current = self.roll(now)?;
         let mut buffer = Vec::new();
         let mut hash = current.last_hash.clone();
         for event in events {
             event.schema = SCHEMA_VERSION;
-            if event.relay_node.is_none() {
-                event.relay_node = node;
-            }
+            event.relay_node = node;
             if event.event_id.is_empty() {
                 event.event_id = hex(&rand::random::<[u8; 16]>());
             }
@@ -665,7 +666,6 @@ mod tests {
 
     fn config(dir: &Path, max_file_bytes: u64) -> AuditConfig {
         AuditConfig {
-            node: None,
             dir: dir.to_path_buf(),
             max_file_bytes,
             retention_days: 30,

@@ -513,7 +513,6 @@ impl Config {
             limits: Limits::default(),
             tenants,
             audit: crate::audit::AuditConfig {
-                node: None,
                 dir: PathBuf::from("state/audit"),
                 max_file_bytes: 64 << 20,
                 retention_days: 30,
@@ -962,7 +961,6 @@ impl Config {
 
         let raw_audit = raw.audit;
         let audit = crate::audit::AuditConfig {
-            node: None,
             // An explicit folder is relative to the config file; the default sits in the
             // state folder, which is already resolved.
             dir: raw_audit

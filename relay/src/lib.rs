@@ -32,6 +32,7 @@ pub mod dev;
 pub mod e2e;
 pub mod hostile;
 pub mod issuer;
+pub mod logging;
 pub mod probe;
 pub mod report;
 pub mod server;

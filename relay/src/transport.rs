@@ -10,6 +10,7 @@ use std::time::Duration;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::config::Limits;
+use crate::core::cluster::{CID_LEN, NodeId, node_of_cid, routable_cid};
 
 /// Control stream plus nothing: clients get one bidirectional stream.
 pub const BIDI_STREAMS: u32 = 1;
@@ -99,4 +100,57 @@ pub fn udp_socket(
     socket.bind(&addr.into())?;
     let granted = socket.recv_buffer_size().unwrap_or(0);
     Ok((socket.into(), granted))
+}
+
+/// quinn's connection id source for the relay: every id routes to `node` (QUIC-LB
+/// format, [`crate::core::cluster`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutableCids {
+    node: NodeId,
+}
+
+impl RoutableCids {
+    /// Ids for `node`.
+    pub fn new(node: NodeId) -> RoutableCids {
+        RoutableCids { node }
+    }
+}
+
+impl quinn_proto::ConnectionIdGenerator for RoutableCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        quinn_proto::ConnectionId::new(&routable_cid(self.node, &mut rand::rng()))
+    }
+
+    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        // Ids of other nodes (or other formats) cannot be ours: quinn may then skip the
+        // lookup, and a stateless reset is never sent for another node's connection.
+        match node_of_cid(cid) {
+            Some(node) if node == self.node => Ok(()),
+            _ => Err(quinn_proto::InvalidCid),
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn_proto::ConnectionIdGenerator;
+
+    #[test]
+    fn the_quinn_generator_only_accepts_its_own_node() {
+        let mut mine = RoutableCids::new(NodeId::new(2).unwrap());
+        let cid = mine.generate_cid();
+        assert_eq!(cid.len(), CID_LEN);
+        assert!(mine.validate(&cid).is_ok());
+        let theirs = RoutableCids::new(NodeId::new(3).unwrap()).generate_cid();
+        assert!(mine.validate(&theirs).is_err());
+    }
 }

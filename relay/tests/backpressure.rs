@@ -59,10 +59,7 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
         .await
         .unwrap();
     let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    within(sharer.accept()).await.unwrap();
-    within(helper.wait_for_start()).await.unwrap();
+    common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
 
     // The sharer streams numbered frames; the helper accepts the stream but reads nothing.
     let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();

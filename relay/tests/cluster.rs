@@ -145,10 +145,7 @@ impl Cluster {
             .await
             .unwrap();
         let mut sharer = self.sharer(sharer_node, &format!("sharer-{name}")).await;
-        within(sharer.join(&created.code)).await.unwrap();
-        within(helper.wait_for_sharer()).await.unwrap();
-        within(sharer.accept()).await.unwrap();
-        within(helper.wait_for_start()).await.unwrap();
+        common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
         let input = within(helper.open_channel(Channel::Input)).await.unwrap();
         let (channel, received) = within(sharer.accept_channel()).await.unwrap();
         assert_eq!(channel, Channel::Input);

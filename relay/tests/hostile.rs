@@ -14,7 +14,7 @@ use remote_help_proto::v1::{self, client_to_relay::Msg};
 use remote_help_relay::client::connect_quic;
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::Persona;
-use remote_help_relay::hostile::{frame, hello};
+use remote_help_relay::hostile::{frame, malformed_frame_cases};
 
 /// How the relay closed a connection, as a code of ours.
 async fn close_code(connection: &quinn::Connection) -> Option<ErrorCode> {
@@ -58,65 +58,14 @@ async fn still_serves_honest_sessions(relay: &TestRelay) {
 async fn malformed_control_frames_get_specific_codes() {
     let relay = TestRelay::start().await;
     let token = relay.tenant("contoso").token(Persona::Helper);
-    let ping = v1::ClientToRelay {
-        msg: Some(Msg::Ping(v1::Ping { nonce: 1 })),
-    };
-    let cases: Vec<(&str, Vec<u8>, bool, ErrorCode)> = vec![
-        (
-            "garbage body",
-            vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
-            false,
-            ErrorCode::ProtocolViolation,
-        ),
-        (
-            "oversized length",
-            vec![0x7f, 0xff, 0xff, 0xff],
-            false,
-            ErrorCode::MessageTooLarge,
-        ),
-        (
-            "just over the limit",
-            (64 * 1024 + 1u32).to_be_bytes().to_vec(),
-            false,
-            ErrorCode::MessageTooLarge,
-        ),
-        (
-            "truncated frame",
-            vec![0, 0, 0, 10, 1, 2],
-            true,
-            ErrorCode::ProtocolViolation,
-        ),
-        (
-            "first message not Hello",
-            frame(&ping),
-            false,
-            ErrorCode::ProtocolViolation,
-        ),
-        (
-            "empty message",
-            frame(&v1::ClientToRelay { msg: None }),
-            false,
-            ErrorCode::ProtocolViolation,
-        ),
-        (
-            "unsupported version",
-            frame(&hello(&token, v1::Role::Helper, 2)),
-            false,
-            ErrorCode::UnsupportedVersion,
-        ),
-        (
-            "no role",
-            frame(&hello(&token, v1::Role::Unspecified, 1)),
-            false,
-            ErrorCode::ProtocolViolation,
-        ),
-        (
-            "forged token",
-            frame(&hello("a.b.c", v1::Role::Helper, 1)),
-            false,
-            ErrorCode::TokenInvalid,
-        ),
-    ];
+    // The campaign's cases, plus one that depends on this relay's limit (the default).
+    let mut cases = malformed_frame_cases(&token);
+    cases.push((
+        "just over the limit",
+        (64 * 1024 + 1u32).to_be_bytes().to_vec(),
+        false,
+        ErrorCode::MessageTooLarge,
+    ));
     for (name, bytes, finish, expected) in cases {
         assert_eq!(
             send_raw(&relay, &bytes, finish).await,

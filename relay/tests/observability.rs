@@ -126,10 +126,7 @@ async fn a_session_is_audited_with_who_helped_whom_on_which_device_modes_and_byt
     let created = within(helper.create_session_with_reason(Mode::ViewOnly, "INC-42"))
         .await
         .unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    within(sharer.accept()).await.unwrap();
-    within(helper.wait_for_start()).await.unwrap();
+    common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
 
     // The start event is on disk before the clients were told the session started.
     let started: Vec<AuditEvent> = events_of(&relay)

@@ -185,10 +185,7 @@ async fn connections_that_change_address_still_reach_their_node() {
         )))
         .await
         .unwrap();
-        within(sharer.join(&created.code)).await.unwrap();
-        within(helper.wait_for_sharer()).await.unwrap();
-        within(sharer.accept()).await.unwrap();
-        within(helper.wait_for_start()).await.unwrap();
+        common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
         let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
         let event = Bytes::from_static(b"key down: A");
         within(input.send(event.clone())).await.unwrap();

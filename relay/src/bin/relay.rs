@@ -90,6 +90,10 @@ enum Command {
         /// Wait until the relay has finished draining and exited.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up (exit 1) if the relay still answers after this many
+        /// seconds (the longest drain deadline a config allows is 3600).
+        #[arg(long, default_value_t = 3700)]
+        wait_secs: u64,
     },
     /// Audit log tools.
     Audit {
@@ -164,12 +168,13 @@ fn main() -> ExitCode {
             admin,
             token_file,
             wait,
+            wait_secs,
         } => drain(
             cli.config.as_deref(),
             &cli.state_dir,
             admin.as_deref(),
             token_file.as_deref(),
-            *wait,
+            wait.then(|| std::time::Duration::from_secs(*wait_secs)),
         ),
         Command::Audit {
             command: AuditCommand::Verify { files },
@@ -221,15 +226,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    remote_help_relay::logging::init(matches!(format, LogFormat::Json), default_level);
 }
 
 fn load_config(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<Config> {
@@ -505,23 +502,22 @@ fn past_sessions(
             None => state_dir.join("audit"),
         }]
     } else {
-        for dir in audit_dirs {
-            // A mistyped folder must not silently drop a node from a cluster report.
-            if !dir.is_dir() {
-                anyhow::bail!("{} is not an audit folder", dir.display());
-            }
-            if remote_help_relay::audit::audit_files(dir).is_empty() {
-                eprintln!("note: {} holds no audit files", dir.display());
-            }
-        }
         audit_dirs.to_vec()
     };
     // Each node of a cluster writes its own files and a session lives on one node, so the
     // nodes' events can simply be read one folder after another.
-    let files: Vec<PathBuf> = dirs
-        .iter()
-        .flat_map(|dir| remote_help_relay::audit::audit_files(dir))
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in &dirs {
+        // A mistyped folder must not silently drop a node from a cluster report.
+        if !audit_dirs.is_empty() && !dir.is_dir() {
+            anyhow::bail!("{} is not an audit folder", dir.display());
+        }
+        let found = remote_help_relay::audit::audit_files(dir);
+        if found.is_empty() && !audit_dirs.is_empty() {
+            eprintln!("note: {} holds no audit files", dir.display());
+        }
+        files.extend(found);
+    }
     let events = remote_help_relay::audit::read_events(&files);
     let filter = report::Filter {
         tenant: tenant.clone(),
@@ -591,9 +587,9 @@ fn admin_request(
     expect: u16,
 ) -> anyhow::Result<String> {
     use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&resolve(addr)?, ADMIN_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -616,20 +612,40 @@ fn drain(
     state_dir: &Path,
     admin: Option<&str>,
     token_file: Option<&Path>,
-    wait: bool,
+    wait: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let (addr, token) = admin_target(config, state_dir, admin, token_file)?;
     admin_request(&addr, &token, "POST", "/admin/drain", 202)?;
     println!("{addr}: draining");
-    if wait {
-        // The admin listener is the last thing the relay closes: once it refuses
-        // connections, the drain is over and the process has exited.
-        while std::net::TcpStream::connect(&addr).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(500));
+    if let Some(limit) = wait {
+        // The admin listener is the last thing the relay closes: once connections to it
+        // are refused, the drain is over and the process has exited. Anything else (a
+        // timeout, a proxy still accepting) is not proof of that: keep asking, boundedly.
+        let sockaddr = resolve(&addr)?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match std::net::TcpStream::connect_timeout(&sockaddr, ADMIN_TIMEOUT) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                _ if std::time::Instant::now() >= deadline => {
+                    anyhow::bail!("{addr} still answers after {} s", limit.as_secs())
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
         }
         println!("{addr}: drained and stopped");
     }
     Ok(())
+}
+
+/// How long an admin-API connection or answer may take.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The first address `addr` (`host:port`) resolves to.
+fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
 }
 
 fn active_sessions(

@@ -776,20 +776,13 @@ fn redirect_target(candidates: &[SocketAddr], local_v6: bool) -> Option<SocketAd
 }
 
 /// Whether a redirect may take a CA-trusting client from `original` (the name it was
-/// pointed at) to `target`: the same name, a name under it, or a sibling under the same
-/// parent domain when that parent has at least two labels (`relay.example.com` allows
-/// `relay-2.relay.example.com` and `relay-2.example.com`, never `example.net` or a bare
-/// `com` sibling).
+/// pointed at) to `target`: the same name or a name under it (`relay.example.com` allows
+/// `relay-2.relay.example.com`). Siblings are refused: without the public suffix list a
+/// "parent domain" may be a registry (`co.uk`) that anyone can hold names under.
 fn redirect_host_allowed(original: &str, target: &str) -> bool {
     let original = original.trim_end_matches('.').to_ascii_lowercase();
     let target = target.trim_end_matches('.').to_ascii_lowercase();
-    if target == original || target.ends_with(&format!(".{original}")) {
-        return true;
-    }
-    match original.split_once('.') {
-        Some((_, parent)) if parent.contains('.') => target.ends_with(&format!(".{parent}")),
-        _ => false,
-    }
+    target == original || target.ends_with(&format!(".{original}"))
 }
 
 fn unexpected(message: In) -> ClientError {
@@ -937,19 +930,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redirects_stay_within_the_domain_the_client_was_given() {
+    fn redirects_stay_within_the_name_the_client_was_given() {
         for ok in [
             "relay.example.com",
             "relay-2.relay.example.com",
-            "relay-2.example.com",
-            "RELAY-2.Example.com.",
+            "RELAY-2.Relay.Example.com.",
         ] {
             assert!(redirect_host_allowed("relay.example.com", ok), "{ok}");
         }
         for refused in [
+            "relay-2.example.com",
             "example.com.evil.net",
             "relay.example.net",
-            "evilexample.com",
+            "evilrelay.example.com",
             "com",
         ] {
             assert!(
@@ -957,9 +950,8 @@ mod tests {
                 "{refused}"
             );
         }
-        // A two-label name only allows itself and names under it.
-        assert!(redirect_host_allowed("example.com", "relay-1.example.com"));
-        assert!(!redirect_host_allowed("example.com", "other.com"));
+        // A registry-level parent gives nothing away.
+        assert!(!redirect_host_allowed("relay.example.co.uk", "evil.co.uk"));
         assert!(!redirect_host_allowed("localhost", "evil.localhost.net"));
     }
 

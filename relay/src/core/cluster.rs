@@ -11,9 +11,8 @@
 //! rotation bits (`0b000`) and the id's length minus one, then one octet of server id (our
 //! node id), then six random nonce octets. A load balancer configured with "server id
 //! length 1, no key" reads the node from any connection id the relay issued, so packets of
-//! a migrated or re-bound connection reach the node that holds it.
-
-use std::time::Duration;
+//! a migrated or re-bound connection reach the node that holds it. (quinn's generator, which
+//! draws from the OS RNG, lives in the shell: [`crate::transport::RoutableCids`].)
 
 use rand::Rng;
 
@@ -93,46 +92,9 @@ pub fn node_of_cid(cid: &[u8]) -> Option<NodeId> {
     cid.get(1).copied().and_then(NodeId::new)
 }
 
-/// quinn's connection id source for a clustered relay: every id routes to `node`.
-#[derive(Debug, Clone, Copy)]
-pub struct RoutableCids {
-    node: NodeId,
-}
-
-impl RoutableCids {
-    /// Ids for `node`.
-    pub fn new(node: NodeId) -> RoutableCids {
-        RoutableCids { node }
-    }
-}
-
-impl quinn_proto::ConnectionIdGenerator for RoutableCids {
-    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
-        quinn_proto::ConnectionId::new(&routable_cid(self.node, &mut rand::rng()))
-    }
-
-    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
-        // Ids of other nodes (or other formats) cannot be ours: quinn may then skip the
-        // lookup, and a stateless reset is never sent for another node's connection.
-        match node_of_cid(cid) {
-            Some(node) if node == self.node => Ok(()),
-            _ => Err(quinn_proto::InvalidCid),
-        }
-    }
-
-    fn cid_len(&self) -> usize {
-        CID_LEN
-    }
-
-    fn cid_lifetime(&self) -> Option<Duration> {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quinn_proto::ConnectionIdGenerator;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -186,16 +148,6 @@ mod tests {
             "rotation 1"
         );
         assert_eq!(node_of_cid(&[0x07, 40, 0, 0, 0, 0, 0, 0]), None, "node 40");
-    }
-
-    #[test]
-    fn the_quinn_generator_only_accepts_its_own_node() {
-        let mut mine = RoutableCids::new(NodeId::new(2).unwrap());
-        let cid = mine.generate_cid();
-        assert_eq!(cid.len(), CID_LEN);
-        assert!(mine.validate(&cid).is_ok());
-        let theirs = RoutableCids::new(NodeId::new(3).unwrap()).generate_cid();
-        assert!(mine.validate(&theirs).is_err());
     }
 
     #[test]

@@ -391,11 +391,16 @@ impl Registry {
         let Some(CodeSlot::Open {
             session,
             wrong_attempts,
-            ..
+            expires_at,
         }) = self.codes.get_mut(&target)
         else {
             return ErrorCode::CodeInvalid.into();
         };
+        // A code past its lifetime that the sweep has not reached yet is expired, not
+        // burnable: its helper must hear CODE_EXPIRED, as `join` would say.
+        if *expires_at <= now {
+            return ErrorCode::CodeInvalid.into();
+        }
         let session = session.clone();
         if self.sessions.get(&session).map(|s| &s.tenant) != Some(tenant) {
             return ErrorCode::CodeInvalid.into();
@@ -854,6 +859,28 @@ mod tests {
         }
         assert_ne!(secret, candidate.to_string().split_once('-').unwrap().1);
         candidate
+    }
+
+    #[test]
+    fn an_expired_code_not_yet_swept_cannot_be_burned() {
+        let (mut reg, mut rng, now) = setup();
+        let created = reg.create(party(1, "t"), Mode::ViewOnly, now, &mut rng);
+        let late = now + TTL;
+        for n in 1..=5 {
+            let refused = reg
+                .join(same_locator(created.code, n), party(2, "t"), late)
+                .unwrap_err();
+            assert_eq!(refused, ErrorCode::CodeInvalid.into(), "attempt {n}");
+        }
+        // The sweep then ends it as expired, not burned.
+        let expired = reg.expire(late);
+        assert!(
+            expired
+                .ended
+                .iter()
+                .any(|(_, reason)| *reason == ErrorCode::CodeExpired),
+            "{expired:?}"
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
 
 async fn metrics_text() -> Response {
     let handle = prometheus();
-    record_process_metrics();
+    // /proc reads are file I/O: off the runtime's workers, which also forward data.
+    let _ = tokio::task::spawn_blocking(record_process_metrics).await;
     handle.run_upkeep();
     (
         [(

@@ -173,8 +173,7 @@ async fn authenticate(
     // Small initial buffers: control messages are small and an idle connection should
     // not hold 2 × 8 KiB (tokio-util's default) for the session's life; they grow on need.
     let mut reader = FramedRead::with_capacity(recv, ControlCodec::new(max), CONTROL_BUFFER);
-    let mut writer = FramedWrite::new(send_stream, ControlCodec::new(max));
-    *writer.write_buffer_mut() = bytes::BytesMut::with_capacity(CONTROL_BUFFER);
+    let writer = FramedWrite::with_capacity(send_stream, ControlCodec::new(max), CONTROL_BUFFER);
     let hello = match reader.next().await {
         None => return Err(Close::Lost("control stream closed before Hello".into())),
         Some(Err(e)) => return Err(e.into()),
@@ -455,6 +454,9 @@ impl Conn {
         let refusal = if !self.hub.audit.is_available() {
             Some(ErrorCode::AuditUnavailable)
         } else if !self.hub.policies().tenant(&self.principal.tenant).enabled {
+            // A reload disabled the tenant after this client signed in: a policy refusal.
+            metrics::counter!("relay_policy_refusals_total", "code" => ErrorCode::TenantDisabled.as_str_name())
+                .increment(1);
             Some(ErrorCode::TenantDisabled)
         } else {
             None
@@ -513,12 +515,13 @@ impl Conn {
         if let Err(code) = self.hub.allow_join(source, &self.principal.tenant) {
             return self.refuse(code, code.describe().into()).await;
         }
-        if let Ok(code) = SessionCode::parse(&join.code)
+        let parsed = SessionCode::parse(&join.code);
+        if let Ok(code) = &parsed
             && self.redirect_elsewhere(code.node(), "join").await?
         {
             return Ok(());
         }
-        let outcome = SessionCode::parse(&join.code)
+        let outcome = parsed
             .map_err(|_| {
                 (
                     ErrorCode::CodeInvalid,
@@ -1154,10 +1157,14 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
             metrics::counter!("relay_refusals_total", "code" => code.as_str_name()).increment(1);
             (code, message)
         }
-        Close::Shutdown => (
-            ErrorCode::RelayShutdown,
-            ErrorCode::RelayShutdown.describe().to_string(),
-        ),
+        Close::Shutdown => {
+            metrics::counter!("relay_refusals_total", "code" => ErrorCode::RelayShutdown.as_str_name())
+                .increment(1);
+            (
+                ErrorCode::RelayShutdown,
+                ErrorCode::RelayShutdown.describe().to_string(),
+            )
+        }
     };
     if let Some(writer) = writer {
         // Closing a QUIC connection discards unsent stream data, so the last messages

@@ -664,13 +664,25 @@ impl Hub {
             "session code burned by too many wrong attempts against it"
         );
         metrics::counter!("relay_codes_burned_total").increment(1);
-        self.refused(burner, session, ErrorCode::CodeBurned);
+        self.refused_and_ended(burner, session, ErrorCode::CodeBurned, helper);
+    }
+
+    /// A session that never started ends because of `party`: the refusal is audited under
+    /// `party`'s tenant, then the helper (if still connected) is told why.
+    fn refused_and_ended(
+        &self,
+        party: &Principal,
+        session: &SessionId,
+        code: ErrorCode,
+        helper: Option<&ConnLink>,
+    ) {
+        self.refused(party, session, code);
         if let Some(helper) = helper {
             deliver(
                 helper,
                 Event::Ended {
                     session: session.clone(),
-                    reason: ErrorCode::CodeBurned,
+                    reason: code,
                 },
             );
         }
@@ -684,16 +696,9 @@ impl Hub {
         refusal: &Refusal,
     ) {
         self.lock().registry.end(session);
-        self.refused(sharer, session, refusal.code());
         metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name())
             .increment(1);
-        deliver(
-            helper,
-            Event::Ended {
-                session: session.clone(),
-                reason: refusal.code(),
-            },
-        );
+        self.refused_and_ended(sharer, session, refusal.code(), Some(helper));
     }
 
     /// The helper answers a compliance warning. On `proceed` the sharer is asked to
@@ -1259,9 +1264,13 @@ impl Hub {
                 .collect();
             (ended, lapsed)
         };
+        // One entry per connected party: count each session once.
+        let mut counted = std::collections::HashSet::new();
         for (link, session, reason) in ended {
-            metrics::counter!("relay_deadlines_expired_total", "reason" => reason.as_str_name())
-                .increment(1);
+            if counted.insert(session.clone()) {
+                metrics::counter!("relay_deadlines_expired_total", "reason" => reason.as_str_name())
+                    .increment(1);
+            }
             deliver(&link, Event::Ended { session, reason });
         }
         for (link, session) in lapsed {

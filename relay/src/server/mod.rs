@@ -39,7 +39,7 @@ fn endpoint_config(config: &Config) -> quinn::EndpointConfig {
         .cluster
         .as_ref()
         .map_or(crate::core::cluster::NodeId::FIRST, |c| c.node);
-    endpoint.cid_generator(move || Box::new(crate::core::cluster::RoutableCids::new(node)));
+    endpoint.cid_generator(move || Box::new(crate::transport::RoutableCids::new(node)));
     endpoint
 }
 
@@ -256,7 +256,7 @@ impl ServerHandle {
 /// Publishes every configured limit as `relay_limit{name}` so dashboards can show usage
 /// against it, and logs the connection cap the buffer budget allows.
 fn report_limits(limits: &crate::config::Limits) {
-    let values: [(&'static str, f64); 18] = [
+    let values: [(&'static str, f64); 23] = [
         ("max_connections", limits.max_connections as f64),
         ("connection_cap", limits.connection_cap() as f64),
         ("max_buffered_bytes", limits.max_buffered_bytes as f64),
@@ -285,9 +285,23 @@ fn report_limits(limits: &crate::config::Limits) {
             limits.max_control_message as f64,
         ),
         (
+            "stream_receive_window_bytes",
+            limits.stream_receive_window as f64,
+        ),
+        (
+            "connection_receive_window_bytes",
+            limits.connection_receive_window as f64,
+        ),
+        ("send_window_bytes", limits.send_window as f64),
+        (
             "datagram_receive_buffer_bytes",
             limits.datagram_receive_buffer as f64,
         ),
+        (
+            "datagram_send_buffer_bytes",
+            limits.datagram_send_buffer as f64,
+        ),
+        ("udp_socket_buffer_bytes", limits.udp_socket_buffer as f64),
         (
             "max_failed_joins_per_connection",
             f64::from(limits.max_failed_joins_per_connection),
@@ -339,11 +353,8 @@ fn report_limits(limits: &crate::config::Limits) {
 /// admin listener, and starts serving. Must be called inside a tokio runtime.
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     admin::prometheus();
-    let audit_config = crate::audit::AuditConfig {
-        node: config.cluster.as_ref().map(|c| c.node.get()),
-        ..config.audit.clone()
-    };
-    let (audit, recovered) = crate::audit::AuditLog::open(audit_config)?;
+    let node = config.cluster.as_ref().map(|c| c.node.get());
+    let (audit, recovered) = crate::audit::AuditLog::open(config.audit.clone(), node)?;
     if recovered > 0 {
         warn!(
             sessions = recovered,

@@ -203,10 +203,7 @@ impl TestRelay {
         let mut helper = self.helper(tenant).await;
         let mut sharer = self.sharer(tenant).await;
         let created = within(helper.create_session(mode)).await.unwrap();
-        within(sharer.join(&created.code)).await.unwrap();
-        within(helper.wait_for_sharer()).await.unwrap();
-        within(sharer.accept()).await.unwrap();
-        within(helper.wait_for_start()).await.unwrap();
+        join_and_consent(&mut helper, &mut sharer, &created.code).await;
         (helper, sharer)
     }
 
@@ -282,6 +279,14 @@ impl TestRelayBuilder {
             _dir: self.dir,
         }
     }
+}
+
+/// The sharer joins `code` and consents; returns once the helper sees the session start.
+pub async fn join_and_consent(helper: &mut Client, sharer: &mut Client, code: &str) {
+    within(sharer.join(code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    within(helper.wait_for_start()).await.unwrap();
 }
 
 /// Extra claims merged over a persona's.
