@@ -6,9 +6,11 @@
 //! `N` above the receiver's maximum is an error ([`FrameError::TooLarge`]) before any of
 //! the body is buffered, so a peer cannot make the receiver allocate more than the limit.
 //!
-//! *Data streams* (unidirectional): the first byte is the [`Channel`] number, the rest is
-//! opaque to the relay. The reference client puts length-prefixed frames inside them with
-//! [`DataCodec`], the same 4-byte prefix as the control stream.
+//! *Data streams* (unidirectional): the first byte is the [`Channel`] number, with
+//! [`CONTINUATION`] set when the stream continues a channel that moved between the relay and
+//! a direct path; the rest is opaque to the relay. The reference client puts length-prefixed
+//! frames inside them with [`DataCodec`], the same 4-byte prefix as the control stream; an
+//! empty frame ([`MOVED_MARKER`]) says that the channel continues on another path.
 
 use std::marker::PhantomData;
 
@@ -19,6 +21,14 @@ use crate::v1::Channel;
 
 /// Size of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
+
+/// Bit set in a data stream's tag byte when the stream continues a channel that moved to
+/// this path (the direct connection, or back to the relay); clear for a channel's first stream.
+pub const CONTINUATION: u8 = 0x80;
+
+/// The frame a sender writes last on a data stream whose channel moves to another path
+/// (then it finishes the stream): an empty frame, which carries no data otherwise.
+pub const MOVED_MARKER: &[u8] = &[];
 
 /// Default maximum control message size (bytes, prefix excluded).
 pub const DEFAULT_MAX_CONTROL_MESSAGE: usize = 64 * 1024;
@@ -189,9 +199,9 @@ pub fn channel_tag(channel: Channel) -> u8 {
     channel as i32 as u8
 }
 
-/// The channel a data stream's tag byte names.
+/// The channel a data stream's tag byte names (with or without [`CONTINUATION`]).
 pub fn channel_from_tag(tag: u8) -> Result<Channel, FrameError> {
-    match Channel::try_from(i32::from(tag)) {
+    match Channel::try_from(i32::from(tag & !CONTINUATION)) {
         Ok(Channel::Unspecified) | Err(_) => Err(FrameError::UnknownChannel(tag)),
         Ok(channel) => Ok(channel),
     }
@@ -292,7 +302,15 @@ mod tests {
             Channel::Keys,
         ] {
             assert_eq!(channel_from_tag(channel_tag(channel)).unwrap(), channel);
+            assert_eq!(
+                channel_from_tag(channel_tag(channel) | CONTINUATION).unwrap(),
+                channel
+            );
         }
+        assert!(matches!(
+            channel_from_tag(CONTINUATION),
+            Err(FrameError::UnknownChannel(CONTINUATION))
+        ));
         assert!(matches!(
             channel_from_tag(0),
             Err(FrameError::UnknownChannel(0))

@@ -48,6 +48,8 @@ pub enum EventKind {
     SessionRefused,
     /// The session's mode changed.
     ModeChanged,
+    /// The session's data moved to a direct path, or fell back to the relay (`path`).
+    PathChanged,
 }
 
 /// One audit event: one line of the log.
@@ -123,6 +125,10 @@ pub struct AuditEvent {
     /// Bytes forwarded sharer → helper.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_sharer_to_helper: Option<u64>,
+    /// Which way the session's data goes (went, for `session_ended`): `relayed` or
+    /// `direct` (peer to peer; the relay still carries consent, mode changes and the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// SHA-256 (hex) of the previous line of this file; 64 zeros for the first.
     pub prev_hash: String,
 }

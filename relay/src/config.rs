@@ -234,6 +234,8 @@ pub struct RawTenant {
     pub allow_unenrolled_devices: Option<bool>,
     /// The chat channel is refused (default false).
     pub disable_chat: Option<bool>,
+    /// No direct (peer-to-peer) paths: all data through the relay (default false).
+    pub relay_only: Option<bool>,
     /// Licence name both parties need (default "remote-help").
     pub license: Option<String>,
     /// "commercial" (default) or "gcc"; "gcc-high" and "dod" are refused.
@@ -943,6 +945,7 @@ impl Config {
                 enabled: t.enabled.unwrap_or(false),
                 allow_unenrolled_devices: t.allow_unenrolled_devices.unwrap_or(false),
                 disable_chat: t.disable_chat.unwrap_or(false),
+                relay_only: t.relay_only.unwrap_or(false),
                 license,
                 cloud,
                 assignments,

@@ -2,6 +2,10 @@
 //! start) and the client's trust in the relay (a CA file, or the SHA-256 fingerprint of the
 //! relay's certificate pinned). TLS 1.3 only, ALPN `remote-help/1`, ring as the provider.
 //! There is deliberately no way to turn verification off.
+//!
+//! Direct (peer-to-peer) connections use mutual TLS with both certificates pinned: each
+//! peer's fingerprint reached the other through the relay, so neither end accepts anyone
+//! else (ALPN `remote-help-direct/1`).
 
 use std::fmt;
 use std::path::Path;
@@ -10,7 +14,8 @@ use std::sync::Arc;
 use remote_help_proto::ALPN;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -172,6 +177,109 @@ impl ServerIdentity {
         tls.max_early_data_size = 0;
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+}
+
+/// ALPN of direct peer-to-peer connections.
+pub const ALPN_DIRECT: &[u8] = b"remote-help-direct/1";
+
+impl ServerIdentity {
+    /// The direct listener's server config: presents this certificate and requires the
+    /// dialling peer's, which must be exactly `peer`.
+    pub fn direct_server_config(
+        &self,
+        peer: Fingerprint,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(PinnedPeer {
+                pin: peer,
+                provider: provider(),
+            }))
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN_DIRECT.to_vec()];
+        tls.max_early_data_size = 0;
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+
+    /// The direct dialler's client config: presents this certificate and accepts exactly
+    /// the listening peer's, `peer`.
+    pub fn direct_client_config(
+        &self,
+        peer: Fingerprint,
+    ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
+                pin: peer,
+                provider: provider(),
+            }))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN_DIRECT.to_vec()];
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+}
+
+/// A direct listener's check of the dialling peer: exactly one client certificate, by
+/// fingerprint, with the handshake signature checked (the peer holds its key).
+#[derive(Debug)]
+struct PinnedPeer {
+    pin: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for PinnedPeer {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if Fingerprint::of(end_entity) == self.pin {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -81,6 +81,23 @@ pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
+/// A direct peer-to-peer connection's transport (either side): the client's windows and
+/// timeouts, one bidirectional stream for the path check, one unidirectional stream per
+/// channel each way, and loss recovery starting from `initial_rtt` (the relay's estimate of
+/// the path) so that a handshake packet lost to a NAT not yet open is resent quickly.
+pub fn direct(settings: &ClientTransport, initial_rtt: Duration) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(UNI_STREAMS.into())
+        .stream_receive_window(varint(settings.stream_receive_window))
+        .receive_window(varint(settings.connection_receive_window))
+        .send_window(settings.send_window)
+        .max_idle_timeout(IdleTimeout::try_from(settings.idle_timeout).ok())
+        .keep_alive_interval(Some(settings.keep_alive))
+        .initial_rtt(initial_rtt);
+    Arc::new(t)
+}
+
 /// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much
 /// as the kernel allows: Linux caps them at `net.core.rmem_max` / `wmem_max`). Returns the
 /// socket and the receive buffer actually granted.

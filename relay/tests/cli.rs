@@ -167,7 +167,8 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["error_code"], "TOKEN_EXPIRED", "{report}");
 
-    // Two people, two processes: `rhelp helper` prints a code, `rhelp share` joins with it.
+    // Two people, two processes: `rhelp helper` prints a code, `rhelp share` joins with it;
+    // both ask for a direct path, which loopback allows.
     let mut helper = rhelp()
         .args([
             "helper",
@@ -179,6 +180,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
             "1",
             "--mode",
             "full-control",
+            "--direct",
         ])
         .arg("--token")
         .arg(&helper_token)
@@ -203,6 +205,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
             "--pin",
             &fingerprint,
             "--yes",
+            "--direct",
             "--code",
             &code,
         ])
@@ -224,6 +227,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         share_stdout.contains("Session ended: PEER_ENDED"),
         "{share_stdout}"
     );
+    assert!(share_stdout.contains("Direct path to "), "{share_stdout}");
     let helper_rest: Vec<String> = helper_out.map(|l| l.unwrap()).collect();
     assert!(helper.wait().unwrap().success());
     assert!(
@@ -234,6 +238,10 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     );
     assert!(
         helper_rest.iter().any(|l| l.starts_with("Received ")),
+        "{helper_rest:?}"
+    );
+    assert!(
+        helper_rest.iter().any(|l| l.starts_with("Direct path to ")),
         "{helper_rest:?}"
     );
 

@@ -159,7 +159,7 @@ async fn messages_out_of_order_or_from_the_wrong_role_close_the_connection() {
         };
         let client = relay.connect(contoso.token(persona), role).await.unwrap();
         // Speak past the SDK on the already-authenticated control stream.
-        let (_endpoint, connection, mut send, _recv) = client.into_raw_parts();
+        let (_endpoint, connection, mut send, _recv) = client.into_raw_parts().unwrap();
         within(send.write_all(&frame(&v1::ClientToRelay { msg: Some(message) })))
             .await
             .unwrap();

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use remote_help_relay::client::{ChannelReceiver, Client, ClientError, ClientOptions};
+use remote_help_relay::client::{
+    ChannelReceiver, Client, ClientError, ClientOptions, DirectOutcome,
+};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::probe::{self, ProbeSettings};
 use remote_help_relay::tls::{Fingerprint, RelayTrust};
@@ -122,6 +124,9 @@ enum Command {
         /// Seconds to stay in the session once it starts.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Take a direct peer-to-peer path when the sharer can too and the NATs allow it.
+        #[arg(long)]
+        direct: bool,
     },
     /// Share this (synthetic) screen with a helper who gave you a code.
     Share {
@@ -139,6 +144,9 @@ enum Command {
         /// Synthetic screen frames per second.
         #[arg(long, default_value_t = 10)]
         fps: u32,
+        /// Take a direct peer-to-peer path when the helper can too and the NATs allow it.
+        #[arg(long)]
+        direct: bool,
     },
 }
 
@@ -171,7 +179,8 @@ fn main() -> ExitCode {
                 token,
                 mode,
                 seconds,
-            } => report(helper_command(relay, &token, mode, seconds).await),
+                direct,
+            } => report(helper_command(relay, &token, mode, seconds, direct).await),
             Command::E2eBench { parties, screen_mb } => report(
                 async {
                     let (helper, sharer) = parties.options()?;
@@ -192,7 +201,8 @@ fn main() -> ExitCode {
                 code,
                 yes,
                 fps,
-            } => report(share_command(relay, &token, &code, yes, fps).await),
+                direct,
+            } => report(share_command(relay, &token, &code, yes, fps, direct).await),
             Command::Hostile {
                 parties,
                 rounds,
@@ -380,17 +390,33 @@ async fn hostile_command(
     Ok(())
 }
 
+/// Says which way the session's data goes, once the direct attempt (if any) is over
+/// (at most a few seconds; data flows through the relay meanwhile).
+async fn say_path(client: &Client) {
+    match client.direct_outcome().await {
+        DirectOutcome::NotOffered => {}
+        DirectOutcome::Direct { peer, took } => println!(
+            "Direct path to {peer} up after {:.0} ms; the relay now carries only the session's control.",
+            took.as_secs_f64() * 1000.0
+        ),
+        DirectOutcome::Relayed(why) => println!("No direct path ({why}); staying on the relay."),
+    }
+}
+
 async fn helper_command(
     relay: RelayArgs,
     token: &Path,
     mode: ModeArg,
     seconds: u64,
+    direct: bool,
 ) -> Result<(), Failure> {
     let mode = match mode {
         ModeArg::ViewOnly => Mode::ViewOnly,
         ModeArg::FullControl => Mode::FullControl,
     };
-    let mut client = Client::connect(options(&relay, token, Role::Helper)?).await?;
+    let mut options = options(&relay, token, Role::Helper)?;
+    options.direct_path = direct;
+    let mut client = Client::connect(options).await?;
     let created = client.create_session(mode).await?;
     println!(
         "Session code: {}   (read it to the person you are helping)",
@@ -409,6 +435,7 @@ async fn helper_command(
     );
     let started = client.wait_for_start().await?;
     println!("Session started in {} mode.", started.mode.as_str());
+    say_path(&client).await;
     let mut input = if started.mode == Mode::FullControl {
         Some(client.open_channel(Channel::Input).await?)
     } else {
@@ -451,8 +478,11 @@ async fn share_command(
     code: &str,
     yes: bool,
     fps: u32,
+    direct: bool,
 ) -> Result<(), Failure> {
-    let mut client = Client::connect(options(&relay, token, Role::Sharer)?).await?;
+    let mut options = options(&relay, token, Role::Sharer)?;
+    options.direct_path = direct;
+    let mut client = Client::connect(options).await?;
     let request = client.join(code).await?;
     let helper = request.helper.unwrap_or_default();
     let mode = Mode::from_wire(request.mode)
@@ -478,6 +508,7 @@ async fn share_command(
     }
     client.accept().await?;
     println!("Sharing your screen. The helper can end the session.");
+    say_path(&client).await;
     let data = client.data();
     let mut screen = data.open_channel(Channel::Screen).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / fps.max(1));

@@ -25,18 +25,22 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use remote_help_proto::framing::{
-    ControlCodec, DataCodec, FrameError, channel_from_tag, channel_tag,
+    CONTINUATION, ControlCodec, DataCodec, FrameError, MOVED_MARKER, channel_from_tag, channel_tag,
 };
 use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
 use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+pub mod direct;
 pub mod secure;
+
+pub use direct::{DirectOutcome, DirectState};
 
 use crate::core::{Channel, Mode, Role};
 use crate::tls::{RelayTrust, TlsError};
@@ -69,6 +73,10 @@ pub struct ClientOptions {
     pub bind: SocketAddr,
     /// Windows and timeouts.
     pub transport: ClientTransport,
+    /// Offer the relay candidates and take a direct peer-to-peer path when the peer does
+    /// too and the tenant allows it (off by default). Needs the client's own socket
+    /// ([`Client::connect`] or [`Client::connect_on`]), not a shared endpoint.
+    pub direct_path: bool,
 }
 
 impl ClientOptions {
@@ -88,6 +96,7 @@ impl ClientOptions {
             client_name: format!("remote-help-sdk/{}", env!("CARGO_PKG_VERSION")),
             bind,
             transport: ClientTransport::default(),
+            direct_path: false,
         }
     }
 }
@@ -214,7 +223,8 @@ pub struct SessionStart {
 }
 
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
-type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
+pub(crate) type Writer =
+    FramedWrite<quinn::SendStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
 
 /// An authenticated connection to a relay.
 pub struct Client {
@@ -225,7 +235,12 @@ pub struct Client {
     /// Whether this client made its endpoint (and so waits for it to go idle on close).
     owns_endpoint: bool,
     reader: Reader,
-    writer: Writer,
+    /// Shared with the direct-path task, which reports its result on the control stream.
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+    /// The endpoint's socket, shared, when direct paths are on (punch packets go out on it).
+    raw: Option<Arc<std::net::UdpSocket>>,
+    /// Direct-path state, when `ClientOptions::direct_path` is on.
+    direct: Option<direct::DirectSetup>,
     welcome: v1::Welcome,
     next_nonce: u64,
     peer: Option<v1::Profile>,
@@ -242,8 +257,7 @@ pub async fn connect_quic(
 
 /// The QUIC client configuration for `options`: its trust and transport settings.
 fn quic_config(options: &ClientOptions) -> Result<quinn::ClientConfig, ClientError> {
-    let mut config =
-        quinn::ClientConfig::new(std::sync::Arc::new(options.trust.quic_client_config()?));
+    let mut config = quinn::ClientConfig::new(Arc::new(options.trust.quic_client_config()?));
     config.transport_config(crate::transport::client(&options.transport));
     Ok(config)
 }
@@ -274,10 +288,26 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects, sends `Hello` and waits for `Welcome`.
+    /// Connects, sends `Hello` and waits for `Welcome` (and offers direct-path candidates
+    /// when `direct_path` is on).
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
-        let (endpoint, connection) = connect_quic(&options).await?;
-        Client::hello(options, endpoint, connection, true).await
+        let socket = std::net::UdpSocket::bind(options.bind).map_err(ClientError::Socket)?;
+        Client::connect_on(options, socket).await
+    }
+
+    /// Like [`Client::connect`], on a UDP socket the caller already has (bound where it
+    /// needs to be, e.g. in another network namespace).
+    pub async fn connect_on(
+        options: ClientOptions,
+        socket: std::net::UdpSocket,
+    ) -> Result<Client, ClientError> {
+        let raw = if options.direct_path {
+            Some(Arc::new(socket.try_clone().map_err(ClientError::Socket)?))
+        } else {
+            None
+        };
+        let (endpoint, connection) = connect_quic_on(&options, socket).await?;
+        Client::hello(options, endpoint, connection, true, raw).await
     }
 
     /// Like [`Client::connect`], from an endpoint the caller already has, which may carry
@@ -290,7 +320,7 @@ impl Client {
             .connect_with(quic_config(&options)?, options.relay, &options.server_name)?
             .await
             .map_err(ClientError::from_handshake)?;
-        Client::hello(options, endpoint.clone(), connection, false).await
+        Client::hello(options, endpoint.clone(), connection, false, None).await
     }
 
     async fn hello(
@@ -298,6 +328,7 @@ impl Client {
         endpoint: quinn::Endpoint,
         connection: quinn::Connection,
         owns_endpoint: bool,
+        raw: Option<Arc<std::net::UdpSocket>>,
     ) -> Result<Client, ClientError> {
         let (send, recv) = connection
             .open_bi()
@@ -309,7 +340,12 @@ impl Client {
             connection,
             owns_endpoint,
             reader: FramedRead::new(recv, ControlCodec::new(MAX_CONTROL)),
-            writer: FramedWrite::new(send, ControlCodec::new(MAX_CONTROL)),
+            writer: Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
+                send,
+                ControlCodec::new(MAX_CONTROL),
+            ))),
+            raw,
+            direct: None,
             welcome: v1::Welcome::default(),
             next_nonce: 1,
             peer: None,
@@ -329,6 +365,15 @@ impl Client {
         match client.recv().await? {
             In::Welcome(welcome) => {
                 client.welcome = welcome;
+                if client.options.direct_path
+                    && let Some(raw) = client.raw.clone()
+                {
+                    let setup = direct::DirectSetup::new(&client.connection, raw)?;
+                    let local = client.endpoint.local_addr().map_err(ClientError::Socket)?;
+                    let offer = setup.offer(local);
+                    client.direct = Some(setup);
+                    client.send(Out::OfferCandidates(offer)).await?;
+                }
                 Ok(client)
             }
             other => Err(ClientError::Unexpected(format!(
@@ -406,6 +451,7 @@ impl Client {
             self.endpoint.clone(),
             connection,
             self.owns_endpoint,
+            self.raw.clone(),
         )
         .await?;
         let previous = std::mem::replace(self, next);
@@ -428,9 +474,95 @@ impl Client {
         self.peer.as_ref()
     }
 
-    /// The address the relay observes for this client.
+    /// The address the relay observes for this client (updated when the relay reports a
+    /// change, which it does for clients that offered direct-path candidates).
     pub fn observed_addr(&self) -> &str {
         &self.welcome.observed_addr
+    }
+
+    /// Which way the current session's data goes now.
+    pub fn path(&self) -> crate::core::path::Path {
+        match self.direct.as_ref().map(|d| d.link().usable()) {
+            Some(Some(_)) => crate::core::path::Path::Direct,
+            _ => crate::core::path::Path::Relayed,
+        }
+    }
+
+    /// The direct peer-to-peer connection while the session uses one (for diagnostics:
+    /// its RTT, its path statistics).
+    pub fn direct_connection(&self) -> Option<quinn::Connection> {
+        self.direct.as_ref().and_then(|d| d.link().usable())
+    }
+
+    /// Moves this client's connections to a new local UDP socket, as after a network
+    /// change: QUIC migrates them, and the relay (for a client with direct paths on) sends
+    /// the new observed address.
+    pub fn rebind(&mut self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
+        if let Some(direct) = self.direct.as_mut() {
+            let raw = Arc::new(socket.try_clone().map_err(ClientError::Socket)?);
+            direct.set_socket(raw.clone());
+            self.raw = Some(raw);
+        }
+        self.endpoint.rebind(socket).map_err(ClientError::Socket)
+    }
+
+    /// Waits until the current session's direct attempt is over and says how it went
+    /// (at once when none was offered).
+    pub async fn direct_outcome(&self) -> DirectOutcome {
+        let Some(setup) = &self.direct else {
+            return DirectOutcome::NotOffered;
+        };
+        let mut state = setup.state();
+        let settled = state
+            .wait_for(|s| !matches!(s, DirectState::Trying))
+            .await
+            .map(|s| s.clone());
+        match settled {
+            Ok(DirectState::Off) => DirectOutcome::NotOffered,
+            Ok(DirectState::Up { peer, took, .. }) => DirectOutcome::Direct { peer, took },
+            Ok(DirectState::Failed(why) | DirectState::Lost(why)) => DirectOutcome::Relayed(why),
+            Ok(DirectState::Trying) | Err(_) => {
+                DirectOutcome::Relayed("the direct attempt stopped".into())
+            }
+        }
+    }
+
+    /// Waits until the current session's data goes `path` (the direct path came up, or
+    /// was never offered, failed or was lost) and says how the direct attempt stands.
+    pub async fn wait_for_path(&self, path: crate::core::path::Path) -> DirectOutcome {
+        let Some(setup) = &self.direct else {
+            return DirectOutcome::NotOffered;
+        };
+        let mut state = setup.state();
+        let _ = state
+            .wait_for(|s| match path {
+                crate::core::path::Path::Direct => matches!(s, DirectState::Up { .. }),
+                crate::core::path::Path::Relayed => {
+                    !matches!(s, DirectState::Up { .. } | DirectState::Trying)
+                }
+            })
+            .await;
+        self.direct_outcome().await
+    }
+
+    /// A `SessionStarted`: when the relay offers a direct path, its offer follows at once;
+    /// the attempt runs in the background (the session is usable on the relay meanwhile).
+    async fn started(&mut self, started: v1::SessionStarted) -> Result<SessionStart, ClientError> {
+        let offered = started.direct_path_offered;
+        let start = session_start(started)?;
+        if offered {
+            match self.recv().await? {
+                In::DirectPathOffer(offer) => {
+                    let writer = Arc::downgrade(&self.writer);
+                    let endpoint = self.endpoint.clone();
+                    if let Some(setup) = self.direct.as_mut() {
+                        setup.start(offer, endpoint, writer, &self.options.transport);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(start)
     }
 
     /// The underlying QUIC connection.
@@ -545,7 +677,7 @@ impl Client {
             }))
             .await?
         {
-            In::SessionStarted(started) => session_start(started),
+            In::SessionStarted(started) => self.started(started).await,
             other => Err(unexpected(other)),
         }
     }
@@ -553,7 +685,7 @@ impl Client {
     /// Helper: waits until the sharer consents.
     pub async fn wait_for_start(&mut self) -> Result<SessionStart, ClientError> {
         match self.recv().await? {
-            In::SessionStarted(started) => session_start(started),
+            In::SessionStarted(started) => self.started(started).await,
             other => Err(unexpected(other)),
         }
     }
@@ -574,7 +706,7 @@ impl Client {
         self.send(Out::ConsentAnswer(v1::ConsentAnswer { accept: true }))
             .await?;
         match self.recv().await? {
-            In::SessionStarted(started) => session_start(started),
+            In::SessionStarted(started) => self.started(started).await,
             other => Err(unexpected(other)),
         }
     }
@@ -637,6 +769,7 @@ impl Client {
     pub fn data(&self) -> DataChannels {
         DataChannels {
             connection: self.connection.clone(),
+            direct: self.direct.as_ref().map(|d| d.link()),
         }
     }
 
@@ -653,24 +786,37 @@ impl Client {
     /// Gives up the SDK's control of the connection after authentication: the endpoint,
     /// the connection and the control stream's halves, for tools and tests that speak the
     /// protocol themselves. Bytes the SDK had already buffered from the relay are dropped.
+    /// Direct paths stop. Fails only while a direct-path task is writing to the control
+    /// stream at that moment.
+    #[allow(clippy::type_complexity)]
     pub fn into_raw_parts(
-        self,
-    ) -> (
-        quinn::Endpoint,
-        quinn::Connection,
-        quinn::SendStream,
-        quinn::RecvStream,
-    ) {
+        mut self,
+    ) -> Result<
         (
+            quinn::Endpoint,
+            quinn::Connection,
+            quinn::SendStream,
+            quinn::RecvStream,
+        ),
+        ClientError,
+    > {
+        self.direct = None;
+        let writer = Arc::try_unwrap(self.writer)
+            .map_err(|_| ClientError::Unexpected("the control stream is in use".into()))?
+            .into_inner();
+        Ok((
             self.endpoint,
             self.connection,
-            self.writer.into_inner(),
+            writer.into_inner(),
             self.reader.into_inner(),
-        )
+        ))
     }
 
     /// Closes the connection and waits (bounded) for the close to reach the relay.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        if let Some(direct) = self.direct.as_mut() {
+            direct.end_session();
+        }
         self.connection.close(0u32.into(), b"bye");
         // A shared endpoint's driver sends the close; waiting for it to be idle would wait
         // for every other client on it.
@@ -682,6 +828,8 @@ impl Client {
     async fn send(&mut self, message: Out) -> Result<(), ClientError> {
         let result = self
             .writer
+            .lock()
+            .await
             .send(v1::ClientToRelay { msg: Some(message) })
             .await;
         match result {
@@ -728,6 +876,15 @@ impl Client {
                 Some(Ok(v1::RelayToClient { msg: Some(m) })) => m,
             };
             match &message {
+                In::ObservedAddress(observed) => {
+                    self.welcome.observed_addr = observed.address.clone();
+                    continue;
+                }
+                In::SessionEnded(_) => {
+                    if let Some(direct) = self.direct.as_mut() {
+                        direct.end_session();
+                    }
+                }
                 In::PeerJoined(joined) => self.peer = joined.sharer.clone(),
                 In::ConsentRequest(request) if !request.mode_change => {
                     self.peer = request.helper.clone()
@@ -807,38 +964,59 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
 }
 
 /// The data plane of a client's connection: channels and datagrams. Cheap to clone.
+///
+/// With a direct path (`ClientOptions::direct_path`), each channel moves to the direct
+/// connection once it is up, at the sender's next frame: the sender ends the relayed stream
+/// with an empty frame (the move marker) and continues on a direct stream tagged as a
+/// continuation; the receiver reads the relayed stream to the marker, then the
+/// continuation, so nothing is lost or reordered. If the direct path is lost, senders
+/// continue on new relayed streams the same way.
 #[derive(Clone)]
 pub struct DataChannels {
     connection: quinn::Connection,
+    direct: Option<direct::DirectLink>,
 }
 
 impl DataChannels {
     /// The data plane over any QUIC connection speaking the data-stream format: a direct
     /// peer-to-peer connection (the `loadtest --baseline direct` run) as well as the relay's.
     pub fn over(connection: quinn::Connection) -> DataChannels {
-        DataChannels { connection }
+        DataChannels {
+            connection,
+            direct: None,
+        }
     }
 
-    /// Opens this side's stream for `channel` in an active session.
+    /// Opens this side's stream for `channel` in an active session (on the direct path
+    /// when it is up).
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
-        let mut stream = self
-            .connection
-            .open_uni()
-            .await
-            .map_err(ClientError::from_connection)?;
-        let _ = stream.set_priority(channel.send_priority());
-        stream
-            .write_all(&[channel_tag(channel.to_wire())])
-            .await
-            .map_err(|e| ClientError::Frame(FrameError::Io(e.into())))?;
+        let usable = self.direct.as_ref().and_then(|d| d.usable());
+        let on_direct = usable.is_some();
+        let target = usable.unwrap_or_else(|| self.connection.clone());
+        let stream = open_tagged(&target, channel, channel_tag(channel.to_wire())).await?;
         Ok(ChannelSender {
             channel,
             frames: FramedWrite::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+            relay: self.connection.clone(),
+            direct: self.direct.clone(),
+            on_direct,
         })
     }
 
     /// Waits for the peer to open a channel towards this side.
     pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
+        if let Some(link) = &self.direct {
+            let (channel, incoming) = link.inbox.next_fresh().await?;
+            return Ok((
+                channel,
+                ChannelReceiver {
+                    channel,
+                    frames: FramedRead::new(incoming.stream, DataCodec::new(MAX_DATA_FRAME)),
+                    direct: Some(link.clone()),
+                    on_direct: incoming.direct,
+                },
+            ));
+        }
         let mut stream = self
             .connection
             .accept_uni()
@@ -856,30 +1034,70 @@ impl DataChannels {
             ChannelReceiver {
                 channel,
                 frames: FramedRead::new(stream, DataCodec::new(MAX_DATA_FRAME)),
+                direct: None,
+                on_direct: false,
             },
         ))
     }
 
-    /// Sharer: sends one lossy screen datagram (dropped if it does not fit).
+    /// Sharer: sends one lossy screen datagram (dropped if it does not fit), on the direct
+    /// path when it is up.
     pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
-        self.connection
+        let connection = self
+            .direct
+            .as_ref()
+            .and_then(|d| d.usable())
+            .unwrap_or_else(|| self.connection.clone());
+        connection
             .send_datagram(datagram)
             .map_err(|e| ClientError::Unexpected(format!("datagram not sent: {e}")))
     }
 
-    /// Helper: receives one lossy screen datagram.
+    /// Helper: receives one lossy screen datagram, from whichever path it came on.
     pub async fn read_datagram(&self) -> Result<Bytes, ClientError> {
-        self.connection
-            .read_datagram()
-            .await
-            .map_err(ClientError::from_connection)
+        let direct = self.direct.as_ref().and_then(|d| d.usable());
+        let Some(direct) = direct else {
+            return self
+                .connection
+                .read_datagram()
+                .await
+                .map_err(ClientError::from_connection);
+        };
+        tokio::select! {
+            relayed = self.connection.read_datagram() => relayed.map_err(ClientError::from_connection),
+            // A lost direct path is not an error: datagrams come through the relay again
+            // (select stops polling a branch whose pattern does not match).
+            Ok(datagram) = direct.read_datagram() => Ok(datagram),
+        }
     }
+}
+
+/// Opens a data stream on `connection` and writes its tag.
+async fn open_tagged(
+    connection: &quinn::Connection,
+    channel: Channel,
+    tag: u8,
+) -> Result<quinn::SendStream, ClientError> {
+    let mut stream = connection
+        .open_uni()
+        .await
+        .map_err(ClientError::from_connection)?;
+    let _ = stream.set_priority(channel.send_priority());
+    stream
+        .write_all(&[tag])
+        .await
+        .map_err(|e| ClientError::Frame(FrameError::Io(e.into())))?;
+    Ok(stream)
 }
 
 /// This side's sending half of one data channel: length-prefixed frames, in order.
 pub struct ChannelSender {
     channel: Channel,
     frames: FramedWrite<quinn::SendStream, DataCodec>,
+    relay: quinn::Connection,
+    direct: Option<direct::DirectLink>,
+    /// The current stream is on the direct connection.
+    on_direct: bool,
 }
 
 impl ChannelSender {
@@ -888,9 +1106,44 @@ impl ChannelSender {
         self.channel
     }
 
-    /// Sends one frame; waits while flow control says the receiver is behind.
+    /// Sends one frame; waits while flow control says the receiver is behind. With direct
+    /// paths on, frames must not be empty (an empty frame is the move marker).
     pub async fn send(&mut self, frame: Bytes) -> Result<(), ClientError> {
+        if let Some(link) = &self.direct {
+            if frame.is_empty() {
+                return Err(ClientError::Unexpected(
+                    "empty data frames are reserved (the path move marker) when direct paths are on"
+                        .into(),
+                ));
+            }
+            match (self.on_direct, link.usable()) {
+                (false, Some(direct)) => self.move_to(Some(direct)).await?,
+                (true, None) => self.move_to(None).await?,
+                _ => {}
+            }
+        }
         self.frames.send(frame).await.map_err(ClientError::from)
+    }
+
+    /// Moves this channel to the direct connection (`Some`) or back to the relay (`None`):
+    /// the move marker and the end of the current stream, then a continuation stream on
+    /// the new path. The receiver reads the old stream to its end before the new one.
+    async fn move_to(&mut self, direct: Option<quinn::Connection>) -> Result<(), ClientError> {
+        // On a lost direct path these fail; the receiver then resumes at the continuation.
+        let _ = self.frames.send(Bytes::from_static(MOVED_MARKER)).await;
+        let _ = self.frames.get_mut().finish();
+        let tag = channel_tag(self.channel.to_wire()) | CONTINUATION;
+        let (stream, on_direct) = match direct {
+            Some(direct) => match open_tagged(&direct, self.channel, tag).await {
+                Ok(stream) => (stream, true),
+                Err(_) => (open_tagged(&self.relay, self.channel, tag).await?, false),
+            },
+            None => (open_tagged(&self.relay, self.channel, tag).await?, false),
+        };
+        tracing::debug!(channel = self.channel.as_str(), on_direct, "channel moved");
+        self.frames = FramedWrite::new(stream, DataCodec::new(MAX_DATA_FRAME));
+        self.on_direct = on_direct;
+        Ok(())
     }
 
     /// Finishes the channel cleanly.
@@ -907,6 +1160,9 @@ impl ChannelSender {
 pub struct ChannelReceiver {
     channel: Channel,
     frames: FramedRead<quinn::RecvStream, DataCodec>,
+    direct: Option<direct::DirectLink>,
+    /// The current stream came on the direct connection.
+    on_direct: bool,
 }
 
 impl ChannelReceiver {
@@ -915,13 +1171,33 @@ impl ChannelReceiver {
         self.channel
     }
 
-    /// The next frame, or `None` when the sender finished the channel.
+    /// The next frame, or `None` when the sender finished the channel. Moves between the
+    /// relay and the direct path are followed here, in order.
     pub async fn recv(&mut self) -> Result<Option<BytesMut>, ClientError> {
-        self.frames
-            .next()
-            .await
-            .transpose()
-            .map_err(ClientError::from)
+        loop {
+            let next = self.frames.next().await;
+            let Some(link) = self.direct.as_ref().filter(|l| l.offered()) else {
+                return next.transpose().map_err(ClientError::from);
+            };
+            let moved = match &next {
+                // The sender moved the channel: its continuation follows on the other path.
+                Some(Ok(frame)) => frame.is_empty(),
+                // The direct path died under this stream: the sender resumes on the relay.
+                Some(Err(_)) => self.on_direct,
+                None => false,
+            };
+            if !moved {
+                return next.transpose().map_err(ClientError::from);
+            }
+            let incoming = link.inbox.continuation(self.channel).await?;
+            tracing::debug!(
+                channel = self.channel.as_str(),
+                on_direct = incoming.direct,
+                "channel moved"
+            );
+            self.on_direct = incoming.direct;
+            self.frames = FramedRead::new(incoming.stream, DataCodec::new(MAX_DATA_FRAME));
+        }
     }
 }
 

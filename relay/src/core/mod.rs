@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod code;
 pub mod limits;
+pub mod path;
 pub mod policy;
 pub mod registry;
 

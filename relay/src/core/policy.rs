@@ -216,6 +216,9 @@ pub struct TenantPolicy {
     pub allow_unenrolled_devices: bool,
     /// The chat channel is refused (off by default: chat allowed).
     pub disable_chat: bool,
+    /// All session data goes through the relay: no direct path is ever offered (off by
+    /// default: peers go direct where their networks allow).
+    pub relay_only: bool,
     /// The licence name both parties need (default `remote-help`).
     pub license: String,
     /// The tenant's cloud.
@@ -235,6 +238,7 @@ impl Default for TenantPolicy {
             enabled: false,
             allow_unenrolled_devices: false,
             disable_chat: false,
+            relay_only: false,
             license: DEFAULT_LICENSE.into(),
             cloud: CloudEnvironment::Commercial,
             assignments: Vec::new(),
@@ -521,6 +525,7 @@ mod tests {
         assert!(!d.enabled);
         assert!(!d.allow_unenrolled_devices);
         assert!(!d.disable_chat);
+        assert!(!d.relay_only);
         assert_eq!(d.license, "remote-help");
         assert_eq!(d.cloud, CloudEnvironment::Commercial);
         assert!(d.assignments.is_empty());

@@ -5,12 +5,13 @@
 //! the wire and them. Data streams are forwarded by `forward`, in tasks this task owns,
 //! so they end when the connection's session ends.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use remote_help_proto::framing::{ControlCodec, FrameError, channel_from_tag};
+use remote_help_proto::framing::{CONTINUATION, ControlCodec, FrameError, channel_from_tag};
 use remote_help_proto::v1::{self, client_to_relay::Msg as In, relay_to_client::Msg as Out};
 use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -19,10 +20,13 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, ChannelCounters};
-use super::hub::{ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome};
+use super::hub::{
+    Begun, ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome,
+};
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::cluster::{NodeId, device_home};
 use crate::core::code::SessionCode;
+use crate::core::path::Candidates;
 use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_channels};
 
 /// Longest wait for a client to acknowledge the final control messages before closing.
@@ -90,7 +94,7 @@ pub async fn serve(
     let id = hub.next_conn_id();
     let span = info_span!("conn", id = id.0, %remote);
     async move {
-        let (reader, writer, principal, role) =
+        let (reader, writer, principal, role, welcomed) =
             // Boxed: the handshake phase's state would otherwise stay inline in every
             // connection task for its whole life.
             match tokio::time::timeout(
@@ -129,6 +133,7 @@ pub async fn serve(
                 events: events_tx,
                 connection: connection.clone(),
                 principal: principal.clone(),
+                candidates: None,
             },
         );
         let mut conn = Conn {
@@ -145,6 +150,8 @@ pub async fn serve(
             failed_joins: 0,
             device_registered: false,
             prompt_lapsed: false,
+            told_addr: welcomed,
+            observed: None,
         };
         let close = conn.run(reader).await;
         Box::pin(conn.leave_session(match close {
@@ -164,7 +171,7 @@ pub async fn serve(
 async fn authenticate(
     hub: &Hub,
     connection: &quinn::Connection,
-) -> Result<(Reader, Writer, Arc<Principal>, Role), Close> {
+) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr), Close> {
     let max = hub.config.limits.max_control_message;
     let (send_stream, recv) = connection
         .accept_bi()
@@ -237,14 +244,15 @@ async fn authenticate(
         return Err(Close::Refuse(refusal.code(), refusal.message()));
     }
     let mut conn_writer = writer;
+    let observed = connection.remote_address();
     let welcome = Out::Welcome(v1::Welcome {
         you: Some(principal.to_wire()),
-        observed_addr: connection.remote_address().to_string(),
+        observed_addr: observed.to_string(),
         max_message_size: u32::try_from(max).unwrap_or(u32::MAX),
         relay_version: env!("CARGO_PKG_VERSION").to_string(),
     });
     send(&mut conn_writer, welcome).await?;
-    Ok((reader, conn_writer, Arc::new(principal), role))
+    Ok((reader, conn_writer, Arc::new(principal), role, observed))
 }
 
 /// The state of one authenticated connection.
@@ -266,7 +274,17 @@ struct Conn {
     device_registered: bool,
     /// A consent prompt to this sharer lapsed; an answer racing the timeout is not fatal.
     prompt_lapsed: bool,
+    /// The address the client was last told it has (in `Welcome`, then `ObservedAddress`).
+    told_addr: SocketAddr,
+    /// Once the client offered direct-path candidates, its address is checked against
+    /// `told_addr` on every message and on this timer, and `ObservedAddress` sent on change.
+    observed: Option<Box<tokio::time::Interval>>,
 }
+
+/// How often a client that offered candidates has its observed address checked (besides
+/// every message it sends): quinn migrates a connection silently when the client's address
+/// changes, so the relay looks.
+const OBSERVED_CHECK: Duration = Duration::from_secs(1);
 
 /// This connection's view of its current session.
 struct LocalSession {
@@ -281,6 +299,9 @@ struct Active {
     chat_allowed: bool,
     /// The forwarder of each channel this side opened, to stop it on a mode change.
     forwarders: [Option<tokio::task::AbortHandle>; 4],
+    /// A channel's previous forwarder, still draining when a continuation of the channel
+    /// (moved back from a direct path) was admitted; at most one per channel.
+    moved_from: [Option<tokio::task::AbortHandle>; 4],
     counters: Arc<ChannelCounters>,
 }
 
@@ -333,6 +354,9 @@ impl Conn {
                     Err(_) => Ok(()),
                 },
                 Some(_) = self.forwarders.join_next() => Ok(()),
+                _ = async { self.observed.as_mut().expect("guarded").tick().await }, if self.observed.is_some() => {
+                    self.tell_observed().await
+                }
             };
             if let Err(close) = step {
                 return close;
@@ -340,6 +364,77 @@ impl Conn {
             if drain_seen && self.session.is_none() {
                 return Close::Shutdown;
             }
+        }
+    }
+
+    /// Tells a client that offered candidates its new observed address, if it changed.
+    async fn tell_observed(&mut self) -> Result<(), Close> {
+        let now = self.connection.remote_address();
+        if self.observed.is_none() || self.told_addr == now {
+            return Ok(());
+        }
+        info!(from = %self.told_addr, to = %now, "client address changed (migration)");
+        self.told_addr = now;
+        metrics::counter!("relay_observed_address_changes_total").increment(1);
+        self.reply(Out::ObservedAddress(v1::ObservedAddress {
+            address: now.to_string(),
+        }))
+        .await
+    }
+
+    /// `OfferCandidates`: checked, kept for the next session start; from now on the
+    /// client hears when its observed address changes.
+    async fn on_offer_candidates(&mut self, offer: v1::OfferCandidates) -> Result<(), Close> {
+        match Candidates::parse(&offer.addresses, &offer.certificate_sha256) {
+            Ok(candidates) => {
+                debug!(
+                    addresses = candidates.addresses.len(),
+                    "direct-path candidates offered"
+                );
+                self.hub.set_candidates(self.id, candidates);
+                if self.observed.is_none() {
+                    let mut tick = tokio::time::interval(OBSERVED_CHECK);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    self.observed = Some(Box::new(tick));
+                }
+                Ok(())
+            }
+            Err(why) => {
+                self.refuse(
+                    ErrorCode::ProtocolViolation,
+                    format!("OfferCandidates: {why}"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `DirectPathResult`: how the party's direct attempt went, or that it lost the path.
+    async fn on_direct_path_result(&mut self, result: v1::DirectPathResult) -> Result<(), Close> {
+        let current = self
+            .session
+            .as_ref()
+            .filter(|s| s.active.is_some() && s.id.as_str() == result.session_id)
+            .map(|s| s.id.clone());
+        let Some(session) = current else {
+            // The session ended while the result was on its way: nothing to record, and
+            // an error now would reach the client as the answer to its next request.
+            debug!(session = %result.session_id, "direct path result for a session no longer active ignored");
+            metrics::counter!("relay_direct_path_results_total", "outcome" => "stale").increment(1);
+            return Ok(());
+        };
+        match self
+            .hub
+            .path_result(
+                &session,
+                self.role,
+                result.established,
+                &result.peer_address,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(why) => self.refuse(ErrorCode::ProtocolViolation, why).await,
         }
     }
 
@@ -402,8 +497,13 @@ impl Conn {
                 what.to_string(),
             ))
         };
+        if self.observed.is_some() {
+            self.tell_observed().await?;
+        }
         match (message.msg, self.role) {
             (None, _) => violation("empty ClientToRelay message"),
+            (Some(In::OfferCandidates(offer)), _) => self.on_offer_candidates(offer).await,
+            (Some(In::DirectPathResult(result)), _) => self.on_direct_path_result(result).await,
             (Some(In::Hello(_)), _) => violation("Hello was already received"),
             (Some(In::Ping(p)), _) => self.reply(Out::Pong(v1::Pong { nonce: p.nonce })).await,
             (Some(In::CreateSession(c)), Role::Helper) => self.on_create(c).await,
@@ -718,7 +818,7 @@ impl Conn {
             active: None,
         });
         match self.hub.begin(&pending).await {
-            Ok(counters) => {
+            Ok(begun) => {
                 info!(session = %session, device_id = %connect.device_id, "unattended session started");
                 metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
                     .increment(1);
@@ -729,7 +829,7 @@ impl Conn {
                     agent.connection,
                     pending.chat_allowed,
                     Some(agent.principal),
-                    counters,
+                    begun,
                 )
                 .await
             }
@@ -757,7 +857,7 @@ impl Conn {
         };
         match self.hub.consent(self.id, &session, accept) {
             Ok(ConsentOutcome::Started(pending)) => match self.hub.begin(&pending).await {
-                Ok(counters) => {
+                Ok(begun) => {
                     info!(session = %session, mode = pending.mode.as_str(), "consent given; session started");
                     metrics::counter!("relay_sessions_started_total", "tenant" => self.principal.tenant.to_string())
                         .increment(1);
@@ -767,7 +867,7 @@ impl Conn {
                         pending.helper.connection,
                         pending.chat_allowed,
                         None,
-                        counters,
+                        begun,
                     )
                     .await
                 }
@@ -834,8 +934,9 @@ impl Conn {
         peer: quinn::Connection,
         chat_allowed: bool,
         peer_profile: Option<Arc<Principal>>,
-        counters: Arc<ChannelCounters>,
+        begun: Begun,
     ) -> Result<(), Close> {
+        let Begun { counters, direct } = begun;
         let Some(local) = self.session.as_mut().filter(|s| &s.id == session) else {
             return Ok(());
         };
@@ -844,6 +945,7 @@ impl Conn {
             peer,
             chat_allowed,
             forwarders: [None, None, None, None],
+            moved_from: [None, None, None, None],
             counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
@@ -854,8 +956,13 @@ impl Conn {
             max_datagram_size: u32::try_from(max_datagram).unwrap_or(u32::MAX),
             chat_disabled: !chat_allowed,
             peer: peer_profile.map(|p| p.to_wire()),
+            direct_path_offered: direct.is_some(),
         }))
-        .await
+        .await?;
+        match direct {
+            Some(offer) => self.reply(Out::DirectPathOffer(offer)).await,
+            None => Ok(()),
+        }
     }
 
     /// Moves the active session to `mode`; input stops at once when the mode no longer
@@ -870,10 +977,14 @@ impl Conn {
             return Ok(());
         };
         active.mode = mode;
-        if !mode.allows_input()
-            && let Some(input) = active.forwarders[Channel::Input.index()].take()
-        {
-            input.abort();
+        if !mode.allows_input() {
+            let i = Channel::Input.index();
+            for input in [active.forwarders[i].take(), active.moved_from[i].take()]
+                .into_iter()
+                .flatten()
+            {
+                input.abort();
+            }
         }
         let chat_allowed = active.chat_allowed;
         info!(session = %session, mode = mode.as_str(), "mode changed");
@@ -923,6 +1034,7 @@ impl Conn {
                 peer_profile,
                 chat_allowed,
                 counters,
+                direct,
             } => {
                 if current.is_none() && self.device_registered {
                     // An unattended session: the agent had no join step.
@@ -937,13 +1049,20 @@ impl Conn {
                             peer,
                             chat_allowed,
                             Some(peer_profile),
-                            counters,
+                            Begun { counters, direct },
                         )
                         .await;
                 }
                 if current.as_ref() == Some(&session) {
                     return self
-                        .activate(&session, mode, peer, chat_allowed, None, counters)
+                        .activate(
+                            &session,
+                            mode,
+                            peer,
+                            chat_allowed,
+                            None,
+                            Begun { counters, direct },
+                        )
                         .await;
                 }
                 debug!(%session, "start of a session this connection no longer has");
@@ -1064,14 +1183,18 @@ impl Conn {
                 ),
             ));
         }
-        if active.forwarders[channel.index()]
-            .as_ref()
-            .is_some_and(|f| !f.is_finished())
-        {
-            return Err(Close::Refuse(
-                ErrorCode::ProtocolViolation,
-                format!("the {} channel is already open", channel.as_str()),
-            ));
+        let live =
+            |f: &Option<tokio::task::AbortHandle>| f.as_ref().is_some_and(|f| !f.is_finished());
+        if live(&active.forwarders[channel.index()]) {
+            // A continuation (the channel coming back from a direct path) may overlap the
+            // previous stream's tail; the receiver reads that to its move marker first.
+            if tag & CONTINUATION == 0 || live(&active.moved_from[channel.index()]) {
+                return Err(Close::Refuse(
+                    ErrorCode::ProtocolViolation,
+                    format!("the {} channel is already open", channel.as_str()),
+                ));
+            }
+            active.moved_from[channel.index()] = active.forwarders[channel.index()].take();
         }
         let peer = active.peer.clone();
         let counters = active.counters.clone();

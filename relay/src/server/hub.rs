@@ -10,12 +10,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use remote_help_proto::ErrorCode;
+use remote_help_proto::{ErrorCode, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::forward::ChannelCounters;
 use crate::audit::{AuditEvent, AuditLog, EventKind, NO_USER, rfc3339};
@@ -23,6 +23,7 @@ use crate::auth::{Principal, PrincipalKind, Verifier};
 use crate::config::Config;
 use crate::core::code::SessionCode;
 use crate::core::limits::Limiter;
+use crate::core::path::{Candidates, Path, PathChange, PathTracker, schedule};
 use crate::core::policy::{Refusal, TenantPolicy};
 use crate::core::registry::{
     Consented, Created, Ended, ModeRequest, Party, Registry, RegistryLimits,
@@ -68,6 +69,8 @@ pub enum Event {
         chat_allowed: bool,
         /// Where this side's forwarded bytes are counted.
         counters: Arc<ChannelCounters>,
+        /// This side's direct-path offer, sent right after `SessionStarted`.
+        direct: Option<v1::DirectPathOffer>,
     },
     /// The session's mode changed.
     ModeChanged {
@@ -106,6 +109,8 @@ pub struct ConnLink {
     pub connection: quinn::Connection,
     /// Who authenticated on it.
     pub principal: Arc<Principal>,
+    /// What it offered for direct paths, if anything.
+    pub candidates: Option<Arc<Candidates>>,
 }
 
 /// Token verification and every tenant's policy, as one consistent snapshot.
@@ -228,6 +233,8 @@ pub struct SessionRecord {
     pub mode_reason: String,
     /// Bytes from the helper's side (index 0) and the sharer's side (index 1).
     pub counters: [Arc<ChannelCounters>; 2],
+    /// Which way its data goes.
+    pub path: PathTracker,
 }
 
 impl SessionRecord {
@@ -266,9 +273,64 @@ impl SessionRecord {
             modes: self.modes.iter().map(|m| m.to_string()).collect(),
             reason: (!self.reason.is_empty()).then(|| self.reason.clone()),
             start_time: Some(rfc3339(self.started_at)),
+            path: Some(self.path.path().as_str().into()),
             ..AuditEvent::default()
         }
     }
+}
+
+/// What [`Hub::begin`] gives the calling side.
+#[derive(Debug)]
+pub struct Begun {
+    /// Where this side's forwarded bytes are counted.
+    pub counters: Arc<ChannelCounters>,
+    /// This side's direct-path offer, if one is made.
+    pub direct: Option<v1::DirectPathOffer>,
+}
+
+/// The two parties' direct-path offers (helper's, sharer's) when both offered candidates.
+/// The helper dials and the sharer listens; each learns the other's addresses (observed
+/// first) and certificate, and when to start (see [`crate::core::path::schedule`]).
+fn direct_offers(
+    session: &SessionId,
+    helper: &ConnLink,
+    sharer: &ConnLink,
+) -> Option<(v1::DirectPathOffer, v1::DirectPathOffer)> {
+    let (helper_candidates, sharer_candidates) =
+        (helper.candidates.as_ref()?, sharer.candidates.as_ref()?);
+    let plan = schedule(helper.connection.rtt(), sharer.connection.rtt());
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let offer = |dial: bool, start: Duration, peer: &Candidates, peer_conn: &quinn::Connection| {
+        v1::DirectPathOffer {
+            session_id: session.to_string(),
+            dial,
+            peer_addresses: peer
+                .for_peer(peer_conn.remote_address())
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            peer_certificate_sha256: peer.certificate_sha256.to_vec(),
+            start_in_ms: ms(start),
+            attempts: plan.attempts,
+            attempt_interval_ms: ms(plan.interval),
+            deadline_ms: ms(plan.deadline),
+            rtt_estimate_ms: ms(plan.rtt_estimate),
+        }
+    };
+    Some((
+        offer(
+            true,
+            plan.helper_start,
+            sharer_candidates,
+            &sharer.connection,
+        ),
+        offer(
+            false,
+            plan.sharer_start,
+            helper_candidates,
+            &helper.connection,
+        ),
+    ))
 }
 
 /// An active session as the admin endpoint lists it.
@@ -559,6 +621,15 @@ impl Hub {
             state.registry.remembered_codes(),
             state.links.len(),
         )
+    }
+
+    /// Active sessions on a direct path.
+    pub fn direct_sessions(&self) -> usize {
+        self.read()
+            .records
+            .values()
+            .filter(|r| r.path.path() == Path::Direct)
+            .count()
     }
 
     /// A helper opens a session.
@@ -968,8 +1039,17 @@ impl Hub {
     /// Records a session's start (fsynced) and only then tells the other party; the
     /// caller activates itself when this returns `Ok`. If the audit log cannot be
     /// written, the session never started: both parties get `AUDIT_UNAVAILABLE`.
-    pub async fn begin(&self, start: &PendingStart) -> Result<Arc<ChannelCounters>, ErrorCode> {
+    pub async fn begin(&self, start: &PendingStart) -> Result<Begun, ErrorCode> {
         let now = SystemTime::now();
+        let relay_only = self
+            .policies()
+            .tenant(&start.helper.principal.tenant)
+            .relay_only;
+        let mut offers = if relay_only {
+            None
+        } else {
+            direct_offers(&start.session, &start.helper, &start.sharer)
+        };
         let timing = self
             .read()
             .registry
@@ -990,6 +1070,7 @@ impl Hub {
                 Arc::new(ChannelCounters::default()),
                 Arc::new(ChannelCounters::default()),
             ],
+            path: PathTracker::new(offers.is_some()),
         };
         if let Err(e) = self
             .audit
@@ -1036,9 +1117,19 @@ impl Hub {
                     .record(joined.elapsed().as_secs_f64());
             }
         }
+        if offers.is_some() {
+            metrics::counter!("relay_direct_path_offers_total").increment(1);
+        }
         let (peer, peer_counters) = match start.caller {
             Role::Sharer => (&start.sharer, helper_side.clone()),
             Role::Helper => (&start.helper, sharer_side.clone()),
+        };
+        let (helper_offer, sharer_offer) = offers
+            .take()
+            .map_or((None, None), |(h, s)| (Some(h), Some(s)));
+        let (own_offer, peer_offer) = match start.caller {
+            Role::Helper => (helper_offer, sharer_offer),
+            Role::Sharer => (sharer_offer, helper_offer),
         };
         deliver(
             start.peer(),
@@ -1049,12 +1140,73 @@ impl Hub {
                 peer_profile: peer.principal.clone(),
                 chat_allowed: start.chat_allowed,
                 counters: peer_counters,
+                direct: peer_offer,
             },
         );
-        Ok(match start.caller {
-            Role::Helper => helper_side,
-            Role::Sharer => sharer_side,
+        Ok(Begun {
+            counters: match start.caller {
+                Role::Helper => helper_side,
+                Role::Sharer => sharer_side,
+            },
+            direct: own_offer,
         })
+    }
+
+    /// Notes what a connection offered for direct paths (used when its next session starts).
+    pub fn set_candidates(&self, id: ConnId, candidates: Candidates) {
+        if let Some(link) = self.lock().links.get_mut(&id) {
+            link.candidates = Some(Arc::new(candidates));
+        }
+    }
+
+    /// Applies a party's `DirectPathResult`: when the path changes, records it (fsynced)
+    /// and counts it. `Err` says why the result was not expected.
+    pub async fn path_result(
+        &self,
+        session: &SessionId,
+        role: Role,
+        established: bool,
+        peer_address: &str,
+    ) -> Result<(), String> {
+        let side = match role {
+            Role::Helper => 0,
+            Role::Sharer => 1,
+        };
+        let (change, event) = {
+            let mut state = self.lock();
+            let Some(record) = state.records.get_mut(session) else {
+                return Err("DirectPathResult for a session that is not active".into());
+            };
+            let change = record.path.on_result(side, established)?;
+            let mut event = record.event(EventKind::PathChanged);
+            if change == PathChange::Direct && !peer_address.is_empty() {
+                event.reason = Some(format!(
+                    "{} reached the peer at {peer_address}",
+                    role.as_str()
+                ));
+            }
+            (change, event)
+        };
+        let outcome = match change {
+            PathChange::None => return Ok(()),
+            PathChange::Direct => {
+                metrics::gauge!("relay_sessions_direct").increment(1.0);
+                "direct"
+            }
+            PathChange::FellBack => {
+                metrics::gauge!("relay_sessions_direct").decrement(1.0);
+                "fell_back"
+            }
+            PathChange::Failed => "failed",
+        };
+        metrics::counter!("relay_direct_path_results_total", "outcome" => outcome).increment(1);
+        info!(%session, outcome, "direct path");
+        if change != PathChange::Failed
+            && let Err(e) = self.audit.record(event).await
+        {
+            warn!(%session, error = %e, "path change could not be recorded");
+        }
+        Ok(())
     }
 
     /// Records a mode change (fsynced), then tells every party but `caller`.
@@ -1204,6 +1356,9 @@ impl Hub {
             event.end_reason = Some(reason.as_str_name().into());
             event.bytes_helper_to_sharer = Some(record.bytes(0));
             event.bytes_sharer_to_helper = Some(record.bytes(1));
+            if record.path.path() == Path::Direct {
+                metrics::gauge!("relay_sessions_direct").decrement(1.0);
+            }
             metrics::gauge!("relay_sessions_active", "tenant" => record.tenant.to_string(), "mode" => record.mode.as_str())
                 .decrement(1.0);
             metrics::counter!("relay_sessions_ended_total", "reason" => reason.as_str_name())

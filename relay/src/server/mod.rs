@@ -130,6 +130,8 @@ pub struct ServerStats {
     pub remembered_codes: usize,
     /// Live per-connection tasks (connection tasks, stream readers, forwarders).
     pub tasks: u64,
+    /// Active sessions whose data goes over a direct path.
+    pub direct_sessions: usize,
 }
 
 /// A running relay. Owns its accept loop and, through it, every connection task.
@@ -167,6 +169,7 @@ impl ServerHandle {
             sessions,
             remembered_codes,
             tasks: self.hub.live_tasks(),
+            direct_sessions: self.hub.direct_sessions(),
         }
     }
 
@@ -404,6 +407,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
+    metrics::gauge!("relay_sessions_direct").set(0.0);
     if let Some(cluster) = &config.cluster {
         metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
         metrics::gauge!("relay_cluster_nodes").set(cluster.nodes.len() as f64);

@@ -1,0 +1,357 @@
+//! Direct paths over real QUIC on 127.0.0.1: the relay brokers a pinned peer-to-peer
+//! connection between helper and sharer, channels move to it without losing or reordering
+//! input, fall back to the relay when it dies, and a `relay_only` tenant never gets one.
+//! (Real NATs, in network namespaces: `tests/nat.rs`.)
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestRelay, within};
+use futures_util::{SinkExt, StreamExt};
+use remote_help_proto::ErrorCode;
+use remote_help_proto::framing::ControlCodec;
+use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
+use remote_help_relay::audit::{EventKind, audit_files, read_events};
+use remote_help_relay::client::{Client, DirectOutcome, SessionStart, secure};
+use remote_help_relay::core::path::Path;
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::dev::Persona;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+async fn direct_client(relay: &TestRelay, role: Role) -> Client {
+    let persona = match role {
+        Role::Helper => Persona::Helper,
+        Role::Sharer => Persona::Sharer,
+    };
+    let mut options = relay.options(relay.tenant("contoso").token(persona), role);
+    options.direct_path = true;
+    within(Client::connect(options)).await.unwrap()
+}
+
+/// A helper and a sharer in a started session, with their `SessionStart`s.
+async fn pair(
+    mut helper: Client,
+    mut sharer: Client,
+) -> (Client, Client, SessionStart, SessionStart) {
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    let sharer_start = within(sharer.accept()).await.unwrap();
+    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    (helper, sharer, helper_start, sharer_start)
+}
+
+async fn direct_pair(relay: &TestRelay) -> (Client, Client, SessionStart, SessionStart) {
+    let helper = direct_client(relay, Role::Helper).await;
+    let sharer = direct_client(relay, Role::Sharer).await;
+    pair(helper, sharer).await
+}
+
+/// Sends `message` past the SDK on an authenticated control stream and returns the
+/// relay's answer to it, then its answer to a `Ping` (proving the connection still serves).
+async fn raw_exchange(client: Client, message: Out) -> (In, In) {
+    let (_endpoint, _connection, send, recv) = client.into_raw_parts().unwrap();
+    let mut send = FramedWrite::new(
+        send,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    let mut recv = FramedRead::new(
+        recv,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    let mut next = async || within(recv.next()).await.unwrap().unwrap().msg.unwrap();
+    within(send.send(v1::ClientToRelay { msg: Some(message) }))
+        .await
+        .unwrap();
+    let answer = next().await;
+    within(send.send(v1::ClientToRelay {
+        msg: Some(Out::Ping(v1::Ping { nonce: 7 })),
+    }))
+    .await
+    .unwrap();
+    (answer, next().await)
+}
+
+fn numbered(i: u32) -> Bytes {
+    let mut frame = i.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xab; 96]);
+    Bytes::from(frame)
+}
+
+fn number_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[..4].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
+    // Input starts on the relay, before the direct path is up.
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let (_, mut input_in) = within(async {
+        input.send(numbered(0)).await.unwrap();
+        sharer.accept_channel().await
+    })
+    .await
+    .unwrap();
+    for i in 1..100 {
+        within(input.send(numbered(i))).await.unwrap();
+    }
+    let (helper_outcome, sharer_outcome) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    let DirectOutcome::Direct { peer, .. } = helper_outcome else {
+        panic!("helper: {helper_outcome:?}");
+    };
+    assert_eq!(peer.to_string(), sharer.observed_addr());
+    assert!(
+        matches!(sharer_outcome, DirectOutcome::Direct { .. }),
+        "{sharer_outcome:?}"
+    );
+    assert_eq!(helper.path(), Path::Direct);
+    within(relay.handle.wait_for(|s| s.direct_sessions == 1)).await;
+    // The rest goes direct; the receiver sees one ordered sequence.
+    for i in 100..1000 {
+        within(input.send(numbered(i))).await.unwrap();
+    }
+    for expected in 0..1000 {
+        let frame = within(input_in.recv()).await.unwrap().unwrap();
+        assert_eq!(number_of(&frame), expected);
+    }
+    // Screen datagrams go direct too.
+    within(async {
+        loop {
+            sharer
+                .data()
+                .send_datagram(Bytes::from_static(b"frame"))
+                .unwrap();
+            let got = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                helper.data().read_datagram(),
+            )
+            .await;
+            if let Ok(got) = got {
+                assert_eq!(&got.unwrap()[..], b"frame");
+                break;
+            }
+        }
+    })
+    .await;
+    within(helper.end_session()).await.unwrap();
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);
+    assert_eq!(helper.path(), Path::Relayed);
+
+    // The relay carried only what went before the move: 100 frames of 100 bytes with their
+    // length prefixes, and the move marker (an empty frame: its prefix).
+    let events = read_events(&audit_files(&relay.audit_dir()));
+    let ended = events
+        .iter()
+        .find(|e| e.event == Some(EventKind::SessionEnded))
+        .unwrap();
+    let relayed_input = ended.bytes_helper_to_sharer.unwrap();
+    assert_eq!(relayed_input, 100 * (4 + 100) + 4, "{ended:?}");
+    assert_eq!(ended.path.as_deref(), Some("direct"));
+    let changed: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == Some(EventKind::PathChanged))
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].path.as_deref(), Some("direct"));
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e.event == Some(EventKind::SessionStarted))
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("relayed")
+    );
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn channels_fall_back_to_the_relay_when_the_direct_path_dies() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer, helper_start, sharer_start) = direct_pair(&relay).await;
+    let (a, b) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
+    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
+    within(relay.handle.wait_for(|s| s.direct_sessions == 1)).await;
+    // End to end sealed, over the direct path.
+    let (helper_secure, mut sharer_secure) = within(async {
+        let h = secure::establish(&helper, &helper_start, Role::Helper);
+        let s = secure::establish(&sharer, &sharer_start, Role::Sharer);
+        let (h, s) = tokio::join!(h, s);
+        (h.unwrap(), s.unwrap())
+    })
+    .await;
+    let mut input = within(helper_secure.open_channel(Channel::Input))
+        .await
+        .unwrap();
+    within(input.send(b"first")).await.unwrap();
+    let (channel, mut input_in) = within(sharer_secure.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"first"
+    );
+
+    // The direct connection dies (as when a NAT drops its mapping).
+    let direct = helper.direct_connection().expect("direct path up");
+    direct.close(0u32.into(), b"test: path lost");
+    let lost = within(helper.wait_for_path(Path::Relayed)).await;
+    assert!(matches!(lost, DirectOutcome::Relayed(_)), "{lost:?}");
+    assert_eq!(helper.path(), Path::Relayed);
+    within(relay.handle.wait_for(|s| s.direct_sessions == 0)).await;
+    for i in 0..50u32 {
+        within(input.send(&i.to_be_bytes())).await.unwrap();
+    }
+    for i in 0..50u32 {
+        let frame = within(input_in.recv()).await.unwrap().unwrap();
+        assert_eq!(&frame[..], &i.to_be_bytes(), "sealed frame {i}");
+    }
+    within(helper.end_session()).await.unwrap();
+    within(sharer.wait_for_end()).await;
+    let paths: Vec<String> = read_events(&audit_files(&relay.audit_dir()))
+        .into_iter()
+        .filter(|e| e.event == Some(EventKind::PathChanged))
+        .filter_map(|e| e.path)
+        .collect();
+    assert_eq!(paths, ["direct", "relayed"]);
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_only_tenant_gets_no_direct_path() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.relay_only = true)
+        .start()
+        .await;
+    let (helper, sharer, helper_start, _) = direct_pair(&relay).await;
+    assert_eq!(
+        within(helper.direct_outcome()).await,
+        DirectOutcome::NotOffered
+    );
+    assert_eq!(
+        within(sharer.direct_outcome()).await,
+        DirectOutcome::NotOffered
+    );
+    let _ = helper_start;
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"click")))
+        .await
+        .unwrap();
+    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"click"
+    );
+    assert_eq!(helper.path(), Path::Relayed);
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn one_side_without_candidates_means_no_offer() {
+    let relay = TestRelay::start().await;
+    let helper = direct_client(&relay, Role::Helper).await;
+    let sharer = relay.sharer("contoso").await;
+    let (helper, sharer, _, _) = pair(helper, sharer).await;
+    assert_eq!(
+        within(helper.direct_outcome()).await,
+        DirectOutcome::NotOffered
+    );
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_reports_a_migrated_address() {
+    let relay = TestRelay::start().await;
+    let mut helper = direct_client(&relay, Role::Helper).await;
+    let before = helper.observed_addr().to_string();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let new_port = socket.local_addr().unwrap().port();
+    helper.rebind(socket).unwrap();
+    // The next message the relay reads from the moved client triggers the notice, which
+    // the SDK takes in before the Pong.
+    within(helper.ping()).await.unwrap();
+    let after = helper.observed_addr().to_string();
+    assert_ne!(after, before);
+    assert!(after.ends_with(&format!(":{new_port}")), "{after}");
+    helper.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn bad_candidates_and_unexpected_results_are_refused_with_reasons() {
+    let relay = TestRelay::start().await;
+    let cases: Vec<(Out, &str)> = vec![
+        (
+            Out::OfferCandidates(v1::OfferCandidates {
+                addresses: vec!["not-an-address".into()],
+                certificate_sha256: vec![0; 32],
+            }),
+            "not an ip:port",
+        ),
+        (
+            Out::OfferCandidates(v1::OfferCandidates {
+                addresses: vec!["192.0.2.1:4000".into()],
+                certificate_sha256: vec![0; 5],
+            }),
+            "32 bytes",
+        ),
+        (
+            Out::OfferCandidates(v1::OfferCandidates {
+                addresses: vec!["192.0.2.1:4000".into(); 9],
+                certificate_sha256: vec![0; 32],
+            }),
+            "at most 8",
+        ),
+    ];
+    for (message, needle) in cases {
+        let helper = relay.helper("contoso").await;
+        let (answer, pong) = raw_exchange(helper, message).await;
+        let In::Error(refused) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(refused.code, ErrorCode::ProtocolViolation as i32);
+        assert!(!refused.fatal, "{refused:?}");
+        assert!(refused.message.contains(needle), "{}", refused.message);
+        // Not fatal: the connection still serves.
+        assert!(matches!(pong, In::Pong(_)), "{pong:?}");
+    }
+    // A result in an active session that had no offer is a violation, also not fatal.
+    let helper = relay.helper("contoso").await;
+    let sharer = relay.sharer("contoso").await;
+    let (helper, sharer, helper_start, _) = pair(helper, sharer).await;
+    let (answer, pong) = raw_exchange(
+        helper,
+        Out::DirectPathResult(v1::DirectPathResult {
+            session_id: helper_start.session_id,
+            established: true,
+            peer_address: String::new(),
+        }),
+    )
+    .await;
+    let In::Error(refused) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(refused.code, ErrorCode::ProtocolViolation as i32);
+    assert!(
+        refused.message.contains("without a DirectPathOffer"),
+        "{}",
+        refused.message
+    );
+    assert!(matches!(pong, In::Pong(_)), "{pong:?}");
+    sharer.close().await;
+    relay.stop().await;
+}

@@ -1,0 +1,422 @@
+//! NAT traversal through real Linux NATs: network namespaces joined by veth pairs, a
+//! "public" namespace holding the relay, and two private networks each behind a NAT
+//! namespace doing iptables masquerading (with the router firewall's usual rule: new
+//! connections from outside are dropped).
+//!
+//! ```text
+//!  helper 10.0.1.2 ── 10.0.1.1 [nat-a] 192.0.2.2 ──┐
+//!                                                   192.0.2.1 / 198.51.100.1 [public: relay]
+//!  sharer 10.0.2.2 ── 10.0.2.1 [nat-b] 198.51.100.2 ┘
+//! ```
+//!
+//! Cases, 20 trials each: both NATs endpoint-independent (plain masquerade, which keeps
+//! the source port): the direct path comes up; nat-b symmetric (`--random-fully`, a new
+//! port per destination): the session stays on the relay and works; a `relay_only` tenant:
+//! no direct attempt. Each case prints its success rate and the time from consent to the
+//! direct path (run with `--nocapture`; the figures are recorded in BENCHMARKS.md).
+//!
+//! Needs root (namespaces, iptables); as another user the tests say so and pass without
+//! running. As root, a harness that cannot be built fails the test.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TestRelay, within};
+use remote_help_relay::client::{Client, ClientOptions, DirectOutcome};
+use remote_help_relay::core::path::Path;
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::tls::RelayTrust;
+
+const TRIALS: usize = 20;
+
+/// How nat-b maps ports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NatKind {
+    /// Plain masquerade: one mapping per source, whatever the destination.
+    EndpointIndependent,
+    /// `--random-fully`: a fresh random port per destination.
+    Symmetric,
+}
+
+/// Namespaces that are removed (with their veth links) when dropped.
+struct Topology {
+    namespaces: Vec<String>,
+}
+
+impl Topology {
+    fn ns(&self, role: &str) -> String {
+        let base = &self.namespaces[0];
+        format!("{}-{role}", base.trim_end_matches("-pub"))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Builds the two private networks, their NATs and the public network. `None` when this
+/// is not root (the caller skips).
+fn build(case: &str, nat_b: NatKind) -> Option<Topology> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces and iptables need root");
+        return None;
+    }
+    let base = format!("rh{}{case}", std::process::id());
+    let names = ["pub", "nata", "hosta", "natb", "hostb"].map(|r| format!("{base}-{r}"));
+    let mut topology = Topology {
+        namespaces: Vec::new(),
+    };
+    let result = (|| -> Result<(), String> {
+        for ns in &names {
+            run(&["ip", "netns", "add", ns])?;
+            topology.namespaces.push(ns.clone());
+            in_ns(ns, &["ip", "link", "set", "dev", "lo", "up"])?;
+        }
+        let [public, nat_a, host_a, nat_b_ns, host_b] = &names;
+        for (nat, host, pub_if, pub_net, lan_net) in [
+            (nat_a, host_a, "to-a", "192.0.2", "10.0.1"),
+            (nat_b_ns, host_b, "to-b", "198.51.100", "10.0.2"),
+        ] {
+            run(&[
+                "ip", "link", "add", "wan", "netns", nat, "type", "veth", "peer", "name", pub_if,
+                "netns", public,
+            ])?;
+            run(&[
+                "ip", "link", "add", "lan", "netns", nat, "type", "veth", "peer", "name", "eth0",
+                "netns", host,
+            ])?;
+            in_ns(
+                public,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{pub_net}.1/24"),
+                    "dev",
+                    pub_if,
+                ],
+            )?;
+            in_ns(public, &["ip", "link", "set", "dev", pub_if, "up"])?;
+            in_ns(
+                nat,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{pub_net}.2/24"),
+                    "dev",
+                    "wan",
+                ],
+            )?;
+            in_ns(
+                nat,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{lan_net}.1/24"),
+                    "dev",
+                    "lan",
+                ],
+            )?;
+            in_ns(nat, &["ip", "link", "set", "dev", "wan", "up"])?;
+            in_ns(nat, &["ip", "link", "set", "dev", "lan", "up"])?;
+            in_ns(
+                nat,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("{pub_net}.1"),
+                ],
+            )?;
+            in_ns(
+                host,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{lan_net}.2/24"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            in_ns(host, &["ip", "link", "set", "dev", "eth0", "up"])?;
+            in_ns(
+                host,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("{lan_net}.1"),
+                ],
+            )?;
+            in_ns(nat, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+            let mut masquerade = vec![
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ];
+            if nat == nat_b_ns && nat_b == NatKind::Symmetric {
+                masquerade.push("--random-fully");
+            }
+            in_ns(nat, &masquerade)?;
+            // The router's firewall: nothing new from outside, to it or through it.
+            for chain in ["INPUT", "FORWARD"] {
+                in_ns(
+                    nat,
+                    &[
+                        "iptables",
+                        "-w",
+                        "-A",
+                        chain,
+                        "-i",
+                        "wan",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "NEW",
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+        }
+        in_ns(
+            public,
+            &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        panic!("running as root, but the NAT harness cannot be built: {e}");
+    }
+    Some(topology)
+}
+
+/// Runs `f` on a fresh thread that has entered network namespace `ns`: sockets made there
+/// belong to that namespace for their whole life.
+fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; setns changes only this (short-lived) thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn socket_in(ns: &str, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_namespace(ns, move || UdpSocket::bind(addr).unwrap())
+}
+
+/// What one case saw over its trials.
+#[derive(Default)]
+struct Tally {
+    direct: usize,
+    relayed: usize,
+    not_offered: usize,
+    took: Vec<Duration>,
+}
+
+impl Tally {
+    fn report(&self, case: &str) {
+        let mut took = self.took.clone();
+        took.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (median, max) = match (took.get(took.len() / 2), took.last()) {
+            (Some(m), Some(x)) => (format!("{:.1} ms", ms(*m)), format!("{:.1} ms", ms(*x))),
+            _ => ("-".into(), "-".into()),
+        };
+        println!(
+            "NAT case {case}: {} trials, direct {} / relayed {} / not offered {}; consent to direct path median {median}, max {max}",
+            self.direct + self.relayed + self.not_offered,
+            self.direct,
+            self.relayed,
+            self.not_offered,
+        );
+    }
+}
+
+async fn trials(case: &str, nat_b: NatKind, relay_only: bool) -> Option<Tally> {
+    let topology = build(case, nat_b)?;
+    let public = topology.namespaces[0].clone();
+    let relay = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::runtime::Handle::current();
+        in_namespace(&public, move || {
+            let relay = handle.block_on(async move {
+                let mut builder = TestRelay::builder().config(|c| {
+                    c.listen = "0.0.0.0:0".parse().unwrap();
+                    // Every sharer joins from nat-b's one public address.
+                    c.limits.joins_per_source_per_minute = 1000;
+                });
+                if relay_only {
+                    builder = builder.policy("contoso", |p| p.relay_only = true);
+                }
+                builder.start().await
+            });
+            let _ = tx.send(relay);
+        });
+        rx.await.unwrap()
+    };
+    let port = relay.addr().port();
+    let options = |relay_ip: &str, persona: Persona, role: Role| {
+        let mut options = ClientOptions::new(
+            format!("{relay_ip}:{port}").parse().unwrap(),
+            RelayTrust::Pin(relay.handle.fingerprint()),
+            relay.tenant("contoso").token(persona),
+            role,
+        );
+        options.direct_path = true;
+        options
+    };
+    let mut tally = Tally::default();
+    for _ in 0..TRIALS {
+        let mut helper = within(Client::connect_on(
+            options("192.0.2.1", Persona::Helper, Role::Helper),
+            socket_in(&topology.ns("hosta"), "10.0.1.2:0"),
+        ))
+        .await
+        .unwrap();
+        let mut sharer = within(Client::connect_on(
+            options("198.51.100.1", Persona::Sharer, Role::Sharer),
+            socket_in(&topology.ns("hostb"), "10.0.2.2:0"),
+        ))
+        .await
+        .unwrap();
+        // Both are seen from their NAT's public address, never their private one.
+        assert!(
+            helper.observed_addr().starts_with("192.0.2.2:"),
+            "{}",
+            helper.observed_addr()
+        );
+        assert!(
+            sharer.observed_addr().starts_with("198.51.100.2:"),
+            "{}",
+            sharer.observed_addr()
+        );
+        let created = within(helper.create_session(Mode::FullControl))
+            .await
+            .unwrap();
+        within(sharer.join(&created.code)).await.unwrap();
+        within(helper.wait_for_sharer()).await.unwrap();
+        within(sharer.accept()).await.unwrap();
+        within(helper.wait_for_start()).await.unwrap();
+        let (helper_outcome, sharer_outcome) =
+            within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+        match (&helper_outcome, &sharer_outcome) {
+            (DirectOutcome::Direct { took, peer }, DirectOutcome::Direct { .. }) => {
+                // The helper reached the sharer at its NAT's public address.
+                assert!(peer.to_string().starts_with("198.51.100.2:"), "{peer}");
+                tally.direct += 1;
+                tally.took.push(*took);
+            }
+            (DirectOutcome::NotOffered, DirectOutcome::NotOffered) => tally.not_offered += 1,
+            (DirectOutcome::Relayed(_), DirectOutcome::Relayed(_)) => tally.relayed += 1,
+            other => panic!("the two sides disagree: {other:?}"),
+        }
+        // Whatever the path, input arrives, in order.
+        let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+        for i in 0..20u8 {
+            within(input.send(Bytes::from(vec![i; 32]))).await.unwrap();
+        }
+        let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+        for i in 0..20u8 {
+            let frame = within(input_in.recv()).await.unwrap().unwrap();
+            assert_eq!(frame[0], i);
+        }
+        let expected = match helper_outcome {
+            DirectOutcome::Direct { .. } => Path::Direct,
+            _ => Path::Relayed,
+        };
+        assert_eq!(helper.path(), expected);
+        within(helper.end_session()).await.unwrap();
+        within(sharer.wait_for_end()).await;
+        helper.close().await;
+        sharer.close().await;
+    }
+    relay.wait_until_empty().await;
+    relay.stop().await;
+    drop(topology);
+    tally.report(case);
+    Some(tally)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_behind_endpoint_independent_nats_go_direct() {
+    let Some(tally) = trials("eim", NatKind::EndpointIndependent, false).await else {
+        return;
+    };
+    assert_eq!(tally.direct, TRIALS, "every trial must go direct");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symmetric_nat_falls_back_to_the_relay() {
+    let Some(tally) = trials("sym", NatKind::Symmetric, false).await else {
+        return;
+    };
+    assert_eq!(
+        tally.relayed, TRIALS,
+        "every trial must stay relayed (and work)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_makes_no_direct_attempt() {
+    let Some(tally) = trials("ro", NatKind::EndpointIndependent, true).await else {
+        return;
+    };
+    assert_eq!(
+        tally.not_offered, TRIALS,
+        "no trial may be offered a direct path"
+    );
+}
