@@ -104,6 +104,10 @@ struct Args {
     /// This many sessions get a helper that reads no screen until the end (slow readers).
     #[arg(long, default_value_t = 0)]
     stalled: usize,
+    /// Ask for direct peer-to-peer paths (each client gets its own UDP socket); traffic
+    /// starts once the attempt is over and goes direct where the path came up.
+    #[arg(long)]
+    direct_path: bool,
     /// Also run the same workload peer to peer without the relay, in the same run.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
@@ -147,6 +151,7 @@ struct Settings {
     chat: bool,
     idle: bool,
     stalled: usize,
+    direct_path: bool,
     relay: String,
     /// Where sharers connected, when not `relay` (each join was redirected).
     join_via: Option<String>,
@@ -169,6 +174,10 @@ struct RunReport {
     screen_frames: u64,
     frames_dropped: u64,
     input_round_trips: u64,
+    /// Sessions whose direct path came up (`--direct-path`).
+    direct_paths: u64,
+    /// Consent to direct path, for those sessions.
+    direct_path_setup_ms: Latency,
     /// CPU seconds this loadtest process (both parties) used during the run.
     clients_cpu_secs: f64,
     clients_cpu_secs_per_gb: Option<f64>,
@@ -268,6 +277,7 @@ async fn run(args: Args) -> Result<u64> {
         chat: args.chat,
         idle: args.idle,
         stalled_sessions: args.stalled,
+        direct_path: args.direct_path,
     };
 
     // With --spawn-relay the guard keeps the relay running until the report is written.
@@ -347,6 +357,7 @@ async fn run(args: Args) -> Result<u64> {
         chat: args.chat,
         idle: args.idle,
         stalled: args.stalled,
+        direct_path: args.direct_path,
         relay: addr.to_string(),
         join_via: join_via.map(|a| a.to_string()),
         nodes: args.nodes,
@@ -522,6 +533,8 @@ async fn run_phase(
         screen_frames: rec.live.frames.load(Ordering::Relaxed),
         frames_dropped: rec.live.frames_dropped.load(Ordering::Relaxed),
         input_round_trips: rec.live.input_round_trips.load(Ordering::Relaxed),
+        direct_paths: rec.live.direct_paths.load(Ordering::Relaxed),
+        direct_path_setup_ms: latency(&rec.direct_setup),
         clients_cpu_secs: clients_cpu,
         clients_cpu_secs_per_gb: per_gb(clients_cpu),
         relay,
@@ -596,7 +609,11 @@ fn print_summary(report: &Report) {
             ("setup", &run.setup_ms),
             ("input round trip", &run.input_rtt_ms),
             ("screen frame", &run.screen_latency_ms),
+            ("to direct path", &run.direct_path_setup_ms),
         ] {
+            if l.count == 0 && label == "to direct path" {
+                continue;
+            }
             println!(
                 "  {:<18} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 label, l.count, l.p50, l.p90, l.p99, l.p999, l.max
@@ -604,6 +621,13 @@ fn print_summary(report: &Report) {
         }
         if !run.errors.is_empty() {
             println!("  errors: {:?}", run.errors);
+        }
+        if s.direct_path && run.path == "relayed" {
+            println!(
+                "  direct paths: {} of {} sessions (the rest relayed)",
+                run.direct_paths,
+                run.sessions_ok + run.sessions_failed
+            );
         }
         println!(
             "  clients CPU {:.2} s{}",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use remote_help_relay::client::{
-    ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions, DataChannels,
+    ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions, DataChannels, DirectOutcome,
 };
 use remote_help_relay::core::{Channel, Mode};
 
@@ -36,6 +36,9 @@ pub struct Workload {
     /// This many sessions (the first ones) have a helper that does not read its screen
     /// until the deadline: slow readers, whose senders the relay must hold back.
     pub stalled_sessions: usize,
+    /// Relayed sessions ask for a direct peer-to-peer path (each client then has its own
+    /// UDP socket, as a direct path needs); traffic goes direct where it comes up.
+    pub direct_path: bool,
 }
 
 /// How long after the deadline a session may take to wind down before it counts as hung.
@@ -62,6 +65,8 @@ pub struct Live {
     pub frames_dropped: AtomicU64,
     /// Input round trips completed.
     pub input_round_trips: AtomicU64,
+    /// Sessions whose direct path came up (`--direct-path`).
+    pub direct_paths: AtomicU64,
 }
 
 /// Latency histograms (microseconds) and error counts, merged over all sessions.
@@ -72,6 +77,8 @@ pub struct Recorder {
     pub input_rtt: Mutex<Histogram<u64>>,
     /// Sharer → helper, send to receive.
     pub screen: Mutex<Histogram<u64>>,
+    /// Consent to direct path up (`--direct-path`), as the helper measured it.
+    pub direct_setup: Mutex<Histogram<u64>>,
     /// Failures by code (or kind).
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// Live counters.
@@ -88,6 +95,7 @@ impl Recorder {
             setup: h(),
             input_rtt: h(),
             screen: h(),
+            direct_setup: h(),
             errors: Mutex::new(BTreeMap::new()),
             live: Live::default(),
             epoch: Instant::now(),
@@ -293,8 +301,21 @@ async fn relayed(
     rec: &Arc<Recorder>,
 ) -> Result<bool, ClientError> {
     let started = Instant::now();
-    let mut helper = Client::connect_from(helper_endpoint, helper_options).await?;
-    let mut sharer = Client::connect_from(sharer_endpoint, sharer_options).await?;
+    let (mut helper, mut sharer) = if plan.workload.direct_path {
+        // A direct path needs the client's own socket (the one its relay connection uses).
+        let (mut helper_options, mut sharer_options) = (helper_options, sharer_options);
+        helper_options.direct_path = true;
+        sharer_options.direct_path = true;
+        (
+            Client::connect(helper_options).await?,
+            Client::connect(sharer_options).await?,
+        )
+    } else {
+        (
+            Client::connect_from(helper_endpoint, helper_options).await?,
+            Client::connect_from(sharer_endpoint, sharer_options).await?,
+        )
+    };
     let created = helper.create_session(Mode::FullControl).await?;
     sharer.join(&created.code).await?;
     helper.wait_for_sharer().await?;
@@ -302,6 +323,18 @@ async fn relayed(
     helper.wait_for_start().await?;
     record(&rec.setup, started.elapsed().as_micros() as u64);
     rec.live.up.fetch_add(1, Ordering::Relaxed);
+    if plan.workload.direct_path {
+        // Traffic starts once the attempt is over, so it measures the path it ends on.
+        let (helper_path, sharer_path) =
+            tokio::join!(helper.direct_outcome(), sharer.direct_outcome());
+        // Not an error either way: a session without a direct path is relayed.
+        if let (DirectOutcome::Direct { took, .. }, DirectOutcome::Direct { .. }) =
+            (helper_path, sharer_path)
+        {
+            rec.live.direct_paths.fetch_add(1, Ordering::Relaxed);
+            record(&rec.direct_setup, took.as_micros() as u64);
+        }
+    }
     let traffic = traffic(helper.data(), sharer.data(), plan, rec.clone()).await;
     if let Err(e) = &traffic {
         rec.error_named(e.clone());

@@ -105,6 +105,43 @@ fn a_spawned_cluster_redirects_every_join_and_still_pairs() {
 }
 
 #[test]
+fn direct_paths_come_up_on_loopback_and_carry_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--spawn-relay", "--direct-path", "--relay-bin"])
+        .arg(relay_bin())
+        .args(["--sessions", "4", "--ramp", "50", "--duration", "1"])
+        .args([
+            "--input-rate",
+            "20",
+            "--screen-kbit",
+            "500",
+            "--no-progress",
+            "--json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "loadtest failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["settings"]["direct_path"], true);
+    assert_eq!(json["relayed"]["sessions_ok"], 4, "{json:#}");
+    assert_eq!(json["relayed"]["direct_paths"], 4, "{json:#}");
+    assert_eq!(
+        json["relayed"]["direct_path_setup_ms"]["count"], 4,
+        "{json:#}"
+    );
+    assert!(json["relayed"]["input_round_trips"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn out_of_bounds_settings_are_refused_before_any_traffic() {
     for args in [
         vec!["--spawn-relay", "--sessions", "0"],
