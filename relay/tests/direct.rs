@@ -355,3 +355,98 @@ async fn bad_candidates_and_unexpected_results_are_refused_with_reasons() {
     sharer.close().await;
     relay.stop().await;
 }
+
+/// A data frame as the SDK writes it: length prefix and bytes.
+fn raw_frame(bytes: &[u8]) -> Vec<u8> {
+    let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(bytes);
+    frame
+}
+
+#[tokio::test]
+async fn on_a_direct_path_the_sharer_enforces_the_mode() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
+    let (a, b) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
+    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
+    // A helper that goes past its SDK on the direct connection (no relay in the middle).
+    let direct = helper.direct_connection().unwrap();
+    let mut rogue = within(direct.open_uni()).await.unwrap();
+    within(rogue.write_all(&[Channel::Input.to_wire() as u8]))
+        .await
+        .unwrap();
+    within(rogue.write_all(&raw_frame(b"click"))).await.unwrap();
+    let (channel, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"click"
+    );
+
+    // Down to view only: the relay tells both; the honest SDK refuses to send input, and
+    // the sharer's SDK refuses what the rogue stream still carries, and new input streams.
+    assert_eq!(
+        within(helper.request_mode(Mode::ViewOnly, ""))
+            .await
+            .unwrap(),
+        Mode::ViewOnly
+    );
+    assert_eq!(
+        within(sharer.wait_for_mode_change()).await.unwrap(),
+        Mode::ViewOnly
+    );
+    within(rogue.write_all(&raw_frame(b"sneaky click")))
+        .await
+        .unwrap();
+    let refused = within(input_in.recv()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::PermissionDenied),
+        "{refused:?}"
+    );
+    assert_eq!(
+        within(rogue.stopped()).await.unwrap(),
+        Some(ErrorCode::PermissionDenied.to_quic().into())
+    );
+    let mut second = within(direct.open_uni()).await.unwrap();
+    within(second.write_all(&[Channel::Input.to_wire() as u8]))
+        .await
+        .unwrap();
+    within(second.write_all(&raw_frame(b"click")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(second.stopped()).await.unwrap(),
+        Some(ErrorCode::ProtocolViolation.to_quic().into())
+    );
+    let refused = within(helper.open_channel(Channel::Input)).await;
+    // Opened on the relay (which refuses input in view-only mode) or refused at once.
+    if let Ok(mut input) = refused {
+        let sent = within(input.send(Bytes::from_static(b"click"))).await;
+        assert!(sent.is_err(), "input sent in view-only mode");
+    }
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_continuation_without_a_direct_path_offer_is_refused() {
+    let relay = TestRelay::start().await;
+    let (helper, sharer) = relay.paired("contoso", Mode::FullControl).await;
+    let connection = helper.connection().clone();
+    let mut stream = within(connection.open_uni()).await.unwrap();
+    within(stream.write_all(&[Channel::Input.to_wire() as u8 | 0x80]))
+        .await
+        .unwrap();
+    let closed = within(connection.closed()).await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == ErrorCode::ProtocolViolation.to_quic().into()),
+        "{closed:?}"
+    );
+    sharer.close().await;
+    relay.stop().await;
+}

@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Cases, 20 trials each: both NATs endpoint-independent (plain masquerade, which keeps
-//! the source port): the direct path comes up; nat-b symmetric (`--random-fully`, a new
-//! port per destination): the session stays on the relay and works; a `relay_only` tenant:
-//! no direct attempt. Each case prints its success rate and the time from consent to the
+//! the source port): the direct path comes up (trials one after another, so that the times
+//! measured are not shared with other trials); nat-b symmetric (`--random-fully`, a new
+//! port per destination): the session stays on the relay and works (trials at once: each
+//! waits out the attempt's deadline); a `relay_only` tenant: no direct attempt. Each case prints its success rate and the time from consent to the
 //! direct path (run with `--nocapture`; the figures are recorded in BENCHMARKS.md).
 //!
 //! Needs root (namespaces, iptables); as another user the tests say so and pass without
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{TestRelay, within};
+use futures_util::StreamExt;
 use remote_help_relay::client::{Client, ClientOptions, DirectOutcome};
 use remote_help_relay::core::path::Path;
 use remote_help_relay::core::{Channel, Mode, Role};
@@ -286,7 +288,77 @@ impl Tally {
     }
 }
 
-async fn trials(case: &str, nat_b: NatKind, relay_only: bool) -> Option<Tally> {
+/// One session from hosta to hostb: both sides' view of the direct attempt must agree,
+/// and input must arrive in order whatever the path.
+async fn trial(
+    topology: &Topology,
+    options: &impl Fn(&str, Persona, Role) -> ClientOptions,
+) -> (DirectOutcome, Option<Duration>) {
+    let mut helper = within(Client::connect_on(
+        options("192.0.2.1", Persona::Helper, Role::Helper),
+        socket_in(&topology.ns("hosta"), "10.0.1.2:0"),
+    ))
+    .await
+    .unwrap();
+    let mut sharer = within(Client::connect_on(
+        options("198.51.100.1", Persona::Sharer, Role::Sharer),
+        socket_in(&topology.ns("hostb"), "10.0.2.2:0"),
+    ))
+    .await
+    .unwrap();
+    // Both are seen from their NAT's public address, never their private one.
+    assert!(
+        helper.observed_addr().starts_with("192.0.2.2:"),
+        "{}",
+        helper.observed_addr()
+    );
+    assert!(
+        sharer.observed_addr().starts_with("198.51.100.2:"),
+        "{}",
+        sharer.observed_addr()
+    );
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    within(helper.wait_for_start()).await.unwrap();
+    let (helper_outcome, sharer_outcome) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    let took = match (&helper_outcome, &sharer_outcome) {
+        (DirectOutcome::Direct { took, peer }, DirectOutcome::Direct { .. }) => {
+            // The helper reached the sharer at its NAT's public address.
+            assert!(peer.to_string().starts_with("198.51.100.2:"), "{peer}");
+            Some(*took)
+        }
+        (DirectOutcome::NotOffered, DirectOutcome::NotOffered)
+        | (DirectOutcome::Relayed(_), DirectOutcome::Relayed(_)) => None,
+        other => panic!("the two sides disagree: {other:?}"),
+    };
+    // Whatever the path, input arrives, in order.
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    for i in 0..20u8 {
+        within(input.send(Bytes::from(vec![i; 32]))).await.unwrap();
+    }
+    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    for i in 0..20u8 {
+        let frame = within(input_in.recv()).await.unwrap().unwrap();
+        assert_eq!(frame[0], i);
+    }
+    let expected = match helper_outcome {
+        DirectOutcome::Direct { .. } => Path::Direct,
+        _ => Path::Relayed,
+    };
+    assert_eq!(helper.path(), expected);
+    within(helper.end_session()).await.unwrap();
+    within(sharer.wait_for_end()).await;
+    helper.close().await;
+    sharer.close().await;
+    (helper_outcome, took)
+}
+
+async fn trials(case: &str, nat_b: NatKind, relay_only: bool, concurrency: usize) -> Option<Tally> {
     let topology = build(case, nat_b)?;
     let public = topology.namespaces[0].clone();
     let relay = {
@@ -319,70 +391,21 @@ async fn trials(case: &str, nat_b: NatKind, relay_only: bool) -> Option<Tally> {
         options.direct_path = true;
         options
     };
+    let outcomes: Vec<(DirectOutcome, Option<Duration>)> = futures_util::stream::iter(0..TRIALS)
+        .map(|_| trial(&topology, &options))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
     let mut tally = Tally::default();
-    for _ in 0..TRIALS {
-        let mut helper = within(Client::connect_on(
-            options("192.0.2.1", Persona::Helper, Role::Helper),
-            socket_in(&topology.ns("hosta"), "10.0.1.2:0"),
-        ))
-        .await
-        .unwrap();
-        let mut sharer = within(Client::connect_on(
-            options("198.51.100.1", Persona::Sharer, Role::Sharer),
-            socket_in(&topology.ns("hostb"), "10.0.2.2:0"),
-        ))
-        .await
-        .unwrap();
-        // Both are seen from their NAT's public address, never their private one.
-        assert!(
-            helper.observed_addr().starts_with("192.0.2.2:"),
-            "{}",
-            helper.observed_addr()
-        );
-        assert!(
-            sharer.observed_addr().starts_with("198.51.100.2:"),
-            "{}",
-            sharer.observed_addr()
-        );
-        let created = within(helper.create_session(Mode::FullControl))
-            .await
-            .unwrap();
-        within(sharer.join(&created.code)).await.unwrap();
-        within(helper.wait_for_sharer()).await.unwrap();
-        within(sharer.accept()).await.unwrap();
-        within(helper.wait_for_start()).await.unwrap();
-        let (helper_outcome, sharer_outcome) =
-            within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
-        match (&helper_outcome, &sharer_outcome) {
-            (DirectOutcome::Direct { took, peer }, DirectOutcome::Direct { .. }) => {
-                // The helper reached the sharer at its NAT's public address.
-                assert!(peer.to_string().starts_with("198.51.100.2:"), "{peer}");
+    for (outcome, took) in outcomes {
+        match outcome {
+            DirectOutcome::Direct { .. } => {
                 tally.direct += 1;
-                tally.took.push(*took);
+                tally.took.extend(took);
             }
-            (DirectOutcome::NotOffered, DirectOutcome::NotOffered) => tally.not_offered += 1,
-            (DirectOutcome::Relayed(_), DirectOutcome::Relayed(_)) => tally.relayed += 1,
-            other => panic!("the two sides disagree: {other:?}"),
+            DirectOutcome::NotOffered => tally.not_offered += 1,
+            DirectOutcome::Relayed(_) => tally.relayed += 1,
         }
-        // Whatever the path, input arrives, in order.
-        let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
-        for i in 0..20u8 {
-            within(input.send(Bytes::from(vec![i; 32]))).await.unwrap();
-        }
-        let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
-        for i in 0..20u8 {
-            let frame = within(input_in.recv()).await.unwrap().unwrap();
-            assert_eq!(frame[0], i);
-        }
-        let expected = match helper_outcome {
-            DirectOutcome::Direct { .. } => Path::Direct,
-            _ => Path::Relayed,
-        };
-        assert_eq!(helper.path(), expected);
-        within(helper.end_session()).await.unwrap();
-        within(sharer.wait_for_end()).await;
-        helper.close().await;
-        sharer.close().await;
     }
     relay.wait_until_empty().await;
     relay.stop().await;
@@ -393,7 +416,7 @@ async fn trials(case: &str, nat_b: NatKind, relay_only: bool) -> Option<Tally> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_behind_endpoint_independent_nats_go_direct() {
-    let Some(tally) = trials("eim", NatKind::EndpointIndependent, false).await else {
+    let Some(tally) = trials("eim", NatKind::EndpointIndependent, false, 1).await else {
         return;
     };
     assert_eq!(tally.direct, TRIALS, "every trial must go direct");
@@ -401,7 +424,7 @@ async fn both_behind_endpoint_independent_nats_go_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symmetric_nat_falls_back_to_the_relay() {
-    let Some(tally) = trials("sym", NatKind::Symmetric, false).await else {
+    let Some(tally) = trials("sym", NatKind::Symmetric, false, TRIALS).await else {
         return;
     };
     assert_eq!(
@@ -412,7 +435,7 @@ async fn a_symmetric_nat_falls_back_to_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_makes_no_direct_attempt() {
-    let Some(tally) = trials("ro", NatKind::EndpointIndependent, true).await else {
+    let Some(tally) = trials("ro", NatKind::EndpointIndependent, true, 5).await else {
         return;
     };
     assert_eq!(

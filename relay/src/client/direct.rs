@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
+use remote_help_proto::ErrorCode;
 use remote_help_proto::framing::{CONTINUATION, channel_from_tag};
 use remote_help_proto::v1::{self, client_to_relay::Msg as Out};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{ClientError, Writer};
-use crate::core::Channel;
+use crate::core::{Channel, Mode, Role, may_send};
 use crate::tls::{Fingerprint, ServerIdentity};
 
 /// The TLS name a direct dialler uses (the certificate is pinned, so the name is not checked).
@@ -76,15 +77,48 @@ pub enum DirectOutcome {
     Relayed(String),
 }
 
+/// What the session allows, as the client last heard from the relay (`SessionStarted`,
+/// `ModeChanged`). On the relay path the relay enforces it; on a direct path nobody in the
+/// middle can, so each client checks what its peer sends against it (and what it sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionView {
+    pub(crate) mode: Mode,
+    pub(crate) chat_allowed: bool,
+    /// This client's role (the peer has the other).
+    pub(crate) role: Role,
+}
+
+impl SessionView {
+    /// Whether the peer may send on `channel` now.
+    pub(crate) fn peer_may_send(&self, channel: Channel) -> bool {
+        let peer = match self.role {
+            Role::Helper => Role::Sharer,
+            Role::Sharer => Role::Helper,
+        };
+        may_send(peer, channel, self.mode, self.chat_allowed)
+    }
+
+    /// Whether this client may send on `channel` now.
+    pub(crate) fn may_send(&self, channel: Channel) -> bool {
+        may_send(self.role, channel, self.mode, self.chat_allowed)
+    }
+}
+
 /// The data plane's view of the direct path: which connection to use, and the inbox of
 /// incoming streams.
 #[derive(Clone)]
 pub(crate) struct DirectLink {
     pub(crate) state: watch::Receiver<DirectState>,
     pub(crate) inbox: Arc<Inbox>,
+    pub(crate) view: watch::Receiver<Option<SessionView>>,
 }
 
 impl DirectLink {
+    /// What the session allows now (`None` once it ended).
+    pub(crate) fn view(&self) -> Option<SessionView> {
+        *self.view.borrow()
+    }
+
     /// The direct connection, while it is up.
     pub(crate) fn usable(&self) -> Option<quinn::Connection> {
         match &*self.state.borrow() {
@@ -116,6 +150,11 @@ struct InboxQueues {
     continued: [VecDeque<Incoming>; 4],
     /// The relay connection failed: nothing more will come.
     relay_closed: Option<quinn::ConnectionError>,
+    /// Channels `accept_channel` has handed out in this session (a continuation for a
+    /// channel with no receiver and nothing queued is that channel's first stream).
+    receiving: [bool; 4],
+    /// Bumped when a session ends: waiters of the old session give up.
+    generation: u64,
 }
 
 /// Every incoming data stream of a client that may go direct, sorted by its tag: a channel's
@@ -134,9 +173,13 @@ impl Inbox {
     fn file(&self, channel: Channel, continuation: bool, incoming: Incoming) {
         {
             let mut queues = self.lock();
-            if continuation {
+            let first = !queues.receiving[channel.index()]
+                && !queues.fresh.iter().any(|(c, _)| *c == channel);
+            if continuation && !first {
                 queues.continued[channel.index()].push_back(incoming);
             } else {
+                // A continuation of a channel whose first stream never arrived (it was on a
+                // path that died) is where that channel starts for this side.
                 queues.fresh.push_back((channel, incoming));
             }
         }
@@ -152,6 +195,7 @@ impl Inbox {
             {
                 let mut queues = self.lock();
                 if let Some(next) = queues.fresh.pop_front() {
+                    queues.receiving[next.0.index()] = true;
                     return Ok(next);
                 }
                 if let Some(e) = &queues.relay_closed {
@@ -162,14 +206,20 @@ impl Inbox {
         }
     }
 
-    /// The stream that continues `channel` after it moved.
+    /// The stream that continues `channel` after it moved (in the current session).
     pub(crate) async fn continuation(&self, channel: Channel) -> Result<Incoming, ClientError> {
+        let generation = self.lock().generation;
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut queues = self.lock();
+                if queues.generation != generation {
+                    return Err(ClientError::Unexpected(
+                        "the session ended while the channel was moving".into(),
+                    ));
+                }
                 if let Some(next) = queues.continued[channel.index()].pop_front() {
                     return Ok(next);
                 }
@@ -181,16 +231,27 @@ impl Inbox {
         }
     }
 
-    /// Forgets continuations of an ended session.
-    fn clear_continuations(&self) {
-        let mut queues = self.lock();
-        for queue in &mut queues.continued {
-            queue.clear();
+    /// Forgets continuations of an ended session and wakes whoever waits for one.
+    fn end_session(&self) {
+        {
+            let mut queues = self.lock();
+            for queue in &mut queues.continued {
+                queue.clear();
+            }
+            queues.receiving = [false; 4];
+            queues.generation += 1;
         }
+        self.notify.notify_waiters();
     }
 
-    /// Accepts every data stream of `connection` into the inbox until it closes.
-    pub(crate) async fn accept_from(self: Arc<Self>, connection: quinn::Connection, direct: bool) {
+    /// Accepts every data stream of `connection` into the inbox until it closes. Streams on
+    /// the direct connection are checked against what the session allows the peer to send
+    /// (the relay checks its own): others are stopped.
+    pub(crate) async fn accept_from(
+        self: Arc<Self>,
+        connection: quinn::Connection,
+        direct: Option<watch::Receiver<Option<SessionView>>>,
+    ) {
         let mut tagging = FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -200,7 +261,7 @@ impl Inbox {
                         stream.read_exact(&mut tag).await.ok().map(|()| (tag[0], stream))
                     }),
                     Err(e) => {
-                        if !direct {
+                        if direct.is_none() {
                             self.lock().relay_closed = Some(e);
                             self.notify.notify_waiters();
                         }
@@ -208,15 +269,33 @@ impl Inbox {
                     }
                 },
                 Some(tagged) = tagging.next() => {
-                    let Some((tag, stream)) = tagged else { continue };
+                    let Some((tag, mut stream)) = tagged else { continue };
                     let Some(channel) = channel_from_tag(tag).ok().and_then(Channel::from_wire) else {
                         tracing::debug!(tag, "data stream with an unknown channel tag ignored");
                         continue;
                     };
-                    self.file(channel, tag & CONTINUATION != 0, Incoming { stream, direct });
+                    if let Some(view) = &direct {
+                        let allowed = view.borrow().is_some_and(|v| v.peer_may_send(channel));
+                        if !allowed {
+                            tracing::warn!(channel = channel.as_str(), "direct stream the session does not allow refused");
+                            let _ = stream.stop(ErrorCode::ProtocolViolation.to_quic().into());
+                            continue;
+                        }
+                    }
+                    self.file(channel, tag & CONTINUATION != 0, Incoming { stream, direct: direct.is_some() });
                 }
             }
         }
+    }
+}
+
+/// Clears the endpoint's server config when dropped: the listener accepts only during its
+/// attempt.
+struct StopAccepting(quinn::Endpoint);
+
+impl Drop for StopAccepting {
+    fn drop(&mut self) {
+        self.0.set_server_config(None);
     }
 }
 
@@ -234,8 +313,12 @@ pub(crate) struct DirectSetup {
     identity: Arc<ServerIdentity>,
     /// The endpoint's socket, shared, for punch packets.
     raw: Arc<std::net::UdpSocket>,
+    /// The relay connection.
+    relay: quinn::Connection,
     state: Arc<watch::Sender<DirectState>>,
     pub(crate) inbox: Arc<Inbox>,
+    /// What the current session allows, as last heard from the relay.
+    view: watch::Sender<Option<SessionView>>,
     /// Files the relay connection's incoming streams into the inbox.
     _relay_acceptor: AbortOnDrop,
     /// The current attempt (and, once up, the watch over the direct connection).
@@ -250,14 +333,15 @@ impl DirectSetup {
     ) -> Result<DirectSetup, ClientError> {
         let identity = Arc::new(ServerIdentity::self_signed(vec![DIRECT_NAME.into()])?);
         let inbox = Arc::new(Inbox::default());
-        let relay_acceptor = AbortOnDrop(tokio::spawn(
-            inbox.clone().accept_from(relay.clone(), false),
-        ));
+        let relay_acceptor =
+            AbortOnDrop(tokio::spawn(inbox.clone().accept_from(relay.clone(), None)));
         Ok(DirectSetup {
             identity,
             raw,
+            relay: relay.clone(),
             state: Arc::new(watch::Sender::new(DirectState::Off)),
             inbox,
+            view: watch::Sender::new(None),
             _relay_acceptor: relay_acceptor,
             attempt: None,
         })
@@ -284,7 +368,22 @@ impl DirectSetup {
         DirectLink {
             state: self.state.subscribe(),
             inbox: self.inbox.clone(),
+            view: self.view.subscribe(),
         }
+    }
+
+    /// The session (re)started or changed mode: what it allows now.
+    pub(crate) fn set_view(&self, view: SessionView) {
+        self.view.send_replace(Some(view));
+    }
+
+    /// Changes the mode of the current session's view.
+    pub(crate) fn set_mode(&self, mode: Mode) {
+        self.view.send_modify(|v| {
+            if let Some(v) = v {
+                v.mode = mode;
+            }
+        });
     }
 
     /// The current state.
@@ -300,14 +399,8 @@ impl DirectSetup {
         writer: Weak<tokio::sync::Mutex<Writer>>,
         transport: &crate::transport::ClientTransport,
     ) {
-        self.end_session();
-        let Ok(peer_fingerprint) = <[u8; 32]>::try_from(offer.peer_certificate_sha256.as_slice())
-        else {
-            self.state.send_replace(DirectState::Failed(
-                "the offer's peer certificate is not a SHA-256".into(),
-            ));
-            return;
-        };
+        self.stop_attempt();
+        let peer_fingerprint = <[u8; 32]>::try_from(offer.peer_certificate_sha256.as_slice()).ok();
         let attempt = Attempt {
             received: Instant::now(),
             peers: offer
@@ -315,8 +408,10 @@ impl DirectSetup {
                 .iter()
                 .filter_map(|a| a.parse::<SocketAddr>().ok())
                 .collect(),
-            peer: Fingerprint(peer_fingerprint),
+            peer: peer_fingerprint.map(Fingerprint),
             offer,
+            view: self.view.subscribe(),
+            relay: self.relay.clone(),
             endpoint,
             identity: self.identity.clone(),
             raw: self.raw.clone(),
@@ -329,13 +424,27 @@ impl DirectSetup {
         self.attempt = Some(AbortOnDrop(tokio::spawn(attempt.run())));
     }
 
-    /// The session ended: stop the attempt, close the direct connection.
-    pub(crate) fn end_session(&mut self) {
+    /// Stops the current attempt and closes its direct connection.
+    fn stop_attempt(&mut self) {
         self.attempt = None;
         if let DirectState::Up { connection, .. } = self.state.send_replace(DirectState::Off) {
             connection.close(0u32.into(), b"session ended");
         }
-        self.inbox.clear_continuations();
+    }
+
+    /// The session ended: stop the attempt, close the direct connection, forget the
+    /// session's rules and continuations (waiters give up).
+    pub(crate) fn end_session(&mut self) {
+        self.stop_attempt();
+        self.view.send_replace(None);
+        self.inbox.end_session();
+    }
+}
+
+impl Drop for DirectSetup {
+    fn drop(&mut self) {
+        // Channels and receivers hold the watch: close the direct connection explicitly.
+        self.end_session();
     }
 }
 
@@ -344,7 +453,11 @@ struct Attempt {
     received: Instant,
     offer: v1::DirectPathOffer,
     peers: Vec<SocketAddr>,
-    peer: Fingerprint,
+    /// `None` when the offer's certificate hash is not a SHA-256 (the attempt then fails).
+    peer: Option<Fingerprint>,
+    view: watch::Receiver<Option<SessionView>>,
+    /// The relay connection: the direct one closes with it.
+    relay: quinn::Connection,
     endpoint: quinn::Endpoint,
     identity: Arc<ServerIdentity>,
     raw: Arc<std::net::UdpSocket>,
@@ -356,20 +469,25 @@ struct Attempt {
 
 impl Attempt {
     async fn run(self) {
-        let deadline = self.received + ms(self.offer.deadline_ms);
-        let outcome = tokio::time::timeout_at(deadline, async {
-            if self.offer.dial {
-                self.dial().await
-            } else {
-                self.listen().await
-            }
-        })
-        .await
-        .unwrap_or_else(|_| Err("no direct connection before the deadline".into()));
-        if !self.offer.dial {
-            // Accept nothing once the attempt is over.
-            self.endpoint.set_server_config(None);
+        // The listener commits when it answers a path check; the dialler, when it reads
+        // the answer: it gets one attempt interval (two round trips or more) longer, so that
+        // an answer sent just before the listener's deadline still counts on both sides.
+        let mut deadline = self.received + ms(self.offer.deadline_ms);
+        if self.offer.dial {
+            deadline += ms(self.offer.attempt_interval_ms).min(PATH_CHECK_TIMEOUT);
         }
+        let outcome = match self.peer {
+            None => Err("the offer's peer certificate hash is not a SHA-256".to_string()),
+            Some(peer) => tokio::time::timeout_at(deadline, async {
+                if self.offer.dial {
+                    self.dial(peer).await
+                } else {
+                    self.listen(peer).await
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err("no direct connection before the deadline".into())),
+        };
         let (connection, peer) = match outcome {
             Ok(up) => up,
             Err(why) => {
@@ -387,10 +505,22 @@ impl Attempt {
             took,
         });
         self.report(true, Some(peer)).await;
-        // Streams the peer opens on the direct connection go to the inbox until it ends.
-        let accepting = self.inbox.clone().accept_from(connection.clone(), true);
-        let closed = connection.closed();
-        let (_, why) = tokio::join!(accepting, closed);
+        // Streams the peer opens on the direct connection go to the inbox until it ends;
+        // the direct connection does not outlive the relay connection (the session).
+        let accepting = self
+            .inbox
+            .clone()
+            .accept_from(connection.clone(), Some(self.view.clone()));
+        let ended = async {
+            tokio::select! {
+                why = connection.closed() => why.to_string(),
+                why = self.relay.closed() => {
+                    connection.close(0u32.into(), b"relay connection lost");
+                    format!("the relay connection was lost: {why}")
+                }
+            }
+        };
+        let (_, why) = tokio::join!(accepting, ended);
         tracing::info!(reason = %why, "direct path lost; channels fall back to the relay");
         self.state
             .send_replace(DirectState::Lost(format!("direct path lost: {why}")));
@@ -426,10 +556,10 @@ impl Attempt {
 
     /// The helper's side: at each attempt, a handshake to every peer address; the first
     /// that completes and passes the path check wins.
-    async fn dial(&self) -> Result<(quinn::Connection, SocketAddr), String> {
+    async fn dial(&self, peer: Fingerprint) -> Result<(quinn::Connection, SocketAddr), String> {
         let crypto = self
             .identity
-            .direct_client_config(self.peer)
+            .direct_client_config(peer)
             .map_err(|e| e.to_string())?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.transport());
@@ -470,14 +600,17 @@ impl Attempt {
 
     /// The sharer's side: accept (only the pinned peer) while punching towards every peer
     /// address at each attempt.
-    async fn listen(&self) -> Result<(quinn::Connection, SocketAddr), String> {
+    async fn listen(&self, peer: Fingerprint) -> Result<(quinn::Connection, SocketAddr), String> {
         let crypto = self
             .identity
-            .direct_server_config(self.peer)
+            .direct_server_config(peer)
             .map_err(|e| e.to_string())?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(self.transport());
         self.endpoint.set_server_config(Some(config));
+        // However this ends (done, deadline, aborted with the session), accept nothing more.
+        let _accepting = StopAccepting(self.endpoint.clone());
+        let peer_ips: Vec<IpAddr> = self.peers.iter().map(|p| p.ip().to_canonical()).collect();
         let local_v6 = self
             .endpoint
             .local_addr()
@@ -497,6 +630,12 @@ impl Attempt {
                     }
                 }
                 incoming = self.endpoint.accept() => match incoming {
+                    // Only the peer's addresses get as far as a handshake (its NAT keeps the
+                    // IP; a symmetric one may change the port).
+                    Some(incoming) if !peer_ips.contains(&incoming.remote_address().ip().to_canonical()) => {
+                        tracing::debug!(from = %incoming.remote_address(), "direct connection from a stranger refused");
+                        incoming.refuse();
+                    }
                     Some(incoming) => {
                         let session = self.offer.session_id.clone();
                         pending.push(async move {
@@ -555,6 +694,8 @@ async fn check_path_listener(connection: &quinn::Connection, session: &str) -> R
 /// `peer` in a form the local socket can send to: IPv4 on an IPv6 (dual-stack) socket as a
 /// mapped address; IPv6 never from an IPv4 socket.
 fn reachable(peer: SocketAddr, local_v6: bool) -> Option<SocketAddr> {
+    // An IPv4 peer written as IPv4-mapped IPv6 (a dual-stack relay's view) is IPv4.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     match (peer, local_v6) {
         (SocketAddr::V4(v4), true) => Some(SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))),
         (SocketAddr::V6(_), false) => None,
@@ -612,6 +753,11 @@ mod tests {
         assert_eq!(
             reachable(v4, true),
             Some("[::ffff:192.0.2.1]:443".parse().unwrap())
+        );
+        // A dual-stack relay reports IPv4 peers as mapped addresses.
+        assert_eq!(
+            reachable("[::ffff:192.0.2.1]:443".parse().unwrap(), false),
+            Some(v4)
         );
     }
 

@@ -527,16 +527,18 @@ impl Client {
         }
     }
 
-    /// Waits until the current session's data goes `path` (the direct path came up, or
-    /// was never offered, failed or was lost) and says how the direct attempt stands.
+    /// Waits until the current session's data goes `path` — for `Direct`, until the attempt
+    /// is over either way; for `Relayed`, until no direct path is up (never offered, failed,
+    /// or lost) — and says how the direct attempt stands.
     pub async fn wait_for_path(&self, path: crate::core::path::Path) -> DirectOutcome {
         let Some(setup) = &self.direct else {
             return DirectOutcome::NotOffered;
         };
         let mut state = setup.state();
+        // Waiting for "direct" ends too when the attempt is over without it.
         let _ = state
             .wait_for(|s| match path {
-                crate::core::path::Path::Direct => matches!(s, DirectState::Up { .. }),
+                crate::core::path::Path::Direct => !matches!(s, DirectState::Trying),
                 crate::core::path::Path::Relayed => {
                     !matches!(s, DirectState::Up { .. } | DirectState::Trying)
                 }
@@ -885,12 +887,31 @@ impl Client {
                         direct.end_session();
                     }
                 }
+                // What the session allows, for the checks on a direct path.
+                In::SessionStarted(started) => {
+                    if started.peer.is_some() {
+                        self.peer = started.peer.clone();
+                    }
+                    if let (Some(direct), Some(mode)) =
+                        (self.direct.as_ref(), Mode::from_wire(started.mode))
+                    {
+                        direct.set_view(direct::SessionView {
+                            mode,
+                            chat_allowed: !started.chat_disabled,
+                            role: self.options.role,
+                        });
+                    }
+                }
+                In::ModeChanged(changed) => {
+                    if let (Some(direct), Some(mode)) =
+                        (self.direct.as_ref(), Mode::from_wire(changed.mode))
+                    {
+                        direct.set_mode(mode);
+                    }
+                }
                 In::PeerJoined(joined) => self.peer = joined.sharer.clone(),
                 In::ConsentRequest(request) if !request.mode_change => {
                     self.peer = request.helper.clone()
-                }
-                In::SessionStarted(started) if started.peer.is_some() => {
-                    self.peer = started.peer.clone()
                 }
                 _ => {}
             }
@@ -990,7 +1011,12 @@ impl DataChannels {
     /// Opens this side's stream for `channel` in an active session (on the direct path
     /// when it is up).
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
-        let usable = self.direct.as_ref().and_then(|d| d.usable());
+        // A channel the session does not allow goes to the relay, which refuses it as usual.
+        let usable = self
+            .direct
+            .as_ref()
+            .filter(|d| d.view().is_some_and(|v| v.may_send(channel)))
+            .and_then(|d| d.usable());
         let on_direct = usable.is_some();
         let target = usable.unwrap_or_else(|| self.connection.clone());
         let stream = open_tagged(&target, channel, channel_tag(channel.to_wire())).await?;
@@ -1109,20 +1135,45 @@ impl ChannelSender {
     /// Sends one frame; waits while flow control says the receiver is behind. With direct
     /// paths on, frames must not be empty (an empty frame is the move marker).
     pub async fn send(&mut self, frame: Bytes) -> Result<(), ClientError> {
-        if let Some(link) = &self.direct {
+        if let Some(link) = &self.direct
+            && link.offered()
+        {
             if frame.is_empty() {
                 return Err(ClientError::Unexpected(
-                    "empty data frames are reserved (the path move marker) when direct paths are on"
+                    "empty data frames are reserved (the path move marker) in a session with a direct path"
                         .into(),
                 ));
             }
-            match (self.on_direct, link.usable()) {
-                (false, Some(direct)) => self.move_to(Some(direct)).await?,
-                (true, None) => self.move_to(None).await?,
-                _ => {}
-            }
+            self.follow_path().await?;
         }
         self.frames.send(frame).await.map_err(ClientError::from)
+    }
+
+    /// Puts this channel on the path it should use now: the direct connection while it is
+    /// up (and the session allows this side to send on the channel: on a direct path no
+    /// relay checks it), else the relay.
+    async fn follow_path(&mut self) -> Result<(), ClientError> {
+        let Some(link) = &self.direct else {
+            return Ok(());
+        };
+        let Some(view) = link.view() else {
+            return Err(ClientError::Unexpected("the session has ended".into()));
+        };
+        if !view.may_send(self.channel) {
+            return Err(ClientError::Refused {
+                code: ErrorCode::PermissionDenied,
+                message: format!(
+                    "the session's {} mode does not allow this side to send on the {} channel",
+                    view.mode.as_str(),
+                    self.channel.as_str()
+                ),
+            });
+        }
+        match (self.on_direct, link.usable()) {
+            (false, Some(direct)) => self.move_to(Some(direct)).await,
+            (true, None) => self.move_to(None).await,
+            _ => Ok(()),
+        }
     }
 
     /// Moves this channel to the direct connection (`Some`) or back to the relay (`None`):
@@ -1146,8 +1197,11 @@ impl ChannelSender {
         Ok(())
     }
 
-    /// Finishes the channel cleanly.
+    /// Finishes the channel cleanly (on the relay, if the direct path it was on is gone).
     pub async fn finish(mut self) -> Result<(), ClientError> {
+        if self.on_direct && self.direct.as_ref().is_some_and(|l| l.usable().is_none()) {
+            self.move_to(None).await?;
+        }
         SinkExt::<Bytes>::flush(&mut self.frames).await?;
         self.frames
             .get_mut()
@@ -1179,6 +1233,24 @@ impl ChannelReceiver {
             let Some(link) = self.direct.as_ref().filter(|l| l.offered()) else {
                 return next.transpose().map_err(ClientError::from);
             };
+            if self.on_direct
+                && matches!(&next, Some(Ok(frame)) if !frame.is_empty())
+                && !link.view().is_some_and(|v| v.peer_may_send(self.channel))
+            {
+                // No relay checks a direct stream: the mode dropped (or the session ended),
+                // so what the peer still sends here is refused, as the relay would.
+                let _ = self
+                    .frames
+                    .get_mut()
+                    .stop(ErrorCode::PermissionDenied.to_quic().into());
+                return Err(ClientError::Refused {
+                    code: ErrorCode::PermissionDenied,
+                    message: format!(
+                        "the session no longer allows the peer to send on the {} channel",
+                        self.channel.as_str()
+                    ),
+                });
+            }
             let moved = match &next {
                 // The sender moved the channel: its continuation follows on the other path.
                 Some(Ok(frame)) => frame.is_empty(),

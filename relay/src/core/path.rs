@@ -54,9 +54,9 @@ impl Candidates {
             let address: SocketAddr = text
                 .parse()
                 .map_err(|_| format!("addresses[{i}] {text:?} is not an ip:port literal"))?;
-            if address.port() == 0 || address.ip().is_unspecified() || address.ip().is_multicast() {
+            if !dialable(address) {
                 return Err(format!(
-                    "addresses[{i}] {address} cannot be dialled (port 0, unspecified or multicast)"
+                    "addresses[{i}] {address} cannot be offered (port 0, unspecified, loopback, link-local, multicast or broadcast)"
                 ));
             }
             if !parsed.contains(&address) {
@@ -72,10 +72,33 @@ impl Candidates {
     /// The addresses to give the peer: the observed one first (the one that crosses NATs),
     /// then the client's own, without repeats.
     pub fn for_peer(&self, observed: SocketAddr) -> Vec<SocketAddr> {
+        let observed = canonical(observed);
         std::iter::once(observed)
             .chain(self.addresses.iter().copied().filter(|a| *a != observed))
             .collect()
     }
+}
+
+/// Whether a peer may be told to send to `address`: never port 0, the unspecified address,
+/// the peer's own machine (loopback), link-local, multicast or broadcast addresses, which
+/// would turn the peer's punch packets and handshakes on its own or its LAN's services.
+pub fn dialable(address: SocketAddr) -> bool {
+    let ip = address.ip().to_canonical();
+    let special = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    address.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_loopback()
+        && !ip.is_multicast()
+        && !special
+}
+
+/// An address as one family sees it: IPv4 clients of a dual-stack socket appear as
+/// IPv4-mapped IPv6 (`[::ffff:a.b.c.d]`); peers and logs get plain IPv4.
+pub fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
 }
 
 /// When each party starts, and how often it retries.
@@ -237,6 +260,16 @@ mod tests {
             (vec!["0.0.0.0:5000".to_string()], fp(), "unspecified"),
             (vec!["10.0.0.2:0".to_string()], fp(), "port 0"),
             (vec!["224.0.0.1:5000".to_string()], fp(), "multicast"),
+            (vec!["127.0.0.1:5000".to_string()], fp(), "loopback"),
+            (vec!["[::1]:5000".to_string()], fp(), "loopback"),
+            (
+                vec!["[::ffff:127.0.0.1]:5000".to_string()],
+                fp(),
+                "loopback",
+            ),
+            (vec!["169.254.1.1:5000".to_string()], fp(), "link-local"),
+            (vec!["[fe80::1]:5000".to_string()], fp(), "link-local"),
+            (vec!["255.255.255.255:5000".to_string()], fp(), "broadcast"),
             (vec!["10.0.0.2:5000".to_string()], vec![1; 31], "32 bytes"),
             (vec!["10.0.0.2:5000".to_string(); 9], fp(), "at most 8"),
         ] {
@@ -254,6 +287,10 @@ mod tests {
             c.for_peer(observed),
             vec![observed, "10.0.0.2:5000".parse().unwrap()]
         );
+        // A dual-stack relay sees the same client as a mapped address.
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:6000".parse().unwrap();
+        assert_eq!(c.for_peer(mapped)[0], observed);
+        assert_eq!(c.for_peer(mapped).len(), 2);
     }
 
     #[test]

@@ -244,7 +244,7 @@ async fn authenticate(
         return Err(Close::Refuse(refusal.code(), refusal.message()));
     }
     let mut conn_writer = writer;
-    let observed = connection.remote_address();
+    let observed = crate::core::path::canonical(connection.remote_address());
     let welcome = Out::Welcome(v1::Welcome {
         you: Some(principal.to_wire()),
         observed_addr: observed.to_string(),
@@ -302,6 +302,8 @@ struct Active {
     /// A channel's previous forwarder, still draining when a continuation of the channel
     /// (moved back from a direct path) was admitted; at most one per channel.
     moved_from: [Option<tokio::task::AbortHandle>; 4],
+    /// The parties were offered a direct path: continuation streams are expected.
+    direct_offered: bool,
     counters: Arc<ChannelCounters>,
 }
 
@@ -369,7 +371,7 @@ impl Conn {
 
     /// Tells a client that offered candidates its new observed address, if it changed.
     async fn tell_observed(&mut self) -> Result<(), Close> {
-        let now = self.connection.remote_address();
+        let now = crate::core::path::canonical(self.connection.remote_address());
         if self.observed.is_none() || self.told_addr == now {
             return Ok(());
         }
@@ -946,6 +948,7 @@ impl Conn {
             chat_allowed,
             forwarders: [None, None, None, None],
             moved_from: [None, None, None, None],
+            direct_offered: direct.is_some(),
             counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
@@ -1180,6 +1183,15 @@ impl Conn {
                     role.as_str(),
                     channel.as_str(),
                     active.mode.as_str()
+                ),
+            ));
+        }
+        if tag & CONTINUATION != 0 && !active.direct_offered {
+            return Err(Close::Refuse(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "a continuation of the {} channel in a session without a direct path",
+                    channel.as_str()
                 ),
             ));
         }

@@ -1179,11 +1179,11 @@ impl Hub {
             };
             let change = record.path.on_result(side, established)?;
             let mut event = record.event(EventKind::PathChanged);
-            if change == PathChange::Direct && !peer_address.is_empty() {
-                event.reason = Some(format!(
-                    "{} reached the peer at {peer_address}",
-                    role.as_str()
-                ));
+            // Only a well-formed address goes into the log (the field is the client's word).
+            if change == PathChange::Direct
+                && let Ok(peer) = peer_address.parse::<std::net::SocketAddr>()
+            {
+                event.reason = Some(format!("{} reached the peer at {peer}", role.as_str()));
             }
             (change, event)
         };

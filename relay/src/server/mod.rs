@@ -407,7 +407,6 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
-    metrics::gauge!("relay_sessions_direct").set(0.0);
     if let Some(cluster) = &config.cluster {
         metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
         metrics::gauge!("relay_cluster_nodes").set(cluster.nodes.len() as f64);
