@@ -2,7 +2,8 @@
 # Reruns every benchmark recorded in BENCHMARKS.md, each against a relay that loadtest
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
-# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect.
+# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
+# direct-path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
@@ -60,5 +61,14 @@ if selected redirect; then
   for round in 1 2 3; do
     run "redirect-single-$round" --sessions 200 --ramp 50 --duration 2 --idle
     run "redirect-cluster-$round" --sessions 200 --ramp 50 --duration 2 --idle --nodes 2
+  done
+fi
+
+# 7. Direct paths: the same 100 sessions at 2 Mbit/s and 50 input events/s, relayed and with
+#    --direct-path (on loopback every attempt succeeds): relay CPU and input round trip.
+if selected direct-path; then
+  for round in 1 2; do
+    run "direct-path-relayed-$round" --sessions 100 --ramp 50 --duration 10 --screen-kbit 2000 --input-rate 50
+    run "direct-path-direct-$round" --sessions 100 --ramp 50 --duration 10 --screen-kbit 2000 --input-rate 50 --direct-path
   done
 fi
