@@ -41,6 +41,8 @@ pub struct SessionRow {
     /// In a cluster, the node that held the session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_node: Option<u8>,
+    /// Its data went peer to peer at some point (a `path_changed` to `direct`).
+    pub went_direct: bool,
 }
 
 /// Totals over a report.
@@ -102,6 +104,7 @@ pub fn sessions(events: &[AuditEvent], filter: &Filter) -> Vec<SessionRow> {
                         end_reason: None,
                         reason: e.reason.clone(),
                         relay_node: e.relay_node,
+                        went_direct: false,
                     },
                 );
             }
@@ -110,6 +113,13 @@ pub fn sessions(events: &[AuditEvent], filter: &Filter) -> Vec<SessionRow> {
                     && !row.modes.contains(mode)
                 {
                     row.modes.push(mode.clone());
+                }
+            }
+            Some(EventKind::PathChanged) => {
+                if let Some(row) = rows.get_mut(&key)
+                    && e.path.as_deref() == Some("direct")
+                {
+                    row.went_direct = true;
                 }
             }
             Some(EventKind::SessionEnded) => {

@@ -158,6 +158,15 @@ async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].path.as_deref(), Some("direct"));
+    assert!(
+        changed[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("reached the peer at")
+    );
+    let rows = remote_help_relay::report::sessions(&events, &Default::default());
+    assert!(rows.len() == 1 && rows[0].went_direct, "{rows:?}");
     assert_eq!(
         events
             .iter()
