@@ -426,8 +426,28 @@ async fn on_a_direct_path_the_sharer_enforces_the_mode() {
     within(second.write_all(&raw_frame(b"click")))
         .await
         .unwrap();
+    // It is handed over as a channel, but none of its frames gets through.
+    let (_, mut second_in) = within(sharer.accept_channel()).await.unwrap();
+    let refused = within(second_in.recv()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::PermissionDenied),
+        "{refused:?}"
+    );
     assert_eq!(
         within(second.stopped()).await.unwrap(),
+        Some(ErrorCode::PermissionDenied.to_quic().into())
+    );
+    // A channel the peer may never send on (screen from the helper) is refused on arrival.
+    let mut third = within(direct.open_uni()).await.unwrap();
+    within(third.write_all(&[Channel::Screen.to_wire() as u8]))
+        .await
+        .unwrap();
+    within(third.write_all(&raw_frame(b"fake screen")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(third.stopped()).await.unwrap(),
         Some(ErrorCode::ProtocolViolation.to_quic().into())
     );
     let refused = within(helper.open_channel(Channel::Input)).await;
@@ -456,6 +476,50 @@ async fn a_continuation_without_a_direct_path_offer_is_refused() {
             if c.error_code == ErrorCode::ProtocolViolation.to_quic().into()),
         "{closed:?}"
     );
+    sharer.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
+    let relay = TestRelay::start().await;
+    let mut helper = direct_client(&relay, Role::Helper).await;
+    let mut sharer = direct_client(&relay, Role::Sharer).await;
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    within(helper.wait_for_start()).await.unwrap();
+    let (a, b) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
+    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
+    let (raised, consented) = within(async {
+        tokio::join!(
+            helper.request_mode(Mode::FullControl, "needs control"),
+            async {
+                sharer.wait_for_consent_request().await?;
+                sharer.answer_mode_change(true).await
+            }
+        )
+    })
+    .await;
+    assert_eq!(raised.unwrap(), Mode::FullControl);
+    assert_eq!(consented.unwrap(), Some(Mode::FullControl));
+    // The helper's input goes direct at once; the sharer's SDK, which read the same
+    // ModeChanged, lets it through.
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"click")))
+        .await
+        .unwrap();
+    let (channel, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"click"
+    );
+    assert_eq!(helper.path(), Path::Direct);
+    helper.close().await;
     sharer.close().await;
     relay.stop().await;
 }

@@ -34,6 +34,10 @@ const PUNCH: &[u8] = b"rhp1";
 /// The direct connection's loss recovery starts from the relay's estimate, but never below
 /// this (a loopback estimate of zero would retransmit at once).
 const MIN_INITIAL_RTT: Duration = Duration::from_millis(5);
+/// How long a receiver holds a direct frame the session's mode does not allow (yet) before
+/// refusing it: the `ModeChanged` that allows it may reach this side a little after the
+/// peer, which heard it first, sent the frame.
+pub(crate) const MODE_GRACE: Duration = Duration::from_secs(1);
 /// Longest path check (session id one way, "ok" the other).
 const PATH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,6 +102,16 @@ impl SessionView {
         may_send(peer, channel, self.mode, self.chat_allowed)
     }
 
+    /// Whether the peer could send on `channel` in this session in some mode (direction and
+    /// tenant rules; the mode may still be raised).
+    pub(crate) fn peer_could_send(&self, channel: Channel) -> bool {
+        SessionView {
+            mode: Mode::Unattended,
+            ..*self
+        }
+        .peer_may_send(channel)
+    }
+
     /// Whether this client may send on `channel` now.
     pub(crate) fn may_send(&self, channel: Channel) -> bool {
         may_send(self.role, channel, self.mode, self.chat_allowed)
@@ -117,6 +131,16 @@ impl DirectLink {
     /// What the session allows now (`None` once it ended).
     pub(crate) fn view(&self) -> Option<SessionView> {
         *self.view.borrow()
+    }
+
+    /// Whether the peer may send on `channel`: now, or within [`MODE_GRACE`] (a raised
+    /// mode this side has not read yet).
+    pub(crate) async fn peer_may_send_soon(&self, channel: Channel) -> bool {
+        let allowed = |v: &Option<SessionView>| v.is_some_and(|v| v.peer_may_send(channel));
+        let mut view = self.view.clone();
+        tokio::time::timeout(MODE_GRACE, view.wait_for(allowed))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The direct connection, while it is up.
@@ -275,7 +299,10 @@ impl Inbox {
                         continue;
                     };
                     if let Some(view) = &direct {
-                        let allowed = view.borrow().is_some_and(|v| v.peer_may_send(channel));
+                        // Direction and tenant rules now; the mode is checked frame by frame by
+                        // the receiver (a raised mode may reach this side a moment after the
+                        // peer's first input).
+                        let allowed = view.borrow().is_some_and(|v| v.peer_could_send(channel));
                         if !allowed {
                             tracing::warn!(channel = channel.as_str(), "direct stream the session does not allow refused");
                             let _ = stream.stop(ErrorCode::ProtocolViolation.to_quic().into());

@@ -1235,7 +1235,7 @@ impl ChannelReceiver {
             };
             if self.on_direct
                 && matches!(&next, Some(Ok(frame)) if !frame.is_empty())
-                && !link.view().is_some_and(|v| v.peer_may_send(self.channel))
+                && !link.peer_may_send_soon(self.channel).await
             {
                 // No relay checks a direct stream: the mode dropped (or the session ended),
                 // so what the peer still sends here is refused, as the relay would.
