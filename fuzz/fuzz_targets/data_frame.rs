@@ -9,8 +9,9 @@
 //! Input: `[limit selector, chunking seed, tag, stream bytes...]`.
 //!
 //! Invariants:
-//! - a tag names a channel exactly when it is one of the four channel numbers, and that
-//!   channel's tag is the same byte; a channel a party may send on is one the session
+//! - a tag names a channel exactly when, without the continuation bit (`0x80`, a channel
+//!   moving between the relay and a direct path), it is one of the four channel numbers, and
+//!   that channel's tag is that byte; a channel a party may send on is one the session
 //!   carries;
 //! - framing does not depend on chunking, no frame exceeds the limit, frames re-encode to
 //!   exactly the input bytes, and a truncated or oversized end reports the right numbers;
@@ -21,7 +22,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use remote_help_fuzz::{End, chunks, drive, max_frame_size, session_keys};
 use remote_help_proto::framing::{
-    DataCodec, FrameError, LENGTH_PREFIX, channel_from_tag, channel_tag,
+    CONTINUATION, DataCodec, FrameError, LENGTH_PREFIX, channel_from_tag, channel_tag,
 };
 use remote_help_proto::v1;
 use remote_help_relay::core::{Channel, Mode, Role, may_send, session_channels};
@@ -109,14 +110,15 @@ fuzz_target!(|data: &[u8]| {
 
 /// The relay's first read of a data stream: the tag byte names a channel, or is refused.
 fn check_tag(tag: u8) -> Option<Channel> {
+    let number = tag & !CONTINUATION;
     match channel_from_tag(tag) {
         Ok(wire) => {
-            assert!((1..=4).contains(&tag), "tag {tag} accepted");
-            assert_eq!(channel_tag(wire), tag);
+            assert!((1..=4).contains(&number), "tag {tag} accepted");
+            assert_eq!(channel_tag(wire), number);
             assert_ne!(wire, v1::Channel::Unspecified);
             let channel = Channel::from_wire(wire).expect("a known channel maps");
             assert_eq!(channel.to_wire(), wire);
-            assert_eq!(e2e::stream_domain(channel), u32::from(tag));
+            assert_eq!(e2e::stream_domain(channel), u32::from(number));
             for role in ROLES {
                 for mode in MODES {
                     for chat_allowed in [false, true] {
@@ -134,7 +136,7 @@ fn check_tag(tag: u8) -> Option<Channel> {
         }
         Err(FrameError::UnknownChannel(t)) => {
             assert_eq!(t, tag);
-            assert!(!(1..=4).contains(&tag), "tag {tag} refused");
+            assert!(!(1..=4).contains(&number), "tag {tag} refused");
             None
         }
         Err(other) => panic!("unexpected tag error {other:?}"),
