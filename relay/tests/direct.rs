@@ -523,3 +523,42 @@ async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
     sharer.close().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_receiver_cancelled_mid_move_loses_nothing() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(numbered(0))).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for i in 1..400 {
+            input.send(numbered(i)).await.unwrap();
+            if i == 50 {
+                // Move mid-stream, once the path is up.
+                helper.wait_for_path(Path::Direct).await;
+            }
+        }
+        (helper, input)
+    });
+    // The application polls with a short timer, so `recv` is dropped again and again,
+    // including while a frame waits for its check or the channel waits for its continuation.
+    let mut expected = 0;
+    within(async {
+        while expected < 400 {
+            tokio::select! {
+                frame = input_in.recv() => {
+                    assert_eq!(number_of(&frame.unwrap().unwrap()), expected);
+                    expected += 1;
+                }
+                () = tokio::time::sleep(std::time::Duration::from_micros(50)) => {}
+            }
+        }
+    })
+    .await;
+    let (helper, _input) = within(sender).await.unwrap();
+    assert_eq!(helper.path(), Path::Direct);
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}

@@ -197,7 +197,11 @@ impl Inbox {
     fn file(&self, channel: Channel, continuation: bool, incoming: Incoming) {
         {
             let mut queues = self.lock();
-            let first = !queues.receiving[channel.index()]
+            // Only a continuation on the relay can be a channel's first stream here (its
+            // first stream went on a direct path that died); a direct one always follows a
+            // relayed stream, which may still be on its way.
+            let first = !incoming.direct
+                && !queues.receiving[channel.index()]
                 && !queues.fresh.iter().any(|(c, _)| *c == channel);
             if continuation && !first {
                 queues.continued[channel.index()].push_back(incoming);
@@ -472,6 +476,12 @@ impl Drop for DirectSetup {
     fn drop(&mut self) {
         // Channels and receivers hold the watch: close the direct connection explicitly.
         self.end_session();
+        // The relay acceptor stops with this: whoever waits for a channel hears so.
+        self.inbox
+            .lock()
+            .relay_closed
+            .get_or_insert(quinn::ConnectionError::LocallyClosed);
+        self.inbox.notify.notify_waiters();
     }
 }
 

@@ -1040,6 +1040,8 @@ impl DataChannels {
                     frames: FramedRead::new(incoming.stream, DataCodec::new(MAX_DATA_FRAME)),
                     direct: Some(link.clone()),
                     on_direct: incoming.direct,
+                    held: None,
+                    awaiting_continuation: false,
                 },
             ));
         }
@@ -1062,6 +1064,8 @@ impl DataChannels {
                 frames: FramedRead::new(stream, DataCodec::new(MAX_DATA_FRAME)),
                 direct: None,
                 on_direct: false,
+                held: None,
+                awaiting_continuation: false,
             },
         ))
     }
@@ -1081,7 +1085,13 @@ impl DataChannels {
 
     /// Helper: receives one lossy screen datagram, from whichever path it came on.
     pub async fn read_datagram(&self) -> Result<Bytes, ClientError> {
-        let direct = self.direct.as_ref().and_then(|d| d.usable());
+        // Screen datagrams come from the sharer only: a direct one is read only when the
+        // peer may send screen (no relay checks the direct path).
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|d| d.view().is_some_and(|v| v.peer_may_send(Channel::Screen)))
+            .and_then(|d| d.usable());
         let Some(direct) = direct else {
             return self
                 .connection
@@ -1199,7 +1209,13 @@ impl ChannelSender {
 
     /// Finishes the channel cleanly (on the relay, if the direct path it was on is gone).
     pub async fn finish(mut self) -> Result<(), ClientError> {
-        if self.on_direct && self.direct.as_ref().is_some_and(|l| l.usable().is_none()) {
+        // Back to the relay only if the relay would take the channel (the mode may have
+        // dropped meanwhile): else the dead stream is finished as it is.
+        if self.on_direct
+            && self.direct.as_ref().is_some_and(|l| {
+                l.usable().is_none() && l.view().is_some_and(|v| v.may_send(self.channel))
+            })
+        {
             self.move_to(None).await?;
         }
         SinkExt::<Bytes>::flush(&mut self.frames).await?;
@@ -1217,6 +1233,11 @@ pub struct ChannelReceiver {
     direct: Option<direct::DirectLink>,
     /// The current stream came on the direct connection.
     on_direct: bool,
+    /// A direct frame read but not yet delivered (waiting for the mode check).
+    held: Option<BytesMut>,
+    /// The current stream ended with the move marker (or died with the direct path): the
+    /// next frames come on the channel's continuation.
+    awaiting_continuation: bool,
 }
 
 impl ChannelReceiver {
@@ -1228,17 +1249,51 @@ impl ChannelReceiver {
     /// The next frame, or `None` when the sender finished the channel. Moves between the
     /// relay and the direct path are followed here, in order.
     pub async fn recv(&mut self) -> Result<Option<BytesMut>, ClientError> {
+        // Cancel-safe: a frame held for the mode check, and a move in progress, live in
+        // `self`, so a dropped call (a `select!` with a timer) loses nothing.
         loop {
-            let next = self.frames.next().await;
-            let Some(link) = self.direct.as_ref().filter(|l| l.offered()) else {
-                return next.transpose().map_err(ClientError::from);
+            let Some(link) = self.direct.clone().filter(|l| l.offered()) else {
+                return self
+                    .frames
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(ClientError::from);
             };
-            if self.on_direct
-                && matches!(&next, Some(Ok(frame)) if !frame.is_empty())
-                && !link.peer_may_send_soon(self.channel).await
-            {
-                // No relay checks a direct stream: the mode dropped (or the session ended),
-                // so what the peer still sends here is refused, as the relay would.
+            if self.awaiting_continuation {
+                let incoming = link.inbox.continuation(self.channel).await?;
+                tracing::debug!(
+                    channel = self.channel.as_str(),
+                    on_direct = incoming.direct,
+                    "channel moved"
+                );
+                self.awaiting_continuation = false;
+                self.on_direct = incoming.direct;
+                self.frames = FramedRead::new(incoming.stream, DataCodec::new(MAX_DATA_FRAME));
+                continue;
+            }
+            if self.held.is_none() {
+                match self.frames.next().await {
+                    // The sender moved the channel: its continuation follows on the other path.
+                    Some(Ok(frame)) if frame.is_empty() => {
+                        self.awaiting_continuation = true;
+                        continue;
+                    }
+                    Some(Ok(frame)) if self.on_direct => self.held = Some(frame),
+                    Some(Ok(frame)) => return Ok(Some(frame)),
+                    // The direct path died under this stream: the sender resumes on the relay.
+                    Some(Err(_)) if self.on_direct => {
+                        self.awaiting_continuation = true;
+                        continue;
+                    }
+                    other => return other.transpose().map_err(ClientError::from),
+                }
+            }
+            // A frame from the direct path: no relay checked it, so check it here.
+            if !link.peer_may_send_soon(self.channel).await {
+                // The mode does not allow it (or the session ended): refused, as the relay
+                // would, and never delivered.
+                self.held = None;
                 let _ = self
                     .frames
                     .get_mut()
@@ -1251,24 +1306,9 @@ impl ChannelReceiver {
                     ),
                 });
             }
-            let moved = match &next {
-                // The sender moved the channel: its continuation follows on the other path.
-                Some(Ok(frame)) => frame.is_empty(),
-                // The direct path died under this stream: the sender resumes on the relay.
-                Some(Err(_)) => self.on_direct,
-                None => false,
-            };
-            if !moved {
-                return next.transpose().map_err(ClientError::from);
+            if let Some(frame) = self.held.take() {
+                return Ok(Some(frame));
             }
-            let incoming = link.inbox.continuation(self.channel).await?;
-            tracing::debug!(
-                channel = self.channel.as_str(),
-                on_direct = incoming.direct,
-                "channel moved"
-            );
-            self.on_direct = incoming.direct;
-            self.frames = FramedRead::new(incoming.stream, DataCodec::new(MAX_DATA_FRAME));
         }
     }
 }
