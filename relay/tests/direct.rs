@@ -527,7 +527,7 @@ async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
 #[tokio::test]
 async fn a_receiver_cancelled_mid_move_loses_nothing() {
     let relay = TestRelay::start().await;
-    let (helper, mut sharer, _, _) = direct_pair(&relay).await;
+    let (helper, sharer, _, _) = direct_pair(&relay).await;
     let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
     within(input.send(numbered(0))).await.unwrap();
     let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
