@@ -16,42 +16,47 @@ fn relay_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn a_small_run_against_a_spawned_relay_reports_every_figure() {
+/// Runs loadtest against a relay it spawns, with `args`; it must succeed. Returns its
+/// standard output and its JSON report.
+fn spawned_run(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["--spawn-relay", "--relay-bin"])
         .arg(relay_bin())
-        .args([
-            "--sessions",
-            "3",
-            "--ramp",
-            "50",
-            "--duration",
-            "1",
-            "--screen-kbit",
-            "2000",
-            "--input-rate",
-            "50",
-            "--chat",
-            "--baseline",
-            "direct",
-            "--no-progress",
-            "--json",
-        ])
+        .args(args)
+        .args(["--no-progress", "--json"])
         .arg(&report)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "loadtest failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    (stdout, json)
+}
+
+#[test]
+fn a_small_run_against_a_spawned_relay_reports_every_figure() {
+    let (stdout, json) = spawned_run(&[
+        "--sessions",
+        "3",
+        "--ramp",
+        "50",
+        "--duration",
+        "1",
+        "--screen-kbit",
+        "2000",
+        "--input-rate",
+        "50",
+        "--chat",
+        "--baseline",
+        "direct",
+    ]);
     assert!(stdout.contains("input round trip"), "{stdout}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let relayed = &json["relayed"];
     assert_eq!(relayed["sessions_ok"], 3, "{json:#}");
     assert_eq!(relayed["sessions_failed"], 0);
@@ -69,33 +74,20 @@ fn a_small_run_against_a_spawned_relay_reports_every_figure() {
 
 #[test]
 fn a_spawned_cluster_redirects_every_join_and_still_pairs() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--spawn-relay", "--nodes", "2", "--relay-bin"])
-        .arg(relay_bin())
-        .args([
-            "--sessions",
-            "4",
-            "--ramp",
-            "50",
-            "--duration",
-            "1",
-            "--input-rate",
-            "20",
-        ])
-        .args(["--screen-kbit", "500", "--no-progress", "--json"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "loadtest failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let (_, json) = spawned_run(&[
+        "--nodes",
+        "2",
+        "--sessions",
+        "4",
+        "--ramp",
+        "50",
+        "--duration",
+        "1",
+        "--input-rate",
+        "20",
+        "--screen-kbit",
+        "500",
+    ]);
     assert_eq!(json["settings"]["nodes"], 2);
     // Sharers went to the other node: a join there succeeds only by following a redirect.
     let (relay, via) = (&json["settings"]["relay"], &json["settings"]["join_via"]);
@@ -106,31 +98,19 @@ fn a_spawned_cluster_redirects_every_join_and_still_pairs() {
 
 #[test]
 fn direct_paths_come_up_on_loopback_and_carry_the_traffic() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--spawn-relay", "--direct-path", "--relay-bin"])
-        .arg(relay_bin())
-        .args(["--sessions", "4", "--ramp", "50", "--duration", "1"])
-        .args([
-            "--input-rate",
-            "20",
-            "--screen-kbit",
-            "500",
-            "--no-progress",
-            "--json",
-        ])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "loadtest failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let (_, json) = spawned_run(&[
+        "--direct-path",
+        "--sessions",
+        "4",
+        "--ramp",
+        "50",
+        "--duration",
+        "1",
+        "--input-rate",
+        "20",
+        "--screen-kbit",
+        "500",
+    ]);
     assert_eq!(json["settings"]["direct_path"], true);
     assert_eq!(json["relayed"]["sessions_ok"], 4, "{json:#}");
     assert_eq!(json["relayed"]["direct_paths"], 4, "{json:#}");

@@ -192,7 +192,7 @@ impl ServerIdentity {
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(PinnedPeer {
+            .with_client_cert_verifier(Arc::new(PinnedCertVerifier {
                 pin: peer,
                 provider: provider(),
             }))
@@ -220,66 +220,6 @@ impl ServerIdentity {
         tls.alpn_protocols = vec![ALPN_DIRECT.to_vec()];
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| TlsError::Quic(e.to_string()))
-    }
-}
-
-/// A direct listener's check of the dialling peer: exactly one client certificate, by
-/// fingerprint, with the handshake signature checked (the peer holds its key).
-#[derive(Debug)]
-struct PinnedPeer {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ClientCertVerifier for PinnedPeer {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        if Fingerprint::of(end_entity) == self.pin {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -347,25 +287,20 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Accepts exactly one certificate, by fingerprint, and still checks the handshake
-/// signature so the server must hold that certificate's private key.
+/// signature so the peer must hold that certificate's private key. The same check serves a
+/// client pinning the relay, a direct dialler pinning the listener (server certificates) and
+/// a direct listener pinning the dialler (client certificates).
 #[derive(Debug)]
 struct PinnedCertVerifier {
     pin: Fingerprint,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The pin names this exact certificate, which is stronger than a name check.
+impl PinnedCertVerifier {
+    /// The pin names this exact certificate, which is stronger than a name or chain check.
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         if Fingerprint::of(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
+            Ok(())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
@@ -373,19 +308,7 @@ impl ServerCertVerifier for PinnedCertVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.2 is never negotiated (the config allows TLS 1.3 only).
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
+    fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -399,16 +322,131 @@ impl ServerCertVerifier for PinnedCertVerifier {
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+    fn schemes(&self) -> Vec<SignatureScheme> {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }
 }
 
+/// TLS 1.2 is never negotiated (every config here allows TLS 1.3 only).
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        no_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for PinnedCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        no_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pin_accepts_its_certificate_only_as_server_and_as_client() {
+        let pinned = ServerIdentity::self_signed(vec!["remote-help-direct".into()]).unwrap();
+        let other = ServerIdentity::self_signed(vec!["remote-help-direct".into()]).unwrap();
+        let verifier = PinnedCertVerifier {
+            pin: pinned.fingerprint(),
+            provider: provider(),
+        };
+        let name = ServerName::try_from("remote-help-direct").unwrap();
+        let now = UnixTime::now();
+        assert!(
+            verifier
+                .verify_server_cert(&pinned.chain[0], &[], &name, &[], now)
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_server_cert(&other.chain[0], &[], &name, &[], now)
+                .is_err()
+        );
+        assert!(
+            verifier
+                .verify_client_cert(&pinned.chain[0], &[], now)
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_client_cert(&other.chain[0], &[], now)
+                .is_err()
+        );
+        // A listener always requires the dialler's certificate.
+        assert!(verifier.client_auth_mandatory());
+    }
 
     #[test]
     fn fingerprints_parse_in_every_common_spelling() {

@@ -69,16 +69,8 @@ impl Default for ClientTransport {
 
 /// Transport settings for a client's connection to the relay.
 pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
-    let mut t = TransportConfig::default();
     // The relay opens one data stream per channel towards each client.
-    t.max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(UNI_STREAMS.into())
-        .stream_receive_window(varint(settings.stream_receive_window))
-        .receive_window(varint(settings.connection_receive_window))
-        .send_window(settings.send_window)
-        .max_idle_timeout(IdleTimeout::try_from(settings.idle_timeout).ok())
-        .keep_alive_interval(Some(settings.keep_alive));
-    Arc::new(t)
+    Arc::new(client_base(settings))
 }
 
 /// A direct peer-to-peer connection's transport (either side): the client's windows and
@@ -86,16 +78,23 @@ pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
 /// channel each way, and loss recovery starting from `initial_rtt` (the relay's estimate of
 /// the path) so that a handshake packet lost to a NAT not yet open is resent quickly.
 pub fn direct(settings: &ClientTransport, initial_rtt: Duration) -> Arc<TransportConfig> {
-    let mut t = TransportConfig::default();
+    let mut t = client_base(settings);
     t.max_concurrent_bidi_streams(1u32.into())
+        .initial_rtt(initial_rtt);
+    Arc::new(t)
+}
+
+/// A client's windows, timeouts and unidirectional streams; no bidirectional streams.
+fn client_base(settings: &ClientTransport) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(UNI_STREAMS.into())
         .stream_receive_window(varint(settings.stream_receive_window))
         .receive_window(varint(settings.connection_receive_window))
         .send_window(settings.send_window)
         .max_idle_timeout(IdleTimeout::try_from(settings.idle_timeout).ok())
-        .keep_alive_interval(Some(settings.keep_alive))
-        .initial_rtt(initial_rtt);
-    Arc::new(t)
+        .keep_alive_interval(Some(settings.keep_alive));
+    t
 }
 
 /// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much

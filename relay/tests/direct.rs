@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestRelay, within};
+use common::{TestRelay, join_and_consent, raise_with_consent, within};
 use futures_util::{SinkExt, StreamExt};
 use remote_help_proto::ErrorCode;
 use remote_help_proto::framing::ControlCodec;
@@ -28,25 +28,31 @@ async fn direct_client(relay: &TestRelay, role: Role) -> Client {
     within(Client::connect(options)).await.unwrap()
 }
 
-/// A helper and a sharer in a started session, with their `SessionStart`s.
+/// A helper and a sharer in a session started in `mode`, with their `SessionStart`s.
 async fn pair(
     mut helper: Client,
     mut sharer: Client,
+    mode: Mode,
 ) -> (Client, Client, SessionStart, SessionStart) {
-    let created = within(helper.create_session(Mode::FullControl))
-        .await
-        .unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    let sharer_start = within(sharer.accept()).await.unwrap();
-    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    let created = within(helper.create_session(mode)).await.unwrap();
+    let (helper_start, sharer_start) =
+        join_and_consent(&mut helper, &mut sharer, &created.code).await;
     (helper, sharer, helper_start, sharer_start)
 }
 
+/// Both with direct paths on, in a full-control session.
 async fn direct_pair(relay: &TestRelay) -> (Client, Client, SessionStart, SessionStart) {
     let helper = direct_client(relay, Role::Helper).await;
     let sharer = direct_client(relay, Role::Sharer).await;
-    pair(helper, sharer).await
+    pair(helper, sharer, Mode::FullControl).await
+}
+
+/// Waits for both sides' direct attempt; both must have gone direct.
+async fn both_direct(helper: &Client, sharer: &Client) {
+    let (a, b) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    assert!(matches!(a, DirectOutcome::Direct { .. }), "helper: {a:?}");
+    assert!(matches!(b, DirectOutcome::Direct { .. }), "sharer: {b:?}");
 }
 
 /// Sends `message` past the SDK on an authenticated control stream and returns the
@@ -185,10 +191,7 @@ async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
 async fn channels_fall_back_to_the_relay_when_the_direct_path_dies() {
     let relay = TestRelay::start().await;
     let (mut helper, mut sharer, helper_start, sharer_start) = direct_pair(&relay).await;
-    let (a, b) =
-        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
-    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
-    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
+    both_direct(&helper, &sharer).await;
     within(relay.handle.wait_for(|s| s.direct_sessions == 1)).await;
     // End to end sealed, over the direct path.
     let (helper_secure, mut sharer_secure) = within(async {
@@ -272,7 +275,7 @@ async fn one_side_without_candidates_means_no_offer() {
     let relay = TestRelay::start().await;
     let helper = direct_client(&relay, Role::Helper).await;
     let sharer = relay.sharer("contoso").await;
-    let (helper, sharer, _, _) = pair(helper, sharer).await;
+    let (helper, sharer, _, _) = pair(helper, sharer, Mode::FullControl).await;
     assert_eq!(
         within(helper.direct_outcome()).await,
         DirectOutcome::NotOffered
@@ -341,7 +344,7 @@ async fn bad_candidates_and_unexpected_results_are_refused_with_reasons() {
     // A result in an active session that had no offer is a violation, also not fatal.
     let helper = relay.helper("contoso").await;
     let sharer = relay.sharer("contoso").await;
-    let (helper, sharer, helper_start, _) = pair(helper, sharer).await;
+    let (helper, sharer, helper_start, _) = pair(helper, sharer, Mode::FullControl).await;
     let (answer, pong) = raw_exchange(
         helper,
         Out::DirectPathResult(v1::DirectPathResult {
@@ -372,21 +375,28 @@ fn raw_frame(bytes: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A stream opened past the SDK on `connection`: `channel`'s tag, then one frame.
+async fn rogue_stream(
+    connection: &quinn::Connection,
+    channel: Channel,
+    frame: &[u8],
+) -> quinn::SendStream {
+    let mut stream = within(connection.open_uni()).await.unwrap();
+    within(stream.write_all(&[channel.to_wire() as u8]))
+        .await
+        .unwrap();
+    within(stream.write_all(&raw_frame(frame))).await.unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn on_a_direct_path_the_sharer_enforces_the_mode() {
     let relay = TestRelay::start().await;
     let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
-    let (a, b) =
-        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
-    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
-    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
+    both_direct(&helper, &sharer).await;
     // A helper that goes past its SDK on the direct connection (no relay in the middle).
     let direct = helper.direct_connection().unwrap();
-    let mut rogue = within(direct.open_uni()).await.unwrap();
-    within(rogue.write_all(&[Channel::Input.to_wire() as u8]))
-        .await
-        .unwrap();
-    within(rogue.write_all(&raw_frame(b"click"))).await.unwrap();
+    let mut rogue = rogue_stream(&direct, Channel::Input, b"click").await;
     let (channel, mut input_in) = within(sharer.accept_channel()).await.unwrap();
     assert_eq!(channel, Channel::Input);
     assert_eq!(
@@ -419,13 +429,7 @@ async fn on_a_direct_path_the_sharer_enforces_the_mode() {
         within(rogue.stopped()).await.unwrap(),
         Some(ErrorCode::PermissionDenied.to_quic().into())
     );
-    let mut second = within(direct.open_uni()).await.unwrap();
-    within(second.write_all(&[Channel::Input.to_wire() as u8]))
-        .await
-        .unwrap();
-    within(second.write_all(&raw_frame(b"click")))
-        .await
-        .unwrap();
+    let second = rogue_stream(&direct, Channel::Input, b"click").await;
     // It is handed over as a channel, but none of its frames gets through.
     let (_, mut second_in) = within(sharer.accept_channel()).await.unwrap();
     let refused = within(second_in.recv()).await.unwrap_err();
@@ -439,13 +443,7 @@ async fn on_a_direct_path_the_sharer_enforces_the_mode() {
         Some(ErrorCode::PermissionDenied.to_quic().into())
     );
     // A channel the peer may never send on (screen from the helper) is refused on arrival.
-    let mut third = within(direct.open_uni()).await.unwrap();
-    within(third.write_all(&[Channel::Screen.to_wire() as u8]))
-        .await
-        .unwrap();
-    within(third.write_all(&raw_frame(b"fake screen")))
-        .await
-        .unwrap();
+    let third = rogue_stream(&direct, Channel::Screen, b"fake screen").await;
     assert_eq!(
         within(third.stopped()).await.unwrap(),
         Some(ErrorCode::ProtocolViolation.to_quic().into())
@@ -483,29 +481,11 @@ async fn a_continuation_without_a_direct_path_offer_is_refused() {
 #[tokio::test]
 async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
     let relay = TestRelay::start().await;
-    let mut helper = direct_client(&relay, Role::Helper).await;
-    let mut sharer = direct_client(&relay, Role::Sharer).await;
-    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    within(sharer.accept()).await.unwrap();
-    within(helper.wait_for_start()).await.unwrap();
-    let (a, b) =
-        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
-    assert!(matches!(a, DirectOutcome::Direct { .. }), "{a:?}");
-    assert!(matches!(b, DirectOutcome::Direct { .. }), "{b:?}");
-    let (raised, consented) = within(async {
-        tokio::join!(
-            helper.request_mode(Mode::FullControl, "needs control"),
-            async {
-                sharer.wait_for_consent_request().await?;
-                sharer.answer_mode_change(true).await
-            }
-        )
-    })
-    .await;
-    assert_eq!(raised.unwrap(), Mode::FullControl);
-    assert_eq!(consented.unwrap(), Some(Mode::FullControl));
+    let helper = direct_client(&relay, Role::Helper).await;
+    let sharer = direct_client(&relay, Role::Sharer).await;
+    let (mut helper, mut sharer, _, _) = pair(helper, sharer, Mode::ViewOnly).await;
+    both_direct(&helper, &sharer).await;
+    raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "needs control").await;
     // The helper's input goes direct at once; the sharer's SDK, which read the same
     // ModeChanged, lets it through.
     let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();

@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, within};
+use common::{TestRelay, join_and_consent, within};
 use futures_util::StreamExt;
 use remote_help_relay::client::{Client, ClientOptions, DirectOutcome};
 use remote_help_relay::core::path::Path;
@@ -320,10 +320,7 @@ async fn trial(
     let created = within(helper.create_session(Mode::FullControl))
         .await
         .unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    within(sharer.accept()).await.unwrap();
-    within(helper.wait_for_start()).await.unwrap();
+    join_and_consent(&mut helper, &mut sharer, &created.code).await;
     let (helper_outcome, sharer_outcome) =
         within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
     let took = match (&helper_outcome, &sharer_outcome) {

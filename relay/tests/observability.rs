@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, http, with_claims, within};
+use common::{TestRelay, http, raise_with_consent, with_claims, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::audit::{AuditEvent, EventKind, audit_files, read_events, verify_file};
 use remote_help_relay::core::{Channel, Mode, Role};
@@ -141,14 +141,7 @@ async fn a_session_is_audited_with_who_helped_whom_on_which_device_modes_and_byt
         "session_started must be durable before SessionStarted"
     );
 
-    let (changed, _) = within(async {
-        tokio::join!(helper.request_mode(Mode::FullControl, ""), async {
-            sharer.wait_for_consent_request().await.unwrap();
-            sharer.answer_mode_change(true).await
-        })
-    })
-    .await;
-    changed.unwrap();
+    raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "").await;
     let mut chat = within(sharer.open_channel(Channel::Chat)).await.unwrap();
     within(chat.send(Bytes::from_static(b"thanks")))
         .await

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, with_claims, within};
+use common::{TestRelay, raise_with_consent, with_claims, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope, TenantPolicy};
 use remote_help_relay::core::{Channel, Mode, Role};
@@ -331,23 +331,13 @@ async fn raising_the_mode_needs_fresh_consent_and_lowering_it_stops_input() {
     let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
 
     // View → control: the sharer is asked and accepts; input then flows.
-    let (changed, answered) = within(async {
-        tokio::join!(
-            helper.request_mode(Mode::FullControl, "ticket 4711"),
-            async {
-                let request = sharer.wait_for_consent_request().await.unwrap();
-                assert!(request.mode_change);
-                assert_eq!(
-                    request.mode,
-                    remote_help_proto::v1::Mode::FullControl as i32
-                );
-                sharer.answer_mode_change(true).await
-            }
-        )
-    })
-    .await;
-    assert_eq!(changed.unwrap(), Mode::FullControl);
-    assert_eq!(answered.unwrap(), Some(Mode::FullControl));
+    let request =
+        raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "ticket 4711").await;
+    assert!(request.mode_change);
+    assert_eq!(
+        request.mode,
+        remote_help_proto::v1::Mode::FullControl as i32
+    );
     let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
     within(input.send(Bytes::from_static(b"click")))
         .await

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{ClientError, Writer};
+use crate::core::path::{MAX_CANDIDATES, canonical, dialable};
 use crate::core::{Channel, Mode, Role, may_send};
 use crate::tls::{Fingerprint, ServerIdentity};
 
@@ -145,12 +146,7 @@ impl DirectLink {
 
     /// The direct connection, while it is up.
     pub(crate) fn usable(&self) -> Option<quinn::Connection> {
-        match &*self.state.borrow() {
-            DirectState::Up { connection, .. } if connection.close_reason().is_none() => {
-                Some(connection.clone())
-            }
-            _ => None,
-        }
+        usable(&self.state.borrow())
     }
 
     /// Whether a direct path was offered in this session (so an empty frame is a move marker).
@@ -394,6 +390,16 @@ impl DirectSetup {
         self.raw = raw;
     }
 
+    /// The direct connection, while it is up.
+    pub(crate) fn usable(&self) -> Option<quinn::Connection> {
+        usable(&self.state.borrow())
+    }
+
+    /// The endpoint's socket (a redirected client's next connection uses it too).
+    pub(crate) fn socket(&self) -> Arc<std::net::UdpSocket> {
+        self.raw.clone()
+    }
+
     /// The data plane's handle.
     pub(crate) fn link(&self) -> DirectLink {
         DirectLink {
@@ -432,13 +438,16 @@ impl DirectSetup {
     ) {
         self.stop_attempt();
         let peer_fingerprint = <[u8; 32]>::try_from(offer.peer_certificate_sha256.as_slice()).ok();
+        let local_v6 = endpoint.local_addr().is_ok_and(|a| a.is_ipv6());
         let attempt = Attempt {
             received: Instant::now(),
             peers: offer
                 .peer_addresses
                 .iter()
                 .filter_map(|a| a.parse::<SocketAddr>().ok())
+                .filter_map(|peer| Some((canonical(peer), reachable(peer, local_v6)?)))
                 .collect(),
+            attempts: offer.attempts.max(1),
             peer: peer_fingerprint.map(Fingerprint),
             offer,
             view: self.view.subscribe(),
@@ -489,7 +498,11 @@ impl Drop for DirectSetup {
 struct Attempt {
     received: Instant,
     offer: v1::DirectPathOffer,
-    peers: Vec<SocketAddr>,
+    /// The peer's addresses this socket can send to: as offered (canonical), and in the form
+    /// the socket sends to.
+    peers: Vec<(SocketAddr, SocketAddr)>,
+    /// Attempts in all (at least one).
+    attempts: u32,
     /// `None` when the offer's certificate hash is not a SHA-256 (the attempt then fails).
     peer: Option<Fingerprint>,
     view: watch::Receiver<Option<SessionView>>,
@@ -600,19 +613,13 @@ impl Attempt {
             .map_err(|e| e.to_string())?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.transport());
-        let local_v6 = self
-            .endpoint
-            .local_addr()
-            .map(|a| a.is_ipv6())
-            .unwrap_or(false);
         let mut pending = FuturesUnordered::new();
         let mut next = 0;
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(self.attempt_at(next)), if next < self.offer.attempts.max(1) => {
+                () = tokio::time::sleep_until(self.attempt_at(next)), if next < self.attempts => {
                     next += 1;
-                    for &peer in &self.peers {
-                        let Some(target) = reachable(peer, local_v6) else { continue };
+                    for &(peer, target) in &self.peers {
                         match self.endpoint.connect_with(config.clone(), target, DIRECT_NAME) {
                             Ok(connecting) => pending.push(async move { (peer, connecting.await) }),
                             Err(e) => tracing::debug!(%peer, error = %e, "direct dial not started"),
@@ -629,7 +636,7 @@ impl Attempt {
                 else => return Err(format!(
                     "no peer address answered ({} tried, {} attempts)",
                     self.peers.len(),
-                    self.offer.attempts.max(1)
+                    self.attempts
                 )),
             }
         }
@@ -647,23 +654,16 @@ impl Attempt {
         self.endpoint.set_server_config(Some(config));
         // However this ends (done, deadline, aborted with the session), accept nothing more.
         let _accepting = StopAccepting(self.endpoint.clone());
-        let peer_ips: Vec<IpAddr> = self.peers.iter().map(|p| p.ip().to_canonical()).collect();
-        let local_v6 = self
-            .endpoint
-            .local_addr()
-            .map(|a| a.is_ipv6())
-            .unwrap_or(false);
+        let peer_ips: Vec<IpAddr> = self.peers.iter().map(|(p, _)| p.ip()).collect();
         let mut pending = FuturesUnordered::new();
         let mut next = 0;
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(self.attempt_at(next)), if next < self.offer.attempts.max(1) => {
+                () = tokio::time::sleep_until(self.attempt_at(next)), if next < self.attempts => {
                     next += 1;
-                    for &peer in &self.peers {
-                        if let Some(target) = reachable(peer, local_v6) {
-                            // Best effort: a failed punch is one fewer chance, not an error.
-                            let _ = self.raw.send_to(PUNCH, target);
-                        }
+                    for &(_, target) in &self.peers {
+                        // Best effort: a failed punch is one fewer chance, not an error.
+                        let _ = self.raw.send_to(PUNCH, target);
                     }
                 }
                 incoming = self.endpoint.accept() => match incoming {
@@ -728,47 +728,54 @@ async fn check_path_listener(connection: &quinn::Connection, session: &str) -> R
     .unwrap_or_else(|_| Err("path check timed out".into()))
 }
 
+/// The connection of an `Up` state whose connection is still open.
+fn usable(state: &DirectState) -> Option<quinn::Connection> {
+    match state {
+        DirectState::Up { connection, .. } if connection.close_reason().is_none() => {
+            Some(connection.clone())
+        }
+        _ => None,
+    }
+}
+
 /// `peer` in a form the local socket can send to: IPv4 on an IPv6 (dual-stack) socket as a
 /// mapped address; IPv6 never from an IPv4 socket.
 fn reachable(peer: SocketAddr, local_v6: bool) -> Option<SocketAddr> {
     // An IPv4 peer written as IPv4-mapped IPv6 (a dual-stack relay's view) is IPv4.
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    match (peer, local_v6) {
+    match (canonical(peer), local_v6) {
         (SocketAddr::V4(v4), true) => Some(SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))),
         (SocketAddr::V6(_), false) => None,
-        _ => Some(peer),
+        (peer, _) => Some(peer),
     }
 }
 
 /// The addresses a socket bound to `local` is reachable on: its own address when bound to
-/// one, else every non-loopback interface address of its family (both families for a
-/// dual-stack IPv6 socket), with its port. The relay adds the address it observes.
+/// one, else every interface address of its family (both families for a dual-stack IPv6
+/// socket), with its port, keeping only what the relay accepts as a candidate
+/// ([`dialable`]: no loopback, link-local, ...), or it would refuse the whole offer. The
+/// relay adds the address it observes.
 pub(crate) fn local_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     let port = local.port();
-    if !local.ip().is_unspecified() {
-        return if local.ip().is_loopback() {
-            Vec::new()
-        } else {
-            vec![local]
+    let ips: Vec<IpAddr> = if local.ip().is_unspecified() {
+        let Ok(interfaces) = if_addrs::get_if_addrs() else {
+            return Vec::new();
         };
-    }
-    let Ok(interfaces) = if_addrs::get_if_addrs() else {
-        return Vec::new();
+        interfaces
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| ip.is_ipv4() || local.is_ipv6())
+            .collect()
+    } else {
+        vec![local.ip()]
     };
-    let mut addresses: Vec<SocketAddr> = interfaces
+    let mut addresses: Vec<SocketAddr> = ips
         .into_iter()
-        .filter(|i| !i.is_loopback())
-        .map(|i| i.ip())
-        .filter(|ip| match ip {
-            IpAddr::V4(_) => true,
-            // Link-local IPv6 needs a scope id the peer cannot use.
-            IpAddr::V6(v6) => local.is_ipv6() && (v6.segments()[0] & 0xffc0) != 0xfe80,
-        })
         .map(|ip| SocketAddr::new(ip, port))
+        .filter(|a| dialable(*a))
         .collect();
     addresses.sort();
     addresses.dedup();
-    addresses.truncate(crate::core::path::MAX_CANDIDATES - 1);
+    addresses.truncate(MAX_CANDIDATES - 1);
     addresses
 }
 
@@ -803,11 +810,20 @@ mod tests {
         let bound: SocketAddr = "10.1.2.3:4000".parse().unwrap();
         assert_eq!(local_candidates(bound), vec![bound]);
         assert!(local_candidates("127.0.0.1:4000".parse().unwrap()).is_empty());
-        let any = local_candidates("0.0.0.0:4000".parse().unwrap());
-        assert!(any.len() < crate::core::path::MAX_CANDIDATES);
-        assert!(
-            any.iter()
-                .all(|a| a.port() == 4000 && a.is_ipv4() && !a.ip().is_loopback())
-        );
+        // A link-local address would make the relay refuse the whole offer.
+        assert!(local_candidates("169.254.1.1:4000".parse().unwrap()).is_empty());
+        for local in ["0.0.0.0:4000", "[::]:4000"] {
+            let any = local_candidates(local.parse().unwrap());
+            assert!(any.len() < MAX_CANDIDATES);
+            assert!(any.iter().all(|a| a.port() == 4000));
+            // Whatever this machine's interfaces, the relay accepts the offer.
+            let offered: Vec<String> = any.iter().map(ToString::to_string).collect();
+            assert!(
+                crate::core::path::Candidates::parse(&offered, &[0; 32]).is_ok(),
+                "{offered:?}"
+            );
+        }
+        let v4 = local_candidates("0.0.0.0:4000".parse().unwrap());
+        assert!(v4.iter().all(|a| a.is_ipv4()));
     }
 }

@@ -237,9 +237,8 @@ pub struct Client {
     reader: Reader,
     /// Shared with the direct-path task, which reports its result on the control stream.
     writer: Arc<tokio::sync::Mutex<Writer>>,
-    /// The endpoint's socket, shared, when direct paths are on (punch packets go out on it).
-    raw: Option<Arc<std::net::UdpSocket>>,
-    /// Direct-path state, when `ClientOptions::direct_path` is on.
+    /// Direct-path state (with the endpoint's socket, for punch packets), when
+    /// `ClientOptions::direct_path` is on and this client has its own socket.
     direct: Option<direct::DirectSetup>,
     welcome: v1::Welcome,
     next_nonce: u64,
@@ -344,7 +343,6 @@ impl Client {
                 send,
                 ControlCodec::new(MAX_CONTROL),
             ))),
-            raw,
             direct: None,
             welcome: v1::Welcome::default(),
             next_nonce: 1,
@@ -366,7 +364,7 @@ impl Client {
             In::Welcome(welcome) => {
                 client.welcome = welcome;
                 if client.options.direct_path
-                    && let Some(raw) = client.raw.clone()
+                    && let Some(raw) = raw
                 {
                     let setup = direct::DirectSetup::new(&client.connection, raw)?;
                     let local = client.endpoint.local_addr().map_err(ClientError::Socket)?;
@@ -451,7 +449,7 @@ impl Client {
             self.endpoint.clone(),
             connection,
             self.owns_endpoint,
-            self.raw.clone(),
+            self.direct.as_ref().map(|d| d.socket()),
         )
         .await?;
         let previous = std::mem::replace(self, next);
@@ -482,7 +480,7 @@ impl Client {
 
     /// Which way the current session's data goes now.
     pub fn path(&self) -> crate::core::path::Path {
-        match self.direct.as_ref().map(|d| d.link().usable()) {
+        match self.direct.as_ref().map(|d| d.usable()) {
             Some(Some(_)) => crate::core::path::Path::Direct,
             _ => crate::core::path::Path::Relayed,
         }
@@ -491,7 +489,7 @@ impl Client {
     /// The direct peer-to-peer connection while the session uses one (for diagnostics:
     /// its RTT, its path statistics).
     pub fn direct_connection(&self) -> Option<quinn::Connection> {
-        self.direct.as_ref().and_then(|d| d.link().usable())
+        self.direct.as_ref().and_then(|d| d.usable())
     }
 
     /// Moves this client's connections to a new local UDP socket, as after a network
@@ -499,9 +497,7 @@ impl Client {
     /// the new observed address.
     pub fn rebind(&mut self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
         if let Some(direct) = self.direct.as_mut() {
-            let raw = Arc::new(socket.try_clone().map_err(ClientError::Socket)?);
-            direct.set_socket(raw.clone());
-            self.raw = Some(raw);
+            direct.set_socket(Arc::new(socket.try_clone().map_err(ClientError::Socket)?));
         }
         self.endpoint.rebind(socket).map_err(ClientError::Socket)
     }

@@ -51,9 +51,11 @@ impl Candidates {
         })?;
         let mut parsed = Vec::with_capacity(addresses.len());
         for (i, text) in addresses.iter().enumerate() {
-            let address: SocketAddr = text
-                .parse()
-                .map_err(|_| format!("addresses[{i}] {text:?} is not an ip:port literal"))?;
+            let address: SocketAddr = text.parse().map_err(|_| {
+                // The text is the client's: echo a bounded piece of it (logs, the Error).
+                let shown: String = text.chars().take(64).collect();
+                format!("addresses[{i}] {shown:?} is not an ip:port literal")
+            })?;
             if !dialable(address) {
                 return Err(format!(
                     "addresses[{i}] {address} cannot be offered (port 0, unspecified, loopback, link-local, multicast or broadcast)"
@@ -257,6 +259,7 @@ mod tests {
         assert_eq!(repeated.addresses.len(), 1);
         for (addresses, certificate, needle) in [
             (vec!["10.0.0.2".to_string()], fp(), "addresses[0]"),
+            (vec!["x".repeat(60_000)], fp(), "not an ip:port"),
             (vec!["0.0.0.0:5000".to_string()], fp(), "unspecified"),
             (vec!["10.0.0.2:0".to_string()], fp(), "port 0"),
             (vec!["224.0.0.1:5000".to_string()], fp(), "multicast"),
@@ -275,6 +278,10 @@ mod tests {
         ] {
             let e = Candidates::parse(&addresses, &certificate).unwrap_err();
             assert!(e.contains(needle), "{e} lacks {needle}");
+            assert!(
+                e.len() < 200,
+                "an error echoes at most a bounded piece of the input"
+            );
         }
     }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use jsonwebtoken::Algorithm;
+use remote_help_proto::v1::ConsentRequest;
 use remote_help_relay::auth::TenantTrust;
-use remote_help_relay::client::{Client, ClientError, ClientOptions};
+use remote_help_relay::client::{Client, ClientError, ClientOptions, SessionStart};
 use remote_help_relay::config::{Config, DEFAULT_AUDIENCE, Tenant, load_jwks};
 use remote_help_relay::core::policy::{
     Assignment, HELP_DESK_OPERATOR, Role as RbacRole, Scope, TenantPolicy,
@@ -281,12 +282,39 @@ impl TestRelayBuilder {
     }
 }
 
-/// The sharer joins `code` and consents; returns once the helper sees the session start.
-pub async fn join_and_consent(helper: &mut Client, sharer: &mut Client, code: &str) {
+/// The sharer joins `code` and consents; returns once the helper sees the session start,
+/// with the helper's and the sharer's `SessionStart`.
+pub async fn join_and_consent(
+    helper: &mut Client,
+    sharer: &mut Client,
+    code: &str,
+) -> (SessionStart, SessionStart) {
     within(sharer.join(code)).await.unwrap();
     within(helper.wait_for_sharer()).await.unwrap();
-    within(sharer.accept()).await.unwrap();
-    within(helper.wait_for_start()).await.unwrap();
+    let sharer_start = within(sharer.accept()).await.unwrap();
+    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    (helper_start, sharer_start)
+}
+
+/// The helper raises the session to `mode` and the sharer consents; returns the consent
+/// request the sharer was shown, once both sides are in `mode`.
+pub async fn raise_with_consent(
+    helper: &mut Client,
+    sharer: &mut Client,
+    mode: Mode,
+    reason: &str,
+) -> ConsentRequest {
+    let (raised, answered) = within(async {
+        tokio::join!(helper.request_mode(mode, reason), async {
+            let request = sharer.wait_for_consent_request().await?;
+            sharer.answer_mode_change(true).await.map(|m| (request, m))
+        })
+    })
+    .await;
+    assert_eq!(raised.unwrap(), mode);
+    let (request, answered) = answered.unwrap();
+    assert_eq!(answered, Some(mode));
+    request
 }
 
 /// Extra claims merged over a persona's.
