@@ -245,7 +245,7 @@ async fn a_relay_only_tenant_gets_no_direct_path() {
         .policy("contoso", |p| p.relay_only = true)
         .start()
         .await;
-    let (helper, sharer, helper_start, _) = direct_pair(&relay).await;
+    let (helper, sharer, _, _) = direct_pair(&relay).await;
     assert_eq!(
         within(helper.direct_outcome()).await,
         DirectOutcome::NotOffered
@@ -254,7 +254,6 @@ async fn a_relay_only_tenant_gets_no_direct_path() {
         within(sharer.direct_outcome()).await,
         DirectOutcome::NotOffered
     );
-    let _ = helper_start;
     let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
     within(input.send(Bytes::from_static(b"click")))
         .await
