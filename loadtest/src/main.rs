@@ -70,6 +70,10 @@ struct Args {
     /// sharers join through node 1 (each join is redirected). CPU and memory are node 0's.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// With --spawn-relay: the relay's UDP sockets (`limits.udp_sockets`; 0 = one per CPU
+    /// it may run on, its default).
+    #[arg(long, default_value_t = 0)]
+    relay_udp_sockets: usize,
     /// A running relay's process id, to read its CPU and memory from /proc.
     #[arg(long)]
     relay_pid: Option<u32>,
@@ -293,12 +297,16 @@ async fn run(args: Args) -> Result<u64> {
             None => std::env::current_exe()?.with_file_name("relay"),
         };
         // Starting waits (polls readiness) synchronously: keep it off the async workers.
-        let (sessions, nodes) = (args.sessions, args.nodes);
+        let nodes = args.nodes;
+        let sizing = spawned::Sizing {
+            sessions: args.sessions,
+            udp_sockets: args.relay_udp_sockets,
+        };
         let started = tokio::task::spawn_blocking(move || {
             if nodes == 1 {
-                SpawnedRelay::start(&bin, sessions).map(|r| vec![r])
+                SpawnedRelay::start(&bin, sizing).map(|r| vec![r])
             } else {
-                SpawnedRelay::start_cluster(&bin, sessions, nodes)
+                SpawnedRelay::start_cluster(&bin, sizing, nodes)
             }
         })
         .await
@@ -380,13 +388,21 @@ async fn run(args: Args) -> Result<u64> {
     let direct = match args.baseline {
         None => None,
         Some(Baseline::Direct) => {
-            let (sharer_endpoint, sharer_addr, helper_endpoint) = direct_endpoints()?;
-            let sharers = workload::DirectAcceptor::start(sharer_endpoint);
+            // As many UDP sockets as the relayed clients had (half of them listening), so
+            // that neither side of the comparison funnels through fewer endpoints.
+            let pairs = (0..sockets.div_ceil(2))
+                .map(|_| {
+                    let (sharer_endpoint, sharer_addr, helper_endpoint) = direct_endpoints()?;
+                    let sharers = workload::DirectAcceptor::start(sharer_endpoint);
+                    Ok((sharers, sharer_addr, helper_endpoint))
+                })
+                .collect::<Result<Vec<_>>>()?;
             Some(
-                run_phase("direct", &args, workload, &RelayProbe::None, |_| {
+                run_phase("direct", &args, workload, &RelayProbe::None, |i| {
+                    let (sharers, sharer_addr, helper_endpoint) = &pairs[i % pairs.len()];
                     Path::Direct {
                         sharers: sharers.clone(),
-                        sharer_addr,
+                        sharer_addr: *sharer_addr,
                         helper_endpoint: helper_endpoint.clone(),
                     }
                 })

@@ -29,6 +29,15 @@ pub struct SpawnedRelay {
     also_remove: Option<PathBuf>,
 }
 
+/// What a spawned relay's config is sized for.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizing {
+    /// Sessions the run holds at once (connection caps and buffer budget follow).
+    pub sessions: usize,
+    /// The relay's `limits.udp_sockets` (0: one per CPU it may run on).
+    pub udp_sockets: usize,
+}
+
 impl SpawnedRelay {
     /// The relay's process id.
     pub fn pid(&self) -> u32 {
@@ -37,15 +46,15 @@ impl SpawnedRelay {
 
     /// Starts `relay_bin` on a config sized for `sessions` sessions, and waits until it
     /// answers on its admin endpoint.
-    pub fn start(relay_bin: &Path, sessions: usize) -> Result<SpawnedRelay> {
-        SpawnedRelay::start_node(relay_bin, sessions, None)
+    pub fn start(relay_bin: &Path, sizing: Sizing) -> Result<SpawnedRelay> {
+        SpawnedRelay::start_node(relay_bin, sizing, None)
     }
 
     /// Starts `nodes` relays as one cluster on loopback (node 0 first; the others share its
     /// certificate and tenant key, so one pin and one pair of tokens serve them all).
     pub fn start_cluster(
         relay_bin: &Path,
-        sessions: usize,
+        sizing: Sizing,
         nodes: usize,
     ) -> Result<Vec<SpawnedRelay>> {
         let addrs = (0..nodes)
@@ -66,7 +75,7 @@ impl SpawnedRelay {
                 shared_state: shared,
                 tls_dir: tls_dir.clone(),
             };
-            match SpawnedRelay::start_node(relay_bin, sessions, Some(node)) {
+            match SpawnedRelay::start_node(relay_bin, sizing, Some(node)) {
                 Ok(relay) => started.push(relay),
                 Err(e) => {
                     // The nodes already up are stopped as `started` drops.
@@ -83,7 +92,10 @@ impl SpawnedRelay {
 
     fn start_node(
         relay_bin: &Path,
-        sessions: usize,
+        Sizing {
+            sessions,
+            udp_sockets,
+        }: Sizing,
         node: Option<NodeSpec>,
     ) -> Result<SpawnedRelay> {
         let id = node.as_ref().map_or(0, |n| n.id);
@@ -145,6 +157,7 @@ max_connections_per_source = {connections}
 max_unauthenticated_connections = {connections}
 retry_above_unauthenticated = {connections}
 max_buffered_mib = {buffered_mib}
+udp_sockets = {udp_sockets}
 joins_per_source_per_minute = 1000000
 joins_per_tenant_per_minute = 10000000
 max_sessions_per_tenant = {connections}

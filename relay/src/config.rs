@@ -201,6 +201,8 @@ pub struct RawLimits {
     pub max_buffered_mib: Option<u64>,
     /// Kernel receive and send buffer of the relay's UDP socket, bytes.
     pub udp_socket_buffer_bytes: Option<u64>,
+    /// UDP sockets sharing the listen address (0: one per CPU, at most 16).
+    pub udp_sockets: Option<u64>,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: Option<u64>,
     /// Most connections that have not authenticated yet.
@@ -324,6 +326,10 @@ pub struct Limits {
     /// handshakes overflow a small one, and every dropped Initial costs its client a
     /// one-second retransmission.
     pub udp_socket_buffer: usize,
+    /// UDP sockets (each with its own quinn endpoint) sharing the listen address, among
+    /// which the kernel steers packets by connection id; 0 picks one per CPU, at most 16.
+    /// More spreads packet processing and handshakes over more cores.
+    pub udp_sockets: usize,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: usize,
     /// Most connections that have not authenticated yet.
@@ -354,6 +360,7 @@ impl Default for Limits {
             wrong_attempts_per_code: 3,
             max_buffered_bytes: 8 << 30,
             udp_socket_buffer: 8 << 20,
+            udp_sockets: 0,
             max_connections_per_source: 256,
             max_unauthenticated_connections: 2_000,
             retry_above_unauthenticated: 100,
@@ -762,6 +769,13 @@ impl Config {
                 d.udp_socket_buffer as u64,
                 64 * 1024,
                 1 << 30,
+            ) as usize,
+            udp_sockets: bytes(
+                "limits.udp_sockets",
+                l.udp_sockets,
+                d.udp_sockets as u64,
+                0,
+                crate::core::cluster::MAX_SOCKETS as u64,
             ) as usize,
             max_connections_per_source: bytes(
                 "limits.max_connections_per_source",

@@ -10,7 +10,9 @@ use std::time::Duration;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::config::Limits;
-use crate::core::cluster::{CID_LEN, NodeId, node_of_cid, routable_cid};
+use crate::core::cluster::{
+    CID_LEN, MAX_SOCKETS, NodeId, STEERING_OCTET, SocketSteering, node_of_cid, routable_cid,
+};
 
 /// Control stream plus nothing: clients get one bidirectional stream.
 pub const BIDI_STREAMS: u32 = 1;
@@ -97,51 +99,33 @@ fn client_base(settings: &ClientTransport) -> TransportConfig {
     t
 }
 
-/// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much
-/// as the kernel allows: Linux caps them at `net.core.rmem_max` / `wmem_max`). Returns the
-/// socket and the receive buffer actually granted.
-pub fn udp_socket(
-    addr: std::net::SocketAddr,
-    buffer_bytes: usize,
-) -> std::io::Result<(std::net::UdpSocket, usize)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // Dual-stack where the address is the unspecified v6 one, as std does not.
-        let _ = socket.set_only_v6(false);
-    }
-    // Best effort: a smaller buffer than asked is not an error, only slower under bursts.
-    let _ = socket.set_recv_buffer_size(buffer_bytes);
-    let _ = socket.set_send_buffer_size(buffer_bytes);
-    socket.bind(&addr.into())?;
-    let granted = socket.recv_buffer_size().unwrap_or(0);
-    Ok((socket.into(), granted))
-}
-
 /// quinn's connection id source for the relay: every id routes to `node` (QUIC-LB
-/// format, [`crate::core::cluster`]).
+/// format, [`crate::core::cluster`]) and, within the node, to one UDP socket.
 #[derive(Debug, Clone, Copy)]
 pub struct RoutableCids {
     node: NodeId,
+    socket: SocketSteering,
 }
 
 impl RoutableCids {
-    /// Ids for `node`.
-    pub fn new(node: NodeId) -> RoutableCids {
-        RoutableCids { node }
+    /// Ids for `node`, steered to `socket`.
+    pub fn new(node: NodeId, socket: SocketSteering) -> RoutableCids {
+        RoutableCids { node, socket }
     }
 }
 
 impl quinn_proto::ConnectionIdGenerator for RoutableCids {
     fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
-        quinn_proto::ConnectionId::new(&routable_cid(self.node, &mut rand::rng()))
+        quinn_proto::ConnectionId::new(&routable_cid(self.node, self.socket, &mut rand::rng()))
     }
 
     fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
         // Ids of other nodes (or other formats) cannot be ours: quinn may then skip the
-        // lookup, and a stateless reset is never sent for another node's connection.
+        // lookup, and a stateless reset is never sent for another node's connection. Nor
+        // for another socket's: a packet the kernel misdelivered is dropped, not answered
+        // with a reset that would kill a live connection.
         match node_of_cid(cid) {
-            Some(node) if node == self.node => Ok(()),
+            Some(node) if node == self.node && self.socket.owns(cid) => Ok(()),
             _ => Err(quinn_proto::InvalidCid),
         }
     }
@@ -155,6 +139,174 @@ impl quinn_proto::ConnectionIdGenerator for RoutableCids {
     }
 }
 
+/// The relay's UDP sockets: one, or several bound to the same address with `SO_REUSEPORT`
+/// among which the kernel steers every packet by its destination connection id.
+#[derive(Debug)]
+pub struct SocketGroup {
+    /// The sockets; socket `i` must serve the connection ids of `SocketSteering::new(i, n)`.
+    pub sockets: Vec<std::net::UdpSocket>,
+    /// Receive buffer the kernel granted each socket, bytes.
+    pub granted_buffer: usize,
+    /// Why the group has fewer sockets than asked, if it has.
+    pub fallback: Option<String>,
+}
+
+impl SocketGroup {
+    /// The steering of socket `index`.
+    pub fn steering(&self, index: usize) -> SocketSteering {
+        SocketSteering::new(index, self.sockets.len()).unwrap_or(SocketSteering::SINGLE)
+    }
+}
+
+/// `count` UDP sockets (1..=[`MAX_SOCKETS`]) bound to `addr` (the first one's port where
+/// `addr` has port 0), each with kernel buffers of `buffer_bytes` each way. With more than
+/// one, they share the address with `SO_REUSEPORT` and a classic-BPF program that steers
+/// each packet to socket `dcid[STEERING_OCTET] % count` ([`SocketSteering`]). Where the
+/// kernel cannot do that (not Linux, or the program is refused), the group falls back to
+/// one socket and says why: spreading by the kernel's default 4-tuple hash would deliver a
+/// migrated connection's packets to an endpoint that does not know it.
+pub fn udp_sockets(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+    count: usize,
+) -> std::io::Result<SocketGroup> {
+    let count = count.clamp(1, MAX_SOCKETS);
+    if count == 1 {
+        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
+        return Ok(SocketGroup {
+            sockets: vec![socket],
+            granted_buffer: granted,
+            fallback: None,
+        });
+    }
+    let (first, granted) = bind_udp_socket(addr, buffer_bytes, true)?;
+    if let Err(e) = steer_by_connection_id(&first, count) {
+        drop(first);
+        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
+        return Ok(SocketGroup {
+            sockets: vec![socket],
+            granted_buffer: granted,
+            fallback: Some(format!("connection-id steering unavailable: {e}")),
+        });
+    }
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind_udp_socket(bound, buffer_bytes, true)?.0);
+    }
+    Ok(SocketGroup {
+        sockets,
+        granted_buffer: granted,
+        fallback: None,
+    })
+}
+
+/// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much
+/// as the kernel allows: Linux caps them at `net.core.rmem_max` / `wmem_max`). Returns the
+/// socket and the receive buffer actually granted.
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    bind_udp_socket(addr, buffer_bytes, false)
+}
+
+/// [`udp_socket`], sharing the address with others of the same user where `reuse_port`.
+fn bind_udp_socket(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+    reuse_port: bool,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the address is the unspecified v6 one, as std does not.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer than asked is not an error, only slower under bursts.
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket.into(), granted))
+}
+
+/// Attaches to `socket`'s `SO_REUSEPORT` group the classic-BPF program that picks socket
+/// `dcid[STEERING_OCTET] % count` for every datagram. The program sees the UDP payload: a
+/// QUIC long header (first bit set) has its destination connection id at offset 6 (flags,
+/// 4-octet version, length), a short header at offset 1. A datagram too short to read
+/// makes the program return 0 (socket 0, which drops what it does not know).
+#[cfg(target_os = "linux")]
+fn steer_by_connection_id(socket: &std::net::UdpSocket, count: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const LONG_HEADER_DCID: u32 = 6;
+    const SHORT_HEADER_DCID: u32 = 1;
+    let insn = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let octet = STEERING_OCTET as u32;
+    let mut program = [
+        // A = first octet of the payload (the QUIC header form bit).
+        insn(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+        // Long header? Next instruction; short header: skip two.
+        insn(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 2, 0x80),
+        insn(
+            libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+            0,
+            0,
+            LONG_HEADER_DCID + octet,
+        ),
+        insn(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
+        insn(
+            libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+            0,
+            0,
+            SHORT_HEADER_DCID + octet,
+        ),
+        insn(
+            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+            0,
+            0,
+            count as u32,
+        ),
+        insn(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the
+    // program and reads exactly `size_of::<sock_fprog>()` octets of `fprog`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn steer_by_connection_id(_socket: &std::net::UdpSocket, _count: usize) -> std::io::Result<()> {
+    Err(std::io::Error::other("SO_REUSEPORT steering needs Linux"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,11 +314,87 @@ mod tests {
 
     #[test]
     fn the_quinn_generator_only_accepts_its_own_node() {
-        let mut mine = RoutableCids::new(NodeId::new(2).unwrap());
+        let mut mine = RoutableCids::new(NodeId::new(2).unwrap(), SocketSteering::SINGLE);
         let cid = mine.generate_cid();
         assert_eq!(cid.len(), CID_LEN);
         assert!(mine.validate(&cid).is_ok());
-        let theirs = RoutableCids::new(NodeId::new(3).unwrap()).generate_cid();
+        let theirs =
+            RoutableCids::new(NodeId::new(3).unwrap(), SocketSteering::SINGLE).generate_cid();
         assert!(mine.validate(&theirs).is_err());
+    }
+
+    #[test]
+    fn the_quinn_generator_only_accepts_its_own_socket() {
+        let sockets = [0, 1, 2].map(|i| SocketSteering::new(i, 3).unwrap());
+        let mut first = RoutableCids::new(NodeId::FIRST, sockets[0]);
+        for _ in 0..50 {
+            let cid = first.generate_cid();
+            assert!(first.validate(&cid).is_ok());
+            for other in &sockets[1..] {
+                assert!(
+                    RoutableCids::new(NodeId::FIRST, *other)
+                        .validate(&cid)
+                        .is_err()
+                );
+            }
+        }
+    }
+
+    /// The kernel, not our arithmetic: datagrams shaped like QUIC long and short headers
+    /// reach the socket their destination connection id names, over real loopback UDP.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_kernel_steers_datagrams_by_connection_id() {
+        const COUNT: usize = 4;
+        let group = udp_sockets("127.0.0.1:0".parse().unwrap(), 1 << 20, COUNT).unwrap();
+        assert_eq!(group.fallback, None);
+        assert_eq!(group.sockets.len(), COUNT);
+        let addr = group.sockets[0].local_addr().unwrap();
+        for socket in &group.sockets {
+            assert_eq!(
+                socket.local_addr().unwrap(),
+                addr,
+                "one address for the group"
+            );
+            // A guard against a hang only: a misdelivered datagram fails the test below.
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+        }
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 64];
+        for octet in 0..=255u8 {
+            let cid = [0x07, 0, octet, 1, 2, 3, 4, 5];
+            let mut long = vec![0xc0, 0, 0, 0, 1, CID_LEN as u8];
+            long.extend_from_slice(&cid);
+            long.extend_from_slice(&[0xee; 20]);
+            let mut short = vec![0x40];
+            short.extend_from_slice(&cid);
+            short.extend_from_slice(&[0xdd; 20]);
+            for datagram in [long, short] {
+                sender.send_to(&datagram, addr).unwrap();
+                let expected = &group.sockets[usize::from(octet) % COUNT];
+                let (n, _) = expected.recv_from(&mut buf).unwrap_or_else(|e| {
+                    panic!(
+                        "octet {octet}: not on socket {}: {e}",
+                        usize::from(octet) % COUNT
+                    )
+                });
+                assert_eq!(&buf[..n], &datagram[..]);
+            }
+        }
+        // Too short to carry a connection id: socket 0, which drops it as unknown.
+        sender.send_to(&[0x40], addr).unwrap();
+        let (n, _) = group.sockets[0].recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[0x40]);
+        for socket in &group.sockets {
+            socket.set_nonblocking(true).unwrap();
+            let left = socket.recv_from(&mut buf).map(|(n, _)| n);
+            assert_eq!(
+                left.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::WouldBlock),
+                "nothing else was delivered anywhere"
+            );
+        }
     }
 }

@@ -217,3 +217,69 @@ async fn connections_that_change_address_still_reach_their_node() {
         node.stop().await;
     }
 }
+
+/// Within one node, the relay's UDP sockets share the listen port and the kernel steers
+/// each packet by its destination connection id, so a client that changes its address
+/// mid-session stays with the socket (and quinn endpoint) that holds its connection. The
+/// kernel's default 4-tuple hash would deliver a moved client's packets to whichever socket
+/// the new address hashes to: with four sockets and sixteen moves, the odds that every one
+/// lands right by chance are 4^-16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_clients_stay_on_their_socket() {
+    const SOCKETS: usize = 4;
+    let relay = TestRelay::builder()
+        .config(|c| c.limits.udp_sockets = SOCKETS)
+        .start()
+        .await;
+    assert_eq!(relay.handle.udp_sockets(), SOCKETS);
+    let contoso = relay.tenant("contoso");
+    for pair in 0..8 {
+        let (helper_endpoint, sharer_endpoint) = (client_endpoint(), client_endpoint());
+        let mut helper = within(Client::connect_from(
+            &helper_endpoint,
+            relay.options(contoso.token(Persona::Helper), Role::Helper),
+        ))
+        .await
+        .unwrap();
+        let mut sharer = within(Client::connect_from(
+            &sharer_endpoint,
+            relay.options(contoso.token(Persona::Sharer), Role::Sharer),
+        ))
+        .await
+        .unwrap();
+        let created = within(helper.create_session(Mode::FullControl))
+            .await
+            .unwrap();
+        common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
+        let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+        let (_, mut received) = {
+            within(input.send(Bytes::from_static(b"before")))
+                .await
+                .unwrap();
+            within(sharer.accept_channel()).await.unwrap()
+        };
+        assert_eq!(
+            &within(received.recv()).await.unwrap().unwrap()[..],
+            b"before"
+        );
+        for (moved, endpoint) in [("helper", &helper_endpoint), ("sharer", &sharer_endpoint)] {
+            endpoint
+                .rebind(StdUdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+            let event = Bytes::from(format!("pair {pair}: after the {moved} moved"));
+            within(input.send(event.clone())).await.unwrap();
+            assert_eq!(
+                &within(received.recv()).await.unwrap().unwrap()[..],
+                &event[..]
+            );
+            within(helper.ping()).await.unwrap();
+            within(sharer.ping()).await.unwrap();
+        }
+        within(helper.end_session()).await.unwrap();
+        within(sharer.wait_for_end()).await;
+        helper.close().await;
+        sharer.close().await;
+    }
+    within(relay.wait_until_empty()).await;
+    relay.stop().await;
+}

@@ -9,7 +9,8 @@
 //! Connection ids follow the *unencrypted* format of QUIC-LB
 //! (draft-ietf-quic-load-balancers-21, §3 and §5): the first octet carries the config
 //! rotation bits (`0b000`) and the id's length minus one, then one octet of server id (our
-//! node id), then six random nonce octets. A load balancer configured with "server id
+//! node id), then six random nonce octets, the first of which also picks one of the node's
+//! UDP sockets ([`SocketSteering`]). A load balancer configured with "server id
 //! length 1, no key" reads the node from any connection id the relay issued, so packets of
 //! a migrated or re-bound connection reach the node that holds it. (quinn's generator, which
 //! draws from the OS RNG, lives in the shell: [`crate::transport::RoutableCids`].)
@@ -73,12 +74,64 @@ pub fn device_home(device_id: &str, nodes: usize) -> NodeId {
     NodeId((u64::from_be_bytes(first) % nodes as u64) as u8)
 }
 
-/// A fresh QUIC-LB connection id for `node` (unencrypted mode, [`CID_LEN`] octets).
-pub fn routable_cid<R: Rng + ?Sized>(node: NodeId, rng: &mut R) -> [u8; CID_LEN] {
+/// Offset in a connection id of the octet that picks the node's UDP socket: the first
+/// nonce octet. It is ≡ socket index (mod socket count), [`SocketSteering`].
+pub const STEERING_OCTET: usize = 2;
+
+/// Most UDP sockets one node spreads its connections over (`limits.udp_sockets`).
+pub const MAX_SOCKETS: usize = 64;
+
+/// Which of a node's UDP sockets (all bound to the listen port with `SO_REUSEPORT`) a
+/// connection id belongs to: the kernel delivers every packet to socket
+/// `cid[STEERING_OCTET] % count` (a classic-BPF program reads that octet of the packet's
+/// destination connection id), so a connection stays on the socket, and the quinn endpoint,
+/// that accepted it, even when the client's address changes. The first client Initial
+/// carries a random id the client chose: wherever it lands, that socket's ids name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketSteering {
+    index: u8,
+    count: u8,
+}
+
+impl SocketSteering {
+    /// A node with one socket: no steering.
+    pub const SINGLE: SocketSteering = SocketSteering { index: 0, count: 1 };
+
+    /// Socket `index` of `count` (1..=[`MAX_SOCKETS`]); `None` when out of range.
+    pub fn new(index: usize, count: usize) -> Option<SocketSteering> {
+        ((1..=MAX_SOCKETS).contains(&count) && index < count).then_some(SocketSteering {
+            index: index as u8,
+            count: count as u8,
+        })
+    }
+
+    /// A steering octet for this socket, drawn uniformly from the octets that map to it.
+    pub fn octet<R: Rng + ?Sized>(self, rng: &mut R) -> u8 {
+        let choices = 256 / u16::from(self.count);
+        let k = rng.random_range(0..choices);
+        // k * count + index <= (256 / count - 1) * count + count - 1 <= 255.
+        (k * u16::from(self.count) + u16::from(self.index)) as u8
+    }
+
+    /// Whether `cid` is steered to this socket.
+    pub fn owns(self, cid: &[u8]) -> bool {
+        cid.get(STEERING_OCTET)
+            .is_some_and(|&octet| octet % self.count == self.index)
+    }
+}
+
+/// A fresh QUIC-LB connection id for `node` (unencrypted mode, [`CID_LEN`] octets), whose
+/// first nonce octet steers it to `socket`.
+pub fn routable_cid<R: Rng + ?Sized>(
+    node: NodeId,
+    socket: SocketSteering,
+    rng: &mut R,
+) -> [u8; CID_LEN] {
     let mut cid = [0u8; CID_LEN];
     cid[0] = (CONFIG_ROTATION << 5) | (CID_LEN as u8 - 1);
     cid[1] = node.0;
     rng.fill_bytes(&mut cid[2..]);
+    cid[STEERING_OCTET] = socket.octet(rng);
     cid
 }
 
@@ -127,15 +180,46 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         for id in [0u8, 1, 17, 31] {
             let node = NodeId::new(id).unwrap();
-            let cid = routable_cid(node, &mut rng);
+            let cid = routable_cid(node, SocketSteering::SINGLE, &mut rng);
             assert_eq!(cid[0], 0b000_00111, "config rotation 0, length 8 - 1");
             assert_eq!(node_of_cid(&cid), Some(node));
         }
         // Two ids of one node differ (the nonce), so a migrated connection is not linkable
         // by its connection id beyond the node it lives on.
-        let a = routable_cid(NodeId::FIRST, &mut rng);
-        let b = routable_cid(NodeId::FIRST, &mut rng);
+        let a = routable_cid(NodeId::FIRST, SocketSteering::SINGLE, &mut rng);
+        let b = routable_cid(NodeId::FIRST, SocketSteering::SINGLE, &mut rng);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn connection_ids_steer_to_their_socket_and_only_there() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for count in [1usize, 2, 3, 7, 16, 64] {
+            let sockets: Vec<_> = (0..count)
+                .map(|i| SocketSteering::new(i, count).unwrap())
+                .collect();
+            let mut octets = std::collections::HashSet::new();
+            for (index, socket) in sockets.iter().enumerate() {
+                for _ in 0..200 {
+                    let cid = routable_cid(NodeId::FIRST, *socket, &mut rng);
+                    // What the kernel's BPF program computes.
+                    assert_eq!(usize::from(cid[STEERING_OCTET]) % count, index);
+                    assert_eq!(node_of_cid(&cid), Some(NodeId::FIRST));
+                    let owners: Vec<_> = sockets.iter().filter(|s| s.owns(&cid)).collect();
+                    assert_eq!(owners, [socket], "exactly one socket owns an id");
+                    octets.insert(cid[STEERING_OCTET]);
+                }
+            }
+            // The octet stays mostly random: ids remain unlinkable beyond node and socket.
+            assert!(octets.len() > 100, "{count}: {octets:?}");
+        }
+        assert_eq!(SocketSteering::new(0, 0), None);
+        assert_eq!(SocketSteering::new(2, 2), None);
+        assert_eq!(SocketSteering::new(0, MAX_SOCKETS + 1), None);
+        assert!(
+            !SocketSteering::SINGLE.owns(&[0x07, 0]),
+            "too short to carry the octet"
+        );
     }
 
     #[test]

@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use remote_help_proto::ErrorCode;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, TlsSource};
+use crate::core::cluster::SocketSteering;
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
 use hub::Hub;
 
@@ -29,7 +31,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// their connections are gone: quinn answers a packet with a reset only when its connection
 /// id passes the generator's check, which a per-process random generator would fail after a
 /// restart.
-fn endpoint_config(config: &Config) -> quinn::EndpointConfig {
+fn endpoint_config(config: &Config, socket: SocketSteering) -> quinn::EndpointConfig {
     let key = stateless_reset_key(&config.state_dir);
     let mut endpoint = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
@@ -39,7 +41,7 @@ fn endpoint_config(config: &Config) -> quinn::EndpointConfig {
         .cluster
         .as_ref()
         .map_or(crate::core::cluster::NodeId::FIRST, |c| c.node);
-    endpoint.cid_generator(move || Box::new(crate::transport::RoutableCids::new(node)));
+    endpoint.cid_generator(move || Box::new(crate::transport::RoutableCids::new(node, socket)));
     endpoint
 }
 
@@ -142,9 +144,15 @@ pub struct ServerHandle {
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
     admin_addr: Option<SocketAddr>,
+    udp_sockets: usize,
 }
 
 impl ServerHandle {
+    /// How many UDP sockets (quinn endpoints) share the listen address.
+    pub fn udp_sockets(&self) -> usize {
+        self.udp_sockets
+    }
+
     /// The UDP address the relay listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -383,29 +391,46 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         addr: config.listen,
         source,
     };
-    let (socket, granted) =
-        crate::transport::udp_socket(config.listen, config.limits.udp_socket_buffer)
-            .map_err(bind_error)?;
-    if granted < config.limits.udp_socket_buffer {
+    let group = crate::transport::udp_sockets(
+        config.listen,
+        config.limits.udp_socket_buffer,
+        udp_socket_count(&config.limits),
+    )
+    .map_err(bind_error)?;
+    if group.granted_buffer < config.limits.udp_socket_buffer {
         info!(
             asked = config.limits.udp_socket_buffer,
-            granted, "the kernel granted a smaller UDP receive buffer (raise net.core.rmem_max)"
+            granted = group.granted_buffer,
+            "the kernel granted a smaller UDP receive buffer (raise net.core.rmem_max)"
         );
+    }
+    if let Some(why) = &group.fallback {
+        warn!(reason = %why, "one UDP socket instead of limits.udp_sockets");
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
-    let endpoint = quinn::Endpoint::new(
-        endpoint_config(&config),
-        Some(server_config),
-        socket,
-        runtime,
-    )
-    .map_err(bind_error)?;
+    let mut endpoints = Vec::with_capacity(group.sockets.len());
+    let steerings: Vec<_> = (0..group.sockets.len())
+        .map(|i| group.steering(i))
+        .collect();
+    for (socket, steering) in group.sockets.into_iter().zip(steerings) {
+        endpoints.push(
+            quinn::Endpoint::new(
+                endpoint_config(&config, steering),
+                Some(server_config.clone()),
+                socket,
+                runtime.clone(),
+            )
+            .map_err(bind_error)?,
+        );
+    }
+    metrics::gauge!("relay_udp_sockets").set(endpoints.len() as f64);
+    let endpoint = &endpoints[0];
     let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
     })?;
-    info!(%local_addr, %fingerprint, "relay listening (certificate SHA-256 fingerprint)");
+    info!(%local_addr, %fingerprint, udp_sockets = endpoints.len(), "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
     if let Some(cluster) = &config.cluster {
         metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
@@ -429,8 +454,15 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     }
     let hub = Arc::new(Hub::new(config, audit));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run(endpoint, hub.clone(), shutdown.clone(), admin_listener));
+    let udp_sockets = endpoints.len();
+    let task = tokio::spawn(run(
+        endpoints,
+        hub.clone(),
+        shutdown.clone(),
+        admin_listener,
+    ));
     Ok(ServerHandle {
+        udp_sockets,
         local_addr,
         fingerprint,
         hub,
@@ -440,8 +472,33 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })
 }
 
+/// How many UDP sockets `limits.udp_sockets` asks for: itself, or for 0 one per CPU (at
+/// most 16: past that, one endpoint's share of packets is too small to matter).
+fn udp_socket_count(limits: &crate::config::Limits) -> usize {
+    match limits.udp_sockets {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+        n => n,
+    }
+}
+
+/// New connections from every endpoint, as one stream. Cancel-safe: an accept in progress
+/// lives inside the stream, not in the future that polls it.
+fn incoming_connections(
+    endpoints: &[quinn::Endpoint],
+) -> futures_util::stream::SelectAll<
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = quinn::Incoming> + Send>>,
+> {
+    futures_util::stream::select_all(endpoints.iter().map(|endpoint| {
+        let stream = futures_util::stream::unfold(endpoint.clone(), |endpoint| async move {
+            let incoming = endpoint.accept().await?;
+            Some((incoming, endpoint))
+        });
+        Box::pin(stream) as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>
+    }))
+}
+
 async fn run(
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     hub: Arc<Hub>,
     shutdown: tokio_util::sync::CancellationToken,
     admin_listener: Option<tokio::net::TcpListener>,
@@ -450,6 +507,7 @@ async fn run(
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, hub.clone(), admin_stop.clone())));
+    let mut incoming_connections = incoming_connections(&endpoints);
     let mut connections = JoinSet::new();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -457,7 +515,7 @@ async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = hub.drain_requested.cancelled() => break,
-            incoming = endpoint.accept() => {
+            incoming = incoming_connections.next() => {
                 let Some(incoming) = incoming else { break };
                 // Under handshake load, make new clients prove their address first (QUIC
                 // Retry): a spoofed source can then not make the relay do handshake work.
@@ -500,7 +558,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             Some(_) = connections.join_next() => {}
-            incoming = endpoint.accept() => {
+            incoming = incoming_connections.next() => {
                 if let Some(incoming) = incoming { incoming.refuse(); }
             }
         }
@@ -520,11 +578,12 @@ async fn run(
             Some(_) = connections.join_next() => {}
         }
     }
-    endpoint.close(ErrorCode::RelayShutdown.to_quic().into(), b"relay shutdown");
-    if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
-        .await
-        .is_err()
-    {
+    drop(incoming_connections);
+    for endpoint in &endpoints {
+        endpoint.close(ErrorCode::RelayShutdown.to_quic().into(), b"relay shutdown");
+    }
+    let all_idle = futures_util::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+    if tokio::time::timeout(CLOSE_GRACE, all_idle).await.is_err() {
         warn!("endpoint did not go idle in time");
     }
     admin_stop.cancel();
