@@ -3,18 +3,37 @@
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
 # Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
-# direct-path.
+# direct-path, and (for a machine with many cores, BENCHMARKS.md section 8) setup-sockets,
+# concurrent-baseline.
+#
+# Environment: BIN=folder with prebuilt `relay` and `loadtest` (skips the build: a machine
+# without a toolchain); RELAY_CPUS / LT_CPUS = taskset core lists that pin the relay and
+# the load generator apart (e.g. RELAY_CPUS=0-7 LT_CPUS=8-15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
 mkdir -p "$OUT"
-cargo build --release --locked --bins --quiet
-LT=target/release/loadtest
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bins --quiet
+  BIN=target/release
+fi
+BIN=$(cd "$BIN" && pwd)
+LT=("$BIN/loadtest")
+RELAY=("--relay-bin" "$BIN/relay")
+if [ -n "${RELAY_CPUS:-}" ]; then
+  printf '#!/bin/sh\nexec taskset -c %s %s "$@"\n' "$RELAY_CPUS" "$BIN/relay" > "$OUT/relay-pinned"
+  chmod +x "$OUT/relay-pinned"
+  RELAY=("--relay-bin" "$(cd "$OUT" && pwd)/relay-pinned")
+fi
+if [ -n "${LT_CPUS:-}" ]; then
+  LT=(taskset -c "$LT_CPUS" "$BIN/loadtest")
+fi
 
 run() { # name, then loadtest arguments
   local name=$1; shift
   echo "=== $name: loadtest $*"
-  "$LT" --spawn-relay --no-progress --json "$OUT/$name.json" "$@" || echo "($name: some sessions failed; see the report)"
+  "${LT[@]}" --spawn-relay "${RELAY[@]}" --no-progress --json "$OUT/$name.json" "$@" \
+    || echo "($name: some sessions failed; see the report)"
 }
 
 names=("$@")
@@ -70,5 +89,23 @@ if selected direct-path; then
   for round in 1 2; do
     run "direct-path-relayed-$round" --sessions 100 --ramp 50 --duration 10 --screen-kbit 2000 --input-rate 50
     run "direct-path-direct-$round" --sessions 100 --ramp 50 --duration 10 --screen-kbit 2000 --input-rate 50 --direct-path
+  done
+fi
+
+# 8. Many cores (run with RELAY_CPUS / LT_CPUS): setups with one UDP socket against the
+#    default (one per CPU), and 1,000 sessions at 2 Mbit/s with the direct baseline, so that
+#    what the relay adds to the input round trip is measured in one run.
+if [ ${#names[@]} -gt 0 ] && selected setup-sockets; then
+  for sockets in 1 0; do
+    for rate in 500 1000 1500 2000; do
+      run "setup-$rate-sockets-$sockets" --sessions $((rate * 5)) --ramp "$rate" --duration 0 \
+        --idle --relay-udp-sockets "$sockets"
+    done
+  done
+fi
+if [ ${#names[@]} -gt 0 ] && selected concurrent-baseline; then
+  for round in 1 2; do
+    run "concurrent-baseline-$round" --sessions 1000 --ramp 200 --duration 30 --screen-kbit 2000 \
+      --input-rate 50 --baseline direct
   done
 fi

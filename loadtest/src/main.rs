@@ -236,7 +236,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // Interrupted (Ctrl-C, or SIGTERM from `timeout` or a job runner): dropping the run
+    // stops the relay it spawned, which would otherwise outlive it.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(args) => Some(outcome),
+            () = interrupted() => None,
+        }
+    });
+    let Some(outcome) = outcome else {
+        eprintln!("loadtest: interrupted; the spawned relay (if any) was stopped");
+        return std::process::ExitCode::from(130);
+    };
+    match outcome {
         Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(failed) => {
             eprintln!("loadtest: {failed} sessions failed");
@@ -247,6 +259,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Resolves at SIGINT or SIGTERM (never, where they cannot be watched).
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Returns the number of failed sessions.
@@ -318,6 +349,12 @@ async fn run(args: Args) -> Result<u64> {
             join_via = join_via.or(Some(second.addr));
         }
         let relay = spawned_relay.insert(first);
+        eprintln!(
+            "loadtest: spawned relay pid {} on {} (state in {})",
+            relay.pid(),
+            relay.addr,
+            relay.state_dir().display()
+        );
         (
             relay.addr,
             RelayTrust::Pin(relay.fingerprint),

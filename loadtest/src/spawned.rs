@@ -44,6 +44,11 @@ impl SpawnedRelay {
         self.child.id()
     }
 
+    /// Its state folder (config, keys, audit log, log), removed once it has exited.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     /// Starts `relay_bin` on a config sized for `sessions` sessions, and waits until it
     /// answers on its admin endpoint.
     pub fn start(relay_bin: &Path, sizing: Sizing) -> Result<SpawnedRelay> {

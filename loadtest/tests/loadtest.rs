@@ -144,3 +144,63 @@ fn out_of_bounds_settings_are_refused_before_any_traffic() {
         assert!(stderr.contains("loadtest:"), "{args:?}: {stderr}");
     }
 }
+
+/// Interrupted (SIGTERM, as `timeout` or a job runner sends; Ctrl-C is SIGINT), loadtest
+/// stops the relay it spawned before it exits (status 130) instead of leaving it running.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_run_stops_the_relay_it_spawned() {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--spawn-relay", "--relay-bin"])
+        .arg(relay_bin())
+        .args([
+            "--sessions",
+            "2",
+            "--ramp",
+            "2",
+            "--duration",
+            "600",
+            "--idle",
+        ])
+        .arg("--no-progress")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // "loadtest: spawned relay pid N on ADDR (state in DIR)"
+    let announced = stderr
+        .by_ref()
+        .map(|line| line.unwrap())
+        .find(|line| line.contains("spawned relay pid"))
+        .expect("loadtest announces the relay it spawned");
+    let relay_pid: u32 = announced
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {announced:?}"));
+    let relay_proc = PathBuf::from(format!("/proc/{relay_pid}"));
+    assert!(relay_proc.exists(), "the relay runs");
+    let drain = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    assert_eq!(exit.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted")),
+        "says why it stopped: {rest:?}"
+    );
+    // The relay was loadtest's child and has been reaped: its pid is gone (or, if the
+    // kernel already reused it, belongs to another program).
+    let still_relay = std::fs::read(relay_proc.join("cmdline"))
+        .map(|cmd| String::from_utf8_lossy(&cmd).contains("loadtest-relay"))
+        .unwrap_or(false);
+    assert!(!still_relay, "the spawned relay outlived loadtest");
+}
