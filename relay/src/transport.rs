@@ -179,6 +179,10 @@ pub fn udp_sockets(
             fallback: None,
         });
     }
+    // SO_REUSEPORT would let the group join sockets another process of the same user holds
+    // (a second relay started by mistake would bind silently and share the traffic), so
+    // first claim the address the ordinary way: this fails as a single socket's bind does.
+    let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
     let (first, granted) = bind_udp_socket(addr, buffer_bytes, true)?;
     if let Err(e) = steer_by_connection_id(&first, count) {
         drop(first);
@@ -338,6 +342,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A taken address stays taken, also for a group: neither a plain socket's address nor
+    /// another group's (another relay of the same user) can be joined.
+    #[test]
+    fn a_group_does_not_bind_where_another_socket_listens() {
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = plain.local_addr().unwrap();
+        let err = udp_sockets(taken, 1 << 16, 4).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let group = udp_sockets("127.0.0.1:0".parse().unwrap(), 1 << 16, 2).unwrap();
+        let theirs = group.sockets[0].local_addr().unwrap();
+        let err = udp_sockets(theirs, 1 << 16, 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let err = udp_sockets(theirs, 1 << 16, 1).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 
     /// The kernel, not our arithmetic: datagrams shaped like QUIC long and short headers

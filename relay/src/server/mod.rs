@@ -404,8 +404,11 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
             "the kernel granted a smaller UDP receive buffer (raise net.core.rmem_max)"
         );
     }
-    if let Some(why) = &group.fallback {
-        warn!(reason = %why, "one UDP socket instead of limits.udp_sockets");
+    match (&group.fallback, config.limits.udp_sockets) {
+        (None, _) => {}
+        // Asked for explicitly: the operator should know it did not happen.
+        (Some(why), 2..) => warn!(reason = %why, "one UDP socket instead of limits.udp_sockets"),
+        (Some(why), _) => info!(reason = %why, "one UDP socket"),
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
