@@ -21,7 +21,7 @@ BIN=$(cd "$BIN" && pwd)
 LT=("$BIN/loadtest")
 RELAY=("--relay-bin" "$BIN/relay")
 if [ -n "${RELAY_CPUS:-}" ]; then
-  printf '#!/bin/sh\nexec taskset -c %s %s "$@"\n' "$RELAY_CPUS" "$BIN/relay" > "$OUT/relay-pinned"
+  printf '#!/bin/sh\nexec taskset -c %s "%s" "$@"\n' "$RELAY_CPUS" "$BIN/relay" > "$OUT/relay-pinned"
   chmod +x "$OUT/relay-pinned"
   RELAY=("--relay-bin" "$(cd "$OUT" && pwd)/relay-pinned")
 fi

@@ -239,13 +239,25 @@ fn main() -> std::process::ExitCode {
     // Interrupted (Ctrl-C, or SIGTERM from `timeout` or a job runner): dropping the run
     // stops the relay it spawned, which would otherwise outlive it.
     let outcome = runtime.block_on(async {
+        let run = run(args);
+        tokio::pin!(run);
         tokio::select! {
-            outcome = run(args) => Some(outcome),
-            () = interrupted() => None,
+            outcome = &mut run => Some(outcome),
+            () = interrupted() => {
+                eprintln!("loadtest: interrupted; stopping the relay it spawned (interrupt again to exit at once)");
+                // Dropping the run below waits for the relay to drain and exit; the
+                // runtime's workers stay free to watch for a second interrupt.
+                tokio::spawn(async {
+                    interrupted().await;
+                    eprintln!("loadtest: interrupted again; exiting without waiting");
+                    std::process::exit(130);
+                });
+                None
+            }
         }
     });
     let Some(outcome) = outcome else {
-        eprintln!("loadtest: interrupted; the spawned relay (if any) was stopped");
+        eprintln!("loadtest: stopped");
         return std::process::ExitCode::from(130);
     };
     match outcome {

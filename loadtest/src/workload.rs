@@ -172,7 +172,7 @@ pub enum Path {
     },
 }
 
-/// The direct baseline's one listening endpoint, shared by every session: it hands each
+/// One of the direct baseline's listening endpoints, shared by its sessions: it hands each
 /// accepted connection to the session that dialled it, known by the TLS server name the
 /// helper used (`session-<index>`; the sharer's certificate is pinned, so the name is free).
 /// Without this, concurrent sessions would take each other's connections in accept order.

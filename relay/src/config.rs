@@ -203,6 +203,8 @@ pub struct RawLimits {
     pub udp_socket_buffer_bytes: Option<u64>,
     /// UDP sockets sharing the listen address (0: one per CPU, at most 16).
     pub udp_sockets: Option<u64>,
+    /// Keep UDP receive offload (GRO) on with several sockets.
+    pub udp_receive_offload: Option<bool>,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: Option<u64>,
     /// Most connections that have not authenticated yet.
@@ -330,6 +332,11 @@ pub struct Limits {
     /// which the kernel steers packets by connection id; 0 picks one per CPU, at most 16.
     /// More spreads packet processing and handshakes over more cores.
     pub udp_sockets: usize,
+    /// With several UDP sockets, keep UDP generic receive offload on (faster; quinn's
+    /// default). A client socket that carries several connections to the node can then
+    /// lose packets: the kernel may batch its datagrams to the socket of the first one's
+    /// connection id. Off for such clients (load generators over a real network).
+    pub udp_receive_offload: bool,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_source: usize,
     /// Most connections that have not authenticated yet.
@@ -361,6 +368,7 @@ impl Default for Limits {
             max_buffered_bytes: 8 << 30,
             udp_socket_buffer: 8 << 20,
             udp_sockets: 0,
+            udp_receive_offload: true,
             max_connections_per_source: 256,
             max_unauthenticated_connections: 2_000,
             retry_above_unauthenticated: 100,
@@ -777,6 +785,7 @@ impl Config {
                 0,
                 crate::core::cluster::MAX_SOCKETS as u64,
             ) as usize,
+            udp_receive_offload: l.udp_receive_offload.unwrap_or(d.udp_receive_offload),
             max_connections_per_source: bytes(
                 "limits.max_connections_per_source",
                 l.max_connections_per_source,

@@ -306,6 +306,36 @@ fn steer_by_connection_id(socket: &std::net::UdpSocket, count: usize) -> std::io
     }
 }
 
+/// Turns UDP generic receive offload off on `socket` (which quinn turns on): with it, the
+/// kernel may deliver a batch of one client address's datagrams to the socket the first
+/// one's connection id picks, though the rest belong to connections of another socket.
+#[cfg(target_os = "linux")]
+pub fn turn_off_receive_offload(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let off: libc::c_int = 0;
+    // SAFETY: `off` outlives the call; the kernel reads exactly `size_of::<c_int>()` octets.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            std::ptr::from_ref(&off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Receive offload is Linux's; elsewhere there is nothing to turn off.
+#[cfg(not(target_os = "linux"))]
+pub fn turn_off_receive_offload(_socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(not(target_os = "linux"))]
 fn steer_by_connection_id(_socket: &std::net::UdpSocket, _count: usize) -> std::io::Result<()> {
     Err(std::io::Error::other("SO_REUSEPORT steering needs Linux"))
@@ -342,6 +372,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// quinn turns receive offload on for its sockets; a group socket's is turned off again.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn receive_offload_is_off_on_a_quinn_socket_after_turning_it_off() {
+        use std::os::fd::AsRawFd as _;
+        fn gro(socket: &std::net::UdpSocket) -> libc::c_int {
+            let mut value: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `value` and `len` outlive the call and describe a c_int.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_GRO,
+                    std::ptr::from_mut(&mut value).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            value
+        }
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let handle = socket.try_clone().unwrap();
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            quinn::default_runtime().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(gro(&handle), 1, "quinn turned it on");
+        turn_off_receive_offload(&handle).unwrap();
+        assert_eq!(gro(&handle), 0);
+        endpoint.close(0u32.into(), b"");
     }
 
     /// A taken address stays taken, also for a group: neither a plain socket's address nor

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use remote_help_proto::ErrorCode;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TlsSource};
 use crate::core::cluster::SocketSteering;
@@ -412,11 +412,18 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
-    let mut endpoints = Vec::with_capacity(group.sockets.len());
-    let steerings: Vec<_> = (0..group.sockets.len())
-        .map(|i| group.steering(i))
-        .collect();
+    let sockets = group.sockets.len();
+    // quinn's bounds on connection attempts not yet accepted (65,536 of them, 100 MiB of
+    // their packets) hold per endpoint: the node keeps quinn's totals, shared out.
+    server_config
+        .max_incoming(((1 << 16) / sockets).max(1024))
+        .incoming_buffer_size_total((100 << 20) / sockets as u64);
+    let mut endpoints = Vec::with_capacity(sockets);
+    let steerings: Vec<_> = (0..sockets).map(|i| group.steering(i)).collect();
     for (socket, steering) in group.sockets.into_iter().zip(steerings) {
+        let gro_handle = (sockets > 1 && !config.limits.udp_receive_offload)
+            .then(|| socket.try_clone())
+            .transpose();
         endpoints.push(
             quinn::Endpoint::new(
                 endpoint_config(&config, steering),
@@ -426,6 +433,15 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
             )
             .map_err(bind_error)?,
         );
+        // quinn turns receive offload (GRO) on; the kernel may then hand a batch of one
+        // client address's datagrams to the socket the first one's connection id names,
+        // though the others may belong to connections of another socket where several
+        // connections share a client socket. Off where the operator says such clients come.
+        if let Ok(Some(handle)) = gro_handle
+            && let Err(e) = crate::transport::turn_off_receive_offload(&handle)
+        {
+            warn!(error = %e, "could not turn UDP receive offload off; datagrams of connections that share a client address may be dropped");
+        }
     }
     metrics::gauge!("relay_udp_sockets").set(endpoints.len() as f64);
     let endpoint = &endpoints[0];
@@ -484,18 +500,32 @@ fn udp_socket_count(limits: &crate::config::Limits) -> usize {
     }
 }
 
-/// New connections from every endpoint, as one stream. Cancel-safe: an accept in progress
-/// lives inside the stream, not in the future that polls it.
+/// What the endpoints' merged accept stream yields.
+enum Accepted {
+    /// A new connection attempt (boxed: it carries the first packet and its keys, and the
+    /// connection task keeps it boxed).
+    Incoming(Box<quinn::Incoming>),
+    /// The endpoint of socket `socket` stopped (its driver ended). The kernel still steers
+    /// that socket's share of clients to it, and nobody reads it any more.
+    Stopped { socket: usize },
+}
+
+/// New connections from every endpoint, as one stream, and a `Stopped` for each endpoint
+/// that ends. Cancel-safe: an accept in progress lives inside the stream, not in the future
+/// that polls it.
 fn incoming_connections(
     endpoints: &[quinn::Endpoint],
 ) -> futures_util::stream::SelectAll<
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = quinn::Incoming> + Send>>,
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Accepted> + Send>>,
 > {
-    futures_util::stream::select_all(endpoints.iter().map(|endpoint| {
+    futures_util::stream::select_all(endpoints.iter().enumerate().map(|(socket, endpoint)| {
         let stream = futures_util::stream::unfold(endpoint.clone(), |endpoint| async move {
             let incoming = endpoint.accept().await?;
-            Some((incoming, endpoint))
-        });
+            Some((Accepted::Incoming(Box::new(incoming)), endpoint))
+        })
+        .chain(futures_util::stream::once(std::future::ready(
+            Accepted::Stopped { socket },
+        )));
         Box::pin(stream) as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>
     }))
 }
@@ -518,8 +548,19 @@ async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = hub.drain_requested.cancelled() => break,
-            incoming = incoming_connections.next() => {
-                let Some(incoming) = incoming else { break };
+            accepted = incoming_connections.next() => {
+                let incoming = match accepted {
+                    Some(Accepted::Incoming(incoming)) => incoming,
+                    Some(Accepted::Stopped { socket }) => {
+                        // Outside shutdown an endpoint never stops by design: a share of
+                        // clients would go unanswered, so stop the node and let the
+                        // supervisor (systemd, Kubernetes) start a whole one.
+                        error!(socket, "a UDP socket's QUIC endpoint stopped; shutting down");
+                        metrics::gauge!("relay_udp_sockets").decrement(1.0);
+                        break;
+                    }
+                    None => break,
+                };
                 // Under handshake load, make new clients prove their address first (QUIC
                 // Retry): a spoofed source can then not make the relay do handshake work.
                 if hub.unauthenticated() >= hub.config.limits.retry_above_unauthenticated as u64
@@ -531,7 +572,7 @@ async fn run(
                 }
                 match hub.admit_connection(incoming.remote_address().ip()) {
                     Ok(open) => {
-                        connections.spawn(hub.tracked(connection::serve(hub.clone(), Box::new(incoming), open)));
+                        connections.spawn(hub.tracked(connection::serve(hub.clone(), incoming, open)));
                     }
                     Err(limit) => {
                         metrics::counter!("relay_connections_refused_total", "reason" => limit).increment(1);
@@ -561,8 +602,9 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             Some(_) = connections.join_next() => {}
-            incoming = incoming_connections.next() => {
-                if let Some(incoming) = incoming { incoming.refuse(); }
+            // A stopped endpoint, or all of them, disable this arm until the next turn.
+            Some(Accepted::Incoming(incoming)) = incoming_connections.next() => {
+                incoming.refuse();
             }
         }
     }
