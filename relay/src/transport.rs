@@ -198,11 +198,81 @@ pub fn udp_sockets(
     for _ in 1..count {
         sockets.push(bind_udp_socket(bound, buffer_bytes, true)?.0);
     }
+    // A kernel (or sandbox) could accept the program and not run it: the kernel's address
+    // hash would then strand every client that moves. Trust what was seen, not what was said.
+    if let Err(e) = verify_steering(&sockets) {
+        drop(sockets);
+        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
+        return Ok(SocketGroup {
+            sockets: vec![socket],
+            granted_buffer: granted,
+            fallback: Some(format!("connection-id steering did not work: {e}")),
+        });
+    }
     Ok(SocketGroup {
         sockets,
         granted_buffer: granted,
         fallback: None,
     })
+}
+
+/// How long the start-up check of the steering waits for its own datagrams, in all.
+const STEERING_CHECK_TIME: Duration = Duration::from_secs(2);
+
+/// Sends, from one local socket, a datagram shaped like a QUIC short header for each socket
+/// of the group, and checks that each arrives at the socket its connection id names. The
+/// probes carry a random tag; anything else a socket receives meanwhile (clients of a
+/// relay restarting under traffic) is dropped, as it would be by a relay not yet up.
+fn verify_steering(sockets: &[std::net::UdpSocket]) -> std::io::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let bound = sockets[0].local_addr()?;
+    let target_ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let target = SocketAddr::new(target_ip, bound.port());
+    let from: SocketAddr = match target_ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(from)?;
+    let tag: [u8; 8] = rand::random();
+    let deadline = std::time::Instant::now() + STEERING_CHECK_TIME;
+    let mut buf = [0u8; 2048];
+    for (index, socket) in sockets.iter().enumerate() {
+        let mut datagram = vec![0x40, 0x07, 0x00, index as u8, 0, 0, 0, 0, 0];
+        datagram.extend_from_slice(&tag);
+        probe.send_to(&datagram, target)?;
+        let arrived = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            socket.set_read_timeout(Some(left))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, _)) if buf[..n] == datagram[..] => break true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        socket.set_read_timeout(None)?;
+        if !arrived {
+            return Err(std::io::Error::other(format!(
+                "a datagram for socket {index} of {} did not arrive there",
+                sockets.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A UDP socket bound to `addr` with kernel buffers of `buffer_bytes` each way (or as much
@@ -408,6 +478,25 @@ mod tests {
         turn_off_receive_offload(&handle).unwrap();
         assert_eq!(gro(&handle), 0);
         endpoint.close(0u32.into(), b"");
+    }
+
+    /// The start-up check sees through a group whose steering does not work: sockets that
+    /// share the port with `SO_REUSEPORT` alone get one client address's datagrams on one
+    /// socket (the kernel's address hash), so the datagrams for the others never arrive.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_steering_check_fails_without_the_program_and_passes_with_it() {
+        let first = bind_udp_socket("127.0.0.1:0".parse().unwrap(), 1 << 16, true).unwrap();
+        let port = first.0.local_addr().unwrap();
+        let mut unsteered = vec![first.0];
+        for _ in 1..4 {
+            unsteered.push(bind_udp_socket(port, 1 << 16, true).unwrap().0);
+        }
+        let err = verify_steering(&unsteered).unwrap_err();
+        assert!(err.to_string().contains("did not arrive"), "{err}");
+        let steered = udp_sockets("127.0.0.1:0".parse().unwrap(), 1 << 16, 4).unwrap();
+        assert_eq!(steered.fallback, None);
+        verify_steering(&steered.sockets).unwrap();
     }
 
     /// A taken address stays taken, also for a group: neither a plain socket's address nor
