@@ -151,13 +151,6 @@ pub struct SocketGroup {
     pub fallback: Option<String>,
 }
 
-impl SocketGroup {
-    /// The steering of socket `index`.
-    pub fn steering(&self, index: usize) -> SocketSteering {
-        SocketSteering::new(index, self.sockets.len()).unwrap_or(SocketSteering::SINGLE)
-    }
-}
-
 /// `count` UDP sockets (1..=[`MAX_SOCKETS`]) bound to `addr` (the first one's port where
 /// `addr` has port 0), each with kernel buffers of `buffer_bytes` each way. With more than
 /// one, they share the address with `SO_REUSEPORT` and a classic-BPF program that steers
@@ -172,47 +165,47 @@ pub fn udp_sockets(
 ) -> std::io::Result<SocketGroup> {
     let count = count.clamp(1, MAX_SOCKETS);
     if count == 1 {
-        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
-        return Ok(SocketGroup {
-            sockets: vec![socket],
-            granted_buffer: granted,
-            fallback: None,
-        });
+        return single_socket(addr, buffer_bytes, None);
     }
     // SO_REUSEPORT would let the group join sockets another process of the same user holds
     // (a second relay started by mistake would bind silently and share the traffic), so
     // first claim the address the ordinary way: this fails as a single socket's bind does.
-    let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
-    let (first, granted) = bind_udp_socket(addr, buffer_bytes, true)?;
+    let claimed = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    let (first, granted) = bind_udp_socket(claimed, buffer_bytes, true)?;
     if let Err(e) = steer_by_connection_id(&first, count) {
         drop(first);
-        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
-        return Ok(SocketGroup {
-            sockets: vec![socket],
-            granted_buffer: granted,
-            fallback: Some(format!("connection-id steering unavailable: {e}")),
-        });
+        let why = format!("connection-id steering unavailable: {e}");
+        return single_socket(claimed, buffer_bytes, Some(why));
     }
-    let bound = first.local_addr()?;
     let mut sockets = vec![first];
     for _ in 1..count {
-        sockets.push(bind_udp_socket(bound, buffer_bytes, true)?.0);
+        sockets.push(bind_udp_socket(claimed, buffer_bytes, true)?.0);
     }
     // A kernel (or sandbox) could accept the program and not run it: the kernel's address
     // hash would then strand every client that moves. Trust what was seen, not what was said.
     if let Err(e) = verify_steering(&sockets) {
         drop(sockets);
-        let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
-        return Ok(SocketGroup {
-            sockets: vec![socket],
-            granted_buffer: granted,
-            fallback: Some(format!("connection-id steering did not work: {e}")),
-        });
+        let why = format!("connection-id steering did not work: {e}");
+        return single_socket(claimed, buffer_bytes, Some(why));
     }
     Ok(SocketGroup {
         sockets,
         granted_buffer: granted,
         fallback: None,
+    })
+}
+
+/// A group of one plain socket: what was asked, or (with the reason) what the kernel allows.
+fn single_socket(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+    fallback: Option<String>,
+) -> std::io::Result<SocketGroup> {
+    let (socket, granted) = bind_udp_socket(addr, buffer_bytes, false)?;
+    Ok(SocketGroup {
+        sockets: vec![socket],
+        granted_buffer: granted,
+        fallback,
     })
 }
 
@@ -318,7 +311,6 @@ fn bind_udp_socket(
 /// makes the program return 0 (socket 0, which drops what it does not know).
 #[cfg(target_os = "linux")]
 fn steer_by_connection_id(socket: &std::net::UdpSocket, count: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
     const LONG_HEADER_DCID: u32 = 6;
     const SHORT_HEADER_DCID: u32 = 1;
     let insn = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
@@ -358,15 +350,40 @@ fn steer_by_connection_id(socket: &std::net::UdpSocket, count: usize) -> std::io
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the
-    // program and reads exactly `size_of::<sock_fprog>()` octets of `fprog`.
+    // SAFETY: SO_ATTACH_REUSEPORT_CBPF takes a `sock_fprog`, whose `filter` points at
+    // `program` (alive until after the call; the kernel copies it).
+    unsafe {
+        set_socket_option(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            &fprog,
+        )
+    }
+}
+
+/// `setsockopt(socket, level, name, value)`.
+///
+/// # Safety
+/// `T` must be the type the kernel expects for `level`/`name`, and any pointer inside
+/// `value` must be valid for the kernel to read during the call.
+#[cfg(target_os = "linux")]
+unsafe fn set_socket_option<T>(
+    socket: &std::net::UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `value` is a live `T` of `size_of::<T>()` octets; the caller vouches for
+    // the option's type and for what `T` points at.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            std::ptr::from_ref(&fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -381,23 +398,9 @@ fn steer_by_connection_id(socket: &std::net::UdpSocket, count: usize) -> std::io
 /// one's connection id picks, though the rest belong to connections of another socket.
 #[cfg(target_os = "linux")]
 pub fn turn_off_receive_offload(socket: &std::net::UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
     let off: libc::c_int = 0;
-    // SAFETY: `off` outlives the call; the kernel reads exactly `size_of::<c_int>()` octets.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            std::ptr::from_ref(&off).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // SAFETY: UDP_GRO takes a plain `c_int`.
+    unsafe { set_socket_option(socket, libc::SOL_UDP, libc::UDP_GRO, &off) }
 }
 
 /// Receive offload is Linux's; elsewhere there is nothing to turn off.

@@ -419,8 +419,8 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         .max_incoming(((1 << 16) / sockets).max(1024))
         .incoming_buffer_size_total((100 << 20) / sockets as u64);
     let mut endpoints = Vec::with_capacity(sockets);
-    let steerings: Vec<_> = (0..sockets).map(|i| group.steering(i)).collect();
-    for (socket, steering) in group.sockets.into_iter().zip(steerings) {
+    for (index, socket) in group.sockets.into_iter().enumerate() {
+        let steering = SocketSteering::new(index, sockets).unwrap_or(SocketSteering::SINGLE);
         let gro_handle = (sockets > 1 && !config.limits.udp_receive_offload)
             .then(|| socket.try_clone())
             .transpose();
