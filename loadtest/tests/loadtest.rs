@@ -185,11 +185,13 @@ fn an_interrupted_run_stops_the_relay_it_spawned() {
     assert!(relay_proc.exists(), "the relay runs");
     let drain = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the result is checked.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "SIGTERM to loadtest"
+    );
     let exit = child.wait().unwrap();
     let rest = drain.join().unwrap();
     assert_eq!(exit.code(), Some(130), "{rest:?}");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use common::daemon::start_daemon;
+use common::daemon::{send_signal, start_daemon};
 
 fn relay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_relay"))
@@ -248,15 +248,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     // SIGHUP with a broken file keeps the running policy...
     let good_config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, "[[tenants]]\nid = \"dev\"\n").unwrap();
-    let hup = |pid: u32| {
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let hup = |pid: u32| send_signal(pid, libc::SIGHUP);
     let ready = next_notice();
     assert!(ready.contains("READY=1"), "{ready}");
     hup(daemon.id());
@@ -305,11 +297,7 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     let report: serde_json::Value = serde_json::from_slice(&probe(&[]).stdout).unwrap();
     assert_eq!(report["error_code"], "TENANT_DISABLED", "{report}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    daemon.signal(libc::SIGTERM);
     let exit = daemon.0.wait().unwrap();
     assert_eq!(
         exit.code(),
@@ -546,10 +534,6 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         "the line after the edited one breaks: {said}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
 }

@@ -176,12 +176,8 @@ impl Node {
         }
     }
 
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.daemon.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    fn signal(&self, signal: libc::c_int) {
+        self.daemon.signal(signal);
     }
 
     /// Waits until the node logs a line containing `text`.
@@ -320,7 +316,7 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     fresh.input_flows().await;
 
     // Kill C: its sessions end with RELAY_LOST at the clients; A's and B's carry on.
-    cluster.nodes[2].signal("-KILL");
+    cluster.nodes[2].signal(libc::SIGKILL);
     assert!(!cluster.nodes[2].daemon.0.wait().unwrap().success());
     // Restarted on its port and state, C records the end of the session it lost, and its
     // stateless resets tell the old clients at once.

@@ -16,8 +16,10 @@
 //! waits out the attempt's deadline); a `relay_only` tenant: no direct attempt. Each case prints its success rate and the time from consent to the
 //! direct path (run with `--nocapture`; the figures are recorded in BENCHMARKS.md).
 //!
-//! Needs root (namespaces, iptables); as another user the tests say so and pass without
-//! running. As root, a harness that cannot be built fails the test.
+//! Needs root, iproute2 and iptables (`./test` installs both). Where the machine cannot
+//! have them the tests print one `SKIPPED` line each (counted by `./test`) and return; under
+//! CI (`CI` set) that is a failure. As root with the tools, a harness that cannot be built
+//! fails the test.
 
 mod common;
 
@@ -26,7 +28,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, join_and_consent, within};
+use common::{TestRelay, join_and_consent, skip, within};
 use futures_util::StreamExt;
 use remote_help_relay::client::{Client, ClientOptions, DirectOutcome};
 use remote_help_relay::core::path::Path;
@@ -87,12 +89,38 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
     run(&full)
 }
 
+/// Whether this machine can build the harness: root, `ip` and `iptables`, and a kernel
+/// that lets us make network namespaces. If not, the test is skipped (a failure under CI).
+fn harness_available(test: &str, case: &str) -> bool {
+    if !skip::require_root(test, "network namespaces and iptables")
+        || !skip::require_tools(test, &[("ip", "iproute2"), ("iptables", "iptables")])
+    {
+        return false;
+    }
+    // One probe name per case: the cases run at once.
+    let probe = format!("rh{}{case}-probe", std::process::id());
+    match run(&["ip", "netns", "add", &probe]) {
+        Ok(()) => {
+            let _ = run(&["ip", "netns", "del", &probe]);
+            true
+        }
+        // A container without CAP_SYS_ADMIN: the machine cannot have namespaces.
+        Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
+            skip::skip(
+                test,
+                &format!("network namespaces are not permitted here ({e})"),
+                "run on a host or a privileged container",
+            );
+            false
+        }
+        Err(e) => panic!("running as root, but a network namespace cannot be made: {e}"),
+    }
+}
+
 /// Builds the two private networks, their NATs and the public network. `None` when this
-/// is not root (the caller skips).
-fn build(case: &str, nat_b: NatKind) -> Option<Topology> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: network namespaces and iptables need root");
+/// machine cannot (the test is skipped, see [`harness_available`]).
+fn build(test: &str, case: &str, nat_b: NatKind) -> Option<Topology> {
+    if !harness_available(test, case) {
         return None;
     }
     let base = format!("rh{}{case}", std::process::id());
@@ -355,8 +383,14 @@ async fn trial(
     (helper_outcome, took)
 }
 
-async fn trials(case: &str, nat_b: NatKind, relay_only: bool, concurrency: usize) -> Option<Tally> {
-    let topology = build(case, nat_b)?;
+async fn trials(
+    test: &str,
+    case: &str,
+    nat_b: NatKind,
+    relay_only: bool,
+    concurrency: usize,
+) -> Option<Tally> {
+    let topology = build(test, case, nat_b)?;
     let public = topology.namespaces[0].clone();
     let relay = {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -413,7 +447,15 @@ async fn trials(case: &str, nat_b: NatKind, relay_only: bool, concurrency: usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_behind_endpoint_independent_nats_go_direct() {
-    let Some(tally) = trials("eim", NatKind::EndpointIndependent, false, 1).await else {
+    let Some(tally) = trials(
+        "nat::both_behind_endpoint_independent_nats_go_direct",
+        "eim",
+        NatKind::EndpointIndependent,
+        false,
+        1,
+    )
+    .await
+    else {
         return;
     };
     assert_eq!(tally.direct, TRIALS, "every trial must go direct");
@@ -421,7 +463,15 @@ async fn both_behind_endpoint_independent_nats_go_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symmetric_nat_falls_back_to_the_relay() {
-    let Some(tally) = trials("sym", NatKind::Symmetric, false, TRIALS).await else {
+    let Some(tally) = trials(
+        "nat::a_symmetric_nat_falls_back_to_the_relay",
+        "sym",
+        NatKind::Symmetric,
+        false,
+        TRIALS,
+    )
+    .await
+    else {
         return;
     };
     assert_eq!(
@@ -432,7 +482,15 @@ async fn a_symmetric_nat_falls_back_to_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_makes_no_direct_attempt() {
-    let Some(tally) = trials("ro", NatKind::EndpointIndependent, true, 5).await else {
+    let Some(tally) = trials(
+        "nat::relay_only_makes_no_direct_attempt",
+        "ro",
+        NatKind::EndpointIndependent,
+        true,
+        5,
+    )
+    .await
+    else {
         return;
     };
     assert_eq!(

@@ -14,6 +14,24 @@ impl Daemon {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// Sends `signal` (`libc::SIGTERM`, `SIGHUP`, ...) to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        send_signal(self.id(), signal);
+    }
+}
+
+/// Sends `signal` to process `pid`, as `kill(1)` would, without needing procps.
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a process id fits pid_t");
+    // SAFETY: kill has no memory-safety preconditions; the result is checked.
+    let result = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        result,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 impl Drop for Daemon {
