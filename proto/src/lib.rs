@@ -50,7 +50,9 @@ impl ErrorCode {
             ErrorCode::AuthTimeout => "the client did not sign in in time",
             ErrorCode::Internal => "the relay hit an internal error",
             ErrorCode::EndedByClient => "you ended the session",
-            ErrorCode::SessionBusy => "this session already has a participant",
+            ErrorCode::SessionBusy => {
+                "busy: a mode change is already pending, or the device is already registered or in a session"
+            }
             ErrorCode::LimitExceeded => "a relay limit was reached",
             ErrorCode::TenantDisabled => "Remote Help is not enabled for your organisation",
             ErrorCode::UnenrolledDeviceNotAllowed => {

@@ -2,8 +2,8 @@
 //! and the narrated `relay demo` both run it.
 //!
 //! Steps: connect and authenticate both parties, create, join, consent, open the
-//! channels, measure input round trips (input event helper→sharer, echoed back on chat),
-//! measure screen throughput (sharer→helper), end, and check the sharer is told.
+//! channels, measure input round trips (input event helper→sharer, echoed back on chat,
+//! or on the screen stream where the tenant disabled chat), measure screen throughput (sharer→helper), end, and check the sharer is told.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,7 @@ pub async fn run(
     let Opened {
         mut helper,
         mut sharer,
+        sharer_start,
         ..
     } = open_session(
         helper_options,
@@ -83,42 +84,77 @@ pub async fn run(
         ms(setup)
     ));
 
-    // Channels: the sharer sends screen and chat, the helper sends input.
+    // Channels: the sharer sends screen and chat, the helper sends input. A tenant may
+    // disable chat (the relay would refuse the stream): then input is echoed on the screen
+    // stream, before the throughput run uses it.
+    let chat = sharer_start.channels.contains(&Channel::Chat);
     let mut screen_out = sharer.open_channel(Channel::Screen).await?;
-    let mut chat_out = sharer.open_channel(Channel::Chat).await?;
+    let mut chat_out = match chat {
+        true => Some(sharer.open_channel(Channel::Chat).await?),
+        false => None,
+    };
     let mut input_out = helper.open_channel(Channel::Input).await?;
     // Quinn makes a stream visible to the peer with its first bytes: send one frame each.
     screen_out.send(Bytes::from_static(b"hello")).await?;
-    chat_out
-        .send(Bytes::from_static(b"hi, I can see you"))
-        .await?;
+    if let Some(chat_out) = chat_out.as_mut() {
+        chat_out
+            .send(Bytes::from_static(b"hi, I can see you"))
+            .await?;
+    }
     input_out.send(Bytes::from_static(b"start")).await?;
-    let (mut screen_in, mut chat_in) = accept_two(&helper, Channel::Screen, Channel::Chat).await?;
+    let (mut screen_in, mut chat_in) = match chat {
+        true => {
+            let (screen, chat) = accept_two(&helper, Channel::Screen, Channel::Chat).await?;
+            (screen, Some(chat))
+        }
+        false => (accept_one(&helper, Channel::Screen).await?, None),
+    };
     let (_, mut input_in) = sharer.accept_channel().await?;
     expect_frame(&mut screen_in).await?;
-    expect_frame(&mut chat_in).await?;
-    expect_frame(&mut input_in).await?;
-    narrate("screen, input and chat channels are open through the relay");
-
-    // Input round trips: the sharer echoes each input event back on chat.
-    let echo = tokio::spawn(async move {
-        while let Some(event) = input_in.recv().await? {
-            chat_out.send(event.freeze()).await?;
-        }
-        Ok::<_, ClientError>(())
-    });
-    let mut rtts = Vec::with_capacity(settings.round_trips);
-    for seq in 0..settings.round_trips as u64 {
-        let sent = Instant::now();
-        input_out
-            .send(Bytes::copy_from_slice(&seq.to_be_bytes()))
-            .await?;
-        let echoed = expect_frame(&mut chat_in).await?;
-        if echoed[..] != seq.to_be_bytes() {
-            return Err(ClientError::Unexpected("input echoed out of order".into()));
-        }
-        rtts.push(sent.elapsed());
+    if let Some(chat_in) = chat_in.as_mut() {
+        expect_frame(chat_in).await?;
     }
+    expect_frame(&mut input_in).await?;
+    narrate(if chat {
+        "screen, input and chat channels are open through the relay"
+    } else {
+        "screen and input channels are open through the relay (the tenant disabled chat)"
+    });
+
+    // Input round trips: the sharer echoes each input event back, on chat or screen.
+    let (echo_out, mut screen_out) = match chat_out {
+        Some(chat_out) => (chat_out, Some(screen_out)),
+        None => (screen_out, None),
+    };
+    let round_trips = settings.round_trips;
+    let echo = tokio::spawn(async move {
+        let mut echo_out = echo_out;
+        for _ in 0..round_trips {
+            let event = expect_frame(&mut input_in).await?;
+            echo_out.send(event.freeze()).await?;
+        }
+        // Both kept: dropping the input receiver would stop the helper's input stream.
+        Ok::<_, ClientError>((echo_out, input_in))
+    });
+    let mut rtts = Vec::with_capacity(round_trips);
+    {
+        let echo_in = chat_in.as_mut().unwrap_or(&mut screen_in);
+        for seq in 0..round_trips as u64 {
+            let sent = Instant::now();
+            input_out
+                .send(Bytes::copy_from_slice(&seq.to_be_bytes()))
+                .await?;
+            let echoed = expect_frame(echo_in).await?;
+            if echoed[..] != seq.to_be_bytes() {
+                return Err(ClientError::Unexpected("input echoed out of order".into()));
+            }
+            rtts.push(sent.elapsed());
+        }
+    }
+    let (echo_out, _input_in) = echo
+        .await
+        .map_err(|e| ClientError::Unexpected(format!("input echo failed: {e}")))??;
+    let mut screen_out = screen_out.take().unwrap_or(echo_out);
     rtts.sort();
     narrate(&format!(
         "{} input events went helper→sharer and back, in order; median round trip {:.3} ms",
@@ -157,7 +193,6 @@ pub async fn run(
     narrate(&format!(
         "helper ended the session; sharer was told {sharer_end}"
     ));
-    let _ = echo.await;
     if sharer_end != ErrorCode::PeerEnded {
         return Err(ClientError::Refused {
             code: sharer_end,
@@ -228,6 +263,15 @@ async fn open_session(
         sharer,
         sharer_start,
     })
+}
+
+async fn accept_one(client: &Client, channel: Channel) -> Result<ChannelReceiver, ClientError> {
+    match client.accept_channel().await? {
+        (got, receiver) if got == channel => Ok(receiver),
+        (other, _) => Err(ClientError::Unexpected(format!(
+            "unexpected channel {other:?}"
+        ))),
+    }
 }
 
 async fn accept_two(

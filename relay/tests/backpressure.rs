@@ -161,3 +161,104 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
     within(helper.end_session()).await.unwrap();
     relay.stop().await;
 }
+
+/// Relay windows where the connection window binds: smaller than one stream's window, so
+/// several channels together can never have more than it in flight to the relay.
+const MANY_STREAM_WINDOW: u64 = 1024 * 1024;
+const MANY_CONNECTION_WINDOW: u64 = 256 * 1024;
+/// The stalled helper's windows: what the relay can have forwarded towards it.
+const HELPER_WINDOW: u64 = 64 * 1024;
+/// The relay's read chunk (`server::forward`): what one forwarder may hold in hand.
+const RELAY_CHUNK: u64 = 64 * 1024;
+
+#[tokio::test]
+async fn several_channels_to_a_stalled_reader_are_bounded_by_the_connection_window() {
+    let relay = TestRelay::builder()
+        .config(|c| {
+            c.limits = Limits {
+                stream_receive_window: MANY_STREAM_WINDOW,
+                connection_receive_window: MANY_CONNECTION_WINDOW,
+                send_window: 256 * 1024,
+                ..Limits::default()
+            }
+        })
+        .start()
+        .await;
+    let contoso = relay.tenant("contoso");
+    let mut helper_options = relay.options(contoso.token(Persona::Helper), Role::Helper);
+    let mut sharer_options = relay.options(contoso.token(Persona::Sharer), Role::Sharer);
+    helper_options.transport = ClientTransport {
+        stream_receive_window: HELPER_WINDOW,
+        connection_receive_window: HELPER_WINDOW,
+        ..ClientTransport::default()
+    };
+    // The sharer's own send window is far larger than anything the relay may allow, so
+    // only the relay's flow control can stop it.
+    sharer_options.transport = ClientTransport {
+        send_window: 64 * 1024 * 1024,
+        ..ClientTransport::default()
+    };
+    let mut helper = within(remote_help_relay::client::Client::connect(helper_options))
+        .await
+        .unwrap();
+    let mut sharer = within(remote_help_relay::client::Client::connect(sharer_options))
+        .await
+        .unwrap();
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
+
+    // The sharer writes as fast as it can on every channel it may send on; the helper
+    // reads nothing.
+    let channels = [Channel::Screen, Channel::Chat, Channel::Keys];
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for channel in channels {
+        let mut out = within(sharer.open_channel(channel)).await.unwrap();
+        let accepted = accepted.clone();
+        writers.spawn(async move {
+            loop {
+                out.send(Bytes::from(vec![7u8; FRAME])).await.unwrap();
+                accepted.fetch_add((FRAME + 4) as u64, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+
+    // Wait until the sharer's QUIC stack reports being blocked by the relay's flow control:
+    // the connection's (DATA_BLOCKED) or a stream's (STREAM_DATA_BLOCKED), whichever binds.
+    let connection = sharer.connection().clone();
+    let stats = within(async {
+        loop {
+            let stats = connection.stats();
+            if stats.frame_tx.data_blocked > 0 || stats.frame_tx.stream_data_blocked > 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A QUIC sender never writes beyond its peer's credit, so what the sharer got rid of is
+    // what the relay holds unread (its connection window), plus what its forwarders took
+    // in hand (a chunk each), plus what they wrote to the helper (the helper's connection
+    // window). With per-stream windows only, it would be three times a stream window.
+    let bound = MANY_CONNECTION_WINDOW + channels.len() as u64 * RELAY_CHUNK + HELPER_WINDOW;
+    assert!(
+        accepted <= bound,
+        "{accepted} bytes left the sharer while its reader was stalled; the relay's windows \
+         allow at most {bound} (DATA_BLOCKED {}, STREAM_DATA_BLOCKED {})",
+        stats.frame_tx.data_blocked,
+        stats.frame_tx.stream_data_blocked
+    );
+    assert!(
+        accepted >= MANY_CONNECTION_WINDOW / 2,
+        "only {accepted} bytes went out: the relay did not take the data it had credit for"
+    );
+    assert_eq!(
+        stats.frame_tx.stream_data_blocked, 0,
+        "a stream window bound before the connection window"
+    );
+    writers.abort_all();
+    within(helper.end_session()).await.unwrap();
+    relay.stop().await;
+}

@@ -537,3 +537,74 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
 }
+
+/// `rhelp helper` in a session whose sharer vanishes (its connection closes with no
+/// `EndSession`) says so with PEER_LOST's sentence, not how a data stream broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rhelp_helper_says_peer_lost_when_its_sharer_vanishes() {
+    use bytes::Bytes;
+    use common::{TestRelay, within};
+    use remote_help_proto::ErrorCode;
+    use remote_help_relay::core::Channel;
+    use remote_help_relay::dev::Persona;
+
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("helper.jwt");
+    std::fs::write(&token, relay.tenant("contoso").token(Persona::Helper)).unwrap();
+    let mut child = rhelp()
+        .args(["helper", "--relay"])
+        .arg(relay.addr().to_string())
+        .arg("--pin")
+        .arg(relay.handle.fingerprint().to_string())
+        .arg("--token")
+        .arg(&token)
+        // A failing run cannot linger: once this test's relay is gone, it exits.
+        .args(["--mode", "view-only", "--seconds", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut next_line = async || within(lines.recv()).await.expect("rhelp helper exited");
+    let code = loop {
+        let line = next_line().await;
+        if let Some(rest) = line.strip_prefix("Session code: ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&code)).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    while !next_line().await.starts_with("Session started") {}
+    // The sharer streams its screen, then vanishes mid-session.
+    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    for _ in 0..8 {
+        within(screen.send(Bytes::from(vec![1u8; 32 * 1024])))
+            .await
+            .unwrap();
+    }
+    sharer.connection().close(0u32.into(), b"gone");
+
+    let output = within(tokio::task::spawn_blocking(move || {
+        child.wait_with_output()
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("rhelp: PEER_LOST: {}", ErrorCode::PeerLost.describe());
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("reset"), "{stderr}");
+    assert!(!output.status.success());
+    relay.stop().await;
+}

@@ -328,6 +328,36 @@ async fn bad_candidates_and_unexpected_results_are_refused_with_reasons() {
             "at most 8",
         ),
     ];
+    // Addresses a peer must never be told to send to (PROTOCOL.md §11b, 1).
+    let cases: Vec<(Out, &str)> = cases
+        .into_iter()
+        .chain(
+            [
+                "0.0.0.0:4000",
+                "[::]:4000",
+                "192.0.2.1:0",
+                "127.0.0.1:4000",
+                "127.8.9.10:4000",
+                "[::1]:4000",
+                "[::ffff:127.0.0.1]:4000",
+                "169.254.1.2:4000",
+                "[fe80::1]:4000",
+                "224.0.0.1:4000",
+                "[ff02::1]:4000",
+                "255.255.255.255:4000",
+            ]
+            .into_iter()
+            .map(|address| {
+                (
+                    Out::OfferCandidates(v1::OfferCandidates {
+                        addresses: vec!["192.0.2.1:4000".into(), address.into()],
+                        certificate_sha256: vec![0; 32],
+                    }),
+                    "addresses[1]",
+                )
+            }),
+        )
+        .collect();
     for (message, needle) in cases {
         let helper = relay.helper("contoso").await;
         let (answer, pong) = raw_exchange(helper, message).await;
@@ -357,6 +387,7 @@ async fn bad_candidates_and_unexpected_results_are_refused_with_reasons() {
         panic!("{answer:?}")
     };
     assert_eq!(refused.code, ErrorCode::ProtocolViolation as i32);
+    assert!(!refused.fatal, "{refused:?}");
     assert!(
         refused.message.contains("without a DirectPathOffer"),
         "{}",

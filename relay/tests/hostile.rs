@@ -251,6 +251,57 @@ async fn a_data_stream_outside_a_session_is_refused_but_the_connection_lives() {
 }
 
 #[tokio::test]
+async fn a_data_stream_opened_before_hello_is_refused_after_welcome_and_the_connection_lives() {
+    use futures_util::{SinkExt, StreamExt};
+    use remote_help_proto::framing::ControlCodec;
+    use remote_help_proto::v1::relay_to_client::Msg as In;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let relay = TestRelay::start().await;
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let options = relay.options(String::new(), Role::Helper);
+    let (_endpoint, connection) = within(connect_quic(&options)).await.unwrap();
+    // The data stream goes first, before the control stream exists.
+    let mut early = within(connection.open_uni()).await.unwrap();
+    within(early.write_all(&[Channel::Input.to_wire() as u8, 0, 0, 0, 1, b'x']))
+        .await
+        .unwrap();
+    let (send, recv) = within(connection.open_bi()).await.unwrap();
+    let mut send = FramedWrite::new(
+        send,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    let mut recv = FramedRead::new(
+        recv,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    within(send.send(remote_help_relay::hostile::hello(
+        &token,
+        v1::Role::Helper,
+        1,
+    )))
+    .await
+    .unwrap();
+    let welcome = within(recv.next()).await.unwrap().unwrap().msg.unwrap();
+    assert!(matches!(welcome, In::Welcome(_)), "{welcome:?}");
+    // Refused like any data stream outside an active session: the stream alone.
+    let stopped = within(early.stopped()).await.unwrap();
+    assert_eq!(
+        stopped.map(|c| c.into_inner()),
+        Some(u64::from(ErrorCode::ProtocolViolation.to_quic()))
+    );
+    within(send.send(v1::ClientToRelay {
+        msg: Some(Msg::Ping(v1::Ping { nonce: 3 })),
+    }))
+    .await
+    .unwrap();
+    let pong = within(recv.next()).await.unwrap().unwrap().msg.unwrap();
+    assert!(matches!(pong, In::Pong(v1::Pong { nonce: 3 })), "{pong:?}");
+    connection.close(0u32.into(), b"done");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_without_our_alpn_is_refused_in_the_handshake() {
     let relay = TestRelay::start().await;
     let trust = remote_help_relay::tls::RelayTrust::Pin(relay.handle.fingerprint());

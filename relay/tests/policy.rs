@@ -680,3 +680,222 @@ fn the_worked_example_in_config_example_decides_as_documented() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_answer_to_a_lapsed_mode_prompt_is_refused_with_consent_timeout_and_the_session_goes_on()
+{
+    // Long enough for the first consent to be given at once, short enough to wait out.
+    let relay = TestRelay::builder()
+        .config(|c| c.consent_timeout = Duration::from_secs(3))
+        .start()
+        .await;
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+    let (raised, lapsed) = within(async {
+        tokio::join!(helper.request_mode(Mode::FullControl, ""), async {
+            sharer.wait_for_consent_request().await.unwrap();
+            // The sharer leaves the prompt unanswered: both are told it lapsed.
+            sharer.wait_for_mode_change().await
+        })
+    })
+    .await;
+    assert_eq!(raised.unwrap_err().code(), Some(ErrorCode::ConsentTimeout));
+    assert_eq!(lapsed.unwrap_err().code(), Some(ErrorCode::ConsentTimeout));
+    // The answer comes too late: refused with CONSENT_TIMEOUT, not fatally, and the mode
+    // did not change.
+    let late = within(sharer.answer_mode_change(true)).await.unwrap_err();
+    assert_eq!(late.code(), Some(ErrorCode::ConsentTimeout));
+    within(sharer.ping()).await.unwrap();
+    within(helper.ping()).await.unwrap();
+    // The session goes on: a new raise is asked and granted as usual.
+    raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "").await;
+    relay.stop().await;
+}
+
+/// The relay's config with contoso's policy as `tweak` makes it (for reloads).
+fn reloaded(
+    relay: &TestRelay,
+    tweak: impl FnOnce(&mut TenantPolicy),
+) -> remote_help_relay::config::Config {
+    let mut config = remote_help_relay::config::Config::with_defaults(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![relay.tenant("contoso").config()],
+    );
+    tweak(&mut config.tenants[0].policy);
+    config
+}
+
+#[tokio::test]
+async fn a_tenant_disabled_during_a_session_grants_no_raised_mode_but_the_session_goes_on() {
+    let relay = TestRelay::start().await;
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+
+    // A raise the sharer is asked about when the reload lands: accepting it no longer
+    // raises anything; both are told why.
+    let (raised, answered) = within(async {
+        tokio::join!(helper.request_mode(Mode::FullControl, ""), async {
+            sharer.wait_for_consent_request().await.unwrap();
+            relay
+                .handle
+                .reload(&reloaded(&relay, |p| p.enabled = false));
+            sharer.answer_mode_change(true).await
+        })
+    })
+    .await;
+    assert_eq!(raised.unwrap_err().code(), Some(ErrorCode::TenantDisabled));
+    assert_eq!(
+        answered.unwrap_err().code(),
+        Some(ErrorCode::TenantDisabled)
+    );
+
+    // A raise asked after the reload is refused at once, before the sharer is asked.
+    let err = within(helper.request_mode(Mode::Elevation, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TenantDisabled));
+    within(sharer.ping()).await.unwrap();
+
+    // The session itself carries on, still view only: keeping (or lowering) the mode works.
+    assert_eq!(
+        within(helper.request_mode(Mode::ViewOnly, ""))
+            .await
+            .unwrap(),
+        Mode::ViewOnly
+    );
+    assert_eq!(
+        within(sharer.wait_for_mode_change()).await.unwrap(),
+        Mode::ViewOnly
+    );
+    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    within(screen.send(Bytes::from_static(b"still shared")))
+        .await
+        .unwrap();
+    let (_, mut screen_in) = within(helper.accept_channel()).await.unwrap();
+    assert_eq!(
+        &within(screen_in.recv()).await.unwrap().unwrap()[..],
+        b"still shared"
+    );
+    // Enabled again, raising works again.
+    relay.handle.reload(&reloaded(&relay, |_| {}));
+    raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_mode_request_while_one_waits_is_busy_and_says_so() {
+    use futures_util::{SinkExt, StreamExt};
+    use remote_help_proto::framing::ControlCodec;
+    use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let relay = TestRelay::start().await;
+    let (helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+    let (_endpoint, _connection, send, recv) = helper.into_raw_parts().unwrap();
+    let mut send = FramedWrite::new(
+        send,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    let mut recv = FramedRead::new(
+        recv,
+        ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(1 << 20),
+    );
+    let request = |mode: Mode| v1::ClientToRelay {
+        msg: Some(Out::RequestMode(v1::RequestMode {
+            mode: mode.to_wire() as i32,
+            reason: String::new(),
+        })),
+    };
+    within(send.send(request(Mode::FullControl))).await.unwrap();
+    within(sharer.wait_for_consent_request()).await.unwrap();
+    within(send.send(request(Mode::Elevation))).await.unwrap();
+    let answer = within(recv.next()).await.unwrap().unwrap().msg.unwrap();
+    let In::Error(busy) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(busy.code, ErrorCode::SessionBusy as i32);
+    assert!(!busy.fatal, "{busy:?}");
+    assert!(
+        busy.message.contains("mode change is already waiting"),
+        "{}",
+        busy.message
+    );
+    // The first request still stands: the sharer's answer raises the mode.
+    assert_eq!(
+        within(sharer.answer_mode_change(true)).await.unwrap(),
+        Some(Mode::FullControl)
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_unattended_session_in_a_tenant_without_chat_carries_no_chat() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.disable_chat = true)
+        .start()
+        .await;
+    let mut agent = relay
+        .connect(agent_token(&relay, "kiosk-9"), Role::Sharer)
+        .await
+        .unwrap();
+    within(agent.register_device()).await.unwrap();
+    let mut helper = relay.helper("contoso").await;
+    let started = within(helper.connect_unattended("kiosk-9", ""))
+        .await
+        .unwrap();
+    let agent_view = within(agent.wait_for_start()).await.unwrap();
+    for view in [&started, &agent_view] {
+        assert!(view.chat_disabled, "{view:?}");
+        assert_eq!(
+            view.channels,
+            vec![Channel::Screen, Channel::Input, Channel::Keys]
+        );
+    }
+    // A chat stream from either side is refused, alone.
+    for side in [&helper, &agent] {
+        let mut chat = within(side.connection().open_uni()).await.unwrap();
+        within(chat.write_all(&[Channel::Chat.to_wire() as u8, 0, 0, 0, 1, b'x']))
+            .await
+            .unwrap();
+        let stopped = within(chat.stopped()).await.unwrap();
+        assert_eq!(
+            stopped.map(|c| c.into_inner()),
+            Some(u64::from(ErrorCode::ChatDisabled.to_quic()))
+        );
+    }
+    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(Bytes::from_static(b"tap")))
+        .await
+        .unwrap();
+    let (channel, _) = within(agent.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_probe_completes_in_a_tenant_without_chat() {
+    use remote_help_relay::probe::{self, ProbeSettings};
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.disable_chat = true)
+        .start()
+        .await;
+    let contoso = relay.tenant("contoso");
+    let mut steps = Vec::new();
+    let report = within(probe::run(
+        relay.options(contoso.token(Persona::Helper), Role::Helper),
+        relay.options(contoso.token(Persona::Sharer), Role::Sharer),
+        ProbeSettings {
+            round_trips: 20,
+            screen_bytes: 1024 * 1024,
+            frame_size: 64 * 1024,
+        },
+        |step| steps.push(step.to_string()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.screen_bytes, 1024 * 1024);
+    assert_eq!(report.sharer_end_reason, "PEER_ENDED");
+    assert!(
+        steps.iter().any(|s| s.contains("the tenant disabled chat")),
+        "{steps:?}"
+    );
+    relay.stop().await;
+}

@@ -446,24 +446,28 @@ async fn helper_command(
     let mut bytes = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut screen = None;
+    let data = client.data();
     loop {
-        tokio::select! {
+        let step: Result<(), ClientError> = tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => break,
-            accepted = client.accept_channel(), if screen.is_none() => {
-                let (channel, receiver) = accepted?;
+            // The session's end (the sharer ended it, vanished, ...) is told on the control
+            // stream, with its code; say that rather than how a data stream broke.
+            reason = client.wait_for_end() => return Err(session_ended(reason)),
+            accepted = data.accept_channel(), if screen.is_none() => accepted.map(|(channel, receiver)| {
                 if channel == Channel::Screen { screen = Some(receiver); }
-            }
-            frame = next_frame(&mut screen), if screen.is_some() => {
-                match frame? {
-                    Some(f) => { frames += 1; bytes += f.len() as u64; }
-                    None => break,
-                }
-            }
-            _ = ticker.tick() => {
-                if let Some(input) = input.as_mut() {
-                    input.send(Bytes::from_static(b"mouse-move 10 10")).await?;
-                }
-            }
+            }),
+            frame = next_frame(&mut screen), if screen.is_some() => match frame {
+                Ok(Some(f)) => { frames += 1; bytes += f.len() as u64; Ok(()) }
+                Ok(None) => break,
+                Err(e) => Err(e),
+            },
+            _ = ticker.tick() => match input.as_mut() {
+                Some(input) => input.send(Bytes::from_static(b"mouse-move 10 10")).await,
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = step {
+            return Err(ended_or(&mut client, e).await);
         }
     }
     println!("Received {frames} screen frames ({bytes} bytes). Ending the session.");
@@ -542,6 +546,24 @@ async fn share_command(
     println!("Received {events} input events.");
     client.close().await;
     Ok(())
+}
+
+/// A session that ended before this side ended it: its code and the code's sentence.
+fn session_ended(reason: remote_help_proto::ErrorCode) -> Failure {
+    Failure {
+        code: Some(reason.as_str_name().to_string()),
+        message: reason.describe().to_string(),
+    }
+}
+
+/// A data channel failed: when that is because the session ended (the relay cuts a
+/// session's streams when it ends, PROTOCOL.md §8.5), the end's code from the control
+/// stream, which follows at once; otherwise the channel's own error.
+async fn ended_or(client: &mut Client, error: ClientError) -> Failure {
+    match tokio::time::timeout(Duration::from_secs(2), client.wait_for_end()).await {
+        Ok(reason) => session_ended(reason),
+        Err(_) => error.into(),
+    }
 }
 
 /// The next frame of an optional channel; never completes while there is none.

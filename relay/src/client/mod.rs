@@ -200,9 +200,36 @@ impl ClientError {
 }
 
 impl From<FrameError> for ClientError {
+    /// A data stream the relay (or the peer) reset or stopped with one of the protocol's
+    /// codes (`PEER_LOST` when the peer vanished, `PEER_ENDED`, `CHAT_DISABLED`, …) is that
+    /// code, with its `describe()` sentence: the user is told what happened, not the
+    /// transport's "stream reset by peer: error 13".
     fn from(e: FrameError) -> ClientError {
-        ClientError::Frame(e)
+        match stream_code(&e) {
+            Some(code) => ClientError::Refused {
+                code,
+                message: code.describe().to_string(),
+            },
+            None => ClientError::Frame(e),
+        }
     }
+}
+
+/// The protocol code a data stream was reset (reading) or stopped (writing) with, if it
+/// is one of ours; code 0 is a plain stop, not a refusal.
+fn stream_code(e: &FrameError) -> Option<ErrorCode> {
+    let FrameError::Io(io) = e else {
+        return None;
+    };
+    let inner = io.get_ref()?;
+    let raw = if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref() {
+        *code
+    } else if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref() {
+        *code
+    } else {
+        return None;
+    };
+    ErrorCode::from_quic(raw.into_inner()).filter(|c| *c != ErrorCode::Unspecified)
 }
 
 /// The session has started: which mode and channels it has.

@@ -376,12 +376,20 @@ impl TenantPolicy {
     /// May this helper help this sharer in `mode`? Only assignments whose scope covers
     /// the sharer count, and one of them must grant both `offer_remote_assistance` and
     /// the mode's permission.
+    ///
+    /// A disabled tenant grants nothing: this is asked for every join, every unattended
+    /// connect and every raised mode, so a tenant disabled by a reload while a session
+    /// runs stops any further elevation in it (the session itself carries on, and may
+    /// still be lowered or ended).
     pub fn may_help(
         &self,
         helper: &Principal,
         sharer: &Principal,
         mode: Mode,
     ) -> Result<(), Refusal> {
+        if !self.enabled {
+            return Err(Refusal::TenantDisabled);
+        }
         let mine: Vec<&Assignment> = self
             .assignments
             .iter()
@@ -539,6 +547,36 @@ mod tests {
         assert_eq!(p.admit_sharer(&u), Err(Refusal::TenantDisabled));
         assert_eq!(enabled().admit_helper(&u), Ok(()));
         assert_eq!(enabled().admit_sharer(&u), Ok(()));
+    }
+
+    #[test]
+    fn a_disabled_tenant_grants_no_mode_even_to_a_helper_whose_roles_would() {
+        use Permission::*;
+        let helper = user(&["tier1"], &["remote-help"], None);
+        let sharer = user(&["finance"], &["remote-help"], windows());
+        let mut policy = TenantPolicy {
+            assignments: vec![assignment(
+                &[OfferRemoteAssistance, UnattendedControl],
+                &["tier1"],
+                &["all_users"],
+            )],
+            ..enabled()
+        };
+        for mode in [Mode::ViewOnly, Mode::FullControl, Mode::Elevation] {
+            assert_eq!(policy.may_help(&helper, &sharer, mode), Ok(()));
+        }
+        policy.enabled = false;
+        for mode in [
+            Mode::ViewOnly,
+            Mode::FullControl,
+            Mode::Elevation,
+            Mode::Unattended,
+        ] {
+            assert_eq!(
+                policy.may_help(&helper, &sharer, mode),
+                Err(Refusal::TenantDisabled)
+            );
+        }
     }
 
     #[test]

@@ -892,6 +892,9 @@ impl Conn {
                 info!(session = %session, "sharer declined a raised mode");
                 Ok(())
             }
+            Ok(ConsentOutcome::ModeWithdrawn(refusal)) => {
+                self.refuse(refusal.code(), refusal.message()).await
+            }
             Err(ErrorCode::PeerLost) => {
                 self.session = None;
                 self.reply(ended(&session, ErrorCode::PeerLost)).await

@@ -79,11 +79,12 @@ pub enum Event {
         /// The new mode.
         mode: Mode,
     },
-    /// A mode request did not go through (declined or timed out); the session goes on.
+    /// A mode request did not go through (declined, timed out, or refused by a policy
+    /// reloaded while the sharer was asked); the session goes on.
     ModeRefused {
         /// The session.
         session: SessionId,
-        /// `MODE_DECLINED` or `CONSENT_TIMEOUT`.
+        /// `MODE_DECLINED`, `CONSENT_TIMEOUT`, or the policy's code (`TENANT_DISABLED`, …).
         reason: ErrorCode,
     },
     /// The session is over.
@@ -176,6 +177,9 @@ pub enum ConsentOutcome {
     ModeChanged(Mode),
     /// A raised mode was declined: the helper has been told.
     ModeDeclined,
+    /// The sharer accepted a raised mode, but the policy now in force (reloaded while the
+    /// prompt was open) refuses it: the mode stays; the helper has been told the code.
+    ModeWithdrawn(Refusal),
 }
 
 /// A session the registry made active, not yet recorded or announced. [`Hub::begin`]
@@ -831,6 +835,15 @@ impl Hub {
         session: &SessionId,
         accept: bool,
     ) -> Result<ConsentOutcome, ErrorCode> {
+        // A raise is decided again by the policy in force when the sharer accepts: a reload
+        // that disabled the tenant (or took the permission away) while the prompt was open
+        // stops it, as it would have stopped the request.
+        let withdrawn = if accept {
+            self.raise_withdrawn(session, sharer)
+        } else {
+            None
+        };
+        let accept = accept && withdrawn.is_none();
         let (outcome, helper_link, sharer_link) = {
             let mut state = self.lock();
             let outcome = state.registry.consent(session, sharer, accept)?;
@@ -891,16 +904,48 @@ impl Hub {
             }
             Consented::ModeChanged { mode, .. } => Ok(ConsentOutcome::ModeChanged(mode)),
             Consented::ModeDeclined { .. } => {
+                let reason = withdrawn
+                    .as_ref()
+                    .map_or(ErrorCode::ModeDeclined, Refusal::code);
+                if withdrawn.is_some() {
+                    metrics::counter!("relay_policy_refusals_total", "code" => reason.as_str_name())
+                        .increment(1);
+                    info!(%session, code = reason.as_str_name(), "raised mode refused by the policy now in force");
+                }
                 deliver(
                     &helper,
                     Event::ModeRefused {
                         session: session.clone(),
-                        reason: ErrorCode::ModeDeclined,
+                        reason,
                     },
                 );
-                Ok(ConsentOutcome::ModeDeclined)
+                Ok(match withdrawn {
+                    Some(refusal) => ConsentOutcome::ModeWithdrawn(refusal),
+                    None => ConsentOutcome::ModeDeclined,
+                })
             }
         }
+    }
+
+    /// Whether the current policy refuses the raise `session` waits for (the sharer on
+    /// connection `sharer` is answering it); `None` when there is no such raise or it is
+    /// still allowed.
+    fn raise_withdrawn(&self, session: &SessionId, sharer: ConnId) -> Option<Refusal> {
+        let (mode, helper, sharer) = {
+            let state = self.read();
+            let entry = state.registry.get(session)?;
+            let mode = entry.requested_mode?;
+            if entry.sharer.as_ref().map(|p| p.conn) != Some(sharer) {
+                return None;
+            }
+            let helper = state.links.get(&entry.helper.conn)?.principal.clone();
+            let sharer = state.links.get(&sharer)?.principal.clone();
+            (mode, helper, sharer)
+        };
+        self.policies()
+            .tenant(&helper.tenant)
+            .may_help(&helper, &sharer, mode)
+            .err()
     }
 
     /// The helper asks for another mode. Raising it needs the permission for this sharer
@@ -934,11 +979,15 @@ impl Hub {
             .lock()
             .registry
             .request_mode(session, helper, mode, Instant::now())
-            .map_err(|code| {
-                (
+            .map_err(|code| match code {
+                ErrorCode::SessionBusy => (
+                    code,
+                    "a mode change is already waiting for the sharer's answer".to_string(),
+                ),
+                _ => (
                     code,
                     format!("mode change not possible now: {}", code.describe()),
-                )
+                ),
             })?;
         match outcome {
             ModeRequest::NeedsConsent { deadline, .. } => {
@@ -1015,7 +1064,10 @@ impl Hub {
             .lock()
             .registry
             .connect_unattended(party, device_id, Instant::now(), &mut rng)
-            .map_err(|code| (code, code.describe().to_string()))?;
+            .map_err(|code| match code {
+                ErrorCode::SessionBusy => (code, "the device agent is already in a session".into()),
+                _ => (code, code.describe().to_string()),
+            })?;
         let helper_link = self.read().links.get(&helper).cloned();
         let (Some(agent), Some(helper_link)) = (agent, helper_link) else {
             // Registered in the registry but a link is gone: it is disconnecting.
