@@ -5,7 +5,8 @@
 //! One `std::sync::Mutex` guards the state. It is never held across an `.await`: every
 //! method locks, decides, collects what to send, unlocks, then sends with `try_send`.
 //! Policy is a snapshot behind an `RwLock<Arc<_>>`, swapped whole on reload, so a request
-//! is decided by one consistent policy and active sessions are never disturbed.
+//! is decided by one consistent policy and active sessions are never cut; only what they
+//! ask for next (a raised mode) is decided by the new one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -466,8 +467,9 @@ impl Hub {
             .clone()
     }
 
-    /// Replaces tenants, keys and policies with `config`'s. New requests use them; active
-    /// sessions carry on as they are.
+    /// Replaces tenants, keys and policies with `config`'s. New requests use them (a raise
+    /// in a running session is one, asked and answered); active sessions carry on as they
+    /// are.
     pub fn reload(&self, config: &Config) {
         let fresh = Arc::new(Policies::from_config(config));
         *self
