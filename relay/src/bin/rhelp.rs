@@ -452,7 +452,7 @@ async fn helper_command(
             _ = tokio::time::sleep_until(deadline.into()) => break,
             // The session's end (the sharer ended it, vanished, ...) is told on the control
             // stream, with its code; say that rather than how a data stream broke.
-            reason = client.wait_for_end() => return Err(session_ended(reason)),
+            reason = client.wait_for_end() => return session_ended(reason, frames, bytes),
             accepted = data.accept_channel(), if screen.is_none() => accepted.map(|(channel, receiver)| {
                 if channel == Channel::Screen { screen = Some(receiver); }
             }),
@@ -467,7 +467,10 @@ async fn helper_command(
             },
         };
         if let Err(e) = step {
-            return Err(ended_or(&mut client, e).await);
+            return match tokio::time::timeout(Duration::from_secs(2), client.wait_for_end()).await {
+                Ok(reason) => session_ended(reason, frames, bytes),
+                Err(_) => Err(e.into()),
+            };
         }
     }
     println!("Received {frames} screen frames ({bytes} bytes). Ending the session.");
@@ -548,22 +551,25 @@ async fn share_command(
     Ok(())
 }
 
-/// A session that ended before this side ended it: its code and the code's sentence.
-fn session_ended(reason: remote_help_proto::ErrorCode) -> Failure {
-    Failure {
+/// The session ended before this side ended it: the sharer ending it is a normal end;
+/// anything else (`PEER_LOST` when the sharer vanished, ...) fails with the code and its
+/// sentence. A data stream that breaks is taken to this too, when the session's end follows
+/// on the control stream at once (the relay cuts a session's streams when it ends, and the
+/// stream's code says how the stream ended, not why the session did: PROTOCOL.md §8.5).
+fn session_ended(
+    reason: remote_help_proto::ErrorCode,
+    frames: u64,
+    bytes: u64,
+) -> Result<(), Failure> {
+    println!("Received {frames} screen frames ({bytes} bytes).");
+    if reason == remote_help_proto::ErrorCode::PeerEnded {
+        println!("Session ended: {reason} ({})", reason.describe());
+        return Ok(());
+    }
+    Err(Failure {
         code: Some(reason.as_str_name().to_string()),
         message: reason.describe().to_string(),
-    }
-}
-
-/// A data channel failed: when that is because the session ended (the relay cuts a
-/// session's streams when it ends, PROTOCOL.md §8.5), the end's code from the control
-/// stream, which follows at once; otherwise the channel's own error.
-async fn ended_or(client: &mut Client, error: ClientError) -> Failure {
-    match tokio::time::timeout(Duration::from_secs(2), client.wait_for_end()).await {
-        Ok(reason) => session_ended(reason),
-        Err(_) => error.into(),
-    }
+    })
 }
 
 /// The next frame of an optional channel; never completes while there is none.
