@@ -533,6 +533,9 @@ impl Config {
                 dir: PathBuf::from("state/audit"),
                 max_file_bytes: 64 << 20,
                 retention_days: 30,
+                // Both follow other settings at start (`server::spawn`).
+                reserve_bytes: 0,
+                key_file: None,
             },
             admin: AdminConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -1013,6 +1016,9 @@ impl Config {
                 }
                 days as u32
             },
+            // Both follow other settings at start (`server::spawn`).
+            reserve_bytes: 0,
+            key_file: None,
         };
         let cluster = raw.cluster.and_then(|c| {
             let nodes: Vec<String> = match (c.nodes, c.node_address_template, c.size) {

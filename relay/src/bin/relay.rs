@@ -132,8 +132,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of audit files; report the first broken link.
+    /// Check audit files: hash chain, MACs (with the key), and the checkpoints next to
+    /// them; report the first broken link.
     Verify {
+        /// The relay's audit key (`audit-hmac.key` in its state folder). Default: the one
+        /// in the state folder of `--config`, if given. Without a key, MACs and
+        /// checkpoint MACs are not checked.
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// Audit files (`audit-*.jsonl`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -177,8 +183,8 @@ fn main() -> ExitCode {
             wait.then(|| std::time::Duration::from_secs(*wait_secs)),
         ),
         Command::Audit {
-            command: AuditCommand::Verify { files },
-        } => return audit_verify(files),
+            command: AuditCommand::Verify { key, files },
+        } => return audit_verify(cli.config.as_deref(), key.as_deref(), files),
         Command::Health { admin, ready } => return health(admin, *ready),
         Command::Sessions {
             audit_dir,
@@ -452,13 +458,79 @@ fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(files: &[PathBuf]) -> ExitCode {
+fn audit_verify(config: Option<&Path>, key: Option<&Path>, files: &[PathBuf]) -> ExitCode {
+    use remote_help_relay::audit::{AuditKey, KEY_FILE, chain};
+    let key_path = match (key, config) {
+        (Some(key), _) => Some(key.to_path_buf()),
+        (None, Some(config)) => match Config::load(config) {
+            Ok(config) => Some(config.state_dir.join(KEY_FILE)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
+    let key = match key_path.as_deref().map(AuditKey::load).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut broken = false;
+    let mut verified: std::collections::BTreeMap<PathBuf, _> = Default::default();
     for file in files {
-        match remote_help_relay::audit::verify_file(file) {
-            Ok(events) => println!(
-                "{}: OK ({events} events, hash chain intact)",
-                file.display()
+        match chain::verify(file, key.as_ref()) {
+            Ok(found) => {
+                let mut notes = vec![format!("{} events, hash chain intact", found.events)];
+                if found.keyed == 0 {
+                    notes.push(
+                        "unkeyed: written before the relay had an audit key; an edit with a recomputed chain would not show"
+                            .into(),
+                    );
+                } else if key.is_some() {
+                    notes.push(format!("{} MACs checked", found.macs_checked));
+                } else {
+                    notes.push("MACs not checked: pass --key".into());
+                }
+                if found.torn_tail > 0 {
+                    notes.push(format!(
+                        "torn last line ({} bytes): a write cut short by a crash or a full disk, never acknowledged, not an edit; the relay cuts it off before it next writes",
+                        found.torn_tail
+                    ));
+                }
+                println!("{}: OK ({})", file.display(), notes.join("; "));
+                let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                verified
+                    .entry(dir)
+                    .or_insert_with(std::collections::BTreeMap::new)
+                    .insert(name, found);
+            }
+            Err(link) => {
+                broken = true;
+                println!(
+                    "{}:{}: BROKEN: {}",
+                    link.file.display(),
+                    link.line,
+                    link.reason
+                );
+            }
+        }
+    }
+    for (dir, found) in &verified {
+        match chain::verify_checkpoints(dir, key.as_ref(), found) {
+            Ok(0) => println!(
+                "{}: no checkpoints (lines cut off the end of a file cannot be noticed)",
+                dir.display()
+            ),
+            Ok(checked) => println!(
+                "{}: checkpoints OK ({checked} checked; lines written after the last one are not covered)",
+                dir.display()
             ),
             Err(link) => {
                 broken = true;

@@ -1128,7 +1128,7 @@ impl Hub {
         };
         if let Err(e) = self
             .audit
-            .record(record.event(EventKind::SessionStarted))
+            .record_start(record.event(EventKind::SessionStarted))
             .await
         {
             warn!(session = %start.session, error = %e, "session start could not be recorded; refusing it");

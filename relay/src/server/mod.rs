@@ -365,7 +365,12 @@ fn report_limits(limits: &crate::config::Limits) {
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     admin::prometheus();
     let node = config.cluster.as_ref().map(|c| c.node.get());
-    let (audit, recovered) = crate::audit::AuditLog::open(config.audit.clone(), node)?;
+    let mut audit_config = config.audit.clone();
+    // Room for the end of every session the connection limit allows (two connections each).
+    audit_config.reserve_bytes =
+        crate::audit::AuditConfig::reserve_for(config.limits.connection_cap() as u64 / 2);
+    audit_config.key_file = Some(config.state_dir.join(crate::audit::KEY_FILE));
+    let (audit, recovered) = crate::audit::AuditLog::open(audit_config, node)?;
     if recovered > 0 {
         warn!(
             sessions = recovered,
