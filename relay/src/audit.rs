@@ -322,7 +322,7 @@ impl AuditLog {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Submit::Event {
-                event,
+                event: Box::new(event),
                 ack: Some(ack),
                 start,
             })
@@ -334,7 +334,7 @@ impl AuditLog {
     /// Queues `event` without waiting (for events nothing waits on, e.g. refusals).
     pub fn submit(&self, event: AuditEvent) {
         let submit = Submit::Event {
-            event,
+            event: Box::new(event),
             ack: None,
             start: false,
         };
@@ -652,7 +652,7 @@ mod tests {
         assert!(text.starts_with(&whole), "what was acknowledged is kept");
         torn.push(b'\n');
         assert_eq!(chain::verify(&path, None).unwrap().torn_tail, 0);
-        let events = read_events(&[path.clone()]);
+        let events = read_events(std::slice::from_ref(&path));
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].end_reason.as_deref(), Some("RELAY_RESTARTED"));
         // A complete line that is not an event is an edit, not a crash.

@@ -520,8 +520,32 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // With the key (found through the config's state folder), every line's MAC is checked.
+    let out = relay()
+        .arg("--config")
+        .arg(&config_path)
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("MACs checked"), "{said}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     std::fs::write(&files[0], text.replacen("helper-ada", "helper-eve", 1)).unwrap();
+    let out = relay()
+        .arg("--config")
+        .arg(&config_path)
+        .args(["audit", "verify"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(":1: BROKEN: mac does not match"),
+        "with the key, the edited line itself is found: {said}"
+    );
     let out = relay()
         .args(["audit", "verify"])
         .arg(&files[0])

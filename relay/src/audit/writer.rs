@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::chain::{self, AuditKey, Checkpoint};
-use super::disk::{self, Disk, DiskFile, RealDisk};
+use super::disk::{self, Disk, DiskFile};
 use super::{
     AuditConfig, AuditError, AuditEvent, EventKind, SCHEMA_VERSION, audit_files, hex, line_hash,
     rfc3339, zero_hash,
@@ -46,7 +46,7 @@ pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 pub(super) enum Submit {
     /// An event; `start` for a `session_started`, which is written durably or refused.
     Event {
-        event: AuditEvent,
+        event: Box<AuditEvent>,
         ack: Option<oneshot::Sender<Result<(), AuditError>>>,
         start: bool,
     },
@@ -180,7 +180,7 @@ impl Files {
     /// Files on the real disk, unkeyed.
     #[cfg(test)]
     pub(crate) fn new(config: AuditConfig) -> Files {
-        Files::with(config, Box::new(RealDisk), None)
+        Files::with(config, Box::new(disk::RealDisk), None)
     }
 
     /// Files on `disk`, lines MACed with `key`.
@@ -455,6 +455,11 @@ impl Reserve {
     }
 }
 
+fn count_probe(ok: bool) {
+    metrics::counter!("relay_audit_probes_total", "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+}
+
 /// The reserve file's name in the audit folder.
 pub const RESERVE_FILE: &str = "audit-reserve.bin";
 
@@ -531,7 +536,7 @@ impl Writer {
             let mut tick = false;
             for submit in batch {
                 match submit {
-                    Submit::Event { event, ack, start } => events.push((event, ack, start)),
+                    Submit::Event { event, ack, start } => events.push((*event, ack, start)),
                     Submit::Tick => tick = true,
                 }
             }
@@ -687,11 +692,14 @@ impl Writer {
     pub(super) fn tick(&mut self, now: SystemTime) {
         if !self.is_available() {
             self.recover(now);
-        } else if !std::mem::take(&mut self.wrote)
-            && let Err(failure) = self.reserve.probe(&mut *self.files.disk)
-        {
-            metrics::counter!("relay_audit_write_failures_total", "reason" => "probe").increment(1);
-            self.set_available(false, Some(&failure.to_audit()));
+        } else if !std::mem::take(&mut self.wrote) {
+            let probed = self.reserve.probe(&mut *self.files.disk);
+            count_probe(probed.is_ok());
+            if let Err(failure) = probed {
+                metrics::counter!("relay_audit_write_failures_total", "reason" => "probe")
+                    .increment(1);
+                self.set_available(false, Some(&failure.to_audit()));
+            }
         }
         if self.is_available() && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             self.last_checkpoint = Instant::now();
@@ -727,6 +735,8 @@ impl Writer {
             metrics::gauge!("relay_audit_reserve_bytes").set(self.reserve.target as f64);
             self.reserve.probe(&mut *self.files.disk)
         })();
+        count_probe(result.is_ok());
+        self.publish_held();
         match result {
             Ok(()) => self.set_available(true, None),
             Err(failure) => {

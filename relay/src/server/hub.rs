@@ -1417,8 +1417,10 @@ impl Hub {
                 .decrement(1.0);
             metrics::counter!("relay_sessions_ended_total", "reason" => reason.as_str_name())
                 .increment(1);
+            // An end cannot wait for a disk: when the log refuses it, it is held in memory
+            // (in order) and written first once the log takes writes again.
             if let Err(e) = self.audit.record(event).await {
-                error!(%session, error = %e, "session end could not be recorded");
+                error!(%session, error = %e, "session end not yet on disk; the parties are told it ended");
             }
         }
         for link in links {

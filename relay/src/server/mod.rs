@@ -374,7 +374,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     if recovered > 0 {
         warn!(
             sessions = recovered,
-            "recorded the end of sessions left open by the last run"
+            "sessions left open by the last run are closed (RELAY_RESTARTED) before any new session starts"
         );
     }
     let identity = match &config.tls {
