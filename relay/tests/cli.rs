@@ -520,6 +520,20 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // A torn last line (a crash mid-write) is reported as such, not as an edit.
+    let whole = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], [&whole[..], b"{\"schema\":1,\"ev"].concat()).unwrap();
+    let out = relay()
+        .args(["audit", "verify"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("torn last line (15 bytes)"),
+        "{said}"
+    );
+    std::fs::write(&files[0], &whole).unwrap();
     // With the key (found through the config's state folder), every line's MAC is checked.
     let out = relay()
         .arg("--config")

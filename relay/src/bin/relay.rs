@@ -491,6 +491,12 @@ fn audit_verify(config: Option<&Path>, key: Option<&Path>, files: &[PathBuf]) ->
                     );
                 } else if key.is_some() {
                     notes.push(format!("{} MACs checked", found.macs_checked));
+                    if found.keyed < found.events {
+                        notes.push(format!(
+                            "the first {} lines unkeyed (written before the relay had an audit key)",
+                            found.events - found.keyed
+                        ));
+                    }
                 } else {
                     notes.push("MACs not checked: pass --key".into());
                 }
