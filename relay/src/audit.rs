@@ -871,6 +871,14 @@ mod tests {
             6,
             "{fault:?} at {at}: every refusal kept"
         );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| of_kind(e, EventKind::ModeChanged))
+                .count(),
+            6,
+            "{fault:?} at {at}: every mode change kept"
+        );
         let mut verified = BTreeMap::new();
         for path in &paths {
             let found = chain::verify(path, Some(&key)).unwrap();

@@ -482,7 +482,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(files: Files, reserve: Reserve, held: Vec<AuditEvent>) -> Writer {
+    pub(super) fn new(files: Files, reserve: Reserve, mut held: Vec<AuditEvent>) -> Writer {
+        let now = SystemTime::now();
+        for event in &mut held {
+            stamp(event, now);
+        }
         let (publish, _) = tokio::sync::watch::channel(false);
         Writer {
             files,
