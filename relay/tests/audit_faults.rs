@@ -40,7 +40,10 @@ impl Tmpfs {
             .output();
         let why = match out {
             Ok(out) if out.status.success() => return Some(Tmpfs { dir }),
-            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Ok(out) => String::from_utf8_lossy(&out.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
             Err(e) => format!("cannot run mount: {e}"),
         };
         let message = format!(
@@ -50,7 +53,9 @@ impl Tmpfs {
         if std::env::var_os("CI").is_some() {
             panic!("{message} (CI is set, so this is a failure)");
         }
-        eprintln!("{message}");
+        // Straight to the process's stderr: the test harness does not capture it, so the
+        // line shows in a passing run.
+        let _ = writeln!(std::io::stderr().lock(), "{message}");
         None
     }
 
