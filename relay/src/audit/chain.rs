@@ -69,19 +69,23 @@ impl AuditKey {
             std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
         }
         let key: [u8; 32] = rand::random();
-        let temporary = path.with_extension("new");
+        let temporary = path.with_extension(format!("new-{}", hex(&rand::random::<[u8; 8]>())));
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(&temporary)
-            .and_then(|mut f| {
-                f.write_all(format!("{}\n", hex(&key)).as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, path))
-            .map_err(|e| io_error(path, e))?;
+        let written = options.open(&temporary).and_then(|mut f| {
+            f.write_all(format!("{}\n", hex(&key)).as_bytes())?;
+            f.sync_all()
+        });
+        // A hard link appears whole or not at all and never replaces a key another process
+        // made first: every process that starts here ends up with the same key.
+        let linked = written.and_then(|()| match std::fs::hard_link(&temporary, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+        let _ = std::fs::remove_file(&temporary);
+        linked.map_err(|e| io_error(path, e))?;
         if let Some(parent) = path.parent()
             && let Ok(dir) = File::open(parent)
         {
@@ -347,6 +351,22 @@ pub fn verify_checkpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_starting_together_end_up_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("audit-hmac.key");
+        let macs: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| AuditKey::load_or_create(&path).unwrap().mac(b"line")))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(macs.iter().all(|m| *m == macs[0]), "{macs:?}");
+        assert_eq!(AuditKey::load(&path).unwrap().mac(b"line"), macs[0]);
+        let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary files left");
+    }
 
     #[test]
     fn a_sealed_line_unseals_to_what_was_signed() {
