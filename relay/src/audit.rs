@@ -183,8 +183,8 @@ pub struct AuditConfig {
     /// Files older than this many days are deleted.
     pub retention_days: u32,
     /// Bytes held back in the folder (`audit-reserve.bin`) for the ends of running
-    /// sessions; given back when the disk is full. The server sets it at start from
-    /// `limits.max_connections` ([`AuditConfig::reserve_for`]).
+    /// sessions; given back when the disk is full. The server sets it at start from the
+    /// connections it allows ([`AuditConfig::reserve_for`]).
     pub reserve_bytes: u64,
     /// The HMAC key file; `None`: lines carry no MAC. The server sets it at start to
     /// [`KEY_FILE`] in the state folder.
