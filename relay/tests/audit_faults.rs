@@ -4,8 +4,8 @@
 //! with its true reason, nothing an honest run wrote is lost, and the files verify with
 //! the relay's key.
 //!
-//! Without root (or without `mount`), each test prints one `skipped:` line; with `CI` set
-//! it fails instead, so CI cannot pass without running them.
+//! Without root (or without `mount`), each test prints one `SKIPPED` line, counted by
+//! `./test`; with `CI` set it fails instead, so CI cannot pass without running them.
 
 mod common;
 
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestRelay, http, within};
+use common::{TestRelay, http, skip, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::audit::{
     AuditEvent, AuditKey, EventKind, KEY_FILE, audit_files, chain, read_events,
@@ -31,31 +31,33 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts one, or says why not: `None` after a `skipped:` line, a panic when `CI` is set.
-    fn mount(bytes: u64) -> Option<Tmpfs> {
+    /// Mounts one for `test`, or says why not: `None` after one `SKIPPED` line (counted by
+    /// `./test`), a failure when `CI` is set (`common::skip`).
+    fn mount(test: &str, bytes: u64) -> Option<Tmpfs> {
+        if !skip::require_root(test, "mounting a tmpfs to fill it up")
+            || !skip::require_tools(test, &[("mount", "mount")])
+        {
+            return None;
+        }
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(dir.path())
-            .output();
-        let why = match out {
-            Ok(out) if out.status.success() => return Some(Tmpfs { dir }),
-            Ok(out) => String::from_utf8_lossy(&out.stderr)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-            Err(e) => format!("cannot run mount: {e}"),
-        };
-        let message = format!(
-            "skipped: this test mounts a small tmpfs to fill it up, which needs root and mount(8) \
-             ({why}); run it as root, e.g. `sudo -E cargo test --test audit_faults`"
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{message} (CI is set, so this is a failure)");
+            .output()
+            .expect("mount runs");
+        if out.status.success() {
+            return Some(Tmpfs { dir });
         }
-        // Straight to the process's stderr: the test harness does not capture it, so the
-        // line shows in a passing run.
-        let _ = writeln!(std::io::stderr().lock(), "{message}");
+        let why = String::from_utf8_lossy(&out.stderr)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Root that may not mount: a container without CAP_SYS_ADMIN.
+        skip::skip(
+            test,
+            &format!("a tmpfs cannot be mounted here ({why})"),
+            "run on a host or a privileged container",
+        );
         None
     }
 
@@ -171,7 +173,10 @@ async fn relay_on(disk: &Tmpfs, state: &Path) -> TestRelay {
 async fn a_full_disk_refuses_new_sessions_keeps_every_end_and_readiness_stays_down_until_space_returns()
  {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(disk) = Tmpfs::mount(2 << 20) else {
+    let Some(disk) = Tmpfs::mount(
+        "audit_faults::a_full_disk_refuses_new_sessions_keeps_every_end_and_readiness_stays_down_until_space_returns",
+        2 << 20,
+    ) else {
         return;
     };
     let state = tempfile::tempdir().unwrap();
@@ -291,7 +296,10 @@ async fn a_full_disk_refuses_new_sessions_keeps_every_end_and_readiness_stays_do
 async fn a_restart_on_a_full_disk_after_a_crash_comes_up_not_ready_and_closes_the_session_exactly_once()
  {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(disk) = Tmpfs::mount(2 << 20) else {
+    let Some(disk) = Tmpfs::mount(
+        "audit_faults::a_restart_on_a_full_disk_after_a_crash_comes_up_not_ready_and_closes_the_session_exactly_once",
+        2 << 20,
+    ) else {
         return;
     };
     let state = tempfile::tempdir().unwrap();

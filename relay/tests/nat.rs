@@ -92,7 +92,7 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
 /// Whether this machine can build the harness: root, `ip` and `iptables`, and a kernel
 /// that lets us make network namespaces. If not, the test is skipped (a failure under CI).
 fn harness_available(test: &str, case: &str) -> bool {
-    if !skip::require_root(test, "network namespaces and iptables")
+    if !skip::require_root(test, "building NATs from network namespaces and iptables")
         || !skip::require_tools(test, &[("ip", "iproute2"), ("iptables", "iptables")])
     {
         return false;

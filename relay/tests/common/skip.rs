@@ -20,7 +20,9 @@ pub fn under_ci() -> bool {
 pub fn skip(test: &str, missing: &str, remedy: &str) {
     let line = format!("SKIPPED {test}: {missing} ({remedy})");
     assert!(!under_ci(), "{line}; CI is set, where every test must run");
-    eprintln!("{line}");
+    // Straight to the process's stderr: the test harness captures `eprintln!`, and would
+    // drop the line from a passing test's output.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
     if let Some(path) = std::env::var_os(SKIP_LOG_VAR) {
         let appended = std::fs::OpenOptions::new()
             .create(true)
@@ -42,7 +44,7 @@ pub fn require_root(test: &str, why: &str) -> bool {
     }
     skip(
         test,
-        &format!("{why} need root"),
+        &format!("not root ({why} needs it)"),
         "run the suite as root: sudo ./test",
     );
     false
