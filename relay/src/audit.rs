@@ -66,6 +66,31 @@ pub enum EventKind {
     PathChanged,
 }
 
+/// Who ended a session (`session_ended.ended_by`); `end_reason` says how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// The helper: it ended the session, closed its connection, lost it, or was closed for
+    /// breaking the protocol.
+    Helper,
+    /// The sharer (or device agent), in the same ways.
+    Sharer,
+    /// The relay itself: shutdown, drain deadline, or a restart after a crash.
+    Relay,
+    /// An administrator, through the admin API (`ADMIN_ENDED`).
+    Administrator,
+}
+
+impl EndedBy {
+    /// The party of `role`.
+    pub fn party(role: crate::core::Role) -> EndedBy {
+        match role {
+            crate::core::Role::Helper => EndedBy::Helper,
+            crate::core::Role::Sharer => EndedBy::Sharer,
+        }
+    }
+}
+
 /// One audit event: one line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct AuditEvent {
@@ -130,20 +155,29 @@ pub struct AuditEvent {
     /// Why it ended (an error code name, e.g. `PEER_ENDED`, `RELAY_RESTARTED`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// For `session_ended`: who ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<EndedBy>,
+    /// For `session_refused`: the role (`helper` or `sharer`) of the party whose request
+    /// was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_role: Option<String>,
     /// For `session_refused`: the code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
-    /// Bytes forwarded helper → sharer.
+    /// Bytes the relay forwarded helper → sharer: stream data and datagrams, as in
+    /// `relay_forwarded_bytes_total` (not data that went over a direct path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_helper_to_sharer: Option<u64>,
-    /// Bytes forwarded sharer → helper.
+    /// Bytes the relay forwarded sharer → helper (streams and screen datagrams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_sharer_to_helper: Option<u64>,
     /// Which way the session's data goes (went, for `session_ended`): `relayed` or
     /// `direct` (peer to peer; the relay still carries consent, mode changes and the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// SHA-256 (hex) of the previous line of this file; 64 zeros for the first.
+    /// SHA-256 (hex) of the previous line of this file, its bytes without the newline that
+    /// ends it; 64 zeros for the first.
     pub prev_hash: String,
 }
 
@@ -460,6 +494,7 @@ fn recover(dir: &Path) -> Vec<AuditEvent> {
                 end_time: Some(rfc3339(end)),
                 duration_secs: duration,
                 end_reason: Some("RELAY_RESTARTED".into()),
+                ended_by: Some(EndedBy::Relay),
                 event_id: String::new(),
                 time: String::new(),
                 prev_hash: String::new(),

@@ -33,6 +33,7 @@ pub mod e2e;
 pub mod hostile;
 pub mod issuer;
 pub mod logging;
+pub mod preflight;
 pub mod probe;
 pub mod report;
 pub mod server;

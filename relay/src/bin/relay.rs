@@ -18,8 +18,12 @@ use remote_help_relay::probe::{self, ProbeSettings};
 use remote_help_relay::server;
 use remote_help_relay::tls::RelayTrust;
 
-/// Exit code for a bad config (EX_USAGE, as linkerd and sysexits use).
+/// Exit code for a bad config (EX_USAGE, as linkerd and sysexits use): the file, its
+/// values, or the files and folders it names (what `check-config` reports).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code for a start the machine refused though the config is sound (EX_UNAVAILABLE):
+/// an address in use, an audit log that cannot be opened or recovered.
+const EXIT_ENVIRONMENT: u8 = 69;
 
 #[derive(Parser)]
 #[command(name = "relay", version, about = "Remote-help QUIC relay daemon")]
@@ -225,6 +229,10 @@ fn main() -> ExitCode {
                 eprintln!("relay: {config}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
+            if let Some(start) = e.downcast_ref::<server::StartError>() {
+                eprintln!("relay: {}: {start}", start.field());
+                return ExitCode::from(EXIT_ENVIRONMENT);
+            }
             eprintln!("relay: {e:#}");
             ExitCode::FAILURE
         }
@@ -255,6 +263,10 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
     let config_path = config.map(Path::to_path_buf);
     let state_dir = state_dir.to_path_buf();
     let config = load_config(config, &state_dir)?;
+    let problems = remote_help_relay::preflight::check(&config);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems).into());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let state = config.state_dir.clone();
@@ -368,7 +380,16 @@ fn health(addr: &str, ready: bool) -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    // Everything start-up reads or writes, not only the file: what passes here starts.
+    let checked = Config::load(file).and_then(|config| {
+        let problems = remote_help_relay::preflight::check(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    });
+    match checked {
         Ok(config) => {
             let cluster = config
                 .cluster

@@ -110,6 +110,21 @@ pub struct JoinRefused {
     pub error: ErrorCode,
     /// The session whose code this attempt burned; its helper must be told `CODE_BURNED`.
     pub burned: Option<Ended>,
+    /// For `CROSS_TENANT`: whose code it was, so the owning tenant's log records the
+    /// attempt too (the sharer is told nothing of it).
+    pub owner: Option<CodeOwner>,
+}
+
+/// The tenant that owns a code another tenant's sharer presented, and, while the code is
+/// open, its session and helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeOwner {
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// The session the code opens, while it is open.
+    pub session: Option<SessionId>,
+    /// That session's helper.
+    pub helper: Option<ConnId>,
 }
 
 impl From<ErrorCode> for JoinRefused {
@@ -117,6 +132,17 @@ impl From<ErrorCode> for JoinRefused {
         JoinRefused {
             error,
             burned: None,
+            owner: None,
+        }
+    }
+}
+
+impl JoinRefused {
+    fn cross_tenant(owner: CodeOwner) -> JoinRefused {
+        JoinRefused {
+            error: ErrorCode::CrossTenant,
+            burned: None,
+            owner: Some(owner),
         }
     }
 }
@@ -341,7 +367,11 @@ impl Registry {
                 | CodeSlot::Expired { tenant, .. }
                 | CodeSlot::Burned { tenant, .. },
             ) if *tenant != sharer.tenant => {
-                return Err(ErrorCode::CrossTenant.into());
+                return Err(JoinRefused::cross_tenant(CodeOwner {
+                    tenant: tenant.clone(),
+                    session: None,
+                    helper: None,
+                }));
             }
             Some(CodeSlot::Used { .. }) => return Err(ErrorCode::CodeUsed.into()),
             Some(CodeSlot::Expired { .. }) => return Err(ErrorCode::CodeExpired.into()),
@@ -357,7 +387,11 @@ impl Registry {
             return Err(ErrorCode::CodeInvalid.into());
         };
         if session.tenant != sharer.tenant {
-            return Err(ErrorCode::CrossTenant.into());
+            return Err(JoinRefused::cross_tenant(CodeOwner {
+                tenant: session.tenant.clone(),
+                session: Some(session_id),
+                helper: Some(session.helper.conn),
+            }));
         }
         if session.helper.conn == sharer.conn {
             return Err(ErrorCode::WrongRole.into());
@@ -420,6 +454,7 @@ impl Registry {
         JoinRefused {
             error: ErrorCode::CodeInvalid,
             burned,
+            owner: None,
         }
     }
 
@@ -578,6 +613,19 @@ impl Registry {
         self.devices
             .get(&(tenant.clone(), device_id.to_string()))
             .map(|slot| slot.conn)
+    }
+
+    /// The tenant and agent connection of `device_id` registered in any tenant other than
+    /// `except`: whom a `CROSS_TENANT` unattended connect aimed at.
+    pub fn device_elsewhere(
+        &self,
+        except: &TenantId,
+        device_id: &str,
+    ) -> Option<(TenantId, ConnId)> {
+        self.devices
+            .iter()
+            .find(|((tenant, id), _)| tenant != except && id == device_id)
+            .map(|((tenant, _), slot)| (tenant.clone(), slot.conn))
     }
 
     /// A helper connects to a registered device agent: the session is active at once
@@ -839,7 +887,11 @@ mod tests {
         let created = reg.create(party(1, "contoso"), Mode::ViewOnly, now, &mut rng);
         assert_eq!(
             reg.join(created.code, party(2, "fabrikam"), now),
-            Err(ErrorCode::CrossTenant.into())
+            Err(JoinRefused::cross_tenant(CodeOwner {
+                tenant: TenantId::new("contoso"),
+                session: Some(created.session.clone()),
+                helper: Some(ConnId(1)),
+            }))
         );
         assert!(reg.join(created.code, party(3, "contoso"), now).is_ok());
     }
@@ -910,8 +962,9 @@ mod tests {
             Err(ErrorCode::CodeBurned.into())
         );
         assert_eq!(
-            reg.join(created.code, party(4, "other"), now),
-            Err(ErrorCode::CrossTenant.into())
+            reg.join(created.code, party(4, "other"), now)
+                .map_err(|r| r.error),
+            Err(ErrorCode::CrossTenant)
         );
         // Remembered like used codes, then forgotten.
         reg.expire(now + Duration::from_secs(3600));
@@ -993,9 +1046,14 @@ mod tests {
         let expired = reg.create(party(3, "contoso"), Mode::ViewOnly, now, &mut rng);
         reg.expire(now + TTL);
         for code in [used.code, expired.code] {
+            // The owner's log learns the attempt; its closed session is not named.
             assert_eq!(
                 reg.join(code, party(9, "fabrikam"), now + TTL),
-                Err(ErrorCode::CrossTenant.into())
+                Err(JoinRefused::cross_tenant(CodeOwner {
+                    tenant: TenantId::new("contoso"),
+                    session: None,
+                    helper: None,
+                }))
             );
         }
         assert_eq!(

@@ -116,9 +116,11 @@ impl IntoResponse for Denied {
 
 /// Checks the bearer token in constant time.
 fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Denied> {
-    let Some(expected) = hub.config.admin.token.as_deref() else {
+    // The token as last (re)loaded: a rotated `token_file` applies on SIGHUP.
+    let Some(expected) = hub.admin_token() else {
         return Err(Denied::NoTokenConfigured);
     };
+    let expected: &str = &expected;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -170,7 +172,15 @@ async fn end_session(
         return (StatusCode::NOT_FOUND, "no active session with that id\n").into_response();
     };
     let id = SessionId::from_wire(&session.session_id);
-    match hub.end(&id, ErrorCode::AdminEnded, None).await {
+    match hub
+        .end(
+            &id,
+            ErrorCode::AdminEnded,
+            None,
+            crate::audit::EndedBy::Administrator,
+        )
+        .await
+    {
         Some(_) => {
             info!(session = %id, tenant = %session.tenant, "session ended by an administrator");
             StatusCode::NO_CONTENT.into_response()

@@ -21,8 +21,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, ChannelCounters};
 use super::hub::{
-    Begun, ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome,
+    Begun, ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome, Refused,
 };
+use crate::audit::EndedBy;
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::cluster::{NodeId, device_home};
 use crate::core::code::SessionCode;
@@ -154,11 +155,12 @@ pub async fn serve(
             observed: None,
         };
         let close = conn.run(reader).await;
-        Box::pin(conn.leave_session(match close {
-            Close::Shutdown => ErrorCode::RelayShutdown,
-            _ => ErrorCode::PeerLost,
-        }))
-        .await;
+        let (reason, ended_by) = match close {
+            Close::Shutdown => (ErrorCode::RelayShutdown, EndedBy::Relay),
+            // Lost, closed, or closed for what it sent: this party ended it.
+            _ => (ErrorCode::PeerLost, EndedBy::party(conn.role)),
+        };
+        Box::pin(conn.leave_session(reason, ended_by)).await;
         hub.unregister(id);
         let mut writer = conn.writer;
         Box::pin(finish(&connection, Some(&mut writer), close)).await;
@@ -240,7 +242,14 @@ async fn authenticate(
         metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name())
             .increment(1);
         warn!(tenant = %principal.tenant, code = refusal.code().as_str_name(), "policy refused the client");
-        hub.refused(&principal, &SessionId::empty(), refusal.code());
+        // Recorded as what it signed in as: a helper's refusal names the helper.
+        hub.refused(Refused {
+            code: refusal.code(),
+            session: &SessionId::empty(),
+            refused_role: role,
+            helper: (role == Role::Helper).then_some(&principal),
+            sharer: (role == Role::Sharer).then_some(&principal),
+        });
         return Err(Close::Refuse(refusal.code(), refusal.message()));
     }
     let mut conn_writer = writer;
@@ -664,9 +673,9 @@ impl Conn {
                         | ErrorCode::CrossTenant
                 );
                 if code == ErrorCode::CrossTenant {
+                    // The hub has recorded it in both tenants' logs.
                     warn!(tenant = %self.principal.tenant, "cross-tenant join refused");
                     metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
-                    self.hub.refused(&self.principal, &SessionId::empty(), code);
                 }
                 if guess {
                     self.failed_joins += 1;
@@ -807,9 +816,9 @@ impl Conn {
             Ok(pending) => pending,
             Err((code, message)) => {
                 if code == ErrorCode::CrossTenant {
+                    // The hub has recorded it in both tenants' logs.
                     warn!(tenant = %self.principal.tenant, "cross-tenant unattended connect refused");
                     metrics::counter!("relay_cross_tenant_attempts_total").increment(1);
-                    self.hub.refused(&self.principal, &SessionId::empty(), code);
                 }
                 return self.refuse(code, message).await;
             }
@@ -927,7 +936,8 @@ impl Conn {
                 .refuse(ErrorCode::CannotEnd, ErrorCode::CannotEnd.describe().into())
                 .await;
         }
-        self.leave_session(ErrorCode::PeerEnded).await;
+        self.leave_session(ErrorCode::PeerEnded, EndedBy::party(self.role))
+            .await;
         info!(session = %session, "session ended by client");
         self.reply(ended(&session, ErrorCode::EndedByClient)).await
     }
@@ -1101,10 +1111,13 @@ impl Conn {
 
     /// Ends this connection's session (if any) in the hub, telling the peer `reason`;
     /// an active session's end event is on disk when this returns.
-    async fn leave_session(&mut self, reason: ErrorCode) {
+    async fn leave_session(&mut self, reason: ErrorCode, ended_by: EndedBy) {
         self.stop_forwarding();
         if let Some(session) = self.session.take()
-            && let Some(ended) = self.hub.end(&session.id, reason, Some(self.id)).await
+            && let Some(ended) = self
+                .hub
+                .end(&session.id, reason, Some(self.id), ended_by)
+                .await
         {
             let label = if ended.was_active {
                 "active"
@@ -1239,7 +1252,7 @@ impl Conn {
                 .increment(1);
             return;
         }
-        forward::datagram(&active.peer, datagram);
+        forward::datagram(&active.peer, datagram, &active.counters);
     }
 }
 

@@ -18,12 +18,25 @@ use crate::core::Channel;
 /// Largest chunk taken from a stream at once.
 const CHUNK: usize = 64 * 1024;
 
-/// Bytes forwarded per channel for one side of a session (read for audit events and the
-/// admin view; datagram counts live in metrics only).
+/// Bytes forwarded for one side of a session (read for audit events and the admin view),
+/// counted where `relay_forwarded_bytes_total` is, so the audit log and the metrics agree.
 #[derive(Debug, Default)]
 pub struct ChannelCounters {
-    /// Bytes forwarded, by `Channel::index`.
+    /// Stream bytes forwarded, by `Channel::index`.
     pub bytes: [AtomicU64; 4],
+    /// Screen datagram bytes forwarded (sent on to the peer; dropped ones are not counted).
+    pub datagram_bytes: AtomicU64,
+}
+
+impl ChannelCounters {
+    /// Every byte forwarded from this side: streams and datagrams.
+    pub fn total(&self) -> u64 {
+        self.bytes
+            .iter()
+            .chain(std::iter::once(&self.datagram_bytes))
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Forwards one data stream to a new stream on `peer`, tagged `tag`, until either end
@@ -133,7 +146,7 @@ impl Drop for ResetOnDrop {
 
 /// Forwards one lossy screen datagram, or drops it if the peer's send buffer is full
 /// (screen frames are replaced by newer ones; queueing old ones only adds latency).
-pub fn datagram(peer: &quinn::Connection, datagram: Bytes) {
+pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCounters) {
     let fits = peer
         .max_datagram_size()
         .is_some_and(|max| datagram.len() <= max);
@@ -146,6 +159,7 @@ pub fn datagram(peer: &quinn::Connection, datagram: Bytes) {
     crate::tap::record(&datagram);
     match peer.send_datagram(datagram) {
         Ok(()) => {
+            counters.datagram_bytes.fetch_add(len, Ordering::Relaxed);
             metrics::counter!("relay_forwarded_bytes_total", "channel" => "screen_datagram")
                 .increment(len);
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::forward::ChannelCounters;
-use crate::audit::{AuditEvent, AuditLog, EventKind, NO_USER, rfc3339};
+use crate::audit::{AuditEvent, AuditLog, EndedBy, EventKind, NO_USER, rfc3339};
 use crate::auth::{Principal, PrincipalKind, Verifier};
 use crate::config::Config;
 use crate::core::code::SessionCode;
@@ -244,43 +244,98 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     fn bytes(&self, side: usize) -> u64 {
-        self.counters[side]
-            .bytes
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum()
+        self.counters[side].total()
     }
 
     /// The audit event for this session, of `kind`, with everything known so far.
     fn event(&self, kind: EventKind) -> AuditEvent {
-        let sharer_is_agent = self.sharer.kind == PrincipalKind::Device;
-        let device = self.sharer.device.as_ref();
-        AuditEvent {
+        let mut event = AuditEvent {
             event: Some(kind),
             tenant: self.tenant.to_string(),
             session_id: self.session.to_string(),
-            helper_id: Some(self.helper.subject.clone()),
-            helper_name: Some(self.helper.display_name()),
-            sharer_id: Some(if sharer_is_agent {
-                NO_USER.into()
-            } else {
-                self.sharer.subject.clone()
-            }),
-            sharer_name: Some(if sharer_is_agent {
-                NO_USER.into()
-            } else {
-                self.sharer.display_name()
-            }),
-            device_id: device.map(|d| d.device_id.clone()),
-            device_name: device.map(|d| d.device_name.clone()),
-            platform: device.map(|d| d.platform.clone()),
             control_type: Some(self.control_type.as_str().into()),
             modes: self.modes.iter().map(|m| m.to_string()).collect(),
             reason: (!self.reason.is_empty()).then(|| self.reason.clone()),
             start_time: Some(rfc3339(self.started_at)),
             path: Some(self.path.path().as_str().into()),
             ..AuditEvent::default()
+        };
+        set_helper(&mut event, &self.helper);
+        set_sharer(&mut event, &self.sharer);
+        event
+    }
+}
+
+/// Fills in an event's helper fields from `helper`.
+fn set_helper(event: &mut AuditEvent, helper: &Principal) {
+    event.helper_id = Some(helper.subject.clone());
+    event.helper_name = Some(helper.display_name());
+}
+
+/// Fills in an event's sharer and device fields from `sharer`; a device agent (no
+/// signed-in user) is recorded as `--`, never by its token's subject.
+fn set_sharer(event: &mut AuditEvent, sharer: &Principal) {
+    let agent = sharer.kind == PrincipalKind::Device;
+    event.sharer_id = Some(if agent {
+        NO_USER.into()
+    } else {
+        sharer.subject.clone()
+    });
+    event.sharer_name = Some(if agent {
+        NO_USER.into()
+    } else {
+        sharer.display_name()
+    });
+    set_device(event, sharer);
+}
+
+/// Fills in an event's device fields from the sharer's (or agent's) device, if it has one.
+fn set_device(event: &mut AuditEvent, sharer: &Principal) {
+    let device = sharer.device.as_ref();
+    event.device_id = device.map(|d| d.device_id.clone());
+    event.device_name = device
+        .map(|d| d.device_name.clone())
+        .filter(|n| !n.is_empty());
+    event.platform = device.map(|d| d.platform.clone());
+}
+
+/// Whom a refusal concerns, as far as the relay knows them.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused<'a> {
+    /// The refusal's code.
+    pub code: ErrorCode,
+    /// The session, or the empty id for a refusal before a session existed.
+    pub session: &'a SessionId,
+    /// The role whose request was refused; its tenant is the event's tenant.
+    pub refused_role: Role,
+    /// The helper, if known.
+    pub helper: Option<&'a Principal>,
+    /// The sharer or device agent, if known.
+    pub sharer: Option<&'a Principal>,
+}
+
+impl Refused<'_> {
+    /// The `session_refused` event, in the refused party's tenant.
+    fn event(&self) -> AuditEvent {
+        let refused = match self.refused_role {
+            Role::Helper => self.helper,
+            Role::Sharer => self.sharer,
+        };
+        let mut event = AuditEvent {
+            event: Some(EventKind::SessionRefused),
+            tenant: refused.map(|p| p.tenant.to_string()).unwrap_or_default(),
+            session_id: self.session.to_string(),
+            refusal: Some(self.code.as_str_name().into()),
+            refused_role: Some(self.refused_role.as_str().into()),
+            ..AuditEvent::default()
+        };
+        if let Some(helper) = self.helper {
+            set_helper(&mut event, helper);
         }
+        if let Some(sharer) = self.sharer {
+            set_sharer(&mut event, sharer);
+        }
+        event
     }
 }
 
@@ -393,6 +448,8 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     policies: RwLock<Arc<Policies>>,
+    /// The admin API's bearer token, replaced on reload (rotating it needs no restart).
+    admin_token: RwLock<Option<Arc<str>>>,
     next_conn: AtomicU64,
     /// The relay's configuration as started (reloads change only `policies`).
     pub config: Config,
@@ -445,6 +502,7 @@ impl Hub {
             }),
             audit,
             policies: RwLock::new(Arc::new(Policies::from_config(&config))),
+            admin_token: RwLock::new(config.admin.token.as_deref().map(Arc::from)),
             next_conn: AtomicU64::new(1),
             tasks: AtomicU64::new(0),
             config,
@@ -467,15 +525,28 @@ impl Hub {
             .clone()
     }
 
-    /// Replaces tenants, keys and policies with `config`'s. New requests use them (a raise
-    /// in a running session is one, asked and answered); active sessions carry on as they
-    /// are.
+    /// Replaces tenants, keys, policies and the admin token with `config`'s. New requests
+    /// use them (a raise in a running session is one, asked and answered); active sessions
+    /// carry on as they are.
     pub fn reload(&self, config: &Config) {
         let fresh = Arc::new(Policies::from_config(config));
         *self
             .policies
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        *self
+            .admin_token
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            config.admin.token.as_deref().map(Arc::from);
+    }
+
+    /// The admin API's bearer token now; `None` when none is configured.
+    pub fn admin_token(&self) -> Option<Arc<str>> {
+        self.admin_token
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Locks the state for a change; watchers are woken once the guard is dropped.
@@ -682,7 +753,28 @@ impl Hub {
                         .burned
                         .as_ref()
                         .and_then(|b| state.links.get(&b.helper).cloned());
+                    let owner_helper = refused
+                        .owner
+                        .as_ref()
+                        .and_then(|o| o.helper)
+                        .and_then(|c| state.links.get(&c).map(|l| l.principal.clone()));
                     drop(state);
+                    if let Some(owner) = &refused.owner {
+                        self.refused(Refused {
+                            code: refused.error,
+                            session: &SessionId::empty(),
+                            refused_role: Role::Sharer,
+                            helper: None,
+                            sharer: Some(principal),
+                        });
+                        self.cross_tenant_in_owner(
+                            &owner.tenant,
+                            owner.session.as_ref(),
+                            Role::Sharer,
+                            owner_helper.as_deref(),
+                            None,
+                        );
+                    }
                     if let Some(burned) = refused.burned {
                         self.code_burned(principal, &burned.session, burned_helper.as_ref());
                     }
@@ -744,8 +836,9 @@ impl Hub {
         self.refused_and_ended(burner, session, ErrorCode::CodeBurned, helper);
     }
 
-    /// A session that never started ends because of `party`: the refusal is audited under
-    /// `party`'s tenant, then the helper (if still connected) is told why.
+    /// A session that never started ends because of the sharer `party`: the refusal is
+    /// audited under `party`'s tenant (with the helper, when known), then the helper (if
+    /// still connected) is told why.
     fn refused_and_ended(
         &self,
         party: &Principal,
@@ -753,7 +846,13 @@ impl Hub {
         code: ErrorCode,
         helper: Option<&ConnLink>,
     ) {
-        self.refused(party, session, code);
+        self.refused(Refused {
+            code,
+            session,
+            refused_role: Role::Sharer,
+            helper: helper.map(|h| h.principal.as_ref()),
+            sharer: Some(party),
+        });
         if let Some(helper) = helper {
             deliver(
                 helper,
@@ -890,11 +989,13 @@ impl Hub {
                 }))
             }
             Consented::Declined(_) => {
-                self.refused(
-                    &sharer_principal(&sharer_link),
+                self.refused(Refused {
+                    code: ErrorCode::Declined,
                     session,
-                    ErrorCode::Declined,
-                );
+                    refused_role: Role::Sharer,
+                    helper: Some(&helper.principal),
+                    sharer: sharer_link.as_ref().map(|l| l.principal.as_ref()),
+                });
                 deliver(
                     &helper,
                     Event::Ended {
@@ -1053,7 +1154,13 @@ impl Hub {
                 .may_help(principal, &agent.principal, Mode::Unattended)
                 .map_err(|r| {
                     metrics::counter!("relay_policy_refusals_total", "code" => r.code().as_str_name()).increment(1);
-                    self.refused(principal, &SessionId::empty(), r.code());
+                    self.refused(Refused {
+                        code: r.code(),
+                        session: &SessionId::empty(),
+                        refused_role: Role::Helper,
+                        helper: Some(principal),
+                        sharer: Some(&agent.principal),
+                    });
                     (r.code(), r.message())
                 })?;
         }
@@ -1062,14 +1169,41 @@ impl Hub {
             conn: helper,
             tenant: principal.tenant.clone(),
         };
-        let (session, _) = self
-            .lock()
-            .registry
-            .connect_unattended(party, device_id, Instant::now(), &mut rng)
-            .map_err(|code| match code {
-                ErrorCode::SessionBusy => (code, "the device agent is already in a session".into()),
-                _ => (code, code.describe().to_string()),
-            })?;
+        let connected =
+            self.lock()
+                .registry
+                .connect_unattended(party, device_id, Instant::now(), &mut rng);
+        let (session, _) = match connected {
+            Ok(connected) => connected,
+            Err(ErrorCode::CrossTenant) => {
+                self.refused(Refused {
+                    code: ErrorCode::CrossTenant,
+                    session: &SessionId::empty(),
+                    refused_role: Role::Helper,
+                    helper: Some(principal),
+                    sharer: None,
+                });
+                let owner = {
+                    let state = self.read();
+                    state
+                        .registry
+                        .device_elsewhere(&principal.tenant, device_id)
+                        .map(|(tenant, agent)| {
+                            (tenant, state.links.get(&agent).map(|l| l.principal.clone()))
+                        })
+                };
+                if let Some((tenant, agent)) = owner {
+                    self.cross_tenant_in_owner(&tenant, None, Role::Helper, None, agent.as_deref());
+                }
+                let code = ErrorCode::CrossTenant;
+                return Err((code, code.describe().to_string()));
+            }
+            Err(ErrorCode::SessionBusy) => {
+                let code = ErrorCode::SessionBusy;
+                return Err((code, "the device agent is already in a session".into()));
+            }
+            Err(code) => return Err((code, code.describe().to_string())),
+        };
         let helper_link = self.read().links.get(&helper).cloned();
         let (Some(agent), Some(helper_link)) = (agent, helper_link) else {
             // Registered in the registry but a link is gone: it is disconnecting.
@@ -1159,6 +1293,11 @@ impl Hub {
             let mut ended = record.event(EventKind::SessionEnded);
             ended.end_time = Some(rfc3339(SystemTime::now()));
             ended.end_reason = Some(ErrorCode::PeerLost.as_str_name().into());
+            // The caller is waiting here, so it was the other party that left.
+            ended.ended_by = Some(EndedBy::party(match start.caller {
+                Role::Helper => Role::Sharer,
+                Role::Sharer => Role::Helper,
+            }));
             let _ = self.audit.record(ended).await;
             return Err(ErrorCode::PeerLost);
         }
@@ -1327,21 +1466,38 @@ impl Hub {
         }
     }
 
-    /// Records a refusal (not waited on: nothing depends on it being on disk first).
-    pub fn refused(&self, actor: &Principal, session: &SessionId, code: ErrorCode) {
-        let device = actor.device.as_ref();
-        self.audit.submit(AuditEvent {
+    /// Records a refusal (not waited on: nothing depends on it being on disk first), in
+    /// the refused party's tenant.
+    pub fn refused(&self, refused: Refused<'_>) {
+        self.audit.submit(refused.event());
+    }
+
+    /// Records a cross-tenant attempt in the log of the tenant that owns the code or
+    /// device too: its own session, helper or device, and nothing of the other tenant
+    /// (no user, device or tenant id of theirs).
+    fn cross_tenant_in_owner(
+        &self,
+        owner: &TenantId,
+        session: Option<&SessionId>,
+        refused_role: Role,
+        helper: Option<&Principal>,
+        device: Option<&Principal>,
+    ) {
+        let mut event = AuditEvent {
             event: Some(EventKind::SessionRefused),
-            tenant: actor.tenant.to_string(),
-            session_id: session.to_string(),
-            helper_id: None,
-            sharer_id: Some(actor.subject.clone()),
-            sharer_name: Some(actor.display_name()),
-            device_id: device.map(|d| d.device_id.clone()),
-            platform: device.map(|d| d.platform.clone()),
-            refusal: Some(code.as_str_name().into()),
+            tenant: owner.to_string(),
+            session_id: session.map(ToString::to_string).unwrap_or_default(),
+            refusal: Some(ErrorCode::CrossTenant.as_str_name().into()),
+            refused_role: Some(refused_role.as_str().into()),
             ..AuditEvent::default()
-        });
+        };
+        if let Some(helper) = helper.filter(|h| &h.tenant == owner) {
+            set_helper(&mut event, helper);
+        }
+        if let Some(agent) = device.filter(|d| &d.tenant == owner) {
+            set_sharer(&mut event, agent);
+        }
+        self.audit.submit(event);
     }
 
     /// The active sessions, of one tenant or all.
@@ -1386,6 +1542,7 @@ impl Hub {
         session: &SessionId,
         reason: ErrorCode,
         except: Option<ConnId>,
+        ended_by: EndedBy,
     ) -> Option<Ended> {
         let (ended, links, record) = {
             let mut state = self.lock();
@@ -1408,6 +1565,7 @@ impl Hub {
                     .as_secs_f64(),
             );
             event.end_reason = Some(reason.as_str_name().into());
+            event.ended_by = Some(ended_by);
             event.bytes_helper_to_sharer = Some(record.bytes(0));
             event.bytes_sharer_to_helper = Some(record.bytes(1));
             if record.path.path() == Path::Direct {
@@ -1521,22 +1679,6 @@ impl Drop for Changing<'_> {
         // watcher then waits on the mutex and sees the finished change.
         self.changed.notify_waiters();
     }
-}
-
-fn sharer_principal(link: &Option<ConnLink>) -> Principal {
-    link.as_ref()
-        .map(|l| l.principal.as_ref().clone())
-        .unwrap_or_else(|| Principal {
-            tenant: TenantId::new(""),
-            subject: String::new(),
-            kind: PrincipalKind::User,
-            profile: Default::default(),
-            groups: Vec::new(),
-            licenses: Vec::new(),
-            device: None,
-            token_id: None,
-            expires_at: 0,
-        })
 }
 
 fn deliver(link: &ConnLink, event: Event) {

@@ -119,6 +119,19 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// The config field whose setting the machine refused, for the message an operator
+    /// reads (`server.listen: cannot listen on ...`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            StartError::Tls(_) => "server.tls_cert",
+            StartError::Audit(_) => "audit.dir",
+            StartError::AdminBind { .. } => "admin.listen",
+            StartError::Bind { .. } => "server.listen",
+        }
+    }
+}
+
 /// A snapshot of what a relay holds, for tests and leak checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerStats {
@@ -194,46 +207,33 @@ impl ServerHandle {
         }
     }
 
-    /// Applies a new config's tenants, keys and policies to new requests; active sessions
-    /// carry on. Settings that need a restart (listen address, TLS, limits, timeouts) are
-    /// kept as they were; the returned list names those that differ.
+    /// Applies a new config's tenants, keys, policies and admin token to new requests;
+    /// active sessions carry on. Settings that need a restart are kept as they were: each
+    /// one that differs is named in a warning and counted in
+    /// `relay_config_reload_unapplied_total{field}`, and the list is returned.
     pub fn reload(&self, config: &Config) -> Vec<&'static str> {
-        let running = &self.hub.config;
-        let mut ignored = Vec::new();
-        if config.listen != running.listen {
-            ignored.push("server.listen");
-        }
-        if config.tls != running.tls {
-            ignored.push("server.tls_cert/tls_key");
-        }
-        if config.limits != running.limits {
-            ignored.push("limits");
-        }
-        if config.cluster != running.cluster {
-            ignored.push("cluster");
-        }
-        if config.idle_timeout != running.idle_timeout
-            || config.keep_alive != running.keep_alive
-            || config.auth_timeout != running.auth_timeout
-            || config.code_ttl != running.code_ttl
-            || config.consent_timeout != running.consent_timeout
-            || config.drain_timeout != running.drain_timeout
-        {
-            ignored.push("server timeouts");
-        }
+        let unapplied = unapplied_fields(&self.hub.config, config);
         self.hub.reload(config);
         metrics::counter!("relay_config_reloads_total", "result" => "ok").increment(1);
-        info!(
-            tenants = config.tenants.len(),
-            "configuration reloaded: tenants, keys and policies"
-        );
-        if !ignored.is_empty() {
+        for field in &unapplied {
+            metrics::counter!("relay_config_reload_unapplied_total", "field" => *field)
+                .increment(1);
+        }
+        if unapplied.is_empty() {
+            info!(
+                tenants = config.tenants.len(),
+                "configuration reloaded: tenants, keys, policies and the admin token"
+            );
+        } else {
             warn!(
-                ?ignored,
-                "these settings change only with a restart; kept as they were"
+                tenants = config.tenants.len(),
+                unapplied = %unapplied.join(", "),
+                "configuration reloaded: tenants, keys, policies and the admin token; \
+                 NOT applied until a restart (kept as they were): {}",
+                unapplied.join(", ")
             );
         }
-        ignored
+        unapplied
     }
 
     /// Waits until the audit log is writable (at once if it is).
@@ -262,6 +262,141 @@ impl ServerHandle {
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
+}
+
+/// The fields, as written in the config file, that differ between the `running` config and
+/// a `fresh` one and that only a restart applies (everything but tenants, their keys and
+/// policies, the token audience and leeway, and the admin token).
+pub fn unapplied_fields(running: &Config, fresh: &Config) -> Vec<&'static str> {
+    let (r, f) = (&running.limits, &fresh.limits);
+    let tls_files = |tls: &TlsSource| match tls {
+        TlsSource::Files { cert, key } => (Some(cert.clone()), Some(key.clone())),
+        TlsSource::SelfSigned => (None, None),
+    };
+    let ((running_cert, running_key), (fresh_cert, fresh_key)) =
+        (tls_files(&running.tls), tls_files(&fresh.tls));
+    let checks: [(&'static str, bool); 35] = [
+        ("server.listen", running.listen != fresh.listen),
+        ("server.tls_cert", running_cert != fresh_cert),
+        ("server.tls_key", running_key != fresh_key),
+        ("server.state_dir", running.state_dir != fresh.state_dir),
+        ("server.code_ttl_secs", running.code_ttl != fresh.code_ttl),
+        (
+            "server.auth_timeout_ms",
+            running.auth_timeout != fresh.auth_timeout,
+        ),
+        (
+            "server.idle_timeout_ms",
+            running.idle_timeout != fresh.idle_timeout,
+        ),
+        (
+            "server.keep_alive_ms",
+            running.keep_alive != fresh.keep_alive,
+        ),
+        (
+            "server.drain_timeout_ms",
+            running.drain_timeout != fresh.drain_timeout,
+        ),
+        (
+            "server.consent_timeout_secs",
+            running.consent_timeout != fresh.consent_timeout,
+        ),
+        ("audit.dir", running.audit.dir != fresh.audit.dir),
+        (
+            "audit.max_file_mb",
+            running.audit.max_file_bytes != fresh.audit.max_file_bytes,
+        ),
+        (
+            "audit.retention_days",
+            running.audit.retention_days != fresh.audit.retention_days,
+        ),
+        ("admin.listen", running.admin.listen != fresh.admin.listen),
+        ("cluster", running.cluster != fresh.cluster),
+        (
+            "limits.max_control_message_bytes",
+            r.max_control_message != f.max_control_message,
+        ),
+        (
+            "limits.stream_receive_window",
+            r.stream_receive_window != f.stream_receive_window,
+        ),
+        (
+            "limits.connection_receive_window",
+            r.connection_receive_window != f.connection_receive_window,
+        ),
+        ("limits.send_window", r.send_window != f.send_window),
+        (
+            "limits.datagram_receive_buffer",
+            r.datagram_receive_buffer != f.datagram_receive_buffer,
+        ),
+        (
+            "limits.datagram_send_buffer",
+            r.datagram_send_buffer != f.datagram_send_buffer,
+        ),
+        (
+            "limits.max_connections",
+            r.max_connections != f.max_connections,
+        ),
+        (
+            "limits.max_failed_joins_per_connection",
+            r.max_failed_joins_per_connection != f.max_failed_joins_per_connection,
+        ),
+        (
+            "limits.wrong_attempts_per_code",
+            r.wrong_attempts_per_code != f.wrong_attempts_per_code,
+        ),
+        (
+            "limits.max_buffered_mib",
+            r.max_buffered_bytes != f.max_buffered_bytes,
+        ),
+        (
+            "limits.udp_socket_buffer_bytes",
+            r.udp_socket_buffer != f.udp_socket_buffer,
+        ),
+        ("limits.udp_sockets", r.udp_sockets != f.udp_sockets),
+        (
+            "limits.udp_receive_offload",
+            r.udp_receive_offload != f.udp_receive_offload,
+        ),
+        (
+            "limits.max_connections_per_source",
+            r.max_connections_per_source != f.max_connections_per_source,
+        ),
+        (
+            "limits.max_unauthenticated_connections",
+            r.max_unauthenticated_connections != f.max_unauthenticated_connections,
+        ),
+        (
+            "limits.retry_above_unauthenticated",
+            r.retry_above_unauthenticated != f.retry_above_unauthenticated,
+        ),
+        (
+            "limits.joins_per_source_per_minute",
+            r.joins_per_source_per_minute != f.joins_per_source_per_minute,
+        ),
+        (
+            "limits.joins_per_tenant_per_minute",
+            r.joins_per_tenant_per_minute != f.joins_per_tenant_per_minute,
+        ),
+        (
+            "limits.max_sessions_per_tenant",
+            r.max_sessions_per_tenant != f.max_sessions_per_tenant,
+        ),
+        (
+            "limits.session_setups_per_tenant_per_minute",
+            r.session_setups_per_tenant_per_minute != f.session_setups_per_tenant_per_minute,
+        ),
+    ];
+    let listed: Vec<&'static str> = checks
+        .iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(field, _)| *field)
+        .collect();
+    // A limit added to `Limits` but not to the list above still shows, as `limits`.
+    if listed.iter().all(|f| !f.starts_with("limits.")) && running.limits != fresh.limits {
+        return listed.into_iter().chain(["limits"]).collect();
+    }
+    listed
 }
 
 /// Publishes every configured limit as `relay_limit{name}` so dashboards can show usage
