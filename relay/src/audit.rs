@@ -82,6 +82,16 @@ pub enum EndedBy {
 }
 
 impl EndedBy {
+    /// The name written in the log and shown in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Helper => "helper",
+            EndedBy::Sharer => "sharer",
+            EndedBy::Relay => "relay",
+            EndedBy::Administrator => "administrator",
+        }
+    }
+
     /// The party of `role`.
     pub fn party(role: crate::core::Role) -> EndedBy {
         match role {

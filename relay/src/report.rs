@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::audit::{AuditEvent, EventKind, parse_time};
+use crate::audit::{AuditEvent, EndedBy, EventKind, parse_time};
 
 /// One session, as reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,6 +36,9 @@ pub struct SessionRow {
     pub modes: Vec<String>,
     /// Why it ended.
     pub end_reason: Option<String>,
+    /// Who ended it (`helper`, `sharer`, `relay`, `administrator`), if it ended and the
+    /// log says (events written before the field existed do not).
+    pub ended_by: Option<EndedBy>,
     /// The helper's reason or ticket.
     pub reason: Option<String>,
     /// In a cluster, the node that held the session.
@@ -102,6 +105,7 @@ pub fn sessions(events: &[AuditEvent], filter: &Filter) -> Vec<SessionRow> {
                         control_type: e.control_type.clone().unwrap_or_default(),
                         modes: e.modes.clone(),
                         end_reason: None,
+                        ended_by: None,
                         reason: e.reason.clone(),
                         relay_node: e.relay_node,
                         went_direct: false,
@@ -127,6 +131,7 @@ pub fn sessions(events: &[AuditEvent], filter: &Filter) -> Vec<SessionRow> {
                     row.end_time = e.end_time.clone();
                     row.duration_secs = e.duration_secs;
                     row.end_reason = e.end_reason.clone();
+                    row.ended_by = e.ended_by;
                     for mode in &e.modes {
                         if !row.modes.contains(mode) {
                             row.modes.push(mode.clone());
@@ -175,8 +180,8 @@ pub fn summarize(rows: &[SessionRow]) -> Summary {
 /// A fixed-width table with a summary line.
 pub fn render(rows: &[SessionRow], summary: &Summary) -> String {
     let mut out = format!(
-        "{:<20} {:<20} {:<16} {:<24} {:<24} {:>9}  {}\n",
-        "HELPER", "SHARER", "DEVICE", "START", "END", "DURATION", "CONTROL / MODES"
+        "{:<20} {:<20} {:<16} {:<24} {:<24} {:>9}  {:<13}  {}\n",
+        "HELPER", "SHARER", "DEVICE", "START", "END", "DURATION", "ENDED BY", "CONTROL / MODES"
     );
     for r in rows {
         let duration = r
@@ -184,13 +189,14 @@ pub fn render(rows: &[SessionRow], summary: &Summary) -> String {
             .map(|d| format!("{:.0}s", d))
             .unwrap_or_else(|| "active".into());
         out.push_str(&format!(
-            "{:<20} {:<20} {:<16} {:<24} {:<24} {:>9}  {} / {}\n",
+            "{:<20} {:<20} {:<16} {:<24} {:<24} {:>9}  {:<13}  {} / {}\n",
             clip(&r.helper, 20),
             clip(&r.sharer, 20),
             clip(&r.device, 16),
             clip(&r.start_time, 24),
             clip(r.end_time.as_deref().unwrap_or("-"), 24),
             duration,
+            r.ended_by.map_or("-", EndedBy::as_str),
             r.control_type,
             r.modes.join(",")
         ));
@@ -262,6 +268,7 @@ mod tests {
             event(EventKind::SessionEnded, "contoso", "a", |e| {
                 e.duration_secs = Some(30.0);
                 e.end_reason = Some("PEER_ENDED".into());
+                e.ended_by = Some(EndedBy::Sharer);
                 e.modes = vec!["view_only".into(), "full_control".into(), "chat".into()];
             }),
             event(EventKind::SessionStarted, "contoso", "c", |e| {
@@ -307,6 +314,7 @@ mod tests {
         assert_eq!(a.modes, ["view_only", "full_control", "chat"]);
         assert_eq!(a.duration_secs, Some(30.0));
         assert_eq!(a.end_reason.as_deref(), Some("PEER_ENDED"));
+        assert_eq!(a.ended_by, Some(EndedBy::Sharer));
         let b = rows.iter().find(|r| r.session_id == "b").unwrap();
         assert_eq!(b.end_time, None, "still active");
     }
@@ -347,6 +355,10 @@ mod tests {
         assert_eq!(summary.by_mode.get("chat"), Some(&1));
         assert_eq!(summary.by_mode.get("unattended"), Some(&1));
         let table = render(&rows, &summary);
+        assert!(
+            table.lines().nth(1).is_some_and(|l| l.contains(" sharer ")),
+            "who ended it is shown: {table}"
+        );
         assert!(
             table.contains("2 session(s), total 120s, median 60s"),
             "{table}"

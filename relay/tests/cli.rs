@@ -477,6 +477,7 @@ fn after_sigkill_the_next_start_records_the_end_of_the_interrupted_session() {
         })
         .expect("the restarted relay recorded the end of the interrupted session");
     assert_eq!(end.end_reason.as_deref(), Some("RELAY_RESTARTED"));
+    assert_eq!(end.ended_by, Some(remote_help_relay::audit::EndedBy::Relay));
     assert_eq!(end.helper_id.as_deref(), Some("helper-ada"));
     assert!(end.end_time.is_some() && end.duration_secs.is_some());
     assert!(
