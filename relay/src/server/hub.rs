@@ -317,9 +317,11 @@ pub struct Refused<'a> {
 impl Refused<'_> {
     /// The `session_refused` event, in the refused party's tenant.
     fn event(&self) -> AuditEvent {
+        // Both parties of a session share its tenant; a party that vanished before its
+        // refusal was recorded is then placed by the other.
         let refused = match self.refused_role {
-            Role::Helper => self.helper,
-            Role::Sharer => self.sharer,
+            Role::Helper => self.helper.or(self.sharer),
+            Role::Sharer => self.sharer.or(self.helper),
         };
         let mut event = AuditEvent {
             event: Some(EventKind::SessionRefused),
