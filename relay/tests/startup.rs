@@ -291,3 +291,63 @@ fn sighup_applies_a_rotated_admin_token_and_names_fields_it_cannot_apply() {
     assert!(!moved.exists(), "the audit folder stays where it was");
     stop(daemon);
 }
+
+/// A read-only tmpfs mounted for the test's life (unmounted when dropped).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    /// Mounts an empty read-only tmpfs on `at`; `None` when not root (mounting needs it).
+    fn new(at: &Path) -> Option<ReadOnlyMount> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "root could not mount a tmpfs on {}",
+            at.display()
+        );
+        Some(ReadOnlyMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_audit_folder_is_refused_by_check_config_and_at_start() {
+    let Setup {
+        dir, config, audit, ..
+    } = setup();
+    let read_only = dir.path().join("ro");
+    let Some(_mount) = ReadOnlyMount::new(&read_only) else {
+        eprintln!("skipped: mounting a read-only file system needs root");
+        return;
+    };
+    edit(
+        &config,
+        &format!("dir = {:?}", audit.display().to_string()),
+        &format!("dir = {:?}", read_only.display().to_string()),
+    );
+    let expected = format!(
+        "audit.dir: cannot create files in {}: Read-only file system",
+        read_only.display()
+    );
+    let out = relay().arg("check-config").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    let out = relay().arg("--config").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+}
