@@ -269,6 +269,9 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Signal handlers first: from the moment the relay says it listens (and systemd hears
+        // READY=1), a SIGHUP must reload it, not kill it with the default action.
+        let signals = Signals::install();
         let state = config.state_dir.clone();
         let handle = server::spawn(config)?;
         let fingerprint = handle.fingerprint().to_string();
@@ -280,7 +283,7 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
         }
         // systemd Type=notify: ready only once the endpoint and admin listener are bound.
         notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("serving on {}", handle.local_addr()))]);
-        serve_signals(&handle, config_path.as_deref(), &state_dir).await;
+        serve_signals(signals, &handle, config_path.as_deref(), &state_dir).await;
         tracing::info!("stop signal received");
         notify_systemd(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
         handle.shutdown().await;
@@ -288,16 +291,41 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// The daemon's SIGTERM and SIGHUP handlers, installed before anything is bound.
+struct Signals {
+    #[cfg(unix)]
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()),
+                hup: signal(SignalKind::hangup()),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// Serves signals until a stop signal: SIGHUP reloads the config (checked first; a bad
 /// one keeps the running policy), SIGTERM and ctrl-c return.
-async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, state_dir: &Path) {
+async fn serve_signals(
+    signals: Signals,
+    handle: &server::ServerHandle,
+    config: Option<&Path>,
+    state_dir: &Path,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let (Ok(mut term), Ok(mut hup)) = (signals.term, signals.hup) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -332,7 +360,7 @@ async fn serve_signals(handle: &server::ServerHandle, config: Option<&Path>, sta
     }
     #[cfg(not(unix))]
     {
-        let _ = (handle, config, state_dir);
+        let _ = (signals, handle, config, state_dir);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
