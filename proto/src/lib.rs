@@ -81,6 +81,9 @@ impl ErrorCode {
             }
             ErrorCode::Redirect => "the session is held by another relay node",
             ErrorCode::RelayLost => "the connection to the relay was lost",
+            ErrorCode::E2eRequired => {
+                "your organisation requires end-to-end protection, and the two apps have no protection method in common; update the app that lacks it"
+            }
         }
     }
 

@@ -240,6 +240,8 @@ pub struct RawTenant {
     pub disable_chat: Option<bool>,
     /// No direct (peer-to-peer) paths: all data through the relay (default false).
     pub relay_only: Option<bool>,
+    /// Pair only parties that protect end to end with a suite in common (default true).
+    pub require_end_to_end: Option<bool>,
     /// Licence name both parties need (default "remote-help").
     pub license: Option<String>,
     /// "commercial" (default) or "gcc"; "gcc-high" and "dod" are refused.
@@ -972,6 +974,7 @@ impl Config {
                 allow_unenrolled_devices: t.allow_unenrolled_devices.unwrap_or(false),
                 disable_chat: t.disable_chat.unwrap_or(false),
                 relay_only: t.relay_only.unwrap_or(false),
+                require_end_to_end: t.require_end_to_end.unwrap_or(true),
                 license,
                 cloud,
                 assignments,

@@ -2,8 +2,8 @@
 //! and the narrated `relay demo` both run it.
 //!
 //! Steps: connect and authenticate both parties, create, join, consent, open the
-//! channels, measure input round trips (input event helper→sharer, echoed back on chat,
-//! or on the screen stream where the tenant disabled chat), measure screen throughput (sharer→helper), end, and check the sharer is told.
+//! channels, measure input round trips (input event helper→sharer, echoed back on chat),
+//! measure screen throughput (sharer→helper), end, and check the sharer is told.
 
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,9 @@ use bytes::Bytes;
 use remote_help_proto::ErrorCode;
 use serde::Serialize;
 
-use crate::client::{
-    ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions, SessionStart,
-};
-use crate::core::{Channel, Mode};
+use crate::client::secure::{self, Receiver, Sender, SessionChannels};
+use crate::client::{ChannelReceiver, Client, ClientError, ClientOptions, SessionStart};
+use crate::core::{Channel, Mode, Role};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +55,9 @@ pub struct ProbeReport {
     pub throughput_mbit_s: f64,
     /// How the sharer learned the session ended (`PEER_ENDED` when all is well).
     pub sharer_end_reason: String,
+    /// The end-to-end protection suite (`chacha20`, `aes256gcm`), or `off` for a
+    /// measurement run without it.
+    pub e2e: String,
 }
 
 /// Runs the probe; `narrate` is told each step as it happens.
@@ -68,9 +70,9 @@ pub async fn run(
     let start = Instant::now();
     let Opened {
         mut helper,
+        helper_start,
         mut sharer,
         sharer_start,
-        ..
     } = open_session(
         helper_options,
         sharer_options,
@@ -84,37 +86,60 @@ pub async fn run(
         ms(setup)
     ));
 
+    // End-to-end protection, as the options say (on unless opted out for a measurement).
+    let (h, s) = tokio::join!(
+        secure::channels(&helper, &helper_start, Role::Helper),
+        secure::channels(&sharer, &sharer_start, Role::Sharer)
+    );
+    let (mut h, mut s) = (h?, s?);
+    let protection = match (h.verification_code(), s.verification_code(), h.suite()) {
+        (Some(a), Some(b), _) if a != b => {
+            return Err(ClientError::Unexpected(format!(
+                "the verification codes differ ({a} and {b}): the keys were substituted on the way"
+            )));
+        }
+        (Some(code), Some(_), Some(suite)) => {
+            narrate(&format!(
+                "end-to-end protection on ({}); both sides show verification code {code}",
+                suite.as_str()
+            ));
+            suite.as_str().to_string()
+        }
+        _ => {
+            narrate("end-to-end protection OFF (measurement run): the relay sees the content");
+            "off".to_string()
+        }
+    };
+
     // Channels: the sharer sends screen and chat, the helper sends input. A tenant may
     // disable chat (the relay would refuse the stream): then input is echoed on the screen
     // stream, before the throughput run uses it.
     let chat = sharer_start.channels.contains(&Channel::Chat);
-    let mut screen_out = sharer.open_channel(Channel::Screen).await?;
+    let mut screen_out = s.open_channel(Channel::Screen).await?;
     let mut chat_out = match chat {
-        true => Some(sharer.open_channel(Channel::Chat).await?),
+        true => Some(s.open_channel(Channel::Chat).await?),
         false => None,
     };
-    let mut input_out = helper.open_channel(Channel::Input).await?;
+    let mut input_out = h.open_channel(Channel::Input).await?;
     // Quinn makes a stream visible to the peer with its first bytes: send one frame each.
-    screen_out.send(Bytes::from_static(b"hello")).await?;
+    screen_out.send(b"hello").await?;
     if let Some(chat_out) = chat_out.as_mut() {
-        chat_out
-            .send(Bytes::from_static(b"hi, I can see you"))
-            .await?;
+        chat_out.send(b"hi, I can see you").await?;
     }
-    input_out.send(Bytes::from_static(b"start")).await?;
+    input_out.send(b"start").await?;
     let (mut screen_in, mut chat_in) = match chat {
         true => {
-            let (screen, chat) = accept_two(&helper, Channel::Screen, Channel::Chat).await?;
+            let (screen, chat) = accept_two(&mut h, Channel::Screen, Channel::Chat).await?;
             (screen, Some(chat))
         }
-        false => (accept_one(&helper, Channel::Screen).await?, None),
+        false => (accept_one(&mut h, Channel::Screen).await?, None),
     };
-    let (_, mut input_in) = sharer.accept_channel().await?;
-    expect_frame(&mut screen_in).await?;
+    let (_, mut input_in) = s.accept_channel().await?;
+    expect(&mut screen_in).await?;
     if let Some(chat_in) = chat_in.as_mut() {
-        expect_frame(chat_in).await?;
+        expect(chat_in).await?;
     }
-    expect_frame(&mut input_in).await?;
+    expect(&mut input_in).await?;
     narrate(if chat {
         "screen, input and chat channels are open through the relay"
     } else {
@@ -122,16 +147,15 @@ pub async fn run(
     });
 
     // Input round trips: the sharer echoes each input event back, on chat or screen.
-    let (echo_out, mut screen_out) = match chat_out {
+    let (mut echo_out, screen_out) = match chat_out {
         Some(chat_out) => (chat_out, Some(screen_out)),
         None => (screen_out, None),
     };
     let round_trips = settings.round_trips;
     let echo = tokio::spawn(async move {
-        let mut echo_out = echo_out;
         for _ in 0..round_trips {
-            let event = expect_frame(&mut input_in).await?;
-            echo_out.send(event.freeze()).await?;
+            let event = expect(&mut input_in).await?;
+            echo_out.send(&event).await?;
         }
         // Both kept: dropping the input receiver would stop the helper's input stream.
         Ok::<_, ClientError>((echo_out, input_in))
@@ -141,10 +165,8 @@ pub async fn run(
         let echo_in = chat_in.as_mut().unwrap_or(&mut screen_in);
         for seq in 0..round_trips as u64 {
             let sent = Instant::now();
-            input_out
-                .send(Bytes::copy_from_slice(&seq.to_be_bytes()))
-                .await?;
-            let echoed = expect_frame(echo_in).await?;
+            input_out.send(&seq.to_be_bytes()).await?;
+            let echoed = expect(echo_in).await?;
             if echoed[..] != seq.to_be_bytes() {
                 return Err(ClientError::Unexpected("input echoed out of order".into()));
             }
@@ -154,7 +176,7 @@ pub async fn run(
     let (echo_out, _input_in) = echo
         .await
         .map_err(|e| ClientError::Unexpected(format!("input echo failed: {e}")))??;
-    let mut screen_out = screen_out.take().unwrap_or(echo_out);
+    let mut screen_out = screen_out.unwrap_or(echo_out);
     rtts.sort();
     narrate(&format!(
         "{} input events went helper→sharer and back, in order; median round trip {:.3} ms",
@@ -167,15 +189,15 @@ pub async fn run(
     let frames = settings.screen_bytes.div_ceil(frame_size);
     let sent_at = Instant::now();
     let sender = tokio::spawn(async move {
-        let frame = Bytes::from(vec![0x5au8; frame_size]);
+        let frame = vec![0x5au8; frame_size];
         for _ in 0..frames {
-            screen_out.send(frame.clone()).await?;
+            screen_out.send(&frame).await?;
         }
-        Ok::<ChannelSender, ClientError>(screen_out)
+        Ok::<Sender, ClientError>(screen_out)
     });
     let mut received = 0u64;
     for _ in 0..frames {
-        received += expect_frame(&mut screen_in).await?.len() as u64;
+        received += expect(&mut screen_in).await?.len() as u64;
     }
     let elapsed = sent_at.elapsed();
     sender
@@ -211,6 +233,7 @@ pub async fn run(
         screen_bytes: received,
         throughput_mbit_s: throughput,
         sharer_end_reason: sharer_end.as_str_name().to_string(),
+        e2e: protection,
     })
 }
 
@@ -265,7 +288,10 @@ async fn open_session(
     })
 }
 
-async fn accept_one(client: &Client, channel: Channel) -> Result<ChannelReceiver, ClientError> {
+async fn accept_one(
+    client: &mut SessionChannels,
+    channel: Channel,
+) -> Result<Receiver, ClientError> {
     match client.accept_channel().await? {
         (got, receiver) if got == channel => Ok(receiver),
         (other, _) => Err(ClientError::Unexpected(format!(
@@ -275,10 +301,10 @@ async fn accept_one(client: &Client, channel: Channel) -> Result<ChannelReceiver
 }
 
 async fn accept_two(
-    client: &Client,
+    client: &mut SessionChannels,
     first: Channel,
     second: Channel,
-) -> Result<(ChannelReceiver, ChannelReceiver), ClientError> {
+) -> Result<(Receiver, Receiver), ClientError> {
     let (a_channel, a) = client.accept_channel().await?;
     let (b_channel, b) = client.accept_channel().await?;
     match (a_channel, b_channel) {
@@ -288,6 +314,13 @@ async fn accept_two(
             "unexpected channels {other:?}"
         ))),
     }
+}
+
+async fn expect(receiver: &mut Receiver) -> Result<Bytes, ClientError> {
+    receiver
+        .recv()
+        .await?
+        .ok_or_else(|| ClientError::Unexpected("a channel ended early".into()))
 }
 
 async fn expect_frame(receiver: &mut ChannelReceiver) -> Result<bytes::BytesMut, ClientError> {
@@ -343,10 +376,14 @@ pub async fn e2e_bench(
     sharer_options: ClientOptions,
     screen_bytes: usize,
 ) -> Result<E2eReport, ClientError> {
-    use crate::client::secure;
-    use crate::core::Role;
     const FRAME: usize = 64 * 1024;
     let frames = screen_bytes.div_ceil(FRAME).max(1);
+    // The crypto alone is timed for the helper's most preferred suite.
+    let suite = match &helper_options.protection {
+        crate::client::Protection::EndToEnd(suites) => suites.first().copied(),
+        crate::client::Protection::PlaintextForMeasurement => None,
+    }
+    .unwrap_or(crate::e2e::Suite::X25519ChaCha20Poly1305);
 
     // Crypto alone, one core.
     let (keys_h, keys_s) = {
@@ -362,6 +399,9 @@ pub async fn e2e_bench(
             session_id: "bench".into(),
             helper: party("h"),
             sharer: party("s"),
+            helper_suites: vec![suite.id()],
+            sharer_suites: vec![suite.id()],
+            suite,
             helper_key: h.public_key(),
             sharer_key: s.public_key(),
         };

@@ -55,3 +55,39 @@ pub fn keys_chunk(chunk: bytes::Bytes) -> bytes::Bytes {
         Err(_) => chunk,
     }
 }
+
+/// A rewrite of what the relay tells one side in `SessionStarted`: the suite, and the
+/// suites it claims the other side announced.
+type Rewrite = Option<(u32, Vec<u32>)>;
+
+static TELL_HELPER: Mutex<Rewrite> = Mutex::new(None);
+static TELL_SHARER: Mutex<Rewrite> = Mutex::new(None);
+
+/// Makes the relay lie to `role` about the end-to-end announcements (a downgrade attempt):
+/// from now on that side is told `suite` and that its peer announced `peer_suites`
+/// (`None`: the truth again).
+pub fn rewrite_announcement(role: crate::core::Role, rewrite: Option<(u32, Vec<u32>)>) {
+    let slot = match role {
+        crate::core::Role::Helper => &TELL_HELPER,
+        crate::core::Role::Sharer => &TELL_SHARER,
+    };
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = rewrite;
+}
+
+/// What the relay tells `role` in `SessionStarted`: the truth, or the rewrite.
+pub fn announcement(
+    role: crate::core::Role,
+    truth: crate::server::hub::E2eAnnouncement,
+) -> crate::server::hub::E2eAnnouncement {
+    let slot = match role {
+        crate::core::Role::Helper => &TELL_HELPER,
+        crate::core::Role::Sharer => &TELL_SHARER,
+    };
+    match &*slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        Some((suite, peer_suites)) => crate::server::hub::E2eAnnouncement {
+            suite: *suite,
+            peer_suites: peer_suites.as_slice().into(),
+        },
+        None => truth,
+    }
+}

@@ -77,6 +77,36 @@ pub struct ClientOptions {
     /// too and the tenant allows it (off by default). Needs the client's own socket
     /// ([`Client::connect`] or [`Client::connect_on`]), not a shared endpoint.
     pub direct_path: bool,
+    /// End-to-end protection: on by default ([`Protection::default`]).
+    pub protection: Protection,
+}
+
+/// Whether this client protects session content end to end (PROTOCOL.md §8.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// Announce these suites, most preferred first, and seal every channel
+    /// ([`secure::establish`]). The default announces every suite this SDK supports.
+    EndToEnd(Vec<crate::e2e::Suite>),
+    /// Announce no suite: the peer and the relay see content in the clear. For
+    /// measurements only (what protection costs); tenants that require protection (the
+    /// default) refuse such a client with `E2E_REQUIRED`.
+    PlaintextForMeasurement,
+}
+
+impl Default for Protection {
+    fn default() -> Protection {
+        Protection::EndToEnd(crate::e2e::Suite::ALL.to_vec())
+    }
+}
+
+impl Protection {
+    /// The suite ids this announces in `Hello.e2e_suites`.
+    pub fn announced(&self) -> Vec<u32> {
+        match self {
+            Protection::EndToEnd(suites) => suites.iter().map(|s| s.id()).collect(),
+            Protection::PlaintextForMeasurement => Vec::new(),
+        }
+    }
 }
 
 impl ClientOptions {
@@ -97,7 +127,15 @@ impl ClientOptions {
             bind,
             transport: ClientTransport::default(),
             direct_path: false,
+            protection: Protection::default(),
         }
+    }
+
+    /// The same options without end-to-end protection: for measuring what protection
+    /// costs, against tenants that do not require it.
+    pub fn insecure_plaintext_for_measurement(mut self) -> ClientOptions {
+        self.protection = Protection::PlaintextForMeasurement;
+        self
     }
 }
 
@@ -247,6 +285,10 @@ pub struct SessionStart {
     pub chat_disabled: bool,
     /// The other party, when the relay sends it (unattended sessions).
     pub peer: Option<v1::Profile>,
+    /// The end-to-end protection suite the relay says the announcements give (0: none).
+    pub e2e_suite: u32,
+    /// The suites the relay says the peer announced, in the peer's order.
+    pub peer_e2e_suites: Vec<u32>,
 }
 
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
@@ -385,6 +427,7 @@ impl Client {
                 token: options.token,
                 role: role as i32,
                 client_name: options.client_name,
+                e2e_suites: options.protection.announced(),
             }))
             .await?;
         match client.recv().await? {
@@ -492,6 +535,11 @@ impl Client {
     /// This client's own profile, as the relay verified it.
     pub fn me(&self) -> Option<&v1::Profile> {
         self.welcome.you.as_ref()
+    }
+
+    /// Whether this client protects end to end, and with which suites.
+    pub fn protection(&self) -> &Protection {
+        &self.options.protection
     }
 
     /// The other party of the current (or last) session, as the relay presented it.
@@ -1004,6 +1052,8 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
         max_datagram_size: started.max_datagram_size as usize,
         chat_disabled: started.chat_disabled,
         peer: started.peer,
+        e2e_suite: started.e2e_suite,
+        peer_e2e_suites: started.peer_e2e_suites,
     })
 }
 

@@ -13,7 +13,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -21,7 +22,7 @@ use super::{ChannelReceiver, ChannelSender, Client, ClientError, DataChannels, S
 use crate::core::{Channel, Role};
 use crate::e2e::{
     DatagramOpener, E2eError, KeyExchange, PUBLIC_KEY_LEN, Party, Sealer, SessionKeys,
-    StreamOpener, Transcript, datagram_sealer, stream_domain,
+    StreamOpener, Suite, Transcript, choose_suite, datagram_sealer, stream_domain,
 };
 
 /// An active session whose channels are sealed end to end.
@@ -32,6 +33,11 @@ pub struct SecureSession {
     pending: VecDeque<(Channel, ChannelReceiver)>,
     datagrams_out: Sealer,
     datagrams_in: DatagramOpener,
+    /// The next stream number of each channel this side opens (by channel index).
+    streams_out: Mutex<[u32; 4]>,
+    /// Stream numbers of the peer's streams already accepted, by channel: a stream that
+    /// repeats one is a replay.
+    streams_in: Arc<Mutex<HashSet<(usize, u32)>>>,
 }
 
 impl std::fmt::Debug for SecureSession {
@@ -44,6 +50,11 @@ impl std::fmt::Debug for SecureSession {
 
 /// Runs the key exchange for an active session: both sides call this right after
 /// `SessionStarted`, before opening other channels.
+///
+/// Refuses, before anything is sent, a peer that announced no protection
+/// ([`E2eError::PeerUnprotected`]), a client that announced none itself
+/// ([`crate::client::Protection::PlaintextForMeasurement`]), and a suite the relay named
+/// that the two announcements do not give ([`E2eError::SuiteMismatch`]).
 pub async fn establish(
     client: &Client,
     start: &SessionStart,
@@ -59,6 +70,8 @@ pub async fn establish(
         tenant: p.tenant_id.clone(),
         subject: p.subject.clone(),
     };
+    let own_suites = client.protection().announced();
+    let suite = negotiated(role, &own_suites, start)?;
     let exchange = KeyExchange::start()?;
     let data = client.data();
     let mut keys_out = data.open_channel(Channel::Keys).await?;
@@ -89,10 +102,17 @@ pub async fn establish(
         Role::Helper => (party(me), party(peer), exchange.public_key(), peer_key),
         Role::Sharer => (party(peer), party(me), peer_key, exchange.public_key()),
     };
+    let (helper_suites, sharer_suites) = match role {
+        Role::Helper => (own_suites, start.peer_e2e_suites.clone()),
+        Role::Sharer => (start.peer_e2e_suites.clone(), own_suites),
+    };
     let transcript = Transcript {
         session_id: start.session_id.clone(),
         helper,
         sharer,
+        helper_suites,
+        sharer_suites,
+        suite,
         helper_key,
         sharer_key,
     };
@@ -103,7 +123,35 @@ pub async fn establish(
         keys,
         data,
         pending,
+        streams_out: Mutex::new([0; 4]),
+        streams_in: Arc::new(Mutex::new(HashSet::new())),
     })
+}
+
+/// The suite both announcements give, checked against what the relay said: this side's
+/// own list, the peer's list as the relay reported it, and the relay's choice must agree.
+fn negotiated(role: Role, own: &[u32], start: &SessionStart) -> Result<Suite, E2eError> {
+    if own.is_empty() {
+        return Err(E2eError::KeyExchange(
+            "this client announced no protection suite".into(),
+        ));
+    }
+    if start.peer_e2e_suites.is_empty() {
+        return Err(E2eError::PeerUnprotected);
+    }
+    let (helper, sharer) = match role {
+        Role::Helper => (own, &start.peer_e2e_suites[..]),
+        Role::Sharer => (&start.peer_e2e_suites[..], own),
+    };
+    let computed = choose_suite(helper, sharer).ok_or(E2eError::NoCommonSuite)?;
+    if computed != start.e2e_suite {
+        return Err(E2eError::SuiteMismatch {
+            announced: start.e2e_suite,
+            computed,
+        });
+    }
+    // Our own list holds only suites we know, so the common one is known.
+    Suite::from_id(computed).ok_or(E2eError::NoCommonSuite)
 }
 
 impl SecureSession {
@@ -118,11 +166,29 @@ impl SecureSession {
         &self.keys
     }
 
-    /// Opens this side's sealed channel.
+    /// The suite in use.
+    pub fn suite(&self) -> Suite {
+        self.keys.suite()
+    }
+
+    /// Opens this side's sealed channel. Each stream of a channel gets the next stream
+    /// number, so a channel opened again never reuses a nonce.
     pub async fn open_channel(&self, channel: Channel) -> Result<SealedSender, ClientError> {
+        let stream = {
+            let mut numbers = self
+                .streams_out
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let slot = &mut numbers[channel.index()];
+            let stream = *slot;
+            *slot = slot.checked_add(1).ok_or_else(|| {
+                ClientError::E2e(E2eError::KeyExchange("stream numbers exhausted".into()))
+            })?;
+            stream
+        };
         Ok(SealedSender {
             inner: self.data.open_channel(channel).await?,
-            sealer: self.keys.sealer(stream_domain(channel)),
+            sealer: self.keys.stream_sealer(stream_domain(channel), stream),
         })
     }
 
@@ -136,7 +202,10 @@ impl SecureSession {
             channel,
             SealedReceiver {
                 inner,
+                channel,
                 opener: self.keys.stream_opener(stream_domain(channel)),
+                seen: self.streams_in.clone(),
+                checked: false,
             },
         ))
     }
@@ -178,7 +247,12 @@ impl SealedSender {
 /// A sealed receiving channel.
 pub struct SealedReceiver {
     inner: ChannelReceiver,
+    channel: Channel,
     opener: StreamOpener,
+    /// The session's accepted stream numbers.
+    seen: Arc<Mutex<HashSet<(usize, u32)>>>,
+    /// This stream's number was checked against `seen`.
+    checked: bool,
 }
 
 impl SealedReceiver {
@@ -186,11 +260,184 @@ impl SealedReceiver {
     /// marker. A forged, replayed, reordered or truncated stream is an error.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
         match self.inner.recv().await? {
-            Some(frame) => Ok(self.opener.open(&frame)?),
+            Some(frame) => {
+                let plain = self.opener.open(&frame)?;
+                if !self.checked
+                    && let Some(stream) = self.opener.stream()
+                {
+                    let fresh = self
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert((self.channel.index(), stream));
+                    if !fresh {
+                        // A whole earlier stream sent again (by a relay) opens frame by
+                        // frame; its stream number gives it away.
+                        return Err(E2eError::Replayed(u64::from(stream) << 32).into());
+                    }
+                    self.checked = true;
+                }
+                Ok(plain)
+            }
             None => {
                 self.opener.finish()?;
                 Ok(None)
             }
+        }
+    }
+}
+
+/// A started session's channels as the SDK hands them to applications: sealed end to end
+/// unless the client was built with
+/// [`ClientOptions::insecure_plaintext_for_measurement`](crate::client::ClientOptions::insecure_plaintext_for_measurement).
+///
+/// ```no_run
+/// # async fn demo(sharer: &remote_help_relay::client::Client, start: &remote_help_relay::client::SessionStart)
+/// #     -> Result<(), remote_help_relay::client::ClientError> {
+/// use remote_help_relay::client::secure;
+/// use remote_help_relay::core::{Channel, Role};
+/// let channels = secure::channels(sharer, start, Role::Sharer).await?;
+/// if let Some(code) = channels.verification_code() {
+///     println!("verification code: {code}"); // the helper must see the same
+/// }
+/// let mut screen = channels.open_channel(Channel::Screen).await?;
+/// screen.send(b"first frame").await?;
+/// # Ok(()) }
+/// ```
+pub enum SessionChannels {
+    /// Sealed end to end (the default).
+    Protected(SecureSession),
+    /// In the clear, for measurements only.
+    PlaintextForMeasurement(super::DataChannels),
+}
+
+impl std::fmt::Debug for SessionChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionChannels::Protected(s) => f.debug_tuple("Protected").field(s).finish(),
+            SessionChannels::PlaintextForMeasurement(_) => f.write_str("PlaintextForMeasurement"),
+        }
+    }
+}
+
+/// The channels of a started session, as the client's [`Protection`](crate::client::Protection)
+/// says: with protection (the default), the key exchange runs first and every channel is
+/// sealed; a peer that announced no protection is refused before anything is sent.
+pub async fn channels(
+    client: &Client,
+    start: &SessionStart,
+    role: Role,
+) -> Result<SessionChannels, ClientError> {
+    match client.protection() {
+        crate::client::Protection::EndToEnd(_) => Ok(SessionChannels::Protected(
+            establish(client, start, role).await?,
+        )),
+        crate::client::Protection::PlaintextForMeasurement => {
+            Ok(SessionChannels::PlaintextForMeasurement(client.data()))
+        }
+    }
+}
+
+impl SessionChannels {
+    /// The code both users compare; `None` without protection.
+    pub fn verification_code(&self) -> Option<&str> {
+        match self {
+            SessionChannels::Protected(s) => Some(s.verification_code()),
+            SessionChannels::PlaintextForMeasurement(_) => None,
+        }
+    }
+
+    /// The suite in use; `None` without protection.
+    pub fn suite(&self) -> Option<Suite> {
+        match self {
+            SessionChannels::Protected(s) => Some(s.suite()),
+            SessionChannels::PlaintextForMeasurement(_) => None,
+        }
+    }
+
+    /// Opens this side's channel.
+    pub async fn open_channel(&self, channel: Channel) -> Result<Sender, ClientError> {
+        Ok(match self {
+            SessionChannels::Protected(s) => Sender::Sealed(s.open_channel(channel).await?),
+            SessionChannels::PlaintextForMeasurement(d) => {
+                Sender::Plain(d.open_channel(channel).await?)
+            }
+        })
+    }
+
+    /// Waits for the peer's next channel.
+    pub async fn accept_channel(&mut self) -> Result<(Channel, Receiver), ClientError> {
+        Ok(match self {
+            SessionChannels::Protected(s) => {
+                let (channel, receiver) = s.accept_channel().await?;
+                (channel, Receiver::Sealed(receiver))
+            }
+            SessionChannels::PlaintextForMeasurement(d) => {
+                let (channel, receiver) = d.accept_channel().await?;
+                (channel, Receiver::Plain(receiver))
+            }
+        })
+    }
+
+    /// Sends one lossy screen frame.
+    pub fn send_datagram(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        match self {
+            SessionChannels::Protected(s) => s.send_datagram(frame),
+            SessionChannels::PlaintextForMeasurement(d) => {
+                d.send_datagram(Bytes::copy_from_slice(frame))
+            }
+        }
+    }
+
+    /// Receives one lossy screen frame.
+    pub async fn read_datagram(&mut self) -> Result<Bytes, ClientError> {
+        match self {
+            SessionChannels::Protected(s) => Ok(Bytes::from(s.read_datagram().await?)),
+            SessionChannels::PlaintextForMeasurement(d) => d.read_datagram().await,
+        }
+    }
+}
+
+/// A sending channel of [`SessionChannels`].
+pub enum Sender {
+    /// Sealed.
+    Sealed(SealedSender),
+    /// In the clear.
+    Plain(ChannelSender),
+}
+
+impl Sender {
+    /// Sends one frame (sealed first, when protected).
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Sender::Sealed(s) => s.send(frame).await,
+            Sender::Plain(p) => p.send(Bytes::copy_from_slice(frame)).await,
+        }
+    }
+
+    /// Finishes the channel (with the sealed end marker, when protected).
+    pub async fn finish(self) -> Result<(), ClientError> {
+        match self {
+            Sender::Sealed(s) => s.finish().await,
+            Sender::Plain(p) => p.finish().await,
+        }
+    }
+}
+
+/// A receiving channel of [`SessionChannels`].
+pub enum Receiver {
+    /// Sealed.
+    Sealed(SealedReceiver),
+    /// In the clear.
+    Plain(ChannelReceiver),
+}
+
+impl Receiver {
+    /// The next frame; `None` once the sender finished the channel.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, ClientError> {
+        match self {
+            Receiver::Sealed(s) => Ok(s.recv().await?.map(Bytes::from)),
+            Receiver::Plain(p) => Ok(p.recv().await?.map(|b| b.freeze())),
         }
     }
 }

@@ -308,3 +308,13 @@ mod tests {
         assert_eq!(Channel::from_wire(v1::Channel::Unspecified), None);
     }
 }
+
+/// The end-to-end protection suite of a session (PROTOCOL.md §8.7): the first id of the
+/// helper's announced list that the sharer's list also holds, so the helper's order wins;
+/// 0 never matches. `None`: no suite in common.
+pub fn choose_suite(helper: &[u32], sharer: &[u32]) -> Option<u32> {
+    helper
+        .iter()
+        .copied()
+        .find(|id| *id != 0 && sharer.contains(id))
+}

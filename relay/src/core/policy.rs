@@ -219,6 +219,9 @@ pub struct TenantPolicy {
     /// All session data goes through the relay: no direct path is ever offered (off by
     /// default: peers go direct where their networks allow).
     pub relay_only: bool,
+    /// Sessions must be protected end to end: parties whose announced suites have none in
+    /// common are refused with `E2E_REQUIRED` before any consent prompt (on by default).
+    pub require_end_to_end: bool,
     /// The licence name both parties need (default `remote-help`).
     pub license: String,
     /// The tenant's cloud.
@@ -231,14 +234,16 @@ pub struct TenantPolicy {
 pub const DEFAULT_LICENSE: &str = "remote-help";
 
 impl Default for TenantPolicy {
-    /// The defaults: disabled, unenrolled devices refused, chat allowed, the
-    /// `remote-help` licence, commercial cloud, no assignments.
+    /// The defaults: disabled, unenrolled devices refused, chat allowed, direct paths
+    /// allowed, end-to-end protection required, the `remote-help` licence, commercial
+    /// cloud, no assignments.
     fn default() -> TenantPolicy {
         TenantPolicy {
             enabled: false,
             allow_unenrolled_devices: false,
             disable_chat: false,
             relay_only: false,
+            require_end_to_end: true,
             license: DEFAULT_LICENSE.into(),
             cloud: CloudEnvironment::Commercial,
             assignments: Vec::new(),
@@ -261,6 +266,9 @@ pub enum Refusal {
     NotInScope,
     /// The helper lacks the permission; the text names it.
     PermissionDenied(Permission),
+    /// The tenant requires end-to-end protection and the parties have no suite in common
+    /// (or this party announced none).
+    E2eRequired,
 }
 
 impl Refusal {
@@ -273,6 +281,7 @@ impl Refusal {
             Refusal::UnenrolledDevice => ErrorCode::UnenrolledDeviceNotAllowed,
             Refusal::NotInScope => ErrorCode::NotInScope,
             Refusal::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Refusal::E2eRequired => ErrorCode::E2eRequired,
         }
     }
 
@@ -289,6 +298,7 @@ impl Refusal {
             Refusal::PermissionDenied(p) => {
                 format!("the helper lacks the {} permission", p.as_str())
             }
+            Refusal::E2eRequired => ErrorCode::E2eRequired.describe().into(),
         }
     }
 }
@@ -351,6 +361,26 @@ impl TenantPolicy {
             return Err(Refusal::UnenrolledDevice);
         }
         Ok(())
+    }
+
+    /// May a party that announced `suites` (its `Hello.e2e_suites`) create, join or wait for
+    /// sessions? Only without protection where the tenant requires it: such a party could
+    /// never be paired, so it is told at once.
+    pub fn admit_announcement(&self, suites: &[u32]) -> Result<(), Refusal> {
+        if self.require_end_to_end && suites.iter().all(|id| *id == 0) {
+            return Err(Refusal::E2eRequired);
+        }
+        Ok(())
+    }
+
+    /// The protection suite of a session between parties that announced these suites:
+    /// the first of the helper's list that the sharer's also holds (the helper's order
+    /// wins), `None` for none in common, refused where the tenant requires protection.
+    pub fn protection(&self, helper: &[u32], sharer: &[u32]) -> Result<Option<u32>, Refusal> {
+        match super::choose_suite(helper, sharer) {
+            None if self.require_end_to_end => Err(Refusal::E2eRequired),
+            chosen => Ok(chosen),
+        }
     }
 
     /// Everything this helper may do anywhere: the union of its assignments.
@@ -431,6 +461,28 @@ mod tests {
     use super::*;
     use crate::auth::{DeviceClaims, ProfileClaims};
     use crate::core::TenantId;
+
+    #[test]
+    fn a_tenant_requiring_protection_refuses_parties_with_no_suite_in_common() {
+        let required = TenantPolicy::default();
+        assert!(required.require_end_to_end, "required by default");
+        assert_eq!(required.protection(&[2, 1], &[1, 2]), Ok(Some(2)));
+        assert_eq!(required.protection(&[1], &[2]), Err(Refusal::E2eRequired));
+        assert_eq!(required.protection(&[], &[1]), Err(Refusal::E2eRequired));
+        assert_eq!(required.protection(&[1], &[]), Err(Refusal::E2eRequired));
+        assert_eq!(required.admit_announcement(&[]), Err(Refusal::E2eRequired));
+        assert_eq!(required.admit_announcement(&[0]), Err(Refusal::E2eRequired));
+        assert_eq!(required.admit_announcement(&[9]), Ok(()));
+        assert_eq!(Refusal::E2eRequired.code(), ErrorCode::E2eRequired);
+        let optional = TenantPolicy {
+            require_end_to_end: false,
+            ..TenantPolicy::default()
+        };
+        assert_eq!(optional.protection(&[1], &[2]), Ok(None));
+        assert_eq!(optional.protection(&[], &[]), Ok(None));
+        assert_eq!(optional.protection(&[1, 2], &[2]), Ok(Some(2)));
+        assert_eq!(optional.admit_announcement(&[]), Ok(()));
+    }
 
     fn user(groups: &[&str], licenses: &[&str], device: Option<DeviceClaims>) -> Principal {
         Principal {

@@ -95,7 +95,7 @@ pub async fn serve(
     let id = hub.next_conn_id();
     let span = info_span!("conn", id = id.0, %remote);
     async move {
-        let (reader, writer, principal, role, welcomed) =
+        let (reader, writer, principal, role, welcomed, e2e_suites) =
             // Boxed: the handshake phase's state would otherwise stay inline in every
             // connection task for its whole life.
             match tokio::time::timeout(
@@ -135,6 +135,7 @@ pub async fn serve(
                 connection: connection.clone(),
                 principal: principal.clone(),
                 candidates: None,
+                e2e_suites: e2e_suites.clone(),
             },
         );
         let mut conn = Conn {
@@ -153,6 +154,7 @@ pub async fn serve(
             prompt_lapsed: false,
             told_addr: welcomed,
             observed: None,
+            e2e_suites,
         };
         let close = conn.run(reader).await;
         let (reason, ended_by) = match close {
@@ -173,7 +175,7 @@ pub async fn serve(
 async fn authenticate(
     hub: &Hub,
     connection: &quinn::Connection,
-) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr), Close> {
+) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr, Arc<[u32]>), Close> {
     let max = hub.config.limits.max_control_message;
     let (send_stream, recv) = connection
         .accept_bi()
@@ -209,6 +211,16 @@ async fn authenticate(
             format!(
                 "protocol version {} is not supported (this relay speaks {PROTOCOL_VERSION})",
                 hello.protocol_version
+            ),
+        ));
+    }
+    if hello.e2e_suites.len() > crate::e2e::MAX_SUITES {
+        return Err(Close::Refuse(
+            ErrorCode::ProtocolViolation,
+            format!(
+                "Hello.e2e_suites lists {} suites (at most {})",
+                hello.e2e_suites.len(),
+                crate::e2e::MAX_SUITES
             ),
         ));
     }
@@ -261,7 +273,15 @@ async fn authenticate(
         relay_version: env!("CARGO_PKG_VERSION").to_string(),
     });
     send(&mut conn_writer, welcome).await?;
-    Ok((reader, conn_writer, Arc::new(principal), role, observed))
+    let suites: Arc<[u32]> = hello.e2e_suites.into();
+    Ok((
+        reader,
+        conn_writer,
+        Arc::new(principal),
+        role,
+        observed,
+        suites,
+    ))
 }
 
 /// The state of one authenticated connection.
@@ -288,6 +308,8 @@ struct Conn {
     /// Once the client offered direct-path candidates, its address is checked against
     /// `told_addr` on every message and on this timer, and `ObservedAddress` sent on change.
     observed: Option<Box<tokio::time::Interval>>,
+    /// The end-to-end protection suites the client announced in its `Hello`.
+    e2e_suites: Arc<[u32]>,
 }
 
 /// How often a client that offered candidates has its observed address checked (besides
@@ -595,7 +617,10 @@ impl Conn {
             ));
         };
         let policy = self.hub.policies().tenant(&self.principal.tenant);
-        if let Err(refusal) = policy.may_offer(&self.principal, mode) {
+        if let Err(refusal) = policy
+            .may_offer(&self.principal, mode)
+            .and_then(|()| policy.admit_announcement(&self.e2e_suites))
+        {
             metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
             return self.refuse(refusal.code(), refusal.message()).await;
         }
@@ -776,6 +801,11 @@ impl Conn {
                 return Ok(());
             }
         }
+        let policy = self.hub.policies().tenant(&self.principal.tenant);
+        if let Err(refusal) = policy.admit_announcement(&self.e2e_suites) {
+            metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
+            return self.refuse(refusal.code(), refusal.message()).await;
+        }
         match self.hub.register_device(self.id, &self.principal) {
             Ok(device_id) => {
                 info!(%device_id, "device agent registered for unattended sessions");
@@ -806,6 +836,11 @@ impl Conn {
         }
         if let Err(code) = self.hub.allow_setup(&self.principal.tenant) {
             return self.refuse(code, code.describe().into()).await;
+        }
+        let policy = self.hub.policies().tenant(&self.principal.tenant);
+        if let Err(refusal) = policy.admit_announcement(&self.e2e_suites) {
+            metrics::counter!("relay_policy_refusals_total", "code" => refusal.code().as_str_name()).increment(1);
+            return self.refuse(refusal.code(), refusal.message()).await;
         }
         let pending = match self.hub.connect_unattended(
             self.id,
@@ -951,7 +986,11 @@ impl Conn {
         peer_profile: Option<Arc<Principal>>,
         begun: Begun,
     ) -> Result<(), Close> {
-        let Begun { counters, direct } = begun;
+        let Begun {
+            counters,
+            direct,
+            e2e,
+        } = begun;
         let Some(local) = self.session.as_mut().filter(|s| &s.id == session) else {
             return Ok(());
         };
@@ -965,6 +1004,9 @@ impl Conn {
             counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
+        // Test builds only: a relay that rewrites the announcements (e2e_mitm.rs).
+        #[cfg(feature = "tap")]
+        let e2e = crate::tap::announcement(self.role, e2e);
         self.reply(Out::SessionStarted(v1::SessionStarted {
             session_id: session.to_string(),
             mode: mode.to_wire() as i32,
@@ -973,6 +1015,8 @@ impl Conn {
             chat_disabled: !chat_allowed,
             peer: peer_profile.map(|p| p.to_wire()),
             direct_path_offered: direct.is_some(),
+            e2e_suite: e2e.suite,
+            peer_e2e_suites: e2e.peer_suites.to_vec(),
         }))
         .await?;
         match direct {
@@ -1051,6 +1095,7 @@ impl Conn {
                 chat_allowed,
                 counters,
                 direct,
+                e2e,
             } => {
                 if current.is_none() && self.device_registered {
                     // An unattended session: the agent had no join step.
@@ -1065,7 +1110,11 @@ impl Conn {
                             peer,
                             chat_allowed,
                             Some(peer_profile),
-                            Begun { counters, direct },
+                            Begun {
+                                counters,
+                                direct,
+                                e2e: e2e.clone(),
+                            },
                         )
                         .await;
                 }
@@ -1077,7 +1126,11 @@ impl Conn {
                             peer,
                             chat_allowed,
                             None,
-                            Begun { counters, direct },
+                            Begun {
+                                counters,
+                                direct,
+                                e2e: e2e.clone(),
+                            },
                         )
                         .await;
                 }

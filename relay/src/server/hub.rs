@@ -72,6 +72,8 @@ pub enum Event {
         counters: Arc<ChannelCounters>,
         /// This side's direct-path offer, sent right after `SessionStarted`.
         direct: Option<v1::DirectPathOffer>,
+        /// What this side is told about end-to-end protection.
+        e2e: E2eAnnouncement,
     },
     /// The session's mode changed.
     ModeChanged {
@@ -113,6 +115,17 @@ pub struct ConnLink {
     pub principal: Arc<Principal>,
     /// What it offered for direct paths, if anything.
     pub candidates: Option<Arc<Candidates>>,
+    /// The end-to-end protection suites it announced in `Hello`.
+    pub e2e_suites: Arc<[u32]>,
+}
+
+/// What one party is told in `SessionStarted` about end-to-end protection.
+#[derive(Debug, Clone)]
+pub struct E2eAnnouncement {
+    /// The session's suite (0: none in common).
+    pub suite: u32,
+    /// The suites the other party announced, in its order.
+    pub peer_suites: Arc<[u32]>,
 }
 
 /// Token verification and every tenant's policy, as one consistent snapshot.
@@ -348,6 +361,8 @@ pub struct Begun {
     pub counters: Arc<ChannelCounters>,
     /// This side's direct-path offer, if one is made.
     pub direct: Option<v1::DirectPathOffer>,
+    /// This side's end-to-end announcement.
+    pub e2e: E2eAnnouncement,
 }
 
 /// The two parties' direct-path offers (helper's, sharer's) when both offered candidates.
@@ -792,7 +807,17 @@ impl Hub {
             return Err((ErrorCode::PeerLost, ErrorCode::PeerLost.describe().into()));
         };
         let policy = self.policies().tenant(&principal.tenant);
-        if let Err(refusal) = policy.may_help(&helper.principal, principal, joined.mode) {
+        let sharer_suites = self
+            .read()
+            .links
+            .get(&sharer)
+            .map(|l| l.e2e_suites.clone())
+            .unwrap_or_else(|| Arc::from([]));
+        // Protection is decided with the rest of policy, before the sharer is asked.
+        if let Err(refusal) = policy
+            .may_help(&helper.principal, principal, joined.mode)
+            .and_then(|()| policy.protection(&helper.e2e_suites, &sharer_suites))
+        {
             self.refuse_joined(&joined.session, &helper, principal, &refusal);
             return Err((refusal.code(), refusal.message()));
         }
@@ -1151,9 +1176,16 @@ impl Hub {
                 .and_then(|c| state.links.get(&c).cloned())
         };
         let policy = self.policies().tenant(&principal.tenant);
+        let helper_suites = self
+            .read()
+            .links
+            .get(&helper)
+            .map(|l| l.e2e_suites.clone())
+            .unwrap_or_else(|| Arc::from([]));
         if let Some(agent) = &agent {
             policy
                 .may_help(principal, &agent.principal, Mode::Unattended)
+                .and_then(|()| policy.protection(&helper_suites, &agent.e2e_suites))
                 .map_err(|r| {
                     metrics::counter!("relay_policy_refusals_total", "code" => r.code().as_str_name()).increment(1);
                     self.refused(Refused {
@@ -1326,6 +1358,22 @@ impl Hub {
             Role::Helper => (helper_offer, sharer_offer),
             Role::Sharer => (sharer_offer, helper_offer),
         };
+        // Policy checked the pairing at the join (or unattended connect); this is the
+        // announcement each side gets: the suite, and the other side's list.
+        let suite = crate::core::choose_suite(&start.helper.e2e_suites, &start.sharer.e2e_suites)
+            .unwrap_or(0);
+        let to_helper = E2eAnnouncement {
+            suite,
+            peer_suites: start.sharer.e2e_suites.clone(),
+        };
+        let to_sharer = E2eAnnouncement {
+            suite,
+            peer_suites: start.helper.e2e_suites.clone(),
+        };
+        let (own_e2e, peer_e2e) = match start.caller {
+            Role::Helper => (to_helper, to_sharer),
+            Role::Sharer => (to_sharer, to_helper),
+        };
         deliver(
             start.peer(),
             Event::Started {
@@ -1336,6 +1384,7 @@ impl Hub {
                 chat_allowed: start.chat_allowed,
                 counters: peer_counters,
                 direct: peer_offer,
+                e2e: peer_e2e,
             },
         );
         Ok(Begun {
@@ -1344,6 +1393,7 @@ impl Hub {
                 Role::Sharer => sharer_side,
             },
             direct: own_offer,
+            e2e: own_e2e,
         })
     }
 
