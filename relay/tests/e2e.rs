@@ -5,11 +5,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestRelay, secured, within};
-use remote_help_relay::client::secure::SecureSession;
-use remote_help_relay::client::{Client, ClientError};
-use remote_help_relay::core::{Channel, Mode};
-use remote_help_relay::e2e::{E2eError, stream_domain};
+use common::{TestRelay, secured, started_with, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::client::secure::{self, SecureSession};
+use remote_help_relay::client::{Client, ClientError, Protection};
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::e2e::{E2eError, Suite, stream_domain};
 
 #[tokio::test]
 async fn both_users_see_the_same_code_and_sealed_channels_carry_content() {
@@ -156,4 +158,126 @@ async fn forged_replayed_reordered_and_truncated_frames_are_refused_by_the_recei
 
 fn h_keys(session: &SecureSession) -> remote_help_relay::e2e::SessionKeys {
     session.keys().clone()
+}
+
+/// A client of `contoso` in `role` with `protection`.
+async fn client_with(relay: &TestRelay, role: Role, protection: Protection) -> Client {
+    let persona = match role {
+        Role::Helper => Persona::Helper,
+        Role::Sharer => Persona::Sharer,
+    };
+    let mut options = relay.options(relay.tenant("contoso").token(persona), role);
+    options.protection = protection;
+    within(Client::connect(options)).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_sdk_protects_by_default_and_the_relay_announces_the_helpers_choice() {
+    let relay = TestRelay::start().await;
+    assert_eq!(
+        relay
+            .options(String::new(), Role::Helper)
+            .protection
+            .announced(),
+        [1, 2],
+        "every suite, by default"
+    );
+    // The helper prefers AES-256-GCM, the sharer ChaCha20: the helper's order wins.
+    let (mut helper, sharer, helper_start, sharer_start) = started_with(
+        &relay,
+        Mode::FullControl,
+        Protection::EndToEnd(vec![Suite::X25519Aes256Gcm, Suite::X25519ChaCha20Poly1305]),
+        Protection::default(),
+    )
+    .await;
+    assert_eq!((helper_start.e2e_suite, sharer_start.e2e_suite), (2, 2));
+    assert_eq!(helper_start.peer_e2e_suites, [1, 2]);
+    assert_eq!(sharer_start.peer_e2e_suites, [2, 1]);
+    // The session API seals by default.
+    let (h, s) = within(async {
+        tokio::join!(
+            secure::channels(&helper, &helper_start, Role::Helper),
+            secure::channels(&sharer, &sharer_start, Role::Sharer)
+        )
+    })
+    .await;
+    let (h, mut s) = (h.unwrap(), s.unwrap());
+    assert_eq!(h.suite(), Some(Suite::X25519Aes256Gcm));
+    assert!(h.verification_code().is_some());
+    assert_eq!(h.verification_code(), s.verification_code());
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(b"click")).await.unwrap();
+    let (_, mut input_in) = within(s.accept_channel()).await.unwrap();
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"click"
+    );
+    within(helper.end_session()).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_requiring_protection_refuses_unprotected_pairs_before_consent() {
+    let relay = TestRelay::start().await;
+    let plain = || Protection::PlaintextForMeasurement;
+
+    // A helper that announced nothing could never be paired: told at once.
+    let mut helper = client_with(&relay, Role::Helper, plain()).await;
+    let err = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::E2eRequired), "{err}");
+
+    // An unprotected sharer, and a sharer with no suite in common: refused at the join,
+    // with no consent prompt; the helper's session ends with the same code.
+    for sharer_protection in [plain(), Protection::EndToEnd(vec![Suite::X25519Aes256Gcm])] {
+        let mut helper = client_with(
+            &relay,
+            Role::Helper,
+            Protection::EndToEnd(vec![Suite::X25519ChaCha20Poly1305]),
+        )
+        .await;
+        let created = within(helper.create_session(Mode::FullControl))
+            .await
+            .unwrap();
+        let mut sharer = client_with(&relay, Role::Sharer, sharer_protection.clone()).await;
+        let err = within(sharer.join(&created.code)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::E2eRequired),
+            "{sharer_protection:?}: {err}"
+        );
+        assert_eq!(within(helper.wait_for_end()).await, ErrorCode::E2eRequired);
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_requirement_a_protecting_client_sends_nothing_to_an_unprotected_peer() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.require_end_to_end = false)
+        .start()
+        .await;
+    let (helper, sharer, helper_start, sharer_start) = started_with(
+        &relay,
+        Mode::FullControl,
+        Protection::default(),
+        Protection::PlaintextForMeasurement,
+    )
+    .await;
+    assert_eq!((helper_start.e2e_suite, sharer_start.e2e_suite), (0, 0));
+    assert!(helper_start.peer_e2e_suites.is_empty());
+    let refused = within(secure::channels(&helper, &helper_start, Role::Helper))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ClientError::E2e(E2eError::PeerUnprotected)),
+        "{refused}"
+    );
+    // The measuring side gets plaintext channels, by its own explicit choice.
+    let s = within(secure::channels(&sharer, &sharer_start, Role::Sharer))
+        .await
+        .unwrap();
+    assert!(s.verification_code().is_none());
+    relay.stop().await;
 }

@@ -359,14 +359,30 @@ pub async fn secured(
     Client,
     remote_help_relay::client::secure::SecureSession,
 ) {
+    secured_with(
+        relay,
+        mode,
+        remote_help_relay::client::Protection::default(),
+        remote_help_relay::client::Protection::default(),
+    )
+    .await
+}
+
+/// Like [`secured`], with each side's protection (announced suites) given.
+pub async fn secured_with(
+    relay: &TestRelay,
+    mode: remote_help_relay::core::Mode,
+    helper_protection: remote_help_relay::client::Protection,
+    sharer_protection: remote_help_relay::client::Protection,
+) -> (
+    Client,
+    remote_help_relay::client::secure::SecureSession,
+    Client,
+    remote_help_relay::client::secure::SecureSession,
+) {
     use remote_help_relay::client::secure;
-    let mut helper = relay.helper("contoso").await;
-    let mut sharer = relay.sharer("contoso").await;
-    let created = within(helper.create_session(mode)).await.unwrap();
-    within(sharer.join(&created.code)).await.unwrap();
-    within(helper.wait_for_sharer()).await.unwrap();
-    let sharer_start = within(sharer.accept()).await.unwrap();
-    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    let (helper, sharer, helper_start, sharer_start) =
+        started_with(relay, mode, helper_protection, sharer_protection).await;
     let (h, s) = within(async {
         tokio::join!(
             secure::establish(&helper, &helper_start, Role::Helper),
@@ -375,4 +391,27 @@ pub async fn secured(
     })
     .await;
     (helper, h.unwrap(), sharer, s.unwrap())
+}
+
+/// A helper and a sharer of `contoso` with the given protection, in a started session;
+/// with both sides' `SessionStart`.
+pub async fn started_with(
+    relay: &TestRelay,
+    mode: remote_help_relay::core::Mode,
+    helper_protection: remote_help_relay::client::Protection,
+    sharer_protection: remote_help_relay::client::Protection,
+) -> (Client, Client, SessionStart, SessionStart) {
+    let tenant = relay.tenant("contoso");
+    let mut options = relay.options(tenant.token(Persona::Helper), Role::Helper);
+    options.protection = helper_protection;
+    let mut helper = within(Client::connect(options)).await.unwrap();
+    let mut options = relay.options(tenant.token(Persona::Sharer), Role::Sharer);
+    options.protection = sharer_protection;
+    let mut sharer = within(Client::connect(options)).await.unwrap();
+    let created = within(helper.create_session(mode)).await.unwrap();
+    within(sharer.join(&created.code)).await.unwrap();
+    within(helper.wait_for_sharer()).await.unwrap();
+    let sharer_start = within(sharer.accept()).await.unwrap();
+    let helper_start = within(helper.wait_for_start()).await.unwrap();
+    (helper, sharer, helper_start, sharer_start)
 }
