@@ -19,14 +19,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use remote_help_relay::client::ClientOptions;
+use remote_help_relay::client::{ClientOptions, Protection};
 use remote_help_relay::core::Role;
+use remote_help_relay::e2e::Suite;
 use remote_help_relay::server::admin::ProcessUsage;
 use remote_help_relay::tls::{Fingerprint, RelayTrust};
 use serde::Serialize;
 
 use spawned::{RelayProbe, SpawnedRelay};
 use workload::{Path, Recorder, Workload};
+
+/// The suite sessions with `protection` use between two parties that announce the same:
+/// the first announced (the helper's order wins), or `None` without protection.
+fn protection_suite(protection: &Protection) -> Option<Suite> {
+    match protection {
+        Protection::EndToEnd(suites) => suites.first().copied(),
+        Protection::PlaintextForMeasurement => None,
+    }
+}
 
 /// Most sessions one run may drive.
 const MAX_SESSIONS: usize = 200_000;
@@ -112,6 +122,15 @@ struct Args {
     /// starts once the attempt is over and goes direct where the path came up.
     #[arg(long)]
     direct_path: bool,
+    /// Measure without end-to-end protection (the clients announce no suite, the relay
+    /// sees the content), to compare with the default; a spawned relay's tenant then does
+    /// not require protection.
+    #[arg(long, conflicts_with = "e2e_suite")]
+    no_e2e: bool,
+    /// The end-to-end protection suite every session uses (both parties announce only
+    /// it); default: the SDK's default announcement, which picks chacha20.
+    #[arg(long, value_enum)]
+    e2e_suite: Option<E2eSuite>,
     /// Also run the same workload peer to peer without the relay, in the same run.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
@@ -124,6 +143,23 @@ struct Args {
     /// No progress bar (logs and CI).
     #[arg(long)]
     no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum E2eSuite {
+    /// X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (suite 1).
+    Chacha20,
+    /// X25519 + HKDF-SHA256 + AES-256-GCM (suite 2).
+    Aes256gcm,
+}
+
+impl E2eSuite {
+    fn suite(self) -> Suite {
+        match self {
+            E2eSuite::Chacha20 => Suite::X25519ChaCha20Poly1305,
+            E2eSuite::Aes256gcm => Suite::X25519Aes256Gcm,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +192,8 @@ struct Settings {
     idle: bool,
     stalled: usize,
     direct_path: bool,
+    /// End-to-end protection: the suite's name, or `off` (`--no-e2e`).
+    e2e: String,
     relay: String,
     /// Where sharers connected, when not `relay` (each join was redirected).
     join_via: Option<String>,
@@ -317,6 +355,11 @@ async fn run(args: Args) -> Result<u64> {
             remote_help_relay::client::MAX_DATA_FRAME
         );
     }
+    let protection = match (args.no_e2e, args.e2e_suite) {
+        (true, _) => Protection::PlaintextForMeasurement,
+        (false, Some(suite)) => Protection::EndToEnd(vec![suite.suite()]),
+        (false, None) => Protection::default(),
+    };
     let workload = Workload {
         screen_bits_per_sec,
         frame_bytes: args.frame_bytes.max(17),
@@ -325,6 +368,7 @@ async fn run(args: Args) -> Result<u64> {
         idle: args.idle,
         stalled_sessions: args.stalled,
         direct_path: args.direct_path,
+        e2e: protection_suite(&protection),
     };
 
     // With --spawn-relay the guard keeps the relay running until the report is written.
@@ -344,6 +388,7 @@ async fn run(args: Args) -> Result<u64> {
         let sizing = spawned::Sizing {
             sessions: args.sessions,
             udp_sockets: args.relay_udp_sockets,
+            require_end_to_end: !args.no_e2e,
         };
         let started = tokio::task::spawn_blocking(move || {
             if nodes == 1 {
@@ -415,6 +460,9 @@ async fn run(args: Args) -> Result<u64> {
         idle: args.idle,
         stalled: args.stalled,
         direct_path: args.direct_path,
+        e2e: workload
+            .e2e
+            .map_or_else(|| "off".to_string(), |s| s.as_str().to_string()),
         relay: addr.to_string(),
         join_via: join_via.map(|a| a.to_string()),
         nodes: args.nodes,
@@ -424,8 +472,11 @@ async fn run(args: Args) -> Result<u64> {
     } else {
         (args.sessions * 2).div_ceil(64).clamp(1, 64)
     };
-    let helper = ClientOptions::new(addr, trust.clone(), helper_token, Role::Helper);
-    let sharer = ClientOptions::new(join_via.unwrap_or(addr), trust, sharer_token, Role::Sharer);
+    let mut helper = ClientOptions::new(addr, trust.clone(), helper_token, Role::Helper);
+    let mut sharer =
+        ClientOptions::new(join_via.unwrap_or(addr), trust, sharer_token, Role::Sharer);
+    helper.protection = protection.clone();
+    sharer.protection = protection;
     let endpoints = client_endpoints(sockets)?;
     let relayed = run_phase("relayed", &args, workload, &probe, |i| Path::Relayed {
         helper: Box::new(helper.clone()),

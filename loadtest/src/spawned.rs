@@ -36,6 +36,9 @@ pub struct Sizing {
     pub sessions: usize,
     /// The relay's `limits.udp_sockets` (0: one per CPU it may run on).
     pub udp_sockets: usize,
+    /// The tenant's `require_end_to_end`: on, unless the run measures without protection
+    /// (`--no-e2e`), whose clients such a tenant would refuse.
+    pub require_end_to_end: bool,
 }
 
 impl SpawnedRelay {
@@ -100,6 +103,7 @@ impl SpawnedRelay {
         Sizing {
             sessions,
             udp_sockets,
+            require_end_to_end,
         }: Sizing,
         node: Option<NodeSpec>,
     ) -> Result<SpawnedRelay> {
@@ -173,6 +177,7 @@ id = "dev"
 issuer = "https://dev.remote-help.invalid/"
 jwks_file = "dev-tenant.jwks.json"
 enabled = true
+require_end_to_end = {require_end_to_end}
 
 [[tenants.assignments]]
 role = "Help Desk Operator"

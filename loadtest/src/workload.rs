@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use remote_help_relay::client::{
-    ChannelReceiver, ChannelSender, Client, ClientError, ClientOptions, DataChannels, DirectOutcome,
-};
-use remote_help_relay::core::{Channel, Mode};
+use remote_help_relay::client::secure::{self, Receiver, SecureSession, Sender, SessionChannels};
+use remote_help_relay::client::{Client, ClientError, ClientOptions, DataChannels, DirectOutcome};
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::e2e::Suite;
 
 /// What each session does once it is up.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +39,9 @@ pub struct Workload {
     /// Relayed sessions ask for a direct peer-to-peer path (each client then has its own
     /// UDP socket, as a direct path needs); traffic goes direct where it comes up.
     pub direct_path: bool,
+    /// End-to-end protection of the direct baseline (relayed sessions protect as their
+    /// client options say): the suite, or `None` for plaintext (`--no-e2e`).
+    pub e2e: Option<Suite>,
 }
 
 /// How long after the deadline a session may take to wind down before it counts as hung.
@@ -319,8 +322,14 @@ async fn relayed(
     let created = helper.create_session(Mode::FullControl).await?;
     sharer.join(&created.code).await?;
     helper.wait_for_sharer().await?;
-    sharer.accept().await?;
-    helper.wait_for_start().await?;
+    let sharer_start = sharer.accept().await?;
+    let helper_start = helper.wait_for_start().await?;
+    // With protection (the default), a session is set up once its keys are agreed.
+    let (helper_channels, sharer_channels) = tokio::join!(
+        secure::channels(&helper, &helper_start, Role::Helper),
+        secure::channels(&sharer, &sharer_start, Role::Sharer)
+    );
+    let (helper_channels, sharer_channels) = (helper_channels?, sharer_channels?);
     record(&rec.setup, started.elapsed().as_micros() as u64);
     rec.live.up.fetch_add(1, Ordering::Relaxed);
     if plan.workload.direct_path {
@@ -335,7 +344,7 @@ async fn relayed(
             record(&rec.direct_setup, took.as_micros() as u64);
         }
     }
-    let traffic = traffic(helper.data(), sharer.data(), plan, rec.clone()).await;
+    let traffic = traffic(helper_channels, sharer_channels, plan, rec.clone()).await;
     if let Err(e) = &traffic {
         rec.error_named(e.clone());
     }
@@ -364,15 +373,28 @@ async fn direct(
     let sharer = accepted
         .await
         .map_err(|_| ClientError::Unexpected("the sharer endpoint closed".into()))?;
-    record(&rec.setup, started.elapsed().as_micros() as u64);
-    rec.live.up.fetch_add(1, Ordering::Relaxed);
-    let traffic = traffic(
+    let (helper_data, sharer_data) = (
         DataChannels::over(helper.clone()),
         DataChannels::over(sharer.clone()),
-        plan,
-        rec.clone(),
-    )
-    .await;
+    );
+    let (helper_channels, sharer_channels) = match plan.workload.e2e {
+        None => (
+            SessionChannels::PlaintextForMeasurement(helper_data),
+            SessionChannels::PlaintextForMeasurement(sharer_data),
+        ),
+        Some(suite) => {
+            // No relay announces anything here: both parties live in this process, so the
+            // exchange runs in memory, then every frame is sealed as through the relay.
+            let (h, s) = local_keys(&name, suite)?;
+            (
+                SessionChannels::Protected(SecureSession::with_keys(helper_data, h)),
+                SessionChannels::Protected(SecureSession::with_keys(sharer_data, s)),
+            )
+        }
+    };
+    record(&rec.setup, started.elapsed().as_micros() as u64);
+    rec.live.up.fetch_add(1, Ordering::Relaxed);
+    let traffic = traffic(helper_channels, sharer_channels, plan, rec.clone()).await;
     if let Err(e) = &traffic {
         rec.error_named(e.clone());
     }
@@ -381,10 +403,43 @@ async fn direct(
     Ok(traffic.is_ok())
 }
 
+/// Both parties' keys for the direct baseline, agreed in memory.
+fn local_keys(
+    session: &str,
+    suite: Suite,
+) -> Result<
+    (
+        remote_help_relay::e2e::SessionKeys,
+        remote_help_relay::e2e::SessionKeys,
+    ),
+    ClientError,
+> {
+    use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
+    let (h, s) = (KeyExchange::start()?, KeyExchange::start()?);
+    let party = |subject: &str| Party {
+        tenant: "loadtest".into(),
+        subject: subject.into(),
+    };
+    let transcript = Transcript {
+        session_id: session.into(),
+        helper: party("helper"),
+        sharer: party("sharer"),
+        helper_suites: vec![suite.id()],
+        sharer_suites: vec![suite.id()],
+        suite,
+        helper_key: h.public_key(),
+        sharer_key: s.public_key(),
+    };
+    Ok((
+        h.finish(Role::Helper, &transcript)?,
+        s.finish(Role::Sharer, &transcript)?,
+    ))
+}
+
 /// The channels of one session, until the deadline. Returns a failure's name.
 async fn traffic(
-    helper: DataChannels,
-    sharer: DataChannels,
+    mut helper: SessionChannels,
+    mut sharer: SessionChannels,
     plan: Plan,
     rec: Arc<Recorder>,
 ) -> Result<(), String> {
@@ -482,7 +537,7 @@ fn stamp_of(frame: &[u8], offset: usize) -> Option<u64> {
 }
 
 async fn send_screen(
-    mut screen: ChannelSender,
+    mut screen: Sender,
     workload: Workload,
     until: tokio::time::Instant,
     rec: Arc<Recorder>,
@@ -491,7 +546,7 @@ async fn send_screen(
     if workload.screen_bits_per_sec == 0 {
         while tokio::time::Instant::now() < until {
             screen
-                .send(stamped(&rec, seq, workload.frame_bytes, None))
+                .send_bytes(stamped(&rec, seq, workload.frame_bytes, None))
                 .await
                 .map_err(name)?;
             seq += 1;
@@ -504,7 +559,7 @@ async fn send_screen(
         while next < until {
             tokio::time::sleep_until(next).await;
             screen
-                .send(stamped(&rec, seq, workload.frame_bytes, None))
+                .send_bytes(stamped(&rec, seq, workload.frame_bytes, None))
                 .await
                 .map_err(name)?;
             seq += 1;
@@ -522,7 +577,7 @@ async fn send_screen(
 }
 
 async fn send_input(
-    mut input: ChannelSender,
+    mut input: Sender,
     workload: Workload,
     until: tokio::time::Instant,
     rec: Arc<Recorder>,
@@ -538,7 +593,7 @@ async fn send_input(
                 break;
             }
             input
-                .send(stamped(&rec, seq, 16, None))
+                .send_bytes(stamped(&rec, seq, 16, None))
                 .await
                 .map_err(name)?;
             seq += 1;
@@ -549,7 +604,7 @@ async fn send_input(
     input.finish().await.map_err(name)
 }
 
-async fn send_chat(mut chat: ChannelSender, until: tokio::time::Instant) -> Result<(), String> {
+async fn send_chat(mut chat: Sender, until: tokio::time::Instant) -> Result<(), String> {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
@@ -559,15 +614,15 @@ async fn send_chat(mut chat: ChannelSender, until: tokio::time::Instant) -> Resu
         let mut message = BytesMut::with_capacity(100);
         message.put_u8(CHAT);
         message.put_bytes(b'x', 99);
-        chat.send(message.freeze()).await.map_err(name)?;
+        chat.send_bytes(message.freeze()).await.map_err(name)?;
     }
     chat.finish().await.map_err(name)
 }
 
 /// Sharer: echoes every input event on its chat channel (and chats once a second).
 async fn echo_input(
-    mut input: ChannelReceiver,
-    mut chat: ChannelSender,
+    mut input: Receiver,
+    mut chat: Sender,
     chatty: bool,
     until: tokio::time::Instant,
     rec: Arc<Recorder>,
@@ -581,7 +636,7 @@ async fn echo_input(
                     let mut echo = BytesMut::with_capacity(1 + event.len());
                     echo.put_u8(ECHO);
                     echo.put_slice(&event);
-                    chat.send(echo.freeze()).await.map_err(name)?;
+                    chat.send_bytes(echo.freeze()).await.map_err(name)?;
                 }
                 None => break,
             },
@@ -589,7 +644,7 @@ async fn echo_input(
                 let mut message = BytesMut::with_capacity(100);
                 message.put_u8(CHAT);
                 message.put_bytes(b'y', 99);
-                chat.send(message.freeze()).await.map_err(name)?;
+                chat.send_bytes(message.freeze()).await.map_err(name)?;
             }
         }
     }
@@ -597,7 +652,7 @@ async fn echo_input(
 }
 
 /// Helper: times each echoed input event.
-async fn receive_echoes(mut chat: ChannelReceiver, rec: Arc<Recorder>) -> Result<(), String> {
+async fn receive_echoes(mut chat: Receiver, rec: Arc<Recorder>) -> Result<(), String> {
     while let Some(frame) = chat.recv().await.map_err(name)? {
         rec.live
             .bytes
@@ -613,7 +668,7 @@ async fn receive_echoes(mut chat: ChannelReceiver, rec: Arc<Recorder>) -> Result
 }
 
 async fn receive_screen(
-    mut screen: ChannelReceiver,
+    mut screen: Receiver,
     stalled_until: Option<tokio::time::Instant>,
     rec: Arc<Recorder>,
 ) -> Result<(), String> {
@@ -633,7 +688,7 @@ async fn receive_screen(
     Ok(())
 }
 
-async fn drain(mut channel: ChannelReceiver, rec: Arc<Recorder>) -> Result<(), String> {
+async fn drain(mut channel: Receiver, rec: Arc<Recorder>) -> Result<(), String> {
     while let Some(frame) = channel.recv().await.map_err(name)? {
         rec.live
             .bytes

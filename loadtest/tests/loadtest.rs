@@ -57,6 +57,8 @@ fn a_small_run_against_a_spawned_relay_reports_every_figure() {
         "direct",
     ]);
     assert!(stdout.contains("input round trip"), "{stdout}");
+    // Protected by default, with the SDK's default announcement.
+    assert_eq!(json["settings"]["e2e"], "chacha20", "{json:#}");
     let relayed = &json["relayed"];
     assert_eq!(relayed["sessions_ok"], 3, "{json:#}");
     assert_eq!(relayed["sessions_failed"], 0);
@@ -119,6 +121,39 @@ fn direct_paths_come_up_on_loopback_and_carry_the_traffic() {
         "{json:#}"
     );
     assert!(json["relayed"]["input_round_trips"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn protection_can_be_pinned_to_either_suite_or_turned_off_for_comparison() {
+    for (args, e2e) in [
+        (&["--e2e-suite", "aes256gcm"][..], "aes256gcm"),
+        (&["--e2e-suite", "chacha20"][..], "chacha20"),
+        (&["--no-e2e"][..], "off"),
+    ] {
+        let mut all = vec![
+            "--sessions",
+            "2",
+            "--ramp",
+            "50",
+            "--duration",
+            "1",
+            "--screen-kbit",
+            "2000",
+            "--input-rate",
+            "50",
+            "--baseline",
+            "direct",
+        ];
+        all.extend_from_slice(args);
+        let (_, json) = spawned_run(&all);
+        assert_eq!(json["settings"]["e2e"], e2e, "{args:?}: {json:#}");
+        for run in ["relayed", "direct"] {
+            assert_eq!(json[run]["sessions_ok"], 2, "{args:?} {run}: {json:#}");
+            assert_eq!(json[run]["sessions_failed"], 0, "{args:?} {run}");
+            assert!(json[run]["input_round_trips"].as_u64().unwrap() > 0);
+            assert!(json[run]["screen_frames"].as_u64().unwrap() > 0);
+        }
+    }
 }
 
 #[test]

@@ -219,6 +219,7 @@ mod tests {
                 token: "a.b.c".into(),
                 role: Role::Helper as i32,
                 client_name: "test".into(),
+                e2e_suites: vec![1, 2],
             })),
         }
     }

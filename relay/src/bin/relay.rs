@@ -498,8 +498,8 @@ fn demo() -> anyhow::Result<()> {
         handle.shutdown().await;
         let report = report?;
         println!(
-            "[demo  ] done: setup {:.1} ms, input round trip p50 {:.3} ms, screen {:.0} Mbit/s",
-            report.setup_ms, report.input_rtt_p50_ms, report.throughput_mbit_s
+            "[demo  ] done: setup {:.1} ms, input round trip p50 {:.3} ms, screen {:.0} Mbit/s, end-to-end {}",
+            report.setup_ms, report.input_rtt_p50_ms, report.throughput_mbit_s, report.e2e
         );
         anyhow::Ok(())
     })?;

@@ -5,17 +5,20 @@
 //! - `rhelp helper`: create a session, print its code, view the (synthetic) screen and send
 //!   input events.
 //! - `rhelp share`: join by code, consent, and stream a synthetic screen.
+//!
+//! Every session is protected end to end (PROTOCOL.md §8.7); `rhelp helper` and `rhelp
+//! share` print the verification code the two people compare. Only `rhelp probe --no-e2e`
+//! runs without, to measure what protection costs.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use remote_help_relay::client::{
-    ChannelReceiver, Client, ClientError, ClientOptions, DirectOutcome,
-};
+use remote_help_relay::client::secure::{self, Receiver};
+use remote_help_relay::client::{Client, ClientError, ClientOptions, DirectOutcome};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::probe::{self, ProbeSettings};
 use remote_help_relay::tls::{Fingerprint, RelayTrust};
@@ -81,6 +84,11 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Measure without end-to-end protection (both parties announce no suite; the relay
+        /// sees the content). Only for comparisons, against a tenant that does not require
+        /// protection.
+        #[arg(long)]
+        no_e2e: bool,
     },
     /// Measure end-to-end protection: seal/open speed on one core, and screen throughput
     /// through the relay without and with it.
@@ -173,7 +181,8 @@ fn main() -> ExitCode {
                 screen_mb,
                 round_trips,
                 json,
-            } => probe_command(&parties, screen_mb, round_trips, json).await,
+                no_e2e,
+            } => probe_command(&parties, screen_mb, round_trips, json, no_e2e).await,
             Command::Helper {
                 relay,
                 token,
@@ -292,6 +301,7 @@ async fn probe_command(
     screen_mb: usize,
     round_trips: usize,
     json: bool,
+    no_e2e: bool,
 ) -> ExitCode {
     let settings = ProbeSettings {
         round_trips: round_trips.max(1),
@@ -299,7 +309,11 @@ async fn probe_command(
         frame_size: 64 * 1024,
     };
     let result = async {
-        let (helper, sharer) = parties.options()?;
+        let (mut helper, mut sharer) = parties.options()?;
+        if no_e2e {
+            helper = helper.insecure_plaintext_for_measurement();
+            sharer = sharer.insecure_plaintext_for_measurement();
+        }
         probe::run(helper, sharer, settings, |step| {
             if !json {
                 println!("  {step}");
@@ -318,7 +332,7 @@ async fn probe_command(
                         "ok": true, "error_code": null, "setup_ms": r.setup_ms,
                         "input_rtt_p50_ms": r.input_rtt_p50_ms, "input_rtt_p99_ms": r.input_rtt_p99_ms,
                         "input_rtt_max_ms": r.input_rtt_max_ms, "screen_bytes": r.screen_bytes,
-                        "throughput_mbit_s": r.throughput_mbit_s,
+                        "throughput_mbit_s": r.throughput_mbit_s, "e2e": r.e2e,
                     })
                 );
             } else {
@@ -329,6 +343,7 @@ async fn probe_command(
                     r.input_rtt_p50_ms, r.input_rtt_p99_ms, r.input_rtt_max_ms
                 );
                 println!("  screen throughput  {:>10.1} Mbit/s", r.throughput_mbit_s);
+                println!("  end-to-end         {:>10}", r.e2e);
             }
             ExitCode::SUCCESS
         }
@@ -435,9 +450,11 @@ async fn helper_command(
     );
     let started = client.wait_for_start().await?;
     println!("Session started in {} mode.", started.mode.as_str());
+    let mut session = secure::channels(&client, &started, Role::Helper).await?;
+    show_verification_code(session.verification_code(), "the person you are helping");
     say_path(&client).await;
     let mut input = if started.mode == Mode::FullControl {
-        Some(client.open_channel(Channel::Input).await?)
+        Some(session.open_channel(Channel::Input).await?)
     } else {
         None
     };
@@ -446,14 +463,13 @@ async fn helper_command(
     let mut bytes = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut screen = None;
-    let data = client.data();
     loop {
         let step: Result<(), ClientError> = tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => break,
             // The session's end (the sharer ended it, vanished, ...) is told on the control
             // stream, with its code; say that rather than how a data stream broke.
             reason = client.wait_for_end() => return session_ended(reason, frames, bytes),
-            accepted = data.accept_channel(), if screen.is_none() => accepted.map(|(channel, receiver)| {
+            accepted = session.accept_channel(), if screen.is_none() => accepted.map(|(channel, receiver)| {
                 if channel == Channel::Screen { screen = Some(receiver); }
             }),
             frame = next_frame(&mut screen), if screen.is_some() => match frame {
@@ -462,7 +478,7 @@ async fn helper_command(
                 Err(e) => Err(e),
             },
             _ = ticker.tick() => match input.as_mut() {
-                Some(input) => input.send(Bytes::from_static(b"mouse-move 10 10")).await,
+                Some(input) => input.send(b"mouse-move 10 10").await,
                 None => Ok(()),
             },
         };
@@ -513,21 +529,22 @@ async fn share_command(
         println!("Declined.");
         return Ok(());
     }
-    client.accept().await?;
+    let started = client.accept().await?;
+    let mut session = secure::channels(&client, &started, Role::Sharer).await?;
     println!("Sharing your screen. The helper can end the session.");
+    show_verification_code(session.verification_code(), "the helper");
     say_path(&client).await;
-    let data = client.data();
-    let mut screen = data.open_channel(Channel::Screen).await?;
+    let mut screen = session.open_channel(Channel::Screen).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / fps.max(1));
     let mut input = None;
     let mut events = 0u64;
-    let frame = Bytes::from(vec![0u8; 32 * 1024]);
+    let frame = vec![0u8; 32 * 1024];
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if screen.send(frame.clone()).await.is_err() { break; }
+                if screen.send(&frame).await.is_err() { break; }
             }
-            accepted = data.accept_channel(), if input.is_none() => {
+            accepted = session.accept_channel(), if input.is_none() => {
                 match accepted {
                     Ok((Channel::Input, receiver)) => input = Some(receiver),
                     Ok(_) => {}
@@ -572,10 +589,20 @@ fn session_ended(
     })
 }
 
+/// Shows the end-to-end verification code at once, and what to do if the other person's
+/// differs.
+fn show_verification_code(code: Option<&str>, other: &str) {
+    if let Some(code) = code {
+        println!("Verification code: {code}");
+        println!(
+            "  Compare it with the code {other} sees. If the two codes differ, end the session \
+             now (Ctrl-C): someone may be intercepting it."
+        );
+    }
+}
+
 /// The next frame of an optional channel; never completes while there is none.
-async fn next_frame(
-    receiver: &mut Option<ChannelReceiver>,
-) -> Result<Option<BytesMut>, ClientError> {
+async fn next_frame(receiver: &mut Option<Receiver>) -> Result<Option<Bytes>, ClientError> {
     match receiver {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

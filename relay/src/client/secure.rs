@@ -155,6 +155,21 @@ fn negotiated(role: Role, own: &[u32], start: &SessionStart) -> Result<Suite, E2
 }
 
 impl SecureSession {
+    /// A sealed session over `data` with keys agreed elsewhere: for tools that play both
+    /// parties in one process over a connection no relay announces suites on (loadtest's
+    /// direct baseline). Applications use [`establish`] or [`channels`].
+    pub fn with_keys(data: DataChannels, keys: SessionKeys) -> SecureSession {
+        SecureSession {
+            datagrams_out: datagram_sealer(&keys),
+            datagrams_in: keys.datagram_opener(),
+            keys,
+            data,
+            pending: VecDeque::new(),
+            streams_out: Mutex::new([0; 4]),
+            streams_in: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
     /// The code both users compare (`123 456`); different codes mean the keys were
     /// substituted on the way, and the session must be ended.
     pub fn verification_code(&self) -> &str {
@@ -412,6 +427,14 @@ impl Sender {
         match self {
             Sender::Sealed(s) => s.send(frame).await,
             Sender::Plain(p) => p.send(Bytes::copy_from_slice(frame)).await,
+        }
+    }
+
+    /// Sends one frame already in a `Bytes` (no copy when not protected).
+    pub async fn send_bytes(&mut self, frame: Bytes) -> Result<(), ClientError> {
+        match self {
+            Sender::Sealed(s) => s.send(&frame).await,
+            Sender::Plain(p) => p.send(frame).await,
         }
     }
 
