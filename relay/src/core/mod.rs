@@ -251,6 +251,16 @@ pub fn may_send(role: Role, channel: Channel, mode: Mode, chat_allowed: bool) ->
     }
 }
 
+/// The end-to-end protection suite of a session (PROTOCOL.md §8.7): the first id of the
+/// helper's announced list that the sharer's list also holds, so the helper's order wins;
+/// 0 never matches. `None`: no suite in common.
+pub fn choose_suite(helper: &[u32], sharer: &[u32]) -> Option<u32> {
+    helper
+        .iter()
+        .copied()
+        .find(|id| *id != 0 && sharer.contains(id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,14 +317,4 @@ mod tests {
         assert!(Mode::ViewOnly < Mode::FullControl && Mode::FullControl < Mode::Elevation);
         assert_eq!(Channel::from_wire(v1::Channel::Unspecified), None);
     }
-}
-
-/// The end-to-end protection suite of a session (PROTOCOL.md §8.7): the first id of the
-/// helper's announced list that the sharer's list also holds, so the helper's order wins;
-/// 0 never matches. `None`: no suite in common.
-pub fn choose_suite(helper: &[u32], sharer: &[u32]) -> Option<u32> {
-    helper
-        .iter()
-        .copied()
-        .find(|id| *id != 0 && sharer.contains(id))
 }
