@@ -153,6 +153,9 @@ pub fn session_keys() -> &'static SessionPair {
                 tenant: "contoso".into(),
                 subject: "sharer".into(),
             },
+            helper_suites: vec![1, 2],
+            sharer_suites: vec![1, 2],
+            suite: remote_help_relay::e2e::Suite::X25519ChaCha20Poly1305,
             helper_key: helper.public_key(),
             sharer_key: sharer.public_key(),
         };

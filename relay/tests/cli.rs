@@ -119,6 +119,29 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["setup_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(report["screen_bytes"], 4 * 1024 * 1024);
+    assert_eq!(report["e2e"], "chacha20", "protected by default: {report}");
+
+    // Without protection, the dev tenant (which requires it, as every tenant does by
+    // default) refuses the pair before any consent.
+    let out = rhelp()
+        .args([
+            "probe",
+            "--relay",
+            &addr,
+            "--pin",
+            &fingerprint,
+            "--json",
+            "--no-e2e",
+        ])
+        .arg("--helper-token")
+        .arg(&helper_token)
+        .arg("--sharer-token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error_code"], "E2E_REQUIRED", "{report}");
 
     // A probe with a wrong pin fails with a non-zero exit and ok=false.
     let out = rhelp()
@@ -230,6 +253,26 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     assert!(share_stdout.contains("Direct path to "), "{share_stdout}");
     let helper_rest: Vec<String> = helper_out.map(|l| l.unwrap()).collect();
     assert!(helper.wait().unwrap().success());
+    // Both people are shown the same verification code at once, and told what a
+    // different one means.
+    let shown = |lines: Vec<&str>| -> String {
+        let code = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("Verification code: "))
+            .expect("a verification code is shown")
+            .to_string();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("If the two codes differ, end the session")),
+            "{lines:?}"
+        );
+        code
+    };
+    let helper_code = shown(helper_rest.iter().map(String::as_str).collect());
+    let share_code = shown(share_stdout.lines().collect());
+    assert_eq!(helper_code, share_code);
+    assert_eq!(helper_code.len(), 7, "{helper_code}");
     assert!(
         helper_rest
             .iter()
