@@ -1467,6 +1467,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.tenants[0].policy, TenantPolicy::default());
+        assert!(config.tenants[0].policy.require_end_to_end);
         assert_eq!(config.consent_timeout, Duration::from_secs(300));
+        // Protection can be made optional, for measurements, only by saying so.
+        let config = Config::parse(
+            "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\nrequire_end_to_end = false\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert!(!config.tenants[0].policy.require_end_to_end);
     }
 }
