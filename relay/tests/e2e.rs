@@ -281,3 +281,63 @@ async fn without_the_requirement_a_protecting_client_sends_nothing_to_an_unprote
     assert!(s.verification_code().is_none());
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn unattended_sessions_need_a_suite_in_common_too() {
+    let relay = TestRelay::start().await;
+    let contoso = relay.tenant("contoso");
+    let agent_token = contoso.sign(&common::with_claims(
+        contoso.spec(Persona::Sharer),
+        serde_json::json!({
+            "kind": "device", "licenses": [], "groups": [],
+            "device_id": "kiosk-9", "device_name": "KIOSK", "platform": "android-dedicated",
+            "manufacturer": "Zebra", "os_version": "14", "device_groups": ["kiosks"],
+        }),
+    ));
+    let agent_with = |protection: Protection| {
+        let mut options = relay.options(agent_token.clone(), Role::Sharer);
+        options.protection = protection;
+        Client::connect(options)
+    };
+    // An agent that announced nothing could never be reached: told at registration.
+    let mut plain_agent = within(agent_with(Protection::PlaintextForMeasurement))
+        .await
+        .unwrap();
+    let err = within(plain_agent.register_device()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::E2eRequired), "{err}");
+
+    let mut agent = within(agent_with(Protection::EndToEnd(vec![
+        Suite::X25519Aes256Gcm,
+    ])))
+    .await
+    .unwrap();
+    within(agent.register_device()).await.unwrap();
+    for protection in [
+        Protection::PlaintextForMeasurement,
+        Protection::EndToEnd(vec![Suite::X25519ChaCha20Poly1305]),
+    ] {
+        let mut helper = client_with(&relay, Role::Helper, protection.clone()).await;
+        let err = within(helper.connect_unattended("kiosk-9", "INC-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::E2eRequired),
+            "{protection:?}: {err}"
+        );
+    }
+    let mut helper = client_with(&relay, Role::Helper, Protection::default()).await;
+    let started = within(helper.connect_unattended("kiosk-9", "INC-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (started.e2e_suite, &started.peer_e2e_suites[..]),
+        (2, &[2][..])
+    );
+    let agent_view = within(agent.wait_for_start()).await.unwrap();
+    assert_eq!(
+        (agent_view.e2e_suite, &agent_view.peer_e2e_suites[..]),
+        (2, &[1, 2][..])
+    );
+    relay.stop().await;
+}
