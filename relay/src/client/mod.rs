@@ -839,6 +839,10 @@ impl Client {
     /// A handle on the session's data plane, usable while control calls are pending. A
     /// request that follows a `REDIRECT` (`join`, `register_device`, `connect_unattended`)
     /// moves the client to another connection: take this handle after it, not before.
+    ///
+    /// This is the transport under end-to-end protection: what is sent here goes as given,
+    /// and the relay sees it. Applications take a session's channels from
+    /// [`secure::channels`], which seals them unless the client opted out for a measurement.
     pub fn data(&self) -> DataChannels {
         DataChannels {
             connection: self.connection.clone(),
@@ -846,12 +850,14 @@ impl Client {
         }
     }
 
-    /// Opens this side's stream for `channel` in an active session.
+    /// Opens this side's stream for `channel` in an active session, unprotected (the
+    /// transport; see [`Client::data`]): applications use [`secure::channels`].
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
         self.data().open_channel(channel).await
     }
 
-    /// Waits for the peer to open a channel towards this side.
+    /// Waits for the peer to open a channel towards this side, unprotected (the transport;
+    /// see [`Client::data`]).
     pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
         self.data().accept_channel().await
     }
