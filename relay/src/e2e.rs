@@ -421,6 +421,7 @@ impl SessionKeys {
             domain,
             stream: None,
             next: 0,
+            full: false,
             ended: false,
         }
     }
@@ -535,6 +536,8 @@ pub struct StreamOpener {
     stream: Option<u32>,
     /// The next frame number due.
     next: u32,
+    /// Frame number `2^32 - 1` was accepted: nothing may follow on this stream.
+    full: bool,
     ended: bool,
 }
 
@@ -545,6 +548,11 @@ impl StreamOpener {
             return Err(E2eError::AfterEnd);
         }
         let (counter, kind, plain) = open_frame(&self.key, self.domain, frame)?;
+        if self.full {
+            // The sender cannot seal past frame 2^32 - 1, and the next counter would be the
+            // next stream's.
+            return Err(E2eError::Replayed(counter));
+        }
         // The first frame names the stream; every later one must carry the same number.
         let stream = self.stream.unwrap_or((counter >> 32) as u32);
         let expected = (u64::from(stream) << 32) | u64::from(self.next);
@@ -558,9 +566,10 @@ impl StreamOpener {
             });
         }
         self.stream = Some(stream);
-        // A stream of 2^32 frames cannot be sealed, so this cannot overflow on an
-        // authentic stream; refuse rather than wrap.
-        self.next = self.next.checked_add(1).ok_or(E2eError::AfterEnd)?;
+        match self.next.checked_add(1) {
+            Some(next) => self.next = next,
+            None => self.full = true,
+        }
         if kind == END {
             self.ended = true;
             return Ok(None);
@@ -864,6 +873,24 @@ mod tests {
         sealer.counter = u64::from(u32::MAX);
         sealer.seal(b"last").unwrap();
         assert!(matches!(sealer.seal(b"x"), Err(E2eError::KeyExchange(_))));
+        // The receiver takes the last frame number, and nothing after it.
+        let mut sealer = helper.stream_sealer(2, 0);
+        sealer.counter = u64::from(u32::MAX);
+        let last = sealer.seal(b"last").unwrap();
+        let peer = SessionKeys {
+            send: helper.recv.clone(),
+            recv: helper.send.clone(),
+            ..helper.clone()
+        };
+        let mut opener_at_peer = peer.stream_opener(2);
+        opener_at_peer.next = u32::MAX;
+        opener_at_peer.stream = Some(0);
+        assert_eq!(opener_at_peer.open(&last).unwrap().unwrap(), b"last");
+        let next_stream = helper.stream_sealer(2, 1).seal(b"x").unwrap();
+        assert_eq!(
+            opener_at_peer.open(&next_stream),
+            Err(E2eError::Replayed(1 << 32))
+        );
         let mut datagrams = datagram_sealer(&helper);
         datagrams.counter = u64::MAX;
         datagrams.seal(b"last").unwrap();
