@@ -341,3 +341,101 @@ async fn unattended_sessions_need_a_suite_in_common_too() {
     );
     relay.stop().await;
 }
+
+/// Two QUIC endpoints connected to each other on loopback, with no relay between them (so
+/// a channel may be opened again at once), and both sides' keys agreed in memory.
+async fn peer_to_peer() -> (
+    SecureSession,
+    SecureSession,
+    remote_help_relay::e2e::SessionKeys,
+    quinn::Connection,
+) {
+    use remote_help_relay::client::DataChannels;
+    use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
+    use remote_help_relay::tls::{RelayTrust, ServerIdentity};
+    use remote_help_relay::transport::{ClientTransport, client};
+    use std::sync::Arc;
+    let identity = ServerIdentity::self_signed(vec!["localhost".into()]).unwrap();
+    let settings = ClientTransport::default();
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config().unwrap()));
+    server.transport_config(client(&settings));
+    let sharer_end = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut helper_end = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(
+        RelayTrust::Pin(identity.fingerprint())
+            .quic_client_config()
+            .unwrap(),
+    ));
+    config.transport_config(client(&settings));
+    helper_end.set_default_client_config(config);
+    let addr = sharer_end.local_addr().unwrap();
+    let (helper, sharer) = within(async {
+        let dial = async {
+            helper_end
+                .connect(addr, "localhost")
+                .unwrap()
+                .await
+                .unwrap()
+        };
+        let accept = async { sharer_end.accept().await.unwrap().await.unwrap() };
+        tokio::join!(dial, accept)
+    })
+    .await;
+    let (h, s) = (KeyExchange::start().unwrap(), KeyExchange::start().unwrap());
+    let party = |subject: &str| Party {
+        tenant: "contoso".into(),
+        subject: subject.into(),
+    };
+    let transcript = Transcript {
+        session_id: "0123456789abcdef0123456789abcdef".into(),
+        helper: party("ada"),
+        sharer: party("grace"),
+        helper_suites: vec![1],
+        sharer_suites: vec![1],
+        suite: Suite::X25519ChaCha20Poly1305,
+        helper_key: h.public_key(),
+        sharer_key: s.public_key(),
+    };
+    let helper_keys = h.finish(Role::Helper, &transcript).unwrap();
+    let sharer_keys = s.finish(Role::Sharer, &transcript).unwrap();
+    (
+        SecureSession::with_keys(DataChannels::over(helper.clone()), helper_keys.clone()),
+        SecureSession::with_keys(DataChannels::over(sharer), sharer_keys),
+        helper_keys,
+        helper,
+    )
+}
+
+#[tokio::test]
+async fn a_channel_opened_again_opens_and_a_replayed_stream_is_refused() {
+    let (helper, mut sharer, helper_keys, helper_connection) = peer_to_peer().await;
+    let domain = stream_domain(Channel::Chat);
+    for text in [&b"first stream"[..], b"second stream"] {
+        let mut chat = within(helper.open_channel(Channel::Chat)).await.unwrap();
+        within(chat.send(text)).await.unwrap();
+        within(chat.finish()).await.unwrap();
+        let (_, mut chat_in) = within(sharer.accept_channel()).await.unwrap();
+        assert_eq!(within(chat_in.recv()).await.unwrap().unwrap(), text);
+        assert_eq!(within(chat_in.recv()).await.unwrap(), None);
+    }
+    // The first stream, byte for byte, sent again as a new stream: every frame
+    // authenticates, but its stream number was used.
+    let mut replay = helper_keys.stream_sealer(domain, 0);
+    let frames = vec![
+        replay.seal(b"first stream").unwrap(),
+        replay.seal_end().unwrap(),
+    ];
+    let raw = remote_help_relay::client::DataChannels::over(helper_connection);
+    let mut raw_chat = within(raw.open_channel(Channel::Chat)).await.unwrap();
+    for frame in frames {
+        within(raw_chat.send(Bytes::from(frame))).await.unwrap();
+    }
+    within(raw_chat.finish()).await.unwrap();
+    let (_, mut replayed) = within(sharer.accept_channel()).await.unwrap();
+    let refused = within(replayed.recv()).await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::E2e(E2eError::Replayed(0))),
+        "{refused}"
+    );
+}
