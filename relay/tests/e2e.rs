@@ -439,3 +439,15 @@ async fn a_channel_opened_again_opens_and_a_replayed_stream_is_refused() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_hello_announcing_more_than_16_suites_is_refused() {
+    let relay = TestRelay::start().await;
+    let mut options = relay.options(relay.tenant("contoso").token(Persona::Helper), Role::Helper);
+    options.protection = Protection::EndToEnd(vec![Suite::X25519Aes256Gcm; 17]);
+    let err = within(Client::connect(options.clone())).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ProtocolViolation), "{err}");
+    options.protection = Protection::EndToEnd(vec![Suite::X25519Aes256Gcm; 16]);
+    within(Client::connect(options)).await.unwrap();
+    relay.stop().await;
+}

@@ -1004,7 +1004,7 @@ impl Conn {
             counters,
         });
         let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
-        // Test builds only: a relay that rewrites the announcements (e2e_mitm.rs).
+        // Test builds only: a relay that rewrites the announcements (e2e_downgrade.rs).
         #[cfg(feature = "tap")]
         let e2e = crate::tap::announcement(self.role, e2e);
         self.reply(Out::SessionStarted(v1::SessionStarted {
