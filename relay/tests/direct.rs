@@ -187,6 +187,72 @@ async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
     relay.stop().await;
 }
 
+/// A sealed channel that moves from the relay to the direct path keeps its counter: the
+/// continuation carries on where the relayed stream stopped (PROTOCOL.md §8.7.3), so the
+/// receiver's opener takes one ordered sequence and no nonce is used twice.
+#[tokio::test]
+async fn a_sealed_channel_moves_to_the_direct_path_and_keeps_its_counter() {
+    let relay = TestRelay::start().await;
+    let (helper, sharer, helper_start, sharer_start) = direct_pair(&relay).await;
+    let (h, mut s) = within(async {
+        let (h, s) = tokio::join!(
+            secure::establish(&helper, &helper_start, Role::Helper),
+            secure::establish(&sharer, &sharer_start, Role::Sharer)
+        );
+        (h.unwrap(), s.unwrap())
+    })
+    .await;
+    // Input starts on the relay, before the direct path is up.
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(&0u32.to_be_bytes())).await.unwrap();
+    let (_, mut input_in) = within(s.accept_channel()).await.unwrap();
+    for i in 1..100u32 {
+        within(input.send(&i.to_be_bytes())).await.unwrap();
+    }
+    let (helper_outcome, sharer_outcome) =
+        within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
+    assert!(
+        matches!(helper_outcome, DirectOutcome::Direct { .. }),
+        "{helper_outcome:?}"
+    );
+    assert!(
+        matches!(sharer_outcome, DirectOutcome::Direct { .. }),
+        "{sharer_outcome:?}"
+    );
+    within(relay.handle.wait_for(|s| s.direct_sessions == 1)).await;
+    for i in 100..300u32 {
+        within(input.send(&i.to_be_bytes())).await.unwrap();
+    }
+    within(input.finish()).await.unwrap();
+    for i in 0..300u32 {
+        let frame = within(input_in.recv()).await.unwrap().unwrap();
+        assert_eq!(frame, i.to_be_bytes(), "sealed frame {i}");
+    }
+    assert_eq!(within(input_in.recv()).await.unwrap(), None, "sealed end");
+    let mut helper = helper;
+    let mut sharer = sharer;
+    within(helper.end_session()).await.unwrap();
+    within(sharer.wait_for_end()).await;
+    // The relay carried the key frame and at least the first sealed frame (each with its
+    // 4-byte length; a sealed frame: 8-byte counter, 4-byte payload, type byte, 16-byte
+    // tag), and not the rest: the channel moved mid-stream.
+    let events = read_events(&audit_files(&relay.audit_dir()));
+    let ended = events
+        .iter()
+        .find(|e| e.event == Some(EventKind::SessionEnded))
+        .unwrap();
+    let relayed = ended.bytes_helper_to_sharer.unwrap();
+    let (key_frame, sealed_frame) = (4 + 32, 4 + 8 + 4 + 1 + 16);
+    assert!(
+        relayed >= key_frame + sealed_frame && relayed < key_frame + 300 * sealed_frame,
+        "{ended:?}"
+    );
+    assert_eq!(ended.path.as_deref(), Some("direct"));
+    helper.close().await;
+    sharer.close().await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn channels_fall_back_to_the_relay_when_the_direct_path_dies() {
     let relay = TestRelay::start().await;
