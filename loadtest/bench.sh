@@ -3,8 +3,9 @@
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
 # Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
-# direct-path, and (for a machine with many cores, BENCHMARKS.md section 8) setup-sockets,
-# concurrent-baseline.
+# direct-path, and (only when named) e2e, and (for a machine with many cores, BENCHMARKS.md
+# section 8) setup-sockets, concurrent-baseline. Every run is protected end to end (the default) unless
+# it says --no-e2e.
 #
 # Environment: BIN=folder with prebuilt `relay` and `loadtest` (skips the build: a machine
 # without a toolchain); RELAY_CPUS / LT_CPUS = taskset core lists that pin the relay and
@@ -107,5 +108,22 @@ if [ ${#names[@]} -gt 0 ] && selected concurrent-baseline; then
   for round in 1 2; do
     run "concurrent-baseline-$round" --sessions 1000 --ramp 200 --duration 30 --screen-kbit 2000 \
       --input-rate 50 --baseline direct
+  done
+fi
+
+# 9. What end-to-end protection costs: one session's throughput and 1,000 sessions' input
+#    round trip, with each suite and without protection (--no-e2e), interleaved. Only when
+#    named: bash loadtest/bench.sh e2e
+if [ ${#names[@]} -gt 0 ] && selected e2e; then
+  for round in 1 2; do
+    for e2e in "--e2e-suite chacha20" "--e2e-suite aes256gcm" "--no-e2e"; do
+      tag=${e2e##* }; tag=${tag#--}
+      # shellcheck disable=SC2086
+      run "e2e-throughput-$tag-$round" --sessions 1 --duration 10 --screen-kbit 0 \
+        --frame-bytes 65536 --input-rate 0 --baseline direct $e2e
+      # shellcheck disable=SC2086
+      run "e2e-concurrent-$tag-$round" --sessions 1000 --ramp 100 --duration 30 \
+        --screen-kbit 200 --input-rate 50 $e2e
+    done
   done
 fi
