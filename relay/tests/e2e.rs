@@ -274,6 +274,12 @@ async fn without_the_requirement_a_protecting_client_sends_nothing_to_an_unprote
         matches!(refused, ClientError::E2e(E2eError::PeerUnprotected)),
         "{refused}"
     );
+    // Not through the raw transport either.
+    let raw = within(helper.open_channel(Channel::Input)).await;
+    assert!(
+        matches!(raw, Err(ClientError::E2e(E2eError::PeerUnprotected))),
+        "the raw transport sent to an unprotected peer"
+    );
     // The measuring side gets plaintext channels, by its own explicit choice.
     let s = within(secure::channels(&sharer, &sharer_start, Role::Sharer))
         .await

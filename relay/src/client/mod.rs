@@ -312,6 +312,9 @@ pub struct Client {
     welcome: v1::Welcome,
     next_nonce: u64,
     peer: Option<v1::Profile>,
+    /// This client protects and the current session's peer announced no suite: the data
+    /// plane sends it nothing (PROTOCOL.md §8.7.1).
+    peer_unprotected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens a bare QUIC connection to the relay (no `Hello`): for tools and tests that
@@ -416,6 +419,7 @@ impl Client {
             welcome: v1::Welcome::default(),
             next_nonce: 1,
             peer: None,
+            peer_unprotected: Arc::default(),
         };
         let role = match options.role {
             Role::Helper => v1::Role::Helper,
@@ -847,6 +851,7 @@ impl Client {
         DataChannels {
             connection: self.connection.clone(),
             direct: self.direct.as_ref().map(|d| d.link()),
+            peer_unprotected: Some(self.peer_unprotected.clone()),
         }
     }
 
@@ -969,6 +974,11 @@ impl Client {
                     if started.peer.is_some() {
                         self.peer = started.peer.clone();
                     }
+                    let protects = self.options.protection != Protection::PlaintextForMeasurement;
+                    self.peer_unprotected.store(
+                        protects && started.peer_e2e_suites.is_empty(),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                     if let (Some(direct), Some(mode)) =
                         (self.direct.as_ref(), Mode::from_wire(started.mode))
                     {
@@ -1075,6 +1085,8 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
 pub struct DataChannels {
     connection: quinn::Connection,
     direct: Option<direct::DirectLink>,
+    /// Set while this protecting client's peer announced no protection: nothing is sent.
+    peer_unprotected: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl DataChannels {
@@ -1084,12 +1096,14 @@ impl DataChannels {
         DataChannels {
             connection,
             direct: None,
+            peer_unprotected: None,
         }
     }
 
     /// Opens this side's stream for `channel` in an active session (on the direct path
     /// when it is up).
     pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
+        self.refuse_unprotected_peer()?;
         // A channel the session does not allow goes to the relay, which refuses it as usual.
         let usable = self
             .direct
@@ -1106,6 +1120,17 @@ impl DataChannels {
             direct: self.direct.clone(),
             on_direct,
         })
+    }
+
+    /// A protecting client never sends to a peer that announced no protection, not even
+    /// through the raw transport (PROTOCOL.md §8.7.1).
+    fn refuse_unprotected_peer(&self) -> Result<(), ClientError> {
+        match &self.peer_unprotected {
+            Some(flag) if flag.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(crate::e2e::E2eError::PeerUnprotected.into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Waits for the peer to open a channel towards this side.
@@ -1152,6 +1177,7 @@ impl DataChannels {
     /// Sharer: sends one lossy screen datagram (dropped if it does not fit), on the direct
     /// path when it is up.
     pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.refuse_unprotected_peer()?;
         let connection = self
             .direct
             .as_ref()
