@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use remote_help_relay::client::secure::{self, Receiver};
-use remote_help_relay::client::{Client, ClientError, ClientOptions, DirectOutcome};
+use remote_help_relay::client::{Client, ClientError, ClientOptions, DirectOutcome, Protection};
 use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::e2e::Suite;
 use remote_help_relay::probe::{self, ProbeSettings};
 use remote_help_relay::tls::{Fingerprint, RelayTrust};
 
@@ -98,6 +99,10 @@ enum Command {
         /// Megabytes of screen data per measurement.
         #[arg(long, default_value_t = 256)]
         screen_mb: usize,
+        /// The suite to measure (both parties announce only it): chacha20 or aes256gcm;
+        /// default: the SDK's default announcement (chacha20).
+        #[arg(long, value_parser = parse_suite)]
+        e2e_suite: Option<Suite>,
     },
     /// Attack a relay with hostile clients (malformed frames, garbage, forged tokens, wrong
     /// order, stream and connection floods, code guessing), then check an honest session
@@ -190,9 +195,17 @@ fn main() -> ExitCode {
                 seconds,
                 direct,
             } => report(helper_command(relay, &token, mode, seconds, direct).await),
-            Command::E2eBench { parties, screen_mb } => report(
+            Command::E2eBench {
+                parties,
+                screen_mb,
+                e2e_suite,
+            } => report(
                 async {
-                    let (helper, sharer) = parties.options()?;
+                    let (mut helper, mut sharer) = parties.options()?;
+                    if let Some(suite) = e2e_suite {
+                        helper.protection = Protection::EndToEnd(vec![suite]);
+                        sharer.protection = Protection::EndToEnd(vec![suite]);
+                    }
                     let r = probe::e2e_bench(helper, sharer, screen_mb.max(1) * 1024 * 1024).await?;
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                     println!(
@@ -607,6 +620,11 @@ async fn next_frame(receiver: &mut Option<Receiver>) -> Result<Option<Bytes>, Cl
         Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A suite by its short name (`chacha20`, `aes256gcm`).
+fn parse_suite(name: &str) -> Result<Suite, String> {
+    Suite::parse(name).ok_or_else(|| format!("{name:?}: expected chacha20 or aes256gcm"))
 }
 
 fn ask(prompt: &str) -> bool {
