@@ -665,7 +665,9 @@ async fn rhelp_helper_says_peer_lost_when_its_sharer_vanishes() {
     within(sharer.join(&code)).await.unwrap();
     within(sharer.accept()).await.unwrap();
     while !next_line().await.starts_with("Session started") {}
-    // The sharer streams its screen, then vanishes mid-session.
+    // The sharer streams its screen without ever sending its end-to-end key, then
+    // vanishes: rhelp helper, waiting in the key exchange, must still report the session's
+    // end, not hang until --seconds.
     let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
     for _ in 0..8 {
         within(screen.send(Bytes::from(vec![1u8; 32 * 1024])))

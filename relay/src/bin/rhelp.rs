@@ -463,7 +463,12 @@ async fn helper_command(
     );
     let started = client.wait_for_start().await?;
     println!("Session started in {} mode.", started.mode.as_str());
-    let mut session = secure::channels(&client, &started, Role::Helper).await?;
+    // The key exchange waits for the sharer's key: if the sharer vanishes first, the
+    // session's end (on the control stream) ends the wait.
+    let mut session = tokio::select! {
+        session = secure::channels(&client, &started, Role::Helper) => session?,
+        reason = client.wait_for_end() => return session_ended(reason, 0, 0),
+    };
     show_verification_code(session.verification_code(), "the person you are helping");
     say_path(&client).await;
     let mut input = if started.mode == Mode::FullControl {
@@ -543,7 +548,14 @@ async fn share_command(
         return Ok(());
     }
     let started = client.accept().await?;
-    let mut session = secure::channels(&client, &started, Role::Sharer).await?;
+    let mut session = tokio::select! {
+        session = secure::channels(&client, &started, Role::Sharer) => session?,
+        reason = client.wait_for_end() => {
+            println!("Session ended: {reason} ({})", reason.describe());
+            client.close().await;
+            return Ok(());
+        }
+    };
     println!("Sharing your screen. The helper can end the session.");
     show_verification_code(session.verification_code(), "the helper");
     say_path(&client).await;

@@ -55,25 +55,43 @@ impl std::fmt::Debug for SecureSession {
 /// ([`E2eError::PeerUnprotected`]), a client that announced none itself
 /// ([`crate::client::Protection::PlaintextForMeasurement`]), and a suite the relay named
 /// that the two announcements do not give ([`E2eError::SuiteMismatch`]).
-pub async fn establish(
+///
+/// The future borrows nothing: a caller can race it against [`Client::wait_for_end`], so a
+/// peer that vanishes before sending its key ends the wait with the session's end.
+pub fn establish(
     client: &Client,
     start: &SessionStart,
     role: Role,
-) -> Result<SecureSession, ClientError> {
-    let me = client
-        .me()
-        .ok_or_else(|| ClientError::Unexpected("no own profile (not authenticated)".into()))?;
-    let peer = client
-        .peer()
-        .ok_or_else(|| ClientError::Unexpected("the peer's profile is unknown".into()))?;
+) -> impl std::future::Future<Output = Result<SecureSession, ClientError>> + Send + 'static {
     let party = |p: &remote_help_proto::v1::Profile| Party {
         tenant: p.tenant_id.clone(),
         subject: p.subject.clone(),
     };
+    let me = client
+        .me()
+        .map(party)
+        .ok_or_else(|| ClientError::Unexpected("no own profile (not authenticated)".into()));
+    let peer = client
+        .peer()
+        .map(party)
+        .ok_or_else(|| ClientError::Unexpected("the peer's profile is unknown".into()));
     let own_suites = client.protection().announced();
+    let start = start.clone();
+    let data = client.data();
+    async move { exchange_keys(me?, peer?, own_suites, &start, role, data).await }
+}
+
+/// The key exchange itself, on owned parts (see [`establish`]).
+async fn exchange_keys(
+    me: Party,
+    peer: Party,
+    own_suites: Vec<u32>,
+    start: &SessionStart,
+    role: Role,
+    data: DataChannels,
+) -> Result<SecureSession, ClientError> {
     let suite = negotiated(role, &own_suites, start)?;
     let exchange = KeyExchange::start()?;
-    let data = client.data();
     let mut keys_out = data.open_channel(Channel::Keys).await?;
     keys_out
         .send(Bytes::copy_from_slice(&exchange.public_key()))
@@ -99,8 +117,8 @@ pub async fn establish(
         break key;
     };
     let (helper, sharer, helper_key, sharer_key) = match role {
-        Role::Helper => (party(me), party(peer), exchange.public_key(), peer_key),
-        Role::Sharer => (party(peer), party(me), peer_key, exchange.public_key()),
+        Role::Helper => (me, peer, exchange.public_key(), peer_key),
+        Role::Sharer => (peer, me, peer_key, exchange.public_key()),
     };
     let (helper_suites, sharer_suites) = match role {
         Role::Helper => (own_suites, start.peer_e2e_suites.clone()),
@@ -338,18 +356,24 @@ impl std::fmt::Debug for SessionChannels {
 /// The channels of a started session, as the client's [`Protection`](crate::client::Protection)
 /// says: with protection (the default), the key exchange runs first and every channel is
 /// sealed; a peer that announced no protection is refused before anything is sent.
-pub async fn channels(
+///
+/// Like [`establish`], the future borrows nothing, so it can be raced against
+/// [`Client::wait_for_end`].
+pub fn channels(
     client: &Client,
     start: &SessionStart,
     role: Role,
-) -> Result<SessionChannels, ClientError> {
-    match client.protection() {
-        crate::client::Protection::EndToEnd(_) => Ok(SessionChannels::Protected(
-            establish(client, start, role).await?,
-        )),
-        crate::client::Protection::PlaintextForMeasurement => {
-            Ok(SessionChannels::PlaintextForMeasurement(client.data()))
-        }
+) -> impl std::future::Future<Output = Result<SessionChannels, ClientError>> + Send + 'static {
+    let protected = match client.protection() {
+        crate::client::Protection::EndToEnd(_) => Some(establish(client, start, role)),
+        crate::client::Protection::PlaintextForMeasurement => None,
+    };
+    let data = client.data();
+    async move {
+        Ok(match protected {
+            Some(exchange) => SessionChannels::Protected(exchange.await?),
+            None => SessionChannels::PlaintextForMeasurement(data),
+        })
     }
 }
 
