@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use remote_help_relay::client::secure::{self, Receiver, SecureSession, Sender, SessionChannels};
-use remote_help_relay::client::{Client, ClientError, ClientOptions, DataChannels, DirectOutcome};
+use remote_help_relay::client::{
+    Client, ClientError, ClientOptions, DirectOutcome, UnsealedChannels,
+};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::e2e::Suite;
 
@@ -374,8 +376,8 @@ async fn direct(
         .await
         .map_err(|_| ClientError::Unexpected("the sharer endpoint closed".into()))?;
     let (helper_data, sharer_data) = (
-        DataChannels::over(helper.clone()),
-        DataChannels::over(sharer.clone()),
+        UnsealedChannels::over(helper.clone()),
+        UnsealedChannels::over(sharer.clone()),
     );
     let (helper_channels, sharer_channels) = match plan.workload.e2e {
         None => (

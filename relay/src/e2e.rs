@@ -139,6 +139,14 @@ pub enum E2eError {
     /// The peer announced no protection suite: nothing may be sent to it.
     #[error("the peer announced no end-to-end protection; nothing is sent to it")]
     PeerUnprotected,
+    /// An unsealed data-plane call ([`Client::unsealed_data`](crate::client::Client::unsealed_data)
+    /// and the calls built on it) from a client that protects: its content goes only
+    /// sealed. Plaintext needs the explicit opt-out,
+    /// [`ClientOptions::insecure_plaintext_for_measurement`](crate::client::ClientOptions::insecure_plaintext_for_measurement).
+    #[error(
+        "this client protects end to end: unsealed channels and datagrams are refused (use secure::channels, or opt out for a measurement)"
+    )]
+    UnsealedWhileProtected,
     /// The two parties' announcements share no suite this side supports.
     #[error("no end-to-end protection suite in common with the peer")]
     NoCommonSuite,

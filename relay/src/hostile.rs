@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use prost::Message as _;
 use rand::Rng;
 use remote_help_proto::ErrorCode;
@@ -567,17 +567,28 @@ pub async fn honest_session(target: &Target) -> Result<(), String> {
     step(helper.wait_for_sharer())
         .await?
         .map_err(fail("wait for sharer"))?;
-    step(sharer.accept()).await?.map_err(fail("accept"))?;
-    step(helper.wait_for_start())
+    let sharer_start = step(sharer.accept()).await?.map_err(fail("accept"))?;
+    let helper_start = step(helper.wait_for_start())
         .await?
         .map_err(fail("start"))?;
-    let mut input = step(helper.open_channel(Channel::Input))
+    // As an honest client does: the session's channels as the options say (sealed end to
+    // end unless they opted out).
+    let (h, s) = step(async {
+        tokio::join!(
+            crate::client::secure::channels(&helper, &helper_start, Role::Helper),
+            crate::client::secure::channels(&sharer, &sharer_start, Role::Sharer)
+        )
+    })
+    .await?;
+    let (h, mut s) = (
+        h.map_err(fail("helper keys"))?,
+        s.map_err(fail("sharer keys"))?,
+    );
+    let mut input = step(h.open_channel(Channel::Input))
         .await?
         .map_err(fail("open input"))?;
-    step(input.send(Bytes::from_static(b"ok")))
-        .await?
-        .map_err(fail("send"))?;
-    let (_, mut received) = step(sharer.accept_channel())
+    step(input.send(b"ok")).await?.map_err(fail("send"))?;
+    let (_, mut received) = step(s.accept_channel())
         .await?
         .map_err(fail("accept input"))?;
     match step(received.recv()).await?.map_err(fail("receive"))? {

@@ -471,7 +471,10 @@ pub async fn e2e_bench(
                 .map_err(|e| ClientError::Unexpected(e.to_string()))??;
             elapsed
         } else {
-            let mut out = sharer.open_channel(Channel::Screen).await?;
+            // The measurement's baseline: the same kind of session, its synthetic frames
+            // unsealed. The crate's own transport, not the public unsealed API, so the
+            // baseline runs against relays that require protection too.
+            let mut out = sharer.transport().open_channel(Channel::Screen).await?;
             let start = Instant::now();
             let sender = tokio::spawn(async move {
                 for _ in 0..frames {
@@ -479,7 +482,7 @@ pub async fn e2e_bench(
                 }
                 Ok::<_, ClientError>(out)
             });
-            let (_, mut input) = helper.accept_channel().await?;
+            let (_, mut input) = helper.transport().accept_channel().await?;
             for _ in 0..frames {
                 expect_frame(&mut input).await?;
             }

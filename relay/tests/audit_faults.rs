@@ -160,6 +160,7 @@ async fn relay_on(disk: &Tmpfs, state: &Path) -> TestRelay {
     let audit = disk.path().join("audit");
     let state = state.to_path_buf();
     TestRelay::builder()
+        .plaintext_clients()
         .config(move |c| {
             c.audit.dir = audit;
             c.state_dir = state;
@@ -216,11 +217,13 @@ async fn a_full_disk_refuses_new_sessions_keeps_every_end_and_readiness_stays_do
     let err = within(h2.create_session(Mode::ViewOnly)).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AuditUnavailable));
     // The running session carries on.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"still working")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"still working"

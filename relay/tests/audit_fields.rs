@@ -320,11 +320,17 @@ async fn pair(
 
 #[tokio::test]
 async fn audited_bytes_include_datagrams_like_the_metrics() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer, session) = pair(&relay).await;
     let frame = Bytes::from(vec![7u8; 1000]);
-    sharer.data().send_datagram(frame).unwrap();
-    let received = within(helper.data().read_datagram()).await.unwrap();
+    sharer
+        .unsealed_data()
+        .unwrap()
+        .send_datagram(frame)
+        .unwrap();
+    let received = within(helper.unsealed_data().unwrap().read_datagram())
+        .await
+        .unwrap();
     assert_eq!(received.len(), 1000);
     within(helper.end_session()).await.unwrap();
     assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);

@@ -44,6 +44,7 @@ fn client_transport() -> ClientTransport {
 #[tokio::test]
 async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_else() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .config(|c| c.limits = limits())
         .start()
         .await;
@@ -62,7 +63,9 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
     common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
 
     // The sharer streams numbered frames; the helper accepts the stream but reads nothing.
-    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
     let mut accepted_frames = 0usize;
     for i in 0..ATTEMPTED_FRAMES {
         let frame = Bytes::from(vec![(i % 251) as u8; FRAME]);
@@ -95,10 +98,10 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
 
     // Meanwhile another session on the same relay is unaffected: a full exchange completes.
     let (mut other_helper, mut other_sharer) = relay.paired("contoso", Mode::FullControl).await;
-    let mut input = within(other_helper.open_channel(Channel::Input))
+    let mut input = within(other_helper.open_unsealed_channel(Channel::Input))
         .await
         .unwrap();
-    let mut other_screen = within(other_sharer.open_channel(Channel::Screen))
+    let mut other_screen = within(other_sharer.open_unsealed_channel(Channel::Screen))
         .await
         .unwrap();
     for i in 0..50u32 {
@@ -111,14 +114,18 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
             .await
             .unwrap();
     }
-    let (_, mut input_in) = within(other_sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(other_sharer.accept_unsealed_channel())
+        .await
+        .unwrap();
     for i in 0..50u32 {
         assert_eq!(
             &within(input_in.recv()).await.unwrap().unwrap()[..],
             &i.to_be_bytes()
         );
     }
-    let (_, mut other_screen_in) = within(other_helper.accept_channel()).await.unwrap();
+    let (_, mut other_screen_in) = within(other_helper.accept_unsealed_channel())
+        .await
+        .unwrap();
     for _ in 0..64 {
         assert_eq!(
             within(other_screen_in.recv()).await.unwrap().unwrap().len(),
@@ -132,7 +139,7 @@ async fn a_slow_reader_stalls_its_sender_within_the_relays_bounds_and_no_one_els
     );
 
     // The slow reader catches up: every accepted frame arrives, in order, intact.
-    let (channel, mut screen_in) = within(helper.accept_channel()).await.unwrap();
+    let (channel, mut screen_in) = within(helper.accept_unsealed_channel()).await.unwrap();
     assert_eq!(channel, Channel::Screen);
     let finisher = tokio::spawn(async move {
         // The write that stalled may complete once the reader drains; then finish.
@@ -174,6 +181,7 @@ const RELAY_CHUNK: u64 = 64 * 1024;
 #[tokio::test]
 async fn several_channels_to_a_stalled_reader_are_bounded_by_the_connection_window() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .config(|c| {
             c.limits = Limits {
                 stream_receive_window: MANY_STREAM_WINDOW,
@@ -213,7 +221,7 @@ async fn several_channels_to_a_stalled_reader_are_bounded_by_the_connection_wind
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut writers = tokio::task::JoinSet::new();
     for channel in channels {
-        let mut out = within(sharer.open_channel(channel)).await.unwrap();
+        let mut out = within(sharer.open_unsealed_channel(channel)).await.unwrap();
         let accepted = accepted.clone();
         writers.spawn(async move {
             loop {

@@ -668,7 +668,10 @@ async fn rhelp_helper_says_peer_lost_when_its_sharer_vanishes() {
     // The sharer streams its screen without ever sending its end-to-end key, then
     // vanishes: rhelp helper, waiting in the key exchange, must still report the session's
     // end, not hang until --seconds.
-    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    // A misbehaving peer: it announced protection, so it writes raw frames on its bare
+    // connection (the SDK refuses it unsealed calls).
+    let raw = remote_help_relay::client::UnsealedChannels::over(sharer.connection().clone());
+    let mut screen = within(raw.open_channel(Channel::Screen)).await.unwrap();
     for _ in 0..8 {
         within(screen.send(Bytes::from(vec![1u8; 32 * 1024])))
             .await

@@ -88,6 +88,7 @@ impl Cluster {
                      [audit]\ndir = {audit:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n\
                      [cluster]\nnode_id = {id}\nnodes = [{nodes_list}]\n\
                      [[tenants]]\nid = \"dev\"\nissuer = {issuer:?}\njwks_file = {jwks:?}\nenabled = true\n\
+                     require_end_to_end = false\n\
                      [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\n\
                      scope = [\"all_users\", \"all_devices\"]\n",
                     state = node_dir.join("state").display().to_string(),
@@ -114,12 +115,12 @@ impl Cluster {
     }
 
     async fn connect(&self, node: usize, token: String, role: Role) -> Result<Client, ClientError> {
-        Client::connect(ClientOptions::new(
-            self.nodes[node].addr,
-            self.trust.clone(),
-            token,
-            role,
-        ))
+        // These tests read their input frames as sent (the tenant above does not require
+        // protection): the relay's forwarding across nodes is under test, not protection.
+        Client::connect(
+            ClientOptions::new(self.nodes[node].addr, self.trust.clone(), token, role)
+                .insecure_plaintext_for_measurement(),
+        )
         .await
     }
 
@@ -146,8 +147,10 @@ impl Cluster {
             .unwrap();
         let mut sharer = self.sharer(sharer_node, &format!("sharer-{name}")).await;
         common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
-        let input = within(helper.open_channel(Channel::Input)).await.unwrap();
-        let (channel, received) = within(sharer.accept_channel()).await.unwrap();
+        let input = within(helper.open_unsealed_channel(Channel::Input))
+            .await
+            .unwrap();
+        let (channel, received) = within(sharer.accept_unsealed_channel()).await.unwrap();
         assert_eq!(channel, Channel::Input);
         let mut session = Session {
             id: created.session_id,

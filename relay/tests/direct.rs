@@ -92,13 +92,15 @@ fn number_of(frame: &[u8]) -> u32 {
 
 #[tokio::test]
 async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
     // Input starts on the relay, before the direct path is up.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     let (_, mut input_in) = within(async {
         input.send(numbered(0)).await.unwrap();
-        sharer.accept_channel().await
+        sharer.accept_unsealed_channel().await
     })
     .await
     .unwrap();
@@ -129,12 +131,13 @@ async fn input_moves_to_the_direct_path_without_loss_or_reordering() {
     within(async {
         loop {
             sharer
-                .data()
+                .unsealed_data()
+                .unwrap()
                 .send_datagram(Bytes::from_static(b"frame"))
                 .unwrap();
             let got = tokio::time::timeout(
                 std::time::Duration::from_millis(50),
-                helper.data().read_datagram(),
+                helper.unsealed_data().unwrap().read_datagram(),
             )
             .await;
             if let Ok(got) = got {
@@ -308,6 +311,7 @@ async fn channels_fall_back_to_the_relay_when_the_direct_path_dies() {
 #[tokio::test]
 async fn a_relay_only_tenant_gets_no_direct_path() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .policy("contoso", |p| p.relay_only = true)
         .start()
         .await;
@@ -320,11 +324,13 @@ async fn a_relay_only_tenant_gets_no_direct_path() {
         within(sharer.direct_outcome()).await,
         DirectOutcome::NotOffered
     );
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"click")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"click"
@@ -487,13 +493,13 @@ async fn rogue_stream(
 
 #[tokio::test]
 async fn on_a_direct_path_the_sharer_enforces_the_mode() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer, _, _) = direct_pair(&relay).await;
     both_direct(&helper, &sharer).await;
     // A helper that goes past its SDK on the direct connection (no relay in the middle).
     let direct = helper.direct_connection().unwrap();
     let mut rogue = rogue_stream(&direct, Channel::Input, b"click").await;
-    let (channel, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (channel, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(channel, Channel::Input);
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
@@ -527,7 +533,7 @@ async fn on_a_direct_path_the_sharer_enforces_the_mode() {
     );
     let second = rogue_stream(&direct, Channel::Input, b"click").await;
     // It is handed over as a channel, but none of its frames gets through.
-    let (_, mut second_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut second_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     let refused = within(second_in.recv()).await.unwrap_err();
     assert_eq!(
         refused.code(),
@@ -544,7 +550,7 @@ async fn on_a_direct_path_the_sharer_enforces_the_mode() {
         within(third.stopped()).await.unwrap(),
         Some(ErrorCode::ProtocolViolation.to_quic().into())
     );
-    let refused = within(helper.open_channel(Channel::Input)).await;
+    let refused = within(helper.open_unsealed_channel(Channel::Input)).await;
     // Opened on the relay (which refuses input in view-only mode) or refused at once.
     if let Ok(mut input) = refused {
         let sent = within(input.send(Bytes::from_static(b"click"))).await;
@@ -576,7 +582,7 @@ async fn a_continuation_without_a_direct_path_offer_is_refused() {
 
 #[tokio::test]
 async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let helper = direct_client(&relay, Role::Helper).await;
     let sharer = direct_client(&relay, Role::Sharer).await;
     let (mut helper, mut sharer, _, _) = pair(helper, sharer, Mode::ViewOnly).await;
@@ -584,11 +590,13 @@ async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
     raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "needs control").await;
     // The helper's input goes direct at once; the sharer's SDK, which read the same
     // ModeChanged, lets it through.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"click")))
         .await
         .unwrap();
-    let (channel, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (channel, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(channel, Channel::Input);
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
@@ -602,11 +610,13 @@ async fn a_raised_mode_lets_input_flow_on_the_direct_path() {
 
 #[tokio::test]
 async fn a_receiver_cancelled_mid_move_loses_nothing() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (helper, sharer, _, _) = direct_pair(&relay).await;
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(numbered(0))).await.unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     let sender = tokio::spawn(async move {
         for i in 1..400 {
             input.send(numbered(i)).await.unwrap();

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::{TestRelay, secured, started_with, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::client::secure::{self, SecureSession};
-use remote_help_relay::client::{Client, ClientError, Protection};
+use remote_help_relay::client::{Client, ClientError, Protection, UnsealedChannels};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::e2e::{E2eError, Suite, stream_domain};
@@ -67,9 +67,66 @@ async fn both_users_see_the_same_code_and_sealed_channels_carry_content() {
     relay.stop().await;
 }
 
-/// Opens `helper`'s input channel raw (bypassing sealing) and sends `frames`; then finishes.
+/// Plaintext only by an explicit opt-out: a protecting client (the default) is refused
+/// every unsealed data-plane call with a typed error, and nothing it tried reaches the
+/// peer: the peer's first channel after the key exchange is the sealed one.
+#[tokio::test]
+async fn a_protecting_client_is_refused_unsealed_calls_and_sends_nothing() {
+    let relay = TestRelay::start().await;
+    let (helper, sharer, helper_start, sharer_start) = started_with(
+        &relay,
+        Mode::FullControl,
+        Protection::default(),
+        Protection::default(),
+    )
+    .await;
+    let refused = |result: Result<(), ClientError>| {
+        matches!(
+            result,
+            Err(ClientError::E2e(E2eError::UnsealedWhileProtected))
+        )
+    };
+    assert!(refused(helper.unsealed_data().map(|_| ())));
+    assert!(refused(
+        within(helper.open_unsealed_channel(Channel::Input))
+            .await
+            .map(|_| ())
+    ));
+    assert!(refused(
+        within(helper.open_unsealed_channel(Channel::Screen))
+            .await
+            .map(|_| ())
+    ));
+    assert!(refused(
+        within(sharer.accept_unsealed_channel()).await.map(|_| ())
+    ));
+    assert!(refused(sharer.unsealed_data().map(|_| ())));
+
+    let (h, s) = within(async {
+        tokio::join!(
+            secure::channels(&helper, &helper_start, Role::Helper),
+            secure::channels(&sharer, &sharer_start, Role::Sharer)
+        )
+    })
+    .await;
+    let (h, mut s) = (h.unwrap(), s.unwrap());
+    assert!(h.verification_code().is_some());
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(b"sealed")).await.unwrap();
+    let (channel, mut input_in) = within(s.accept_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Input);
+    assert_eq!(
+        &within(input_in.recv()).await.unwrap().unwrap()[..],
+        b"sealed"
+    );
+    relay.stop().await;
+}
+
+/// Opens `helper`'s input channel raw (bypassing sealing, on its bare connection, as a
+/// meddling relay's frames would arrive) and sends `frames`; then finishes.
 async fn send_raw_input(helper: &Client, frames: Vec<Vec<u8>>) {
-    let mut raw = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let raw = UnsealedChannels::over(helper.connection().clone());
+    let mut raw = within(raw.open_channel(Channel::Input)).await.unwrap();
     for frame in frames {
         within(raw.send(Bytes::from(frame))).await.unwrap();
     }
@@ -274,11 +331,11 @@ async fn without_the_requirement_a_protecting_client_sends_nothing_to_an_unprote
         matches!(refused, ClientError::E2e(E2eError::PeerUnprotected)),
         "{refused}"
     );
-    // Not through the raw transport either.
-    let raw = within(helper.open_channel(Channel::Input)).await;
+    // Not through the unsealed calls either: a protecting client has none.
+    let raw = within(helper.open_unsealed_channel(Channel::Input)).await;
     assert!(
-        matches!(raw, Err(ClientError::E2e(E2eError::PeerUnprotected))),
-        "the raw transport sent to an unprotected peer"
+        matches!(raw, Err(ClientError::E2e(E2eError::UnsealedWhileProtected))),
+        "a protecting client opened an unsealed channel to an unprotected peer"
     );
     // The measuring side gets plaintext channels, by its own explicit choice.
     let s = within(secure::channels(&sharer, &sharer_start, Role::Sharer))
@@ -356,7 +413,6 @@ async fn peer_to_peer() -> (
     remote_help_relay::e2e::SessionKeys,
     quinn::Connection,
 ) {
-    use remote_help_relay::client::DataChannels;
     use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
     use remote_help_relay::tls::{RelayTrust, ServerIdentity};
     use remote_help_relay::transport::{ClientTransport, client};
@@ -406,8 +462,8 @@ async fn peer_to_peer() -> (
     let helper_keys = h.finish(Role::Helper, &transcript).unwrap();
     let sharer_keys = s.finish(Role::Sharer, &transcript).unwrap();
     (
-        SecureSession::with_keys(DataChannels::over(helper.clone()), helper_keys.clone()),
-        SecureSession::with_keys(DataChannels::over(sharer), sharer_keys),
+        SecureSession::with_keys(UnsealedChannels::over(helper.clone()), helper_keys.clone()),
+        SecureSession::with_keys(UnsealedChannels::over(sharer), sharer_keys),
         helper_keys,
         helper,
     )
@@ -432,7 +488,7 @@ async fn a_channel_opened_again_opens_and_a_replayed_stream_is_refused() {
         replay.seal(b"first stream").unwrap(),
         replay.seal_end().unwrap(),
     ];
-    let raw = remote_help_relay::client::DataChannels::over(helper_connection);
+    let raw = UnsealedChannels::over(helper_connection);
     let mut raw_chat = within(raw.open_channel(Channel::Chat)).await.unwrap();
     for frame in frames {
         within(raw_chat.send(Bytes::from(frame))).await.unwrap();

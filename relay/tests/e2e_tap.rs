@@ -17,7 +17,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test]
 async fn the_relay_never_sees_protected_content() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     remote_help_relay::tap::enable();
 
     // Every suite, each in its own session: both parties announce only that suite.
@@ -72,11 +72,13 @@ async fn the_relay_never_sees_protected_content() {
 
     // Control: without end-to-end protection, the same tap does see content.
     let (_h2, s2) = relay.paired("contoso", Mode::ViewOnly).await;
-    let mut plain = within(s2.open_channel(Channel::Screen)).await.unwrap();
+    let mut plain = within(s2.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
     within(plain.send(Bytes::from_static(b"PLAIN-VISIBLE-MARKER")))
         .await
         .unwrap();
-    let (_, mut plain_in) = within(_h2.accept_channel()).await.unwrap();
+    let (_, mut plain_in) = within(_h2.accept_unsealed_channel()).await.unwrap();
     within(plain_in.recv()).await.unwrap().unwrap();
     assert!(contains(
         &remote_help_relay::tap::take(),

@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::{TestRelay, within};
 use remote_help_proto::ErrorCode;
 use remote_help_proto::v1::{self, client_to_relay::Msg};
@@ -42,10 +41,11 @@ async fn send_raw(relay: &TestRelay, bytes: &[u8], finish: bool) -> Option<Error
 /// Checks the relay recovered: nothing leaked and an honest session works end to end.
 async fn still_serves_honest_sessions(relay: &TestRelay) {
     relay.wait_until_empty().await;
-    let (mut helper, mut sharer) = relay.paired("contoso", Mode::FullControl).await;
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
-    within(input.send(Bytes::from_static(b"ok"))).await.unwrap();
-    let (_, mut received) = within(sharer.accept_channel()).await.unwrap();
+    // Honest clients protect: the key exchange, then one sealed input event.
+    let (mut helper, h, mut sharer, mut s) = common::secured(relay, Mode::FullControl).await;
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(b"ok")).await.unwrap();
+    let (_, mut received) = within(s.accept_channel()).await.unwrap();
     assert_eq!(&within(received.recv()).await.unwrap().unwrap()[..], b"ok");
     within(helper.end_session()).await.unwrap();
     assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);

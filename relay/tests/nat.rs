@@ -362,11 +362,13 @@ async fn trial(
         other => panic!("the two sides disagree: {other:?}"),
     };
     // Whatever the path, input arrives, in order.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     for i in 0..20u8 {
         within(input.send(Bytes::from(vec![i; 32]))).await.unwrap();
     }
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     for i in 0..20u8 {
         let frame = within(input_in.recv()).await.unwrap().unwrap();
         assert_eq!(frame[0], i);
@@ -397,7 +399,7 @@ async fn trials(
         let handle = tokio::runtime::Handle::current();
         in_namespace(&public, move || {
             let relay = handle.block_on(async move {
-                let mut builder = TestRelay::builder().config(|c| {
+                let mut builder = TestRelay::builder().plaintext_clients().config(|c| {
                     c.listen = "0.0.0.0:0".parse().unwrap();
                     // Every sharer joins from nat-b's one public address.
                     c.limits.joins_per_source_per_minute = 1000;
@@ -420,7 +422,8 @@ async fn trials(
             role,
         );
         options.direct_path = true;
-        options
+        // The trial reads its input frames as sent (the relay's tenant allows it).
+        options.insecure_plaintext_for_measurement()
     };
     let outcomes: Vec<(DirectOutcome, Option<Duration>)> = futures_util::stream::iter(0..TRIALS)
         .map(|_| trial(&topology, &options))

@@ -61,7 +61,7 @@ fn events_of(relay: &TestRelay) -> Vec<AuditEvent> {
 
 #[tokio::test]
 async fn the_metrics_endpoint_parses_and_its_series_exist_and_move() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let admin = relay.handle.admin_addr().unwrap();
     let (status, before) = http(admin, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
@@ -73,11 +73,13 @@ async fn the_metrics_endpoint_parses_and_its_series_exist_and_move() {
 
     // Drive traffic: a whole session with input, screen and chat; a bad token; a bad code.
     let (mut helper, mut sharer) = relay.paired("contoso", Mode::FullControl).await;
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from(vec![1u8; 1000])))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     within(input_in.recv()).await.unwrap();
     let _ = relay.connect("not.a.token".into(), Role::Helper).await;
     let mut guesser = relay.sharer("contoso").await;
@@ -124,7 +126,7 @@ async fn the_metrics_endpoint_parses_and_its_series_exist_and_move() {
 
 #[tokio::test]
 async fn a_session_is_audited_with_who_helped_whom_on_which_device_modes_and_bytes() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let mut helper = relay.helper("contoso").await;
     let mut sharer = relay.sharer("contoso").await;
     let created = within(helper.create_session_with_reason(Mode::ViewOnly, "INC-42"))
@@ -146,16 +148,20 @@ async fn a_session_is_audited_with_who_helped_whom_on_which_device_modes_and_byt
     );
 
     raise_with_consent(&mut helper, &mut sharer, Mode::FullControl, "").await;
-    let mut chat = within(sharer.open_channel(Channel::Chat)).await.unwrap();
+    let mut chat = within(sharer.open_unsealed_channel(Channel::Chat))
+        .await
+        .unwrap();
     within(chat.send(Bytes::from_static(b"thanks")))
         .await
         .unwrap();
-    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
     within(screen.send(Bytes::from(vec![0u8; 10_000])))
         .await
         .unwrap();
     for _ in 0..2 {
-        let (_, mut rx) = within(helper.accept_channel()).await.unwrap();
+        let (_, mut rx) = within(helper.accept_unsealed_channel()).await.unwrap();
         within(rx.recv()).await.unwrap();
     }
     within(helper.end_session()).await.unwrap();

@@ -327,7 +327,7 @@ async fn an_unanswered_consent_prompt_times_out_for_both() {
 
 #[tokio::test]
 async fn raising_the_mode_needs_fresh_consent_and_lowering_it_stops_input() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
 
     // View → control: the sharer is asked and accepts; input then flows.
@@ -338,11 +338,13 @@ async fn raising_the_mode_needs_fresh_consent_and_lowering_it_stops_input() {
         request.mode,
         remote_help_proto::v1::Mode::FullControl as i32
     );
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"click")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"click"
@@ -403,6 +405,7 @@ async fn raising_the_mode_beyond_the_role_is_denied_and_the_session_goes_on() {
 #[tokio::test]
 async fn with_chat_disabled_both_are_told_and_a_chat_stream_is_refused() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .policy("contoso", |p| p.disable_chat = true)
         .start()
         .await;
@@ -432,16 +435,18 @@ async fn with_chat_disabled_both_are_told_and_a_chat_stream_is_refused() {
         Some(u64::from(ErrorCode::ChatDisabled.to_quic()))
     );
     // The session itself goes on.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"ok"))).await.unwrap();
-    let (channel, _) = within(sharer.accept_channel()).await.unwrap();
+    let (channel, _) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(channel, Channel::Input);
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn an_unattended_device_agent_is_controlled_without_consent_and_only_the_helper_ends() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let mut agent = relay
         .connect(agent_token(&relay, "kiosk-7"), Role::Sharer)
         .await
@@ -468,11 +473,13 @@ async fn an_unattended_device_agent_is_controlled_without_consent_and_only_the_h
     assert_eq!(agent_view.mode, Mode::Unattended);
     assert_eq!(agent_view.peer.unwrap().given_name, "Ada");
 
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"tap")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(agent.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(agent.accept_unsealed_channel()).await.unwrap();
     assert_eq!(&within(input_in.recv()).await.unwrap().unwrap()[..], b"tap");
 
     let err = within(agent.end_session()).await.unwrap_err();
@@ -572,7 +579,7 @@ async fn unattended_access_needs_the_permission_the_scope_and_the_same_tenant() 
 
 #[tokio::test]
 async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, sharer) = relay.paired("contoso", Mode::FullControl).await;
 
     let mut disabled = remote_help_relay::config::Config::with_defaults(
@@ -588,11 +595,13 @@ async fn a_reload_applies_to_new_requests_and_spares_active_sessions() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TenantDisabled));
     // The session that was already running carries on.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"still allowed")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"still allowed"
@@ -726,7 +735,7 @@ fn reloaded(
 
 #[tokio::test]
 async fn a_tenant_disabled_during_a_session_grants_no_raised_mode_but_the_session_goes_on() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer) = relay.paired("contoso", Mode::ViewOnly).await;
 
     // A raise the sharer is asked about when the reload lands: accepting it no longer
@@ -765,11 +774,13 @@ async fn a_tenant_disabled_during_a_session_grants_no_raised_mode_but_the_sessio
         within(sharer.wait_for_mode_change()).await.unwrap(),
         Mode::ViewOnly
     );
-    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
     within(screen.send(Bytes::from_static(b"still shared")))
         .await
         .unwrap();
-    let (_, mut screen_in) = within(helper.accept_channel()).await.unwrap();
+    let (_, mut screen_in) = within(helper.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(screen_in.recv()).await.unwrap().unwrap()[..],
         b"still shared"
@@ -829,6 +840,7 @@ async fn a_second_mode_request_while_one_waits_is_busy_and_says_so() {
 #[tokio::test]
 async fn an_unattended_session_in_a_tenant_without_chat_carries_no_chat() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .policy("contoso", |p| p.disable_chat = true)
         .start()
         .await;
@@ -861,11 +873,13 @@ async fn an_unattended_session_in_a_tenant_without_chat_carries_no_chat() {
             Some(u64::from(ErrorCode::ChatDisabled.to_quic()))
         );
     }
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"tap")))
         .await
         .unwrap();
-    let (channel, _) = within(agent.accept_channel()).await.unwrap();
+    let (channel, _) = within(agent.accept_unsealed_channel()).await.unwrap();
     assert_eq!(channel, Channel::Input);
     relay.stop().await;
 }

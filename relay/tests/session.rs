@@ -14,13 +14,21 @@ use remote_help_relay::issuer::TokenSigner;
 
 #[tokio::test]
 async fn a_full_session_carries_screen_input_and_chat_both_ways() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (mut helper, mut sharer) = relay.paired("contoso", Mode::FullControl).await;
 
-    let mut screen = within(sharer.open_channel(Channel::Screen)).await.unwrap();
-    let mut sharer_chat = within(sharer.open_channel(Channel::Chat)).await.unwrap();
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
-    let mut helper_chat = within(helper.open_channel(Channel::Chat)).await.unwrap();
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
+    let mut sharer_chat = within(sharer.open_unsealed_channel(Channel::Chat))
+        .await
+        .unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
+    let mut helper_chat = within(helper.open_unsealed_channel(Channel::Chat))
+        .await
+        .unwrap();
 
     for i in 0..100u32 {
         within(input.send(Bytes::copy_from_slice(&i.to_be_bytes())))
@@ -40,7 +48,7 @@ async fn a_full_session_carries_screen_input_and_chat_both_ways() {
     // The sharer receives input (in order) and the helper's chat.
     let mut sharer_side = std::collections::HashMap::new();
     for _ in 0..2 {
-        let (channel, receiver) = within(sharer.accept_channel()).await.unwrap();
+        let (channel, receiver) = within(sharer.accept_unsealed_channel()).await.unwrap();
         sharer_side.insert(channel, receiver);
     }
     let mut input_in = sharer_side.remove(&Channel::Input).expect("input channel");
@@ -57,7 +65,7 @@ async fn a_full_session_carries_screen_input_and_chat_both_ways() {
     // The helper receives the screen and the sharer's chat.
     let mut helper_side = std::collections::HashMap::new();
     for _ in 0..2 {
-        let (channel, receiver) = within(helper.accept_channel()).await.unwrap();
+        let (channel, receiver) = within(helper.accept_unsealed_channel()).await.unwrap();
         helper_side.insert(channel, receiver);
     }
     let frame = within(helper_side.get_mut(&Channel::Screen).unwrap().recv())
@@ -83,18 +91,21 @@ async fn a_full_session_carries_screen_input_and_chat_both_ways() {
 
 #[tokio::test]
 async fn lossy_screen_datagrams_reach_the_helper() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let (helper, sharer) = relay.paired("contoso", Mode::ViewOnly).await;
     // Datagrams may be lost on a real network; on loopback with an idle session they are
     // not, but send a few and accept the first to arrive so the test asserts delivery,
     // not perfection.
     for i in 0..5u8 {
         sharer
-            .data()
+            .unsealed_data()
+            .unwrap()
             .send_datagram(Bytes::from(vec![i; 500]))
             .unwrap();
     }
-    let datagram = within(helper.data().read_datagram()).await.unwrap();
+    let datagram = within(helper.unsealed_data().unwrap().read_datagram())
+        .await
+        .unwrap();
     assert_eq!(datagram.len(), 500);
     relay.stop().await;
 }
@@ -198,7 +209,7 @@ async fn an_expired_code_is_refused_and_its_helper_is_told() {
 
 #[tokio::test]
 async fn a_declined_session_ends_for_the_helper_with_declined() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
     let mut helper = relay.helper("contoso").await;
     let mut sharer = relay.sharer("contoso").await;
     let created = within(helper.create_session(Mode::FullControl))
@@ -209,7 +220,7 @@ async fn a_declined_session_ends_for_the_helper_with_declined() {
     within(sharer.decline()).await.unwrap();
     assert_eq!(within(helper.wait_for_end()).await, ErrorCode::Declined);
     // No data channel can be opened into a declined session.
-    let stream = within(helper.open_channel(Channel::Input)).await;
+    let stream = within(helper.open_unsealed_channel(Channel::Input)).await;
     if let Ok(mut input) = stream {
         let _ = input.send(Bytes::from_static(b"x")).await;
     }
@@ -292,6 +303,7 @@ async fn shutdown_with_no_drain_time_tells_every_peer() {
 #[tokio::test]
 async fn draining_keeps_active_sessions_refuses_new_ones_and_stops_when_they_end() {
     let relay = TestRelay::builder()
+        .plaintext_clients()
         .config(|c| c.drain_timeout = STEP * 10)
         .start()
         .await;
@@ -316,11 +328,13 @@ async fn draining_keeps_active_sessions_refuses_new_ones_and_stops_when_they_end
         "a draining relay accepted a new connection"
     );
     // The active session still carries data.
-    let mut input = within(helper.open_channel(Channel::Input)).await.unwrap();
+    let mut input = within(helper.open_unsealed_channel(Channel::Input))
+        .await
+        .unwrap();
     within(input.send(Bytes::from_static(b"still here")))
         .await
         .unwrap();
-    let (_, mut input_in) = within(sharer.accept_channel()).await.unwrap();
+    let (_, mut input_in) = within(sharer.accept_unsealed_channel()).await.unwrap();
     assert_eq!(
         &within(input_in.recv()).await.unwrap().unwrap()[..],
         b"still here"

@@ -2,27 +2,41 @@
 //! consent, and move data on the session's channels.
 //!
 //! A [`Client`] is one QUIC connection with its control stream. Control calls take
-//! `&mut self` and read the control stream in order; data channels are separate objects
-//! ([`ChannelSender`], [`ChannelReceiver`]) that can move into their own tasks.
+//! `&mut self` and read the control stream in order; a started session's channels come
+//! from [`secure::channels`], sealed end to end, as objects that can move into their own
+//! tasks.
 //!
 //! ```no_run
 //! # async fn demo(helper_opts: remote_help_relay::client::ClientOptions,
 //! #               sharer_opts: remote_help_relay::client::ClientOptions) -> Result<(), remote_help_relay::client::ClientError> {
-//! use remote_help_relay::client::Client;
-//! use remote_help_relay::core::{Channel, Mode};
+//! use remote_help_relay::client::{Client, secure};
+//! use remote_help_relay::core::{Channel, Mode, Role};
 //! let mut helper = Client::connect(helper_opts).await?;
 //! let created = helper.create_session(Mode::FullControl).await?;
 //! let mut sharer = Client::connect(sharer_opts).await?;
 //! let request = sharer.join(&created.code).await?;       // shows request.helper
 //! let _sharer_joined = helper.wait_for_sharer().await?;   // shows the sharer's profile
-//! sharer.accept().await?;
-//! helper.wait_for_start().await?;
-//! let mut input = helper.open_channel(Channel::Input).await?;
-//! input.send(bytes::Bytes::from_static(b"click")).await?;
-//! let (_channel, mut events) = sharer.accept_channel().await?;
+//! let sharer_start = sharer.accept().await?;
+//! let helper_start = helper.wait_for_start().await?;
+//! // Both sides run the key exchange (in their own processes, at the same time).
+//! let (h, s) = tokio::join!(
+//!     secure::channels(&helper, &helper_start, Role::Helper),
+//!     secure::channels(&sharer, &sharer_start, Role::Sharer),
+//! );
+//! let (h, mut s) = (h?, s?);
+//! assert_eq!(h.verification_code(), s.verification_code()); // the users compare them
+//! let mut input = h.open_channel(Channel::Input).await?;
+//! input.send(b"click").await?;
+//! let (_channel, mut events) = s.accept_channel().await?;
 //! let _click = events.recv().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Plaintext is reachable only through calls named for it: [`Client::unsealed_data`],
+//! [`Client::open_unsealed_channel`] and [`Client::accept_unsealed_channel`] (unprotected
+//! framing, for measurements and for tests of the relay's forwarding) refuse with
+//! [`E2eError::UnsealedWhileProtected`](crate::e2e::E2eError::UnsealedWhileProtected) unless
+//! the client opted out with [`ClientOptions::insecure_plaintext_for_measurement`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -840,31 +854,49 @@ impl Client {
         }
     }
 
-    /// A handle on the session's data plane, usable while control calls are pending. A
-    /// request that follows a `REDIRECT` (`join`, `register_device`, `connect_unattended`)
-    /// moves the client to another connection: take this handle after it, not before.
+    /// The session's data plane in the clear: unprotected framing, for measurements and for
+    /// tests of the relay's forwarding. Applications use [`secure::channels`].
     ///
-    /// This is the transport under end-to-end protection: what is sent here goes as given,
-    /// and the relay sees it. Applications take a session's channels from
-    /// [`secure::channels`], which seals them unless the client opted out for a measurement.
-    pub fn data(&self) -> DataChannels {
-        DataChannels {
+    /// Refuses with [`E2eError::UnsealedWhileProtected`](crate::e2e::E2eError::UnsealedWhileProtected)
+    /// unless this client opted out of protection
+    /// ([`ClientOptions::insecure_plaintext_for_measurement`]): a protecting client's
+    /// content goes only sealed, so plaintext is never one misnamed call away.
+    ///
+    /// Usable while control calls are pending. A request that follows a `REDIRECT`
+    /// (`join`, `register_device`, `connect_unattended`) moves the client to another
+    /// connection: take this handle after it, not before.
+    pub fn unsealed_data(&self) -> Result<UnsealedChannels, ClientError> {
+        match self.options.protection {
+            Protection::PlaintextForMeasurement => Ok(self.transport()),
+            Protection::EndToEnd(_) => Err(crate::e2e::E2eError::UnsealedWhileProtected.into()),
+        }
+    }
+
+    /// The data plane whatever the protection: what the sealed layer ([`secure`]) and the
+    /// measurement opt-out are built on. Never handed to applications as it is.
+    pub(crate) fn transport(&self) -> UnsealedChannels {
+        UnsealedChannels {
             connection: self.connection.clone(),
             direct: self.direct.as_ref().map(|d| d.link()),
             peer_unprotected: Some(self.peer_unprotected.clone()),
         }
     }
 
-    /// Opens this side's stream for `channel` in an active session, unprotected (the
-    /// transport; see [`Client::data`]): applications use [`secure::channels`].
-    pub async fn open_channel(&self, channel: Channel) -> Result<ChannelSender, ClientError> {
-        self.data().open_channel(channel).await
+    /// Opens this side's stream for `channel` in an active session, unprotected: see
+    /// [`Client::unsealed_data`] (measurements and relay tests only; refused while this
+    /// client protects). Applications use [`secure::channels`].
+    pub async fn open_unsealed_channel(
+        &self,
+        channel: Channel,
+    ) -> Result<ChannelSender, ClientError> {
+        self.unsealed_data()?.open_channel(channel).await
     }
 
-    /// Waits for the peer to open a channel towards this side, unprotected (the transport;
-    /// see [`Client::data`]).
-    pub async fn accept_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
-        self.data().accept_channel().await
+    /// Waits for the peer to open a channel towards this side, unprotected: see
+    /// [`Client::unsealed_data`] (measurements and relay tests only; refused while this
+    /// client protects). Applications use [`secure::channels`].
+    pub async fn accept_unsealed_channel(&self) -> Result<(Channel, ChannelReceiver), ClientError> {
+        self.unsealed_data()?.accept_channel().await
     }
 
     /// Gives up the SDK's control of the connection after authentication: the endpoint,
@@ -1073,7 +1105,11 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
     })
 }
 
-/// The data plane of a client's connection: channels and datagrams. Cheap to clone.
+/// The data plane of a connection in the clear: channels and datagrams framed as the
+/// protocol says, with no end-to-end protection (the relay sees every byte). For
+/// measurements and for tests of the relay's forwarding; applications use
+/// [`secure::channels`]. From a [`Client`] only through [`Client::unsealed_data`], which a
+/// protecting client refuses. Cheap to clone.
 ///
 /// With a direct path (`ClientOptions::direct_path`), each channel moves to the direct
 /// connection once it is up, at the sender's next frame: the sender ends the relayed stream
@@ -1082,18 +1118,20 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
 /// continuation, so nothing is lost or reordered. If the direct path is lost, senders
 /// continue on new relayed streams the same way.
 #[derive(Clone)]
-pub struct DataChannels {
+pub struct UnsealedChannels {
     connection: quinn::Connection,
     direct: Option<direct::DirectLink>,
     /// Set while this protecting client's peer announced no protection: nothing is sent.
     peer_unprotected: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-impl DataChannels {
-    /// The data plane over any QUIC connection speaking the data-stream format: a direct
-    /// peer-to-peer connection (the `loadtest --baseline direct` run) as well as the relay's.
-    pub fn over(connection: quinn::Connection) -> DataChannels {
-        DataChannels {
+impl UnsealedChannels {
+    /// The data plane over any QUIC connection speaking the data-stream format, in the
+    /// clear: a direct peer-to-peer connection (the `loadtest --baseline direct` run, which
+    /// seals on top with [`secure::SecureSession::with_keys`]) as well as the relay's (tests
+    /// that play a meddling relay or peer).
+    pub fn over(connection: quinn::Connection) -> UnsealedChannels {
+        UnsealedChannels {
             connection,
             direct: None,
             peer_unprotected: None,
@@ -1231,7 +1269,8 @@ async fn open_tagged(
     Ok(stream)
 }
 
-/// This side's sending half of one data channel: length-prefixed frames, in order.
+/// This side's sending half of one data channel: length-prefixed frames, in order, as
+/// given (unsealed; [`secure::SealedSender`] seals on top of it).
 pub struct ChannelSender {
     channel: Channel,
     frames: FramedWrite<quinn::SendStream, DataCodec>,
@@ -1331,7 +1370,8 @@ impl ChannelSender {
     }
 }
 
-/// This side's receiving half of one data channel.
+/// This side's receiving half of one data channel: frames as they came (unsealed;
+/// [`secure::SealedReceiver`] opens on top of it).
 pub struct ChannelReceiver {
     channel: Channel,
     frames: FramedRead<quinn::RecvStream, DataCodec>,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::{ChannelReceiver, ChannelSender, Client, ClientError, DataChannels, SessionStart};
+use super::{ChannelReceiver, ChannelSender, Client, ClientError, SessionStart, UnsealedChannels};
 use crate::core::{Channel, Role};
 use crate::e2e::{
     DatagramOpener, E2eError, KeyExchange, PUBLIC_KEY_LEN, Party, Sealer, SessionKeys,
@@ -28,7 +28,7 @@ use crate::e2e::{
 /// An active session whose channels are sealed end to end.
 pub struct SecureSession {
     keys: SessionKeys,
-    data: DataChannels,
+    data: UnsealedChannels,
     /// Channels the peer opened before its key arrived.
     pending: VecDeque<(Channel, ChannelReceiver)>,
     datagrams_out: Sealer,
@@ -77,7 +77,7 @@ pub fn establish(
         .ok_or_else(|| ClientError::Unexpected("the peer's profile is unknown".into()));
     let own_suites = client.protection().announced();
     let start = start.clone();
-    let data = client.data();
+    let data = client.transport();
     async move { exchange_keys(me?, peer?, own_suites, &start, role, data).await }
 }
 
@@ -88,7 +88,7 @@ async fn exchange_keys(
     own_suites: Vec<u32>,
     start: &SessionStart,
     role: Role,
-    data: DataChannels,
+    data: UnsealedChannels,
 ) -> Result<SecureSession, ClientError> {
     let suite = negotiated(role, &own_suites, start)?;
     let exchange = KeyExchange::start()?;
@@ -176,7 +176,7 @@ impl SecureSession {
     /// A sealed session over `data` with keys agreed elsewhere: for tools that play both
     /// parties in one process over a connection no relay announces suites on (loadtest's
     /// direct baseline). Applications use [`establish`] or [`channels`].
-    pub fn with_keys(data: DataChannels, keys: SessionKeys) -> SecureSession {
+    pub fn with_keys(data: UnsealedChannels, keys: SessionKeys) -> SecureSession {
         SecureSession {
             datagrams_out: datagram_sealer(&keys),
             datagrams_in: keys.datagram_opener(),
@@ -341,7 +341,7 @@ pub enum SessionChannels {
     /// Sealed end to end (the default).
     Protected(SecureSession),
     /// In the clear, for measurements only.
-    PlaintextForMeasurement(super::DataChannels),
+    PlaintextForMeasurement(super::UnsealedChannels),
 }
 
 impl std::fmt::Debug for SessionChannels {
@@ -368,7 +368,7 @@ pub fn channels(
         crate::client::Protection::EndToEnd(_) => Some(establish(client, start, role)),
         crate::client::Protection::PlaintextForMeasurement => None,
     };
-    let data = client.data();
+    let data = client.transport();
     async move {
         Ok(match protected {
             Some(exchange) => SessionChannels::Protected(exchange.await?),

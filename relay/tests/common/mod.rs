@@ -137,6 +137,8 @@ pub fn rsa_signer(kid: &str) -> TokenSigner {
 pub struct TestRelay {
     pub handle: ServerHandle,
     pub tenants: Vec<TestTenant>,
+    /// See [`TestRelayBuilder::plaintext_clients`].
+    plaintext_clients: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -147,6 +149,7 @@ pub struct TestRelayBuilder {
     dir: tempfile::TempDir,
     tenants: Vec<TestTenant>,
     tweak: Vec<ConfigTweak>,
+    plaintext_clients: bool,
 }
 
 impl TestRelay {
@@ -155,6 +158,7 @@ impl TestRelay {
             dir: tempfile::tempdir().unwrap(),
             tenants: Vec::new(),
             tweak: Vec::new(),
+            plaintext_clients: false,
         }
     }
 
@@ -175,13 +179,20 @@ impl TestRelay {
         self.tenants.iter().find(|t| t.id == id).unwrap()
     }
 
+    /// Options for a client of this relay: protecting (the SDK's default), or opted out
+    /// when the relay was built with [`TestRelayBuilder::plaintext_clients`].
     pub fn options(&self, token: String, role: Role) -> ClientOptions {
-        ClientOptions::new(
+        let options = ClientOptions::new(
             self.addr(),
             RelayTrust::Pin(self.handle.fingerprint()),
             token,
             role,
-        )
+        );
+        if self.plaintext_clients {
+            options.insecure_plaintext_for_measurement()
+        } else {
+            options
+        }
     }
 
     pub async fn connect(&self, token: String, role: Role) -> Result<Client, ClientError> {
@@ -257,6 +268,16 @@ impl TestRelayBuilder {
         self
     }
 
+    /// For tests of the relay's forwarding, which send and read frames as they are through
+    /// the SDK's unsealed calls: the tenants do not require end-to-end protection, and the
+    /// clients [`TestRelay::options`] (and so `connect`, `helper`, `sharer`, `paired`)
+    /// makes opt out of it, explicitly, as a protecting client refuses unsealed calls.
+    /// Tests of protection itself give each client's `Protection` (`started_with`).
+    pub fn plaintext_clients(mut self) -> Self {
+        self.plaintext_clients = true;
+        self
+    }
+
     pub async fn start(mut self) -> TestRelay {
         if self.tenants.is_empty() {
             self = self.tenant(
@@ -271,6 +292,11 @@ impl TestRelayBuilder {
         config.drain_timeout = Duration::ZERO;
         config.audit.dir = self.dir.path().join("audit");
         config.state_dir = self.dir.path().join("state");
+        if self.plaintext_clients {
+            for tenant in &mut config.tenants {
+                tenant.policy.require_end_to_end = false;
+            }
+        }
         for tweak in self.tweak {
             tweak(&mut config);
         }
@@ -278,6 +304,7 @@ impl TestRelayBuilder {
         TestRelay {
             handle,
             tenants: self.tenants,
+            plaintext_clients: self.plaintext_clients,
             _dir: self.dir,
         }
     }
