@@ -1160,8 +1160,9 @@ impl UnsealedChannels {
         })
     }
 
-    /// A protecting client never sends to a peer that announced no protection, not even
-    /// through the raw transport (PROTOCOL.md §8.7.1).
+    /// A protecting client never sends to a peer that announced no protection (PROTOCOL.md
+    /// §8.7.1), not even through the transport under the sealed layer: a sealed session
+    /// kept from this client's earlier session stops here when the next peer announced none.
     fn refuse_unprotected_peer(&self) -> Result<(), ClientError> {
         match &self.peer_unprotected {
             Some(flag) if flag.load(std::sync::atomic::Ordering::SeqCst) => {
