@@ -345,6 +345,42 @@ async fn without_the_requirement_a_protecting_client_sends_nothing_to_an_unprote
     relay.stop().await;
 }
 
+/// The transport under a sealed session refuses too: a helper that keeps its sealed
+/// channels from one session sends nothing on them once its next session's peer announced
+/// no protection.
+#[tokio::test]
+async fn a_sealed_session_kept_into_a_session_with_an_unprotected_peer_sends_nothing() {
+    let relay = TestRelay::builder()
+        .policy("contoso", |p| p.require_end_to_end = false)
+        .start()
+        .await;
+    let (mut helper, mut kept, mut sharer, _s) = common::secured(&relay, Mode::FullControl).await;
+    within(helper.end_session()).await.unwrap();
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);
+
+    let options = relay
+        .options(relay.tenant("contoso").token(Persona::Sharer), Role::Sharer)
+        .insecure_plaintext_for_measurement();
+    let mut plain_sharer = within(Client::connect(options)).await.unwrap();
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+    let (helper_start, _) =
+        common::join_and_consent(&mut helper, &mut plain_sharer, &created.code).await;
+    assert!(helper_start.peer_e2e_suites.is_empty());
+    let refused = within(kept.open_channel(Channel::Input)).await;
+    assert!(
+        matches!(refused, Err(ClientError::E2e(E2eError::PeerUnprotected))),
+        "a kept sealed session opened a channel to an unprotected peer"
+    );
+    let refused = kept.send_datagram(b"frame").unwrap_err();
+    assert!(
+        matches!(refused, ClientError::E2e(E2eError::PeerUnprotected)),
+        "{refused}"
+    );
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn unattended_sessions_need_a_suite_in_common_too() {
     let relay = TestRelay::start().await;
