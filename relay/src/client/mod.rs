@@ -18,13 +18,14 @@
 //! let _sharer_joined = helper.wait_for_sharer().await?;   // shows the sharer's profile
 //! let sharer_start = sharer.accept().await?;
 //! let helper_start = helper.wait_for_start().await?;
-//! // Both sides run the key exchange (in their own processes, at the same time).
+//! // Both sides run the key exchange at the same time (here in one process; in use, each
+//! // in its own, showing its code to its user).
 //! let (h, s) = tokio::join!(
 //!     secure::channels(&helper, &helper_start, Role::Helper),
 //!     secure::channels(&sharer, &sharer_start, Role::Sharer),
 //! );
 //! let (h, mut s) = (h?, s?);
-//! assert_eq!(h.verification_code(), s.verification_code()); // the users compare them
+//! assert_eq!(h.verification_code(), s.verification_code()); // what the users compare
 //! let mut input = h.open_channel(Channel::Input).await?;
 //! input.send(b"click").await?;
 //! let (_channel, mut events) = s.accept_channel().await?;
