@@ -731,12 +731,14 @@ async fn run(
     }
 
     // Drain: no new connections or sessions; active sessions may run until the deadline.
+    // Draining (and /readyz's 503) starts before the line is logged, so whoever reads the
+    // log line finds the relay already draining.
+    hub.draining.cancel();
     info!(
         active = connections.len(),
         deadline_ms = hub.config.drain_timeout.as_millis() as u64,
         "shutting down: draining"
     );
-    hub.draining.cancel();
     let deadline = tokio::time::Instant::now() + hub.config.drain_timeout;
     while !connections.is_empty() {
         tokio::select! {
