@@ -3,7 +3,7 @@
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
 # Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
-# direct-path, and (only when named) e2e, and (for a machine with many cores, BENCHMARKS.md
+# direct-path, and (only when named) e2e, relay-ab, and (for a machine with many cores, BENCHMARKS.md
 # section 8) setup-sockets, concurrent-baseline. Every run is protected end to end (the default) unless
 # it says --no-e2e.
 #
@@ -127,3 +127,23 @@ if [ ${#names[@]} -gt 0 ] && selected e2e; then
     done
   done
 fi
+
+# 10. Two relay builds side by side (only when named; RELAY_A and RELAY_B are paths to two
+#     `relay` binaries, e.g. before and after a change): idle setups at 100/s and 200/s,
+#     interleaved A/B, four rounds. bash loadtest/bench.sh relay-ab
+if [ ${#names[@]} -gt 0 ] && selected relay-ab; then
+  : "${RELAY_A:?set RELAY_A to a relay binary}" "${RELAY_B:?set RELAY_B to a relay binary}"
+  for round in 1 2 3 4; do
+    for rate in 100 200; do
+      for which in A B; do
+        bin_var="RELAY_$which"
+        echo "=== relay-ab-$which-$rate-$round: loadtest --relay-bin ${!bin_var} --sessions $((rate * 5)) --ramp $rate --duration 0 --idle"
+        "${LT[@]}" --spawn-relay --relay-bin "${!bin_var}" --no-progress \
+          --json "$OUT/relay-ab-$which-$rate-$round.json" \
+          --sessions $((rate * 5)) --ramp "$rate" --duration 0 --idle \
+          || echo "(relay-ab-$which-$rate-$round: some sessions failed; see the report)"
+      done
+    done
+  done
+fi
+
