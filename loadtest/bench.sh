@@ -130,7 +130,10 @@ fi
 
 # 10. Two relay builds side by side (only when named; RELAY_A and RELAY_B are paths to two
 #     `relay` binaries, e.g. before and after a change): idle setups at 100/s and 200/s,
-#     interleaved A/B, four rounds. bash loadtest/bench.sh relay-ab
+#     interleaved A/B, four rounds. bash loadtest/bench.sh relay-ab. The loadtest binary
+#     (BIN) must write a spawned-relay config both relays accept: a loadtest from before
+#     require_end_to_end cannot drive a newer relay's defaults, a newer one writes a setting
+#     older relays refuse, so use the older build's loadtest against both.
 if [ ${#names[@]} -gt 0 ] && selected relay-ab; then
   : "${RELAY_A:?set RELAY_A to a relay binary}" "${RELAY_B:?set RELAY_B to a relay binary}"
   for round in 1 2 3 4; do
