@@ -21,8 +21,8 @@ use rand::rngs::StdRng;
 use remote_help_proto::ErrorCode;
 use remote_help_relay::core::code::{CODE_LEN, SessionCode};
 use remote_help_relay::core::registry::{
-    Consented, Ended, JoinRefused, Joined, ModeRequest, Party, Registry, RegistryLimits,
-    SessionState,
+    CodeOwner, Consented, Ended, JoinRefused, Joined, ModeRequest, Party, Registry,
+    RegistryLimits, SessionState,
 };
 use remote_help_relay::core::{ConnId, Mode, SessionId, TenantId};
 
@@ -204,6 +204,18 @@ impl Model {
         let refuse = |error: ErrorCode| JoinRefused {
             error,
             burned: None,
+            owner: None,
+        };
+        // A cross-tenant attempt names the owning tenant (for its own log), and the
+        // session and its helper only while the code is open.
+        let cross_tenant = |owner: &str, open: Option<(SessionId, ConnId)>| JoinRefused {
+            error: ErrorCode::CrossTenant,
+            burned: None,
+            owner: Some(CodeOwner {
+                tenant: TenantId::new(owner),
+                session: open.as_ref().map(|(session, _)| session.clone()),
+                helper: open.map(|(_, helper)| helper),
+            }),
         };
         let session_id = match self.codes.get(&code) {
             None => return Err(self.wrong_attempt(code, &tenant, now)),
@@ -211,7 +223,7 @@ impl Model {
                 Slot::Used { tenant: t, .. }
                 | Slot::Expired { tenant: t, .. }
                 | Slot::Burned { tenant: t, .. },
-            ) if *t != tenant => return Err(refuse(ErrorCode::CrossTenant)),
+            ) if *t != tenant => return Err(cross_tenant(t, None)),
             Some(Slot::Used { .. }) => return Err(refuse(ErrorCode::CodeUsed)),
             Some(Slot::Expired { .. }) => return Err(refuse(ErrorCode::CodeExpired)),
             Some(Slot::Burned { .. }) => return Err(refuse(ErrorCode::CodeBurned)),
@@ -225,7 +237,7 @@ impl Model {
             .get_mut(&session_id)
             .expect("an open code has a live session");
         if s.tenant != tenant {
-            return Err(refuse(ErrorCode::CrossTenant));
+            return Err(cross_tenant(&s.tenant, Some((session_id, s.helper))));
         }
         if s.helper == sharer.conn {
             return Err(refuse(ErrorCode::WrongRole));
@@ -252,6 +264,7 @@ impl Model {
         let invalid = JoinRefused {
             error: ErrorCode::CodeInvalid,
             burned: None,
+            owner: None,
         };
         let Some(target) = self.open_with_locator(&code) else {
             return invalid;
@@ -288,6 +301,7 @@ impl Model {
         JoinRefused {
             error: ErrorCode::CodeInvalid,
             burned,
+            owner: None,
         }
     }
 }
