@@ -9,10 +9,13 @@
 //!    and a header naming any other algorithm is refused, so `none`, HMAC and
 //!    key-confusion tricks never reach signature checking;
 //! 4. check the signature, `iss` (the tenant's issuer) and `aud` (this relay's audience);
-//! 5. check `exp` and `nbf` against the caller's `now` with the configured leeway.
+//! 5. check `exp` and `nbf` against the caller's `now` with the configured leeway;
+//! 6. read the identity claims through the tenant's [`ClaimMapping`].
 //!
-//! The `tid` claim therefore always names the tenant whose key verified the token.
-//! Time is passed in, so this module reads no clock.
+//! A tenant whose mapping selects by issuer (the Entra ID, Keycloak and Okta presets) is
+//! found in step 1 by the token's `iss` instead of `tid`. Either way only the selected
+//! tenant's keys can verify the token, so a verified token always speaks for the tenant
+//! whose key signed it. Time is passed in, so this module reads no clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +26,14 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use remote_help_proto::ErrorCode;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
+use crate::claim_map::{ClaimMapping, MappedClaims, TenantSelector};
 use crate::core::TenantId;
+
+/// The smallest RSA modulus accepted, in bits (RFC 8725 §3.5 points to NIST SP 800-57,
+/// which retired 1,024-bit RSA; 2,048 is the floor every current guideline sets).
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// One verification key of a tenant, with the only algorithm it may verify.
 #[derive(Clone)]
@@ -76,6 +85,30 @@ pub enum KeyError {
     /// The set is empty.
     #[error("the key set has no keys")]
     Empty,
+    /// An RSA key whose modulus is too short to resist factoring.
+    #[error(
+        "RSA key of {bits} bits; at least {MIN_RSA_BITS} are required (RFC 8725, NIST SP 800-57)"
+    )]
+    WeakRsa {
+        /// The modulus length.
+        bits: usize,
+    },
+}
+
+/// The bit length of an RSA modulus given as base64url (the JWK `n` member).
+fn rsa_modulus_bits(n: &str) -> Result<usize, KeyError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .map_err(|e| KeyError::Malformed(format!("\"n\" is not base64url: {e}")))?;
+    // Leading zero octets do not count (RFC 7518 §6.3.1.1 forbids them, but a key is
+    // measured by its value, not its spelling).
+    let significant = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .map_or(&[][..], |i| &bytes[i..]);
+    Ok(significant.first().map_or(0, |&first| {
+        (significant.len() - 1) * 8 + (8 - first.leading_zeros() as usize)
+    }))
 }
 
 impl TenantKey {
@@ -88,7 +121,13 @@ impl TenantKey {
             AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
                 Algorithm::ES256
             }
-            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::RSA(rsa) => {
+                let bits = rsa_modulus_bits(&rsa.n)?;
+                if bits < MIN_RSA_BITS {
+                    return Err(KeyError::WeakRsa { bits });
+                }
+                Algorithm::RS256
+            }
             AlgorithmParameters::OctetKey(_) => return Err(KeyError::Symmetric),
             _ => return Err(KeyError::Unsupported),
         };
@@ -122,7 +161,8 @@ pub struct TenantKeys {
 }
 
 impl TenantKeys {
-    /// Reads a JWK Set (`{"keys": [...]}`), refusing keys that cannot be used safely.
+    /// Reads a JWK Set (`{"keys": [...]}`), refusing keys that cannot be used safely. The
+    /// error carries the index of the refused key.
     pub fn from_jwks(set: &JwkSet) -> Result<TenantKeys, (usize, KeyError)> {
         if set.keys.is_empty() {
             return Err((0, KeyError::Empty));
@@ -173,6 +213,24 @@ pub struct TenantTrust {
     pub issuer: String,
     /// Its verification keys.
     pub keys: TenantKeys,
+    /// The `aud` its tokens must contain, when not the relay's `server.audience` (Entra ID
+    /// v2.0 access tokens carry the application's client id).
+    pub audience: Option<String>,
+    /// Where its tokens carry the identity claims.
+    pub claims: ClaimMapping,
+}
+
+impl TenantTrust {
+    /// A tenant using this project's own claim shape and the relay's audience.
+    pub fn new(id: TenantId, issuer: String, keys: TenantKeys) -> TenantTrust {
+        TenantTrust {
+            id,
+            issuer,
+            keys,
+            audience: None,
+            claims: ClaimMapping::default(),
+        }
+    }
 }
 
 /// Whether a token speaks for a signed-in user or for a device agent.
@@ -318,61 +376,144 @@ impl AuthError {
     }
 }
 
-/// The claims contract (see `docs/tokens.md`).
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    /// Read as a string so that an array (which jsonwebtoken's issuer check accepts when
-    /// it contains the expected value) is refused: RFC 7519 makes `iss` a single string,
-    /// and so does docs/tokens.md. Found by the `token` fuzz target.
+/// The registered claims (RFC 7519 §4.1), typed as `docs/tokens.md` §4.1 says. They are
+/// never mapped: their meaning is fixed by the RFC.
+struct Registered {
     iss: String,
     exp: u64,
-    #[serde(default)]
     nbf: Option<u64>,
-    #[serde(default)]
     jti: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    given_name: Option<String>,
-    #[serde(default)]
-    family_name: Option<String>,
-    #[serde(default)]
-    job_title: Option<String>,
-    #[serde(default)]
-    company_name: Option<String>,
-    #[serde(default)]
-    picture: Option<String>,
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(default)]
-    domain_verified: Option<bool>,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    licenses: Vec<String>,
-    #[serde(default)]
-    device_id: Option<String>,
-    #[serde(default)]
-    device_name: Option<String>,
-    #[serde(default)]
-    device_groups: Vec<String>,
-    #[serde(default)]
-    platform: Option<String>,
-    #[serde(default)]
-    os_version: Option<String>,
-    #[serde(default)]
-    manufacturer: Option<String>,
-    #[serde(default)]
-    enrolled: Option<bool>,
-    #[serde(default)]
-    compliant: Option<bool>,
+}
+
+impl Registered {
+    fn read(claims: &Map<String, Value>) -> Result<Registered, AuthError> {
+        let bad = |what: &str| AuthError::BadClaims(what.to_string());
+        // `iss` is read as a string so that an array (which jsonwebtoken's issuer check
+        // accepts when it contains the expected value) is refused: RFC 7519 makes `iss` a
+        // single string, and so does docs/tokens.md. Found by the `token` fuzz target.
+        let iss = match claims.get("iss") {
+            Some(Value::String(iss)) => iss.clone(),
+            None => return Err(bad("missing claim iss")),
+            Some(_) => return Err(bad("iss must be a string")),
+        };
+        let time = |name: &str| -> Result<Option<u64>, AuthError> {
+            match claims.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                    AuthError::BadClaims(format!(
+                        "{name} must be a non-negative integer (Unix seconds)"
+                    ))
+                }),
+            }
+        };
+        let exp = match claims.get("exp") {
+            // `null` is not absent for the one required time: a token must say when it ends.
+            Some(Value::Null) => {
+                return Err(bad("exp must be a non-negative integer (Unix seconds)"));
+            }
+            _ => time("exp")?.ok_or_else(|| bad("missing claim exp"))?,
+        };
+        let nbf = time("nbf")?;
+        // `iat` is informational, but a wrong type is still a malformed token
+        // (docs/tokens.md §4); any JSON number is a time.
+        match claims.get("iat") {
+            None | Some(Value::Null | Value::Number(_)) => {}
+            Some(_) => return Err(bad("iat must be a number (Unix seconds)")),
+        }
+        let jti = match claims.get("jti") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(jti)) => Some(jti.clone()),
+            Some(_) => return Err(bad("jti must be a string")),
+        };
+        Ok(Registered { iss, exp, nbf, jti })
+    }
+}
+
+/// A token's claims as a JSON object in which no member name repeats, at any depth.
+/// RFC 7519 §4 lets a recipient either reject duplicate names or take the last; the relay
+/// rejects, so that no two parsers (this one, a provider's, an auditor's) can read one
+/// token two ways.
+struct StrictClaims(Map<String, Value>);
+
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StrictValue, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for StrictClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StrictClaims, D::Error> {
+        match StrictValue::deserialize(d)?.0 {
+            Value::Object(map) => Ok(StrictClaims(map)),
+            _ => Err(serde::de::Error::custom("the claims must be a JSON object")),
+        }
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = StrictValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Null))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
+        Ok(StrictValue(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<StrictValue, E> {
+        Ok(StrictValue(
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::String(v)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(StrictValue(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
+        let mut object = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if object.contains_key(&name) {
+                return Err(serde::de::Error::custom(format!(
+                    "claim {name:?} appears twice"
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            object.insert(name, value);
+        }
+        Ok(StrictValue(Value::Object(object)))
+    }
 }
 
 #[derive(Deserialize)]
 struct TenantOnly {
     #[serde(default)]
-    tid: Option<serde_json::Value>,
+    tid: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
 }
 
 /// Verifies tokens of every configured tenant for one relay audience.
@@ -381,6 +522,8 @@ pub struct Verifier {
     audience: String,
     leeway: Duration,
     tenants: HashMap<TenantId, Arc<TenantTrust>>,
+    /// Tenants selected by `iss`, by issuer (config load refuses two with one issuer).
+    by_issuer: HashMap<String, Arc<TenantTrust>>,
 }
 
 /// Longest token accepted, in bytes; far above any real token, far below the frame limit.
@@ -389,13 +532,23 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 impl Verifier {
     /// A verifier for `audience` trusting `tenants`.
     pub fn new(audience: String, leeway: Duration, tenants: Vec<TenantTrust>) -> Verifier {
+        let tenants: HashMap<TenantId, Arc<TenantTrust>> = tenants
+            .into_iter()
+            .map(|t| (t.id.clone(), Arc::new(t)))
+            .collect();
+        let mut by_issuer = HashMap::new();
+        for tenant in tenants.values() {
+            if tenant.claims.select_by == TenantSelector::Issuer {
+                by_issuer
+                    .entry(tenant.issuer.clone())
+                    .or_insert_with(|| Arc::clone(tenant));
+            }
+        }
         Verifier {
             audience,
             leeway,
-            tenants: tenants
-                .into_iter()
-                .map(|t| (t.id.clone(), Arc::new(t)))
-                .collect(),
+            tenants,
+            by_issuer,
         }
     }
 
@@ -407,6 +560,7 @@ impl Verifier {
         let tenant = self.tenant_of(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+        refuse_critical_extensions(token)?;
         let key = tenant
             .keys
             .select(header.kid.as_deref())
@@ -422,41 +576,52 @@ impl Verifier {
         // Time is checked below against the caller's `now`, not the system clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `sub` is not required here: the tenant's mapping says which claim is the user id,
+        // and `into_principal` requires that one.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[&tenant.issuer]);
-        validation.set_audience(&[&self.audience]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::BadClaims(format!("missing claim {c}"))
+        validation.set_audience(&[tenant.audience.as_deref().unwrap_or(&self.audience)]);
+        let data =
+            jsonwebtoken::decode::<StrictClaims>(token, &key.key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        AuthError::BadClaims(format!("missing claim {c}"))
+                    }
+                    ErrorKind::InvalidAlgorithm => AuthError::AlgorithmRefused {
+                        header: format!("{:?}", header.alg),
+                        expected: key.algorithm,
+                    },
+                    // jsonwebtoken reports a claim of the wrong type (its own parse of `exp`,
+                    // `nbf`, `iat`…) without naming it; the signature has verified by now, so
+                    // the relay reads the claims itself to say which one.
+                    ErrorKind::Json(err) => explain_claims(token)
+                        .err()
+                        .unwrap_or_else(|| AuthError::BadClaims(err.to_string())),
+                    other => AuthError::Malformed(format!("{other:?}")),
                 }
-                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmRefused {
-                    header: format!("{:?}", header.alg),
-                    expected: key.algorithm,
-                },
-                ErrorKind::Json(err) => AuthError::BadClaims(err.to_string()),
-                other => AuthError::Malformed(format!("{other:?}")),
-            }
-        })?;
-        let claims = data.claims;
-        if claims.iss != tenant.issuer {
+            })?;
+        let StrictClaims(claims) = data.claims;
+        let registered = Registered::read(&claims)?;
+        if registered.iss != tenant.issuer {
             return Err(AuthError::WrongIssuer);
         }
+        // Type errors in the mapped claims are TOKEN_INVALID even on an expired token.
+        let mapped = tenant.claims.apply(&claims).map_err(AuthError::BadClaims)?;
 
         let leeway = self.leeway.as_secs();
-        if claims.exp.saturating_add(leeway) < now_unix {
+        if registered.exp.saturating_add(leeway) < now_unix {
             return Err(AuthError::Expired);
         }
-        if let Some(nbf) = claims.nbf
+        if let Some(nbf) = registered.nbf
             && nbf > now_unix.saturating_add(leeway)
         {
             return Err(AuthError::NotYetValid);
         }
-        into_principal(tenant.id.clone(), claims)
+        into_principal(tenant.id.clone(), registered, mapped)
     }
 
     fn tenant_of(&self, token: &str) -> Result<&TenantTrust, AuthError> {
@@ -473,6 +638,11 @@ impl Verifier {
             .map_err(|e| AuthError::Malformed(format!("payload is not base64url: {e}")))?;
         let claims: TenantOnly = serde_json::from_slice(&bytes)
             .map_err(|e| AuthError::Malformed(format!("payload is not a JSON object: {e}")))?;
+        if let Some(Value::String(iss)) = &claims.iss
+            && let Some(tenant) = self.by_issuer.get(iss)
+        {
+            return Ok(tenant);
+        }
         let tid = match claims.tid {
             Some(serde_json::Value::String(tid)) => tid,
             Some(_) => return Err(AuthError::BadClaims("tid must be a string".into())),
@@ -485,7 +655,41 @@ impl Verifier {
     }
 }
 
-fn into_principal(tenant: TenantId, c: Claims) -> Result<Principal, AuthError> {
+/// The relay's own reading of a token's claims (after the signature verified), for a
+/// clear reason phrase when jsonwebtoken's parse of them failed.
+fn explain_claims(token: &str) -> Result<(), AuthError> {
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| AuthError::Malformed(format!("payload is not base64url: {e}")))?;
+    let StrictClaims(claims) =
+        serde_json::from_slice(&bytes).map_err(|e| AuthError::BadClaims(e.to_string()))?;
+    Registered::read(&claims).map(drop)
+}
+
+/// RFC 7515 §4.1.11: a recipient must reject a JWS whose `crit` header lists an extension
+/// it does not understand. The relay understands none, so any `crit` is refused; an empty
+/// or malformed `crit` is refused too (the RFC forbids both).
+fn refuse_critical_extensions(token: &str) -> Result<(), AuthError> {
+    let header = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|e| AuthError::Malformed(format!("header is not base64url: {e}")))?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| AuthError::Malformed(format!("header is not a JSON object: {e}")))?;
+    match header.get("crit") {
+        None => Ok(()),
+        Some(crit) => Err(AuthError::Malformed(format!(
+            "header: crit {crit} names extensions this relay does not understand (RFC 7515 section 4.1.11)"
+        ))),
+    }
+}
+
+fn into_principal(
+    tenant: TenantId,
+    registered: Registered,
+    c: MappedClaims,
+) -> Result<Principal, AuthError> {
     let kind = match c.kind.as_deref() {
         None | Some("user") => PrincipalKind::User,
         Some("device") => PrincipalKind::Device,
@@ -495,7 +699,7 @@ fn into_principal(tenant: TenantId, c: Claims) -> Result<Principal, AuthError> {
             )));
         }
     };
-    if c.sub.is_empty() {
+    if c.subject.is_empty() {
         return Err(AuthError::BadClaims("sub is empty".into()));
     }
     let has_device = c.device_id.is_some()
@@ -512,13 +716,19 @@ fn into_principal(tenant: TenantId, c: Claims) -> Result<Principal, AuthError> {
         compliant: c.compliant.unwrap_or(false),
         groups: c.device_groups,
     });
+    // Providers that issue only a full name (`name`) show it as the given name, so the
+    // other party sees who it is dealing with (the wire profile has no display-name field).
+    let (given_name, family_name) = match (c.given_name, c.family_name, c.display_name) {
+        (None, None, Some(display)) => (display, String::new()),
+        (given, family, _) => (given.unwrap_or_default(), family.unwrap_or_default()),
+    };
     Ok(Principal {
         tenant,
-        subject: c.sub,
+        subject: c.subject,
         kind,
         profile: ProfileClaims {
-            given_name: c.given_name.unwrap_or_default(),
-            family_name: c.family_name.unwrap_or_default(),
+            given_name,
+            family_name,
             job_title: c.job_title.unwrap_or_default(),
             company_name: c.company_name.unwrap_or_default(),
             picture: c.picture.unwrap_or_default(),
@@ -528,8 +738,8 @@ fn into_principal(tenant: TenantId, c: Claims) -> Result<Principal, AuthError> {
         groups: c.groups,
         licenses: c.licenses,
         device,
-        token_id: c.jti,
-        expires_at: c.exp,
+        token_id: registered.jti,
+        expires_at: registered.exp,
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{TenantKeys, TenantTrust};
+use crate::claim_map::{ClaimMapping, ClaimPath, Preset, TenantSelector};
 use crate::core::TenantId;
 use crate::core::cluster::{MAX_NODES, NodeId, node_from_hostname};
 use crate::core::policy::{
@@ -232,6 +233,13 @@ pub struct RawTenant {
     pub issuer: Option<String>,
     /// JWK Set file with the tenant's public keys.
     pub jwks_file: Option<PathBuf>,
+    /// The `aud` this tenant's tokens carry, when not `server.audience`.
+    pub audience: Option<String>,
+    /// Claim mapping preset: "relay" (default), "entra", "keycloak" or "okta".
+    pub claims: Option<String>,
+    /// Per-entry overrides on top of the preset: entry name to a claim path or a list of
+    /// them (`select_by` takes "tid" or "iss").
+    pub claim_map: Option<std::collections::BTreeMap<String, toml::Value>>,
     /// Remote Help is enabled for the tenant (default false).
     pub enabled: Option<bool>,
     /// Sharers on unenrolled devices are allowed (default false).
@@ -875,11 +883,38 @@ impl Config {
                 Some(path) => match load_jwks(&resolve(&path)) {
                     Ok(keys) => Some(keys),
                     Err(reason) => {
-                        problem(&field("jwks_file"), reason);
+                        problem(&field("jwks_file"), format!("tenant {id:?}: {reason}"));
                         None
                     }
                 },
             };
+            let audience = match t.audience {
+                Some(audience) if audience.trim().is_empty() => {
+                    problem(&field("audience"), "must not be empty".into());
+                    None
+                }
+                other => other,
+            };
+            let claims = parse_claim_mapping(
+                t.claims.as_deref(),
+                t.claim_map.unwrap_or_default(),
+                &mut |name: &str, reason: String| problem(&field(name), reason),
+            );
+            if claims.select_by == TenantSelector::Issuer
+                && let Some(other) = tenants.iter().find(|other| {
+                    other.trust.claims.select_by == TenantSelector::Issuer
+                        && other.trust.issuer == issuer
+                })
+            {
+                problem(
+                    &field("issuer"),
+                    format!(
+                        "tenant {:?} has the same issuer and also selects its tokens by issuer; \
+                         one issuer can select only one tenant",
+                        other.trust.id.as_str()
+                    ),
+                );
+            }
             let cloud = match t.cloud.as_deref().unwrap_or("commercial") {
                 "commercial" => CloudEnvironment::Commercial,
                 "gcc" => CloudEnvironment::Gcc,
@@ -985,6 +1020,8 @@ impl Config {
                         id: TenantId::new(&id),
                         issuer,
                         keys,
+                        audience,
+                        claims,
                     },
                     policy,
                 });
@@ -1179,14 +1216,79 @@ impl Config {
     }
 }
 
-/// Reads a tenant's JWK Set file; the error is a sentence for the config report.
+/// Reads a tenant's JWK Set file; the error is a sentence for the config report, naming
+/// the refused key by index and `kid`.
 pub fn load_jwks(path: &Path) -> Result<TenantKeys, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a JWK Set: {e}", path.display()))?;
-    TenantKeys::from_jwks(&set)
-        .map_err(|(index, e)| format!("{}: keys[{index}]: {e}", path.display()))
+    TenantKeys::from_jwks(&set).map_err(|(index, e)| {
+        match set.keys.get(index).and_then(|k| k.common.key_id.as_deref()) {
+            Some(kid) => format!("{}: keys[{index}] (kid {kid:?}): {e}", path.display()),
+            None => format!("{}: keys[{index}]: {e}", path.display()),
+        }
+    })
+}
+
+/// A tenant's claim mapping from its `claims` preset and `claim_map` overrides; each
+/// problem goes to `problem` with the field (`claims`, `claim_map.NAME`) it concerns, and
+/// the preset (or the default) stands in for what was wrong.
+pub fn parse_claim_mapping(
+    preset: Option<&str>,
+    overrides: std::collections::BTreeMap<String, toml::Value>,
+    problem: &mut dyn FnMut(&str, String),
+) -> ClaimMapping {
+    let preset = match preset {
+        None => Preset::Relay,
+        Some(name) => Preset::parse(name).unwrap_or_else(|| {
+            problem(
+                "claims",
+                format!(
+                    "unknown claim mapping preset {name:?}; known: {}",
+                    Preset::ALL.map(Preset::as_str).join(", ")
+                ),
+            );
+            Preset::Relay
+        }),
+    };
+    let mut mapping = ClaimMapping::preset(preset);
+    for (name, value) in overrides {
+        let field = format!("claim_map.{name}");
+        if name == "select_by" {
+            match value.as_str() {
+                Some("tid") => mapping.select_by = TenantSelector::Tid,
+                Some("iss") => mapping.select_by = TenantSelector::Issuer,
+                _ => problem(&field, "must be \"tid\" or \"iss\"".into()),
+            }
+            continue;
+        }
+        let texts: Vec<&str> = match &value {
+            toml::Value::String(one) => vec![one.as_str()],
+            toml::Value::Array(many) if many.iter().all(toml::Value::is_str) => {
+                many.iter().filter_map(toml::Value::as_str).collect()
+            }
+            _ => {
+                problem(
+                    &field,
+                    "must be a claim path (\"oid\", \"realm_access.roles\") or a list of them"
+                        .into(),
+                );
+                continue;
+            }
+        };
+        let mut paths = Vec::with_capacity(texts.len());
+        for text in texts {
+            match ClaimPath::parse(text) {
+                Ok(path) => paths.push(path),
+                Err(reason) => problem(&field, reason),
+            }
+        }
+        if let Err(reason) = mapping.set(&name, paths) {
+            problem(&field, reason);
+        }
+    }
+    mapping
 }
 
 #[cfg(test)]
@@ -1257,6 +1359,90 @@ mod tests {
         );
         assert_eq!(found[0].field, "tenants[0].jwks_file");
         assert!(found[0].reason.contains("HMAC"), "{}", found[0].reason);
+    }
+
+    #[test]
+    fn a_claim_mapping_is_a_preset_with_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let text = "[[tenants]]\nid = \"kc\"\nissuer = \"https://sso.example/realms/a\"\n\
+                    jwks_file = \"k.json\"\nclaims = \"keycloak\"\naudience = \"relay-a\"\n\
+                    [tenants.claim_map]\nlicenses = \"resource_access.remote-help-relay.roles\"\n\
+                    groups = [\"groups\", \"org.teams\"]\nplatform = []\n";
+        let config = Config::parse(text, dir.path()).unwrap();
+        let trust = &config.tenants[0].trust;
+        assert_eq!(trust.audience.as_deref(), Some("relay-a"));
+        assert_eq!(trust.claims.preset, Preset::Keycloak);
+        assert_eq!(trust.claims.select_by, TenantSelector::Issuer);
+        let paths = |name: &str| -> Vec<String> {
+            trust
+                .claims
+                .paths(name)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            paths("licenses"),
+            ["resource_access.remote-help-relay.roles"]
+        );
+        assert_eq!(paths("groups"), ["groups", "org.teams"]);
+        assert!(paths("platform").is_empty());
+        // Untouched entries keep the preset's paths.
+        assert_eq!(paths("roles"), ["realm_access.roles"]);
+        // No mapping at all is this project's own shape, selected by tid.
+        let plain = tenant_problems("");
+        assert!(plain.is_empty(), "{plain:?}");
+    }
+
+    #[test]
+    fn claim_mapping_mistakes_are_reported_with_their_field() {
+        let found = tenant_problems(
+            "claims = \"auth0\"\naudience = \" \"\n[tenants.claim_map]\nnickname = \"nick\"\n\
+             subject = [\"oid\", \"sub\"]\ngroups = 3\nroles = [\"a..b\"]\nselect_by = \"aud\"\n",
+        );
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tenants[0].audience",
+                "tenants[0].claims",
+                "tenants[0].claim_map.groups",
+                "tenants[0].claim_map.nickname",
+                "tenants[0].claim_map.roles",
+                "tenants[0].claim_map.select_by",
+                "tenants[0].claim_map.subject",
+            ]
+        );
+        assert!(
+            found[1].reason.contains("entra, keycloak, okta"),
+            "{}",
+            found[1].reason
+        );
+    }
+
+    #[test]
+    fn two_tenants_selected_by_one_issuer_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.json"),
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+        )
+        .unwrap();
+        let tenant = |id: &str| {
+            format!(
+                "[[tenants]]\nid = \"{id}\"\nissuer = \"https://login.microsoftonline.com/t/v2.0\"\n\
+                 jwks_file = \"k.json\"\nclaims = \"entra\"\n"
+            )
+        };
+        let found = problems(&format!("{}{}", tenant("a"), tenant("b")), dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "tenants[1].issuer");
+        assert!(found[0].reason.contains("\"a\""), "{}", found[0].reason);
     }
 
     #[test]

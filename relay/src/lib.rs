@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod claim_map;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -695,3 +695,38 @@ async fn rhelp_helper_says_peer_lost_when_its_sharer_vanishes() {
     assert!(!output.status.success());
     relay.stop().await;
 }
+
+#[test]
+fn check_config_names_the_tenant_and_kid_of_a_weak_rsa_key() {
+    use jsonwebtoken::Algorithm;
+    use remote_help_relay::issuer::{TokenSigner, jwks_of};
+    let dir = tempfile::tempdir().unwrap();
+    let weak = TokenSigner::from_pem(
+        "initech-2019",
+        Algorithm::RS256,
+        include_str!("fixtures/rsa-1024-test-key.pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("initech.jwks.json"),
+        serde_json::to_string(&jwks_of(&[&weak]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "[[tenants]]\nid = \"initech\"\nissuer = \"https://login.initech.example/\"\njwks_file = \"initech.jwks.json\"\n",
+    )
+    .unwrap();
+    let out = relay().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "tenants[0].jwks_file",
+        "\"initech\"",
+        "\"initech-2019\"",
+        "RSA key of 1024 bits",
+    ] {
+        assert!(stderr.contains(needle), "{needle} not in:\n{stderr}");
+    }
+}

@@ -14,11 +14,11 @@ fn verifier(signer: &TokenSigner) -> Verifier {
     Verifier::new(
         "remote-help-relay".into(),
         Duration::from_secs(60),
-        vec![TenantTrust {
-            id: TenantId::new("multi"),
-            issuer: "https://multi.example/".into(),
-            keys: TenantKeys::from_jwks(&jwks_of(&[signer]).unwrap()).unwrap(),
-        }],
+        vec![TenantTrust::new(
+            TenantId::new("multi"),
+            "https://multi.example/".into(),
+            TenantKeys::from_jwks(&jwks_of(&[signer]).unwrap()).unwrap(),
+        )],
     )
 }
 

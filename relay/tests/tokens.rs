@@ -277,3 +277,191 @@ async fn a_relay_with_a_ca_signed_certificate_is_trusted_by_ca_and_refused_by_an
     );
     relay.stop().await;
 }
+
+/// The tenant's key, as jsonwebtoken wants it, for tokens with hand-made headers.
+fn contoso_key(relay: &TestRelay) -> EncodingKey {
+    EncodingKey::from_ed_pem(relay.tenant("contoso").signer.private_pem().as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_with_a_critical_header_extension_is_refused() {
+    // RFC 7515 §4.1.11: a recipient that does not understand every parameter `crit` lists
+    // must reject the JWS. The relay understands none.
+    let relay = TestRelay::start().await;
+    let contoso = relay.tenant("contoso");
+    let claims = contoso.spec(Persona::Helper).claims();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(contoso.signer.kid().into());
+    let key = contoso_key(&relay);
+    // The same header without `crit` verifies: the signature and claims are sound.
+    let plain = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    relay
+        .connect(plain, Role::Helper)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    for crit in [
+        vec!["exp".to_string()],
+        vec!["urn:example:ext".into()],
+        vec![],
+    ] {
+        let mut critical = header.clone();
+        critical.crit = Some(crit.clone());
+        let token = jsonwebtoken::encode(&critical, &claims, &key).unwrap();
+        let err = relay.connect(token, Role::Helper).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::TokenInvalid),
+            "crit {crit:?}: {err}"
+        );
+        assert!(err.to_string().contains("crit"), "{err}");
+    }
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn time_claims_of_the_wrong_type_are_token_invalid() {
+    let relay = TestRelay::start().await;
+    let contoso = relay.tenant("contoso");
+    let valid = contoso.spec(Persona::Helper).claims();
+    // Numbers of any kind are times for `iat`; `null` counts as absent.
+    for iat in [json!(1.5), json!(null)] {
+        let mut claims = valid.clone();
+        claims["iat"] = iat.clone();
+        relay
+            .connect(contoso.sign_claims(&claims), Role::Helper)
+            .await
+            .unwrap_or_else(|e| panic!("iat {iat}: {e}"))
+            .close()
+            .await;
+    }
+    let cases = [
+        ("iat", json!("yesterday")),
+        ("iat", json!([1])),
+        ("iat", json!({"t": 1})),
+        ("iat", json!(true)),
+        ("exp", json!("tomorrow")),
+        ("exp", json!([now() + 3600])),
+        ("exp", json!(null)),
+        ("nbf", json!("yesterday")),
+        ("nbf", json!([1])),
+        ("jti", json!(7)),
+    ];
+    for (name, value) in cases {
+        let mut claims = valid.clone();
+        claims[name] = value.clone();
+        let err = relay
+            .connect(contoso.sign_claims(&claims), Role::Helper)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name} = {value} was accepted"));
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::TokenInvalid),
+            "{name} = {value}: {err}"
+        );
+        assert!(err.to_string().contains(name), "{name} = {value}: {err}");
+    }
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_named_twice_is_token_invalid() {
+    // RFC 7519 §4: duplicate member names are rejected, so no two JSON parsers can read
+    // one token two ways (here: a second `tid`, and a second nested `roles`).
+    let relay = TestRelay::start().await;
+    let contoso = relay.tenant("contoso");
+    let valid = contoso.spec(Persona::Helper).claims();
+    let body = serde_json::to_string(&valid).unwrap();
+    let header = {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(contoso.signer.kid().into());
+        b64(&serde_json::to_vec(&h).unwrap())
+    };
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pem_der(
+        contoso.signer.private_pem(),
+    ))
+    .unwrap();
+    let sign = |payload: &str| {
+        let message = format!("{header}.{}", b64(payload.as_bytes()));
+        let signature = key.sign(message.as_bytes());
+        format!("{message}.{}", b64(signature.as_ref()))
+    };
+    // The hand-signed token without duplicates verifies.
+    relay
+        .connect(sign(&body), Role::Helper)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let twice = body.replacen('{', "{\"tid\":\"fabrikam\",", 1);
+    let nested = body.replacen('{', "{\"x\":{\"roles\":[],\"roles\":[\"a\"]},", 1);
+    for payload in [twice, nested] {
+        let err = relay
+            .connect(sign(&payload), Role::Helper)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::TokenInvalid),
+            "{payload}: {err}"
+        );
+    }
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+/// The DER inside a PEM text.
+fn pem_der(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+#[test]
+fn an_rsa_key_below_2048_bits_is_refused_when_the_config_loads() {
+    use remote_help_relay::config::{Config, ConfigError};
+    use remote_help_relay::issuer::jwks_of;
+    let dir = tempfile::tempdir().unwrap();
+    let weak = TokenSigner::from_pem(
+        "weak-1024",
+        Algorithm::RS256,
+        include_str!("fixtures/rsa-1024-test-key.pem"),
+    )
+    .unwrap();
+    let strong = rsa_signer("strong-2048");
+    std::fs::write(
+        dir.path().join("k.json"),
+        serde_json::to_string(&jwks_of(&[&strong, &weak]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let text = "[[tenants]]\nid = \"initech\"\nissuer = \"https://login.initech.example/\"\njwks_file = \"k.json\"\n";
+    std::fs::write(dir.path().join("relay.toml"), text).unwrap();
+    let problems = match Config::load(&dir.path().join("relay.toml")) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("a 1,024-bit key loaded: {other:?}"),
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "tenants[0].jwks_file");
+    let reason = &problems[0].reason;
+    for needle in [
+        "\"initech\"",
+        "keys[1]",
+        "\"weak-1024\"",
+        "1024 bits",
+        "2048",
+    ] {
+        assert!(reason.contains(needle), "{needle} not in {reason}");
+    }
+    // The 2,048-bit key alone loads.
+    std::fs::write(
+        dir.path().join("k.json"),
+        serde_json::to_string(&jwks_of(&[&strong]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    Config::load(&dir.path().join("relay.toml")).unwrap();
+}

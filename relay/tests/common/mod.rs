@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use jsonwebtoken::Algorithm;
 use remote_help_proto::v1::ConsentRequest;
 use remote_help_relay::auth::TenantTrust;
+use remote_help_relay::claim_map::ClaimMapping;
 use remote_help_relay::client::{Client, ClientError, ClientOptions, SessionStart};
 use remote_help_relay::config::{Config, DEFAULT_AUDIENCE, Tenant, load_jwks};
 use remote_help_relay::core::policy::{
@@ -52,6 +53,10 @@ pub struct TestTenant {
     /// Further keys in the tenant's JWK Set (key rotation).
     pub more_signers: Vec<TokenSigner>,
     pub jwks_file: PathBuf,
+    /// The tenant's own `aud`, if not the relay's.
+    pub audience: Option<String>,
+    /// Where its tokens carry the identity claims.
+    pub claims: ClaimMapping,
 }
 
 impl TestTenant {
@@ -76,6 +81,8 @@ impl TestTenant {
             signer,
             more_signers,
             jwks_file,
+            audience: None,
+            claims: ClaimMapping::default(),
         }
     }
 
@@ -87,6 +94,8 @@ impl TestTenant {
                 id: TenantId::new(&self.id),
                 issuer: self.issuer.clone(),
                 keys: load_jwks(&self.jwks_file).unwrap(),
+                audience: self.audience.clone(),
+                claims: self.claims.clone(),
             },
             policy: TenantPolicy {
                 enabled: true,
@@ -247,6 +256,24 @@ impl TestRelayBuilder {
     ) -> Self {
         self.tenants
             .push(TestTenant::new(self.dir.path(), id, signer, more));
+        self
+    }
+
+    /// A tenant shaped like an identity provider's: its own issuer, audience and claim
+    /// mapping (tokens are then signed with [`TestTenant::sign_claims`]).
+    pub fn provider_tenant(
+        mut self,
+        id: &str,
+        signer: TokenSigner,
+        issuer: &str,
+        audience: Option<&str>,
+        claims: ClaimMapping,
+    ) -> Self {
+        let mut tenant = TestTenant::new(self.dir.path(), id, signer, Vec::new());
+        tenant.issuer = issuer.into();
+        tenant.audience = audience.map(String::from);
+        tenant.claims = claims;
+        self.tenants.push(tenant);
         self
     }
 
