@@ -730,3 +730,52 @@ fn check_config_names_the_tenant_and_kid_of_a_weak_rsa_key() {
         assert!(stderr.contains(needle), "{needle} not in:\n{stderr}");
     }
 }
+
+#[test]
+fn the_example_configs_commented_provider_tenants_pass_check_config_when_uncommented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let (head, providers) = text
+        .split_once("# --- Tenants signing in through an identity provider")
+        .expect("the example shows identity provider tenants");
+    // Uncomment the TOML lines (`# key = …`, `# [table]`), not the prose or the `# # `
+    // alternatives.
+    let uncommented: String = providers
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest.to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("claims = \"entra\"\n"));
+    assert!(uncommented.contains("claims = \"keycloak\"\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example-keys/contoso.jwks.json");
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::create_dir_all(dir.path().join("deploy/example-keys")).unwrap();
+    for file in [
+        "keys/contoso-entra.jwks.json",
+        "keys/initech.jwks.json",
+        "deploy/example-keys/contoso.jwks.json",
+    ] {
+        std::fs::copy(&keys, dir.path().join(file)).unwrap();
+    }
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, format!("{head}#{uncommented}\n")).unwrap();
+    let out = relay().arg("check-config").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 tenant(s)"));
+}
