@@ -10,7 +10,12 @@
 //! - tokens really signed over arbitrary claims and headers: verify exactly when
 //!   `docs/tokens.md` says they should (a model of the contract decides, independently of
 //!   the code), and the principal carries the claims; any change to a signed token's
-//!   text makes it fail.
+//!   text makes it fail;
+//! - claim mapping (`docs/tokens.md` §8): tokens signed for tenants with the `entra`,
+//!   `keycloak` and `okta` presets (selected by issuer), over arbitrary nested claim JSON,
+//!   verify exactly when a model of §8 says, with the principal the model predicts; and
+//!   every preset with arbitrary overrides, applied to arbitrary claims, agrees with the
+//!   model.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -22,6 +27,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
 use remote_help_relay::auth::{MAX_TOKEN_LEN, PrincipalKind, TenantKeys, TenantTrust, Verifier};
+use remote_help_relay::claim_map::{ClaimMapping, ClaimPath, ENTRIES, Preset};
 use remote_help_relay::core::TenantId;
 use remote_help_relay::issuer::TokenSigner;
 use serde_json::{Map, Value, json};
@@ -213,6 +219,19 @@ fn world() -> &'static World {
                 algorithm: Algorithm::RS256,
                 pem: RSA_PEM.into(),
             },
+            // Keys of the identity-provider tenants (PROVIDERS).
+            Material {
+                algorithm: Algorithm::EdDSA,
+                pem: ed_pem(4),
+            },
+            Material {
+                algorithm: Algorithm::EdDSA,
+                pem: ed_pem(5),
+            },
+            Material {
+                algorithm: Algorithm::EdDSA,
+                pem: ed_pem(6),
+            },
         ];
         let encoding = materials
             .iter()
@@ -239,12 +258,28 @@ fn world() -> &'static World {
                         jwk
                     })
                     .collect();
-                TenantTrust {
-                    id: TenantId::new(id),
-                    issuer: (*issuer).into(),
-                    keys: TenantKeys::from_jwks(&JwkSet { keys }).unwrap(),
-                }
+                TenantTrust::new(
+                    TenantId::new(id),
+                    (*issuer).into(),
+                    TenantKeys::from_jwks(&JwkSet { keys }).unwrap(),
+                )
             })
+            .chain(PROVIDERS.iter().map(|p| {
+                let m = &materials[p.material];
+                let jwk = TokenSigner::from_pem(p.kid, m.algorithm, &m.pem)
+                    .unwrap()
+                    .public_jwk()
+                    .unwrap();
+                TenantTrust {
+                    audience: p.audience.map(String::from),
+                    claims: ClaimMapping::preset(p.preset),
+                    ..TenantTrust::new(
+                        TenantId::new(p.id),
+                        p.issuer.into(),
+                        TenantKeys::from_jwks(&JwkSet { keys: vec![jwk] }).unwrap(),
+                    )
+                }
+            }))
             .collect();
         let verifier = Verifier::new(AUDIENCE.into(), Duration::from_secs(LEEWAY), tenants);
         let mut world = World {
@@ -512,6 +547,21 @@ enum Case {
         typ: Option<String>,
         claims: ClaimsSpec,
         mutation: Option<Mutation>,
+        /// A `crit` header (RFC 7515 §4.1.11): the token must then be refused.
+        crit: Option<Vec<String>>,
+    },
+    /// A token signed for an identity-provider tenant over arbitrary claims.
+    Provider {
+        tenant: u8,
+        claims: Vec<(u8, Deep)>,
+        iat: Option<Json>,
+        crit: Option<Vec<String>>,
+    },
+    /// A preset with arbitrary overrides applied to arbitrary claims.
+    Mapping {
+        preset: u8,
+        overrides: Vec<(u8, Vec<u8>)>,
+        claims: Vec<(u8, Deep)>,
     },
 }
 
@@ -566,18 +616,32 @@ fuzz_target!(|case: Case| {
             };
             never_verifies(world, &format!("{message}.{signature}"));
         }
+        Case::Provider {
+            tenant,
+            claims,
+            iat,
+            crit,
+        } => provider_case(world, tenant, &claims, iat.as_ref(), crit),
+        Case::Mapping {
+            preset,
+            overrides,
+            claims,
+        } => mapping_case(preset, &overrides, &claims),
         Case::Signed {
             signer,
             kid,
             typ,
             claims,
             mutation,
+            crit,
         } => {
             let signer = &SIGNERS[usize::from(signer) % SIGNERS.len()];
             let material = &world.materials[signer.material];
             let mut header = Header::new(material.algorithm);
             header.kid = kid_of(&kid, signer.kid);
             header.typ = typ;
+            let critical = crit.is_some();
+            header.crit = crit;
             let claims = claims.claims(signer.tenant);
             let token = jsonwebtoken::encode(
                 &header,
@@ -588,6 +652,8 @@ fuzz_target!(|case: Case| {
             let verdict = world.verifier.verify(&token, NOW);
             let expected = if token.len() > MAX_TOKEN_LEN {
                 Err("token too long".to_string())
+            } else if critical {
+                Err("a crit header".to_string())
             } else {
                 contract(&claims, header.kid.as_deref(), signer.material)
             };
@@ -710,6 +776,12 @@ fn contract(claims: &Map<String, Value>, kid: Option<&str>, material: usize) -> 
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or("nbf must be a non-negative integer")?),
     };
+    if !matches!(
+        claims.get("iat"),
+        None | Some(Value::Null | Value::Number(_))
+    ) {
+        return Err("iat must be a number".into());
+    }
     // Types of the optional listed claims.
     for name in STRING_CLAIMS.iter().chain(&["kind"]) {
         if !matches!(
@@ -741,4 +813,403 @@ fn contract(claims: &Map<String, Value>, kid: Option<&str>, material: usize) -> 
         return Err("kind must be user or device".into());
     }
     Ok(())
+}
+
+/// An identity-provider tenant of the world: selected by issuer, with its own preset.
+struct ProviderSpec {
+    id: &'static str,
+    issuer: &'static str,
+    audience: Option<&'static str>,
+    preset: Preset,
+    kid: &'static str,
+    material: usize,
+}
+
+const PROVIDERS: [ProviderSpec; 3] = [
+    ProviderSpec {
+        id: "entra",
+        issuer: "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
+        audience: Some("6e74172b-be56-4843-9ff4-e66a39bb12e3"),
+        preset: Preset::Entra,
+        kid: "entra-1",
+        material: 6,
+    },
+    ProviderSpec {
+        id: "kc",
+        issuer: "https://sso.example/realms/kc",
+        audience: None,
+        preset: Preset::Keycloak,
+        kid: "kc-1",
+        material: 7,
+    },
+    ProviderSpec {
+        id: "okta",
+        issuer: "https://org.okta.com/oauth2/aus1",
+        audience: Some("api://remote-help-relay"),
+        preset: Preset::Okta,
+        kid: "okta-1",
+        material: 8,
+    },
+];
+
+/// Claim names the mapping cases draw from: the presets' paths, the relay's names, a
+/// dotted name that is also a nested path, and the Entra overage pointer. Registered
+/// claims are left out (the provider cases set them valid).
+const CLAIM_NAMES: [&str; 24] = [
+    "sub",
+    "oid",
+    "uid",
+    "name",
+    "given_name",
+    "family_name",
+    "groups",
+    "roles",
+    "realm_access",
+    "realm_access.roles",
+    "licenses",
+    "kind",
+    "platform",
+    "device_id",
+    "device_groups",
+    "enrolled",
+    "compliant",
+    "domain_verified",
+    "_claim_names",
+    "tid",
+    "picture",
+    "x",
+    "",
+    "remote-help",
+];
+
+/// Paths overrides draw from.
+const PATHS: [&str; 10] = [
+    "sub",
+    "oid",
+    "groups",
+    "roles",
+    "realm_access.roles",
+    "realm_access",
+    "x.y",
+    "name",
+    "licenses",
+    "a..b",
+];
+
+/// Nested claim JSON.
+#[derive(Arbitrary, Debug)]
+enum Deep {
+    Leaf(Json),
+    Obj(Vec<(u8, Deep)>),
+    Arr(Vec<Deep>),
+}
+
+impl Deep {
+    fn value(&self) -> Value {
+        match self {
+            Deep::Leaf(j) => j.value(),
+            Deep::Obj(members) => Value::Object(object_of(members)),
+            Deep::Arr(items) => Value::Array(items.iter().map(Deep::value).collect()),
+        }
+    }
+}
+
+fn object_of(members: &[(u8, Deep)]) -> Map<String, Value> {
+    members
+        .iter()
+        .map(|(name, value)| {
+            (
+                CLAIM_NAMES[usize::from(*name) % CLAIM_NAMES.len()].to_string(),
+                value.value(),
+            )
+        })
+        .collect()
+}
+
+/// docs/tokens.md §8.1's preset table, written out independently of the code.
+fn preset_paths(preset: Preset, entry: &str) -> Vec<&'static str> {
+    use Preset::*;
+    let own = ENTRIES.iter().find(|(n, _)| *n == entry).unwrap().0;
+    match (entry, preset) {
+        ("subject", Entra) => vec!["oid"],
+        ("subject", Okta) => vec!["uid"],
+        ("subject", _) => vec!["sub"],
+        ("display_name", Relay) => vec![],
+        ("display_name", _) => vec!["name"],
+        ("roles", Entra) => vec!["roles"],
+        ("roles", Keycloak) => vec!["realm_access.roles"],
+        ("roles", _) => vec![],
+        ("licenses", Entra) => vec!["roles"],
+        ("licenses", Keycloak) => vec!["realm_access.roles"],
+        ("licenses", Okta) => vec!["groups"],
+        _ => vec![own],
+    }
+}
+
+/// What §8.1 says a mapping reads, as (subject, given name, groups, licences, kind,
+/// platform, enrolled), or the first rule the claims break.
+type Expected = (
+    String,
+    String,
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+);
+
+fn model(
+    preset: Preset,
+    paths: &dyn Fn(&str) -> Vec<String>,
+    claims: &Map<String, Value>,
+) -> Result<Expected, String> {
+    // §8.1: a whole-name match first, then dots descend; a non-object on the way (other
+    // than null, which ends the walk as absent) is a type error.
+    let lookup = |path: &str| -> Result<Option<Value>, String> {
+        if let Some(v) = claims.get(path) {
+            return Ok(Some(v.clone()));
+        }
+        let mut current = Value::Object(claims.clone());
+        for part in path.split('.') {
+            current = match current {
+                Value::Object(map) => match map.get(part) {
+                    Some(v) => v.clone(),
+                    None => return Ok(None),
+                },
+                Value::Null => return Ok(None),
+                _ => return Err(format!("{path}: a step is not an object")),
+            };
+        }
+        Ok(Some(current))
+    };
+    let string = |entry: &str| -> Result<Option<String>, String> {
+        for path in paths(entry) {
+            match lookup(&path)? {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => return Ok(Some(s)),
+                Some(_) => return Err(format!("{entry} ({path}) is not a string")),
+            }
+        }
+        Ok(None)
+    };
+    let boolean = |entry: &str| -> Result<Option<bool>, String> {
+        for path in paths(entry) {
+            match lookup(&path)? {
+                None | Some(Value::Null) => {}
+                Some(Value::Bool(b)) => return Ok(Some(b)),
+                Some(_) => return Err(format!("{entry} ({path}) is not a boolean")),
+            }
+        }
+        Ok(None)
+    };
+    let list = |entry: &str| -> Result<Vec<String>, String> {
+        let mut all: Vec<String> = Vec::new();
+        for path in paths(entry) {
+            match lookup(&path)? {
+                None => {
+                    // §8.1: only provider presets read distributed claims (overage).
+                    if preset != Preset::Relay
+                        && claims
+                            .get("_claim_names")
+                            .and_then(Value::as_object)
+                            .is_some_and(|n| n.contains_key(&path))
+                    {
+                        return Err(format!("{path}: overage"));
+                    }
+                }
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        let Value::String(s) = item else {
+                            return Err(format!("{entry} ({path}) has a non-string"));
+                        };
+                        if !all.contains(&s) {
+                            all.push(s);
+                        }
+                    }
+                }
+                Some(_) => return Err(format!("{entry} ({path}) is not an array")),
+            }
+        }
+        Ok(all)
+    };
+    // Every listed entry is type-checked, read or not.
+    for (entry, _) in ENTRIES {
+        match entry {
+            "domain_verified" | "enrolled" | "compliant" => {
+                boolean(entry)?;
+            }
+            "groups" | "roles" | "licenses" | "device_groups" => {
+                list(entry)?;
+            }
+            _ => {
+                string(entry)?;
+            }
+        }
+    }
+    let subject = string("subject")?.ok_or("the subject is missing")?;
+    let mut groups = list("groups")?;
+    for role in list("roles")? {
+        if !groups.contains(&role) {
+            groups.push(role);
+        }
+    }
+    let (given, family, display) = (
+        string("given_name")?,
+        string("family_name")?,
+        string("display_name")?,
+    );
+    let given = match (given, family, display) {
+        (None, None, Some(display)) => display,
+        (given, _, _) => given.unwrap_or_default(),
+    };
+    Ok((
+        subject,
+        given,
+        groups,
+        list("licenses")?,
+        string("kind")?,
+        string("platform")?,
+        boolean("enrolled")?,
+    ))
+}
+
+fn provider_case(
+    world: &World,
+    tenant: u8,
+    claims: &[(u8, Deep)],
+    iat: Option<&Json>,
+    crit: Option<Vec<String>>,
+) {
+    let provider = &PROVIDERS[usize::from(tenant) % PROVIDERS.len()];
+    let mut map = object_of(claims);
+    map.insert("iss".into(), provider.issuer.into());
+    map.insert("aud".into(), provider.audience.unwrap_or(AUDIENCE).into());
+    map.insert("exp".into(), (NOW + 3600).into());
+    if let Some(iat) = iat {
+        map.insert("iat".into(), iat.value());
+    }
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(provider.kid.into());
+    let critical = crit.is_some();
+    header.crit = crit;
+    let token = jsonwebtoken::encode(
+        &header,
+        &Value::Object(map.clone()),
+        &world.encoding[provider.material],
+    )
+    .expect("signing");
+    let paths = |entry: &str| -> Vec<String> {
+        preset_paths(provider.preset, entry)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let expected = if token.len() > MAX_TOKEN_LEN {
+        Err("token too long".to_string())
+    } else if critical {
+        Err("a crit header".into())
+    } else if !matches!(map.get("iat"), None | Some(Value::Null | Value::Number(_))) {
+        Err("iat must be a number".into())
+    } else {
+        model(provider.preset, &paths, &map).and_then(|e| {
+            if e.0.is_empty() {
+                Err("empty subject".into())
+            } else if !matches!(e.4.as_deref(), None | Some("user" | "device")) {
+                Err("kind".into())
+            } else {
+                Ok(e)
+            }
+        })
+    };
+    let verdict = world.verifier.verify(&token, NOW);
+    match (&verdict, &expected) {
+        (Ok(principal), Ok((subject, given, groups, licenses, _, platform, _))) => {
+            assert_eq!(principal.tenant.as_str(), provider.id);
+            assert_eq!(&principal.subject, subject);
+            assert_eq!(&principal.profile.given_name, given);
+            assert_eq!(&principal.groups, groups);
+            assert_eq!(&principal.licenses, licenses);
+            assert_eq!(
+                principal.device.as_ref().map(|d| d.platform.clone()),
+                principal
+                    .device
+                    .as_ref()
+                    .and(platform.clone().or(Some(String::new())))
+            );
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "{}: verdict {verdict:?} but the model says {expected:?}\nclaims {}",
+            provider.id,
+            Value::Object(map)
+        ),
+    }
+}
+
+fn mapping_case(preset: u8, overrides: &[(u8, Vec<u8>)], claims: &[(u8, Deep)]) {
+    let preset = Preset::ALL[usize::from(preset) % Preset::ALL.len()];
+    let mut mapping = ClaimMapping::preset(preset);
+    let mut table: Vec<(&str, Vec<String>)> = ENTRIES
+        .iter()
+        .map(|(name, _)| {
+            (
+                *name,
+                preset_paths(preset, name)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            )
+        })
+        .collect();
+    for (entry, picks) in overrides {
+        let name = ENTRIES[usize::from(*entry) % ENTRIES.len()].0;
+        let texts: Vec<&str> = picks
+            .iter()
+            .map(|p| PATHS[usize::from(*p) % PATHS.len()])
+            .collect();
+        let Ok(paths) = texts
+            .iter()
+            .map(|t| ClaimPath::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            // §8.1: a path with an empty part is refused.
+            assert!(texts.iter().any(|t| t.split('.').any(str::is_empty)));
+            continue;
+        };
+        let accepted = mapping.set(name, paths).is_ok();
+        // §8.1: the subject is exactly one path; any other entry takes any list.
+        assert_eq!(
+            accepted,
+            name != "subject" || texts.len() == 1,
+            "{name} {texts:?}"
+        );
+        if accepted {
+            let slot = table.iter_mut().find(|(n, _)| *n == name).unwrap();
+            slot.1 = texts.iter().map(|t| t.to_string()).collect();
+        }
+    }
+    let map = object_of(claims);
+    let paths = |entry: &str| -> Vec<String> {
+        table
+            .iter()
+            .find(|(n, _)| *n == entry)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    };
+    let expected = model(preset, &paths, &map);
+    match (mapping.apply(&map), &expected) {
+        (Ok(got), Ok((subject, _, groups, licenses, kind, platform, enrolled))) => {
+            assert_eq!(&got.subject, subject);
+            assert_eq!(&got.groups, groups);
+            assert_eq!(&got.licenses, licenses);
+            assert_eq!(&got.kind, kind);
+            assert_eq!(&got.platform, platform);
+            assert_eq!(&got.enrolled, enrolled);
+        }
+        (Err(_), Err(_)) => {}
+        (got, _) => panic!(
+            "{preset:?} {table:?}: mapping gave {got:?} but the model says {expected:?}\nclaims {}",
+            Value::Object(map)
+        ),
+    }
 }

@@ -411,10 +411,12 @@ impl ClaimMapping {
             match path.lookup(claims)? {
                 None => {
                     // Entra ID leaves `groups` out when a user has too many groups to
-                    // list ("overage") and points at Microsoft Graph instead. The relay
-                    // does not call Graph; it says why instead of silently granting
-                    // nothing.
-                    let overage = claims
+                    // list ("overage") and points at Microsoft Graph instead, as an OpenID
+                    // Connect distributed claim (`_claim_names`). The relay does not fetch
+                    // it; it says why instead of silently granting nothing. This project's
+                    // own shape has no distributed claims, and reads as it always did.
+                    let overage = self.preset != Preset::Relay
+                        && claims
                         .get("_claim_names")
                         .and_then(Value::as_object)
                         .is_some_and(|names| names.contains_key(&path.text));
@@ -551,6 +553,12 @@ mod tests {
             })))
             .unwrap_err();
         assert!(err.contains("group overage"), "{err}");
+        // The relay's own shape ignores `_claim_names`, as it always did.
+        let relay = ClaimMapping::default();
+        let mapped = relay
+            .apply(&object(json!({"sub": "s", "_claim_names": {"groups": "src1"}})))
+            .unwrap();
+        assert!(mapped.groups.is_empty());
     }
 
     #[test]
