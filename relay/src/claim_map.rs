@@ -417,9 +417,9 @@ impl ClaimMapping {
                     // own shape has no distributed claims, and reads as it always did.
                     let overage = self.preset != Preset::Relay
                         && claims
-                        .get("_claim_names")
-                        .and_then(Value::as_object)
-                        .is_some_and(|names| names.contains_key(&path.text));
+                            .get("_claim_names")
+                            .and_then(Value::as_object)
+                            .is_some_and(|names| names.contains_key(&path.text));
                     if overage {
                         return Err(format!(
                             "claim {path} was left out because the user has too many groups (group overage); \
@@ -556,7 +556,9 @@ mod tests {
         // The relay's own shape ignores `_claim_names`, as it always did.
         let relay = ClaimMapping::default();
         let mapped = relay
-            .apply(&object(json!({"sub": "s", "_claim_names": {"groups": "src1"}})))
+            .apply(&object(
+                json!({"sub": "s", "_claim_names": {"groups": "src1"}}),
+            ))
             .unwrap();
         assert!(mapped.groups.is_empty());
     }
