@@ -287,15 +287,16 @@ pub struct DeviceClaims {
 pub struct Principal {
     /// The tenant whose key verified the token.
     pub tenant: TenantId,
-    /// `sub`: user or device object id.
+    /// User or device object id: `sub`, or the claim the tenant's mapping names (`oid`…).
     pub subject: String,
     /// User or device agent.
     pub kind: PrincipalKind,
     /// Profile shown to the other party.
     pub profile: ProfileClaims,
-    /// `groups`.
+    /// `groups`, then the mapping's roles (Entra `roles`, Keycloak realm roles), without
+    /// duplicates.
     pub groups: Vec<String>,
-    /// `licenses`.
+    /// `licenses`, or the claim the tenant's mapping names.
     pub licenses: Vec<String>,
     /// Device claims, if any device claim was present.
     pub device: Option<DeviceClaims>,
