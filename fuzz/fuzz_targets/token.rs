@@ -1110,6 +1110,9 @@ fn provider_case(
         Err("a crit header".into())
     } else if !matches!(map.get("iat"), None | Some(Value::Null | Value::Number(_))) {
         Err("iat must be a number".into())
+    } else if !matches!(map.get("sub"), None | Some(Value::Null | Value::String(_))) {
+        // §4.1 / RFC 7519: `sub` is a string whatever the mapping reads.
+        Err("sub must be a string".into())
     } else {
         model(provider.preset, &paths, &map).and_then(|e| {
             if e.0.is_empty() {
@@ -1124,6 +1127,9 @@ fn provider_case(
     let verdict = world.verifier.verify(&token, NOW);
     match (&verdict, &expected) {
         (Ok(principal), Ok((subject, given, groups, licenses, _, platform, _))) => {
+            if std::env::var_os("FUZZ_TRACE").is_some() {
+                eprintln!("verified {}: {token}", provider.id);
+            }
             assert_eq!(principal.tenant.as_str(), provider.id);
             assert_eq!(&principal.subject, subject);
             assert_eq!(&principal.profile.given_name, given);
@@ -1199,6 +1205,9 @@ fn mapping_case(preset: u8, overrides: &[(u8, Vec<u8>)], claims: &[(u8, Deep)]) 
     let expected = model(preset, &paths, &map);
     match (mapping.apply(&map), &expected) {
         (Ok(got), Ok((subject, _, groups, licenses, kind, platform, enrolled))) => {
+            if std::env::var_os("FUZZ_TRACE").is_some() {
+                eprintln!("mapped {preset:?}: {} groups", got.groups.len());
+            }
             assert_eq!(&got.subject, subject);
             assert_eq!(&got.groups, groups);
             assert_eq!(&got.licenses, licenses);

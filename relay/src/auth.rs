@@ -397,6 +397,15 @@ impl Registered {
             None => return Err(bad("missing claim iss")),
             Some(_) => return Err(bad("iss must be a string")),
         };
+        // RFC 7519 §4.1.2: `sub` is a string, also for tenants whose mapping reads the user
+        // id from another claim (jsonwebtoken's own parse of the claims fails on an array
+        // or object there anyway; found by the `token` fuzz target).
+        if !matches!(
+            claims.get("sub"),
+            None | Some(Value::Null | Value::String(_))
+        ) {
+            return Err(bad("sub must be a string"));
+        }
         let time = |name: &str| -> Result<Option<u64>, AuthError> {
             match claims.get(name) {
                 None | Some(Value::Null) => Ok(None),

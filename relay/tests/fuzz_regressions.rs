@@ -61,3 +61,50 @@ fn the_same_token_with_a_string_issuer_verifies() {
     assert_eq!(principal.tenant.as_str(), "multi");
     assert_eq!(principal.subject, "user-1");
 }
+
+/// Fuzz target `token`, claim mapping: a token of a tenant whose mapping reads the user id
+/// from `uid` (Okta preset), with `sub` an **array**, was refused with an unreadable reason
+/// (jsonwebtoken's own parse of `sub` broke off mid-object), while `sub` of another scalar
+/// type was not looked at. RFC 7519 makes `sub` a string; the relay now says so for every
+/// tenant, whatever its mapping reads.
+#[test]
+fn a_non_string_sub_is_refused_by_name_under_any_mapping() {
+    use remote_help_relay::claim_map::{ClaimMapping, Preset};
+    let signer = TokenSigner::generate_ed25519("okta-1").unwrap();
+    let issuer = "https://org.okta.com/oauth2/aus1";
+    let verifier = Verifier::new(
+        "remote-help-relay".into(),
+        Duration::from_secs(60),
+        vec![TenantTrust {
+            claims: ClaimMapping::preset(Preset::Okta),
+            ..TenantTrust::new(
+                TenantId::new("okta"),
+                issuer.into(),
+                TenantKeys::from_jwks(&jwks_of(&[&signer]).unwrap()).unwrap(),
+            )
+        }],
+    );
+    let token = |sub: serde_json::Value| {
+        signer
+            .sign(&json!({
+                "aud": "remote-help-relay", "exp": NOW + 3600, "iss": issuer,
+                "uid": "00u1", "sub": sub,
+            }))
+            .unwrap()
+    };
+    assert_eq!(
+        verifier
+            .verify(&token(json!("ada@example.com")), NOW)
+            .unwrap()
+            .subject,
+        "00u1"
+    );
+    for sub in [json!([]), json!({}), json!(5), json!(true)] {
+        let err = verifier.verify(&token(sub.clone()), NOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "claim problem: sub must be a string",
+            "sub {sub}"
+        );
+    }
+}
