@@ -710,7 +710,10 @@ fn into_principal(
         }
     };
     if c.subject.is_empty() {
-        return Err(AuthError::BadClaims("sub is empty".into()));
+        return Err(AuthError::BadClaims(match c.subject_claim.as_str() {
+            "sub" => "sub is empty".to_string(),
+            other => format!("{other} (the user id) is empty"),
+        }));
     }
     let has_device = c.device_id.is_some()
         || c.device_name.is_some()

@@ -207,6 +207,8 @@ impl Default for ClaimMapping {
 pub struct MappedClaims {
     /// `subject` (required, non-empty is checked by the caller).
     pub subject: String,
+    /// The claim path `subject` was read from, for the caller's messages.
+    pub subject_claim: String,
     /// `kind`.
     pub kind: Option<String>,
     /// `display_name`.
@@ -360,6 +362,10 @@ impl ClaimMapping {
         }
         Ok(MappedClaims {
             subject,
+            subject_claim: subject_paths
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             kind: string("kind")?,
             display_name: string("display_name")?,
             given_name: string("given_name")?,

@@ -287,8 +287,13 @@ async fn a_missing_or_mistyped_mapped_claim_is_token_invalid_with_a_clear_reason
         "_claim_sources".into(),
         json!({"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}),
     );
+    let empty_oid = entra("", "Ada", &["remote-help"], &[ENTRA_HELPDESK_GROUP]);
     let cases = [
         (entra_tenant.sign_claims(&no_oid), "missing claim oid"),
+        (
+            entra_tenant.sign_claims(&empty_oid),
+            "oid (the user id) is empty",
+        ),
         (okta_tenant.sign_claims(&no_uid), "missing claim uid"),
         (
             keycloak_tenant.sign_claims(&roles_not_a_list),
