@@ -551,17 +551,21 @@ enum Case {
         crit: Option<Vec<String>>,
     },
     /// A token signed for an identity-provider tenant over arbitrary claims.
+    /// `subject` left out (`None`) puts a valid user id under the preset's subject claim,
+    /// so that tokens that verify are common; `claims` may still replace it.
     Provider {
         tenant: u8,
         claims: Vec<(u8, Deep)>,
         iat: Option<Json>,
         crit: Option<Vec<String>>,
+        subject: Option<Json>,
     },
-    /// A preset with arbitrary overrides applied to arbitrary claims.
+    /// A preset with arbitrary overrides applied to arbitrary claims (`subject` as above).
     Mapping {
         preset: u8,
         overrides: Vec<(u8, Vec<u8>)>,
         claims: Vec<(u8, Deep)>,
+        subject: Option<Json>,
     },
 }
 
@@ -621,12 +625,14 @@ fuzz_target!(|case: Case| {
             claims,
             iat,
             crit,
-        } => provider_case(world, tenant, &claims, iat.as_ref(), crit),
+            subject,
+        } => provider_case(world, tenant, &claims, iat.as_ref(), crit, subject.as_ref()),
         Case::Mapping {
             preset,
             overrides,
             claims,
-        } => mapping_case(preset, &overrides, &claims),
+            subject,
+        } => mapping_case(preset, &overrides, &claims, subject.as_ref()),
         Case::Signed {
             signer,
             kid,
@@ -1079,9 +1085,15 @@ fn provider_case(
     claims: &[(u8, Deep)],
     iat: Option<&Json>,
     crit: Option<Vec<String>>,
+    subject: Option<&Json>,
 ) {
     let provider = &PROVIDERS[usize::from(tenant) % PROVIDERS.len()];
     let mut map = object_of(claims);
+    with_subject(
+        &mut map,
+        preset_paths(provider.preset, "subject")[0],
+        subject,
+    );
     map.insert("iss".into(), provider.issuer.into());
     map.insert("aud".into(), provider.audience.unwrap_or(AUDIENCE).into());
     map.insert("exp".into(), (NOW + 3600).into());
@@ -1152,7 +1164,19 @@ fn provider_case(
     }
 }
 
-fn mapping_case(preset: u8, overrides: &[(u8, Vec<u8>)], claims: &[(u8, Deep)]) {
+/// Puts `subject` (or, left out, a valid user id) under the claim named `name`, unless the
+/// arbitrary claims already have it.
+fn with_subject(map: &mut Map<String, Value>, name: &str, subject: Option<&Json>) {
+    map.entry(name.to_string())
+        .or_insert_with(|| subject.map_or_else(|| "user-1".into(), Json::value));
+}
+
+fn mapping_case(
+    preset: u8,
+    overrides: &[(u8, Vec<u8>)],
+    claims: &[(u8, Deep)],
+    subject: Option<&Json>,
+) {
     let preset = Preset::ALL[usize::from(preset) % Preset::ALL.len()];
     let mut mapping = ClaimMapping::preset(preset);
     let mut table: Vec<(&str, Vec<String>)> = ENTRIES
@@ -1194,7 +1218,9 @@ fn mapping_case(preset: u8, overrides: &[(u8, Vec<u8>)], claims: &[(u8, Deep)]) 
             slot.1 = texts.iter().map(|t| t.to_string()).collect();
         }
     }
-    let map = object_of(claims);
+    let mut map = object_of(claims);
+    let subject_path = table.iter().find(|(n, _)| *n == "subject").unwrap().1[0].clone();
+    with_subject(&mut map, &subject_path, subject);
     let paths = |entry: &str| -> Vec<String> {
         table
             .iter()
