@@ -459,6 +459,11 @@ struct State {
     registry: Registry,
     links: HashMap<ConnId, ConnLink>,
     records: HashMap<SessionId, SessionRecord>,
+    /// Sessions whose end event is being written by the task that ended them: another
+    /// task that finds the session already gone waits on this before telling its party,
+    /// so nobody hears of an end before it is on disk (both parties' tasks end the same
+    /// session at once when the relay shuts down).
+    ending: HashMap<SessionId, tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Shared state of the relay node.
@@ -516,6 +521,7 @@ impl Hub {
                 },
                 links: HashMap::new(),
                 records: HashMap::new(),
+                ending: HashMap::new(),
             }),
             audit,
             policies: RwLock::new(Arc::new(Policies::from_config(&config))),
@@ -1596,16 +1602,34 @@ impl Hub {
         except: Option<ConnId>,
         ended_by: EndedBy,
     ) -> Option<Ended> {
-        let (ended, links, record) = {
+        let taken = {
             let mut state = self.lock();
-            let ended = state.registry.end(session)?;
-            let links: Vec<ConnLink> = std::iter::once(ended.helper)
-                .chain(ended.sharer)
-                .filter(|c| Some(*c) != except)
-                .filter_map(|c| state.links.get(&c).cloned())
-                .collect();
-            let record = state.records.remove(session);
-            (ended, links, record)
+            match state.registry.end(session) {
+                None => Err(state.ending.get(session).cloned()),
+                Some(ended) => {
+                    let links: Vec<ConnLink> = std::iter::once(ended.helper)
+                        .chain(ended.sharer)
+                        .filter(|c| Some(*c) != except)
+                        .filter_map(|c| state.links.get(&c).cloned())
+                        .collect();
+                    let record = state.records.remove(session);
+                    let (written, ending) = tokio::sync::watch::channel(false);
+                    if record.is_some() {
+                        state.ending.insert(session.clone(), ending);
+                    }
+                    Ok((ended, links, record, written))
+                }
+            }
+        };
+        let (ended, links, record, written) = match taken {
+            Ok(taken) => taken,
+            Err(ending) => {
+                // Another task is ending it: wait until its end is written (or held).
+                if let Some(mut ending) = ending {
+                    let _ = ending.wait_for(|written| *written).await;
+                }
+                return None;
+            }
         };
         if let Some(record) = record {
             let now = SystemTime::now();
@@ -1632,6 +1656,8 @@ impl Hub {
             if let Err(e) = self.audit.record(event).await {
                 error!(%session, error = %e, "session end not yet on disk; the parties are told it ended");
             }
+            self.lock().ending.remove(session);
+            let _ = written.send(true);
         }
         for link in links {
             deliver(
