@@ -1,0 +1,368 @@
+use super::*;
+
+fn problems(text: &str, base: &Path) -> Vec<ConfigProblem> {
+    match Config::parse(text, base) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let found = problems(
+        r#"
+        [server]
+        listen = "nowhere"
+        keep_alive_ms = 9000
+        idle_timeout_ms = 5000
+        tls_cert = "cert.pem"
+        [limits]
+        stream_receive_window = 1
+        [[tenants]]
+        id = "t"
+        "#,
+        dir.path(),
+    );
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "server.listen",
+            "server.tls_key",
+            "server.keep_alive_ms",
+            "limits.stream_receive_window",
+            "tenants[0].issuer",
+            "tenants[0].jwks_file"
+        ]
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let err = Config::parse("[server]\nlisten_addr = \"x\"\n", Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn no_tenants_is_a_problem() {
+    let found = problems("", Path::new("."));
+    assert_eq!(found[0].field, "tenants");
+}
+
+#[test]
+fn hmac_keys_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#,
+    )
+    .unwrap();
+    let found = problems(
+        "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n",
+        dir.path(),
+    );
+    assert_eq!(found[0].field, "tenants[0].jwks_file");
+    assert!(found[0].reason.contains("HMAC"), "{}", found[0].reason);
+}
+
+#[test]
+fn a_claim_mapping_is_a_preset_with_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let text = "[[tenants]]\nid = \"kc\"\nissuer = \"https://sso.example/realms/a\"\n\
+                jwks_file = \"k.json\"\nclaims = \"keycloak\"\naudience = \"relay-a\"\n\
+                [tenants.claim_map]\nlicenses = \"resource_access.remote-help-relay.roles\"\n\
+                groups = [\"groups\", \"org.teams\"]\nplatform = []\n";
+    let config = Config::parse(text, dir.path()).unwrap();
+    let trust = &config.tenants[0].trust;
+    assert_eq!(trust.audience.as_deref(), Some("relay-a"));
+    assert_eq!(trust.claims.preset, Preset::Keycloak);
+    assert_eq!(trust.claims.select_by, TenantSelector::Issuer);
+    let paths = |name: &str| -> Vec<String> {
+        trust
+            .claims
+            .paths(name)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        paths("licenses"),
+        ["resource_access.remote-help-relay.roles"]
+    );
+    assert_eq!(paths("groups"), ["groups", "org.teams"]);
+    assert!(paths("platform").is_empty());
+    // Untouched entries keep the preset's paths.
+    assert_eq!(paths("roles"), ["realm_access.roles"]);
+    // No mapping at all is this project's own shape, selected by tid.
+    let plain = tenant_problems("");
+    assert!(plain.is_empty(), "{plain:?}");
+}
+
+#[test]
+fn claim_mapping_mistakes_are_reported_with_their_field() {
+    let found = tenant_problems(
+        "claims = \"auth0\"\naudience = \" \"\n[tenants.claim_map]\nnickname = \"nick\"\n\
+         subject = [\"oid\", \"sub\"]\ngroups = 3\nroles = [\"a..b\"]\nselect_by = \"aud\"\n",
+    );
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "tenants[0].audience",
+            "tenants[0].claims",
+            "tenants[0].claim_map.groups",
+            "tenants[0].claim_map.nickname",
+            "tenants[0].claim_map.roles",
+            "tenants[0].claim_map.select_by",
+            "tenants[0].claim_map.subject",
+        ]
+    );
+    assert!(
+        found[1].reason.contains("entra, keycloak, okta"),
+        "{}",
+        found[1].reason
+    );
+}
+
+#[test]
+fn two_tenants_selected_by_one_issuer_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let tenant = |id: &str| {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\nissuer = \"https://login.microsoftonline.com/t/v2.0\"\n\
+             jwks_file = \"k.json\"\nclaims = \"entra\"\n"
+        )
+    };
+    let found = problems(&format!("{}{}", tenant("a"), tenant("b")), dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "tenants[1].issuer");
+    assert!(found[0].reason.contains("\"a\""), "{}", found[0].reason);
+}
+
+#[test]
+fn the_session_memory_bound_adds_both_connections() {
+    let limits = Limits::default();
+    assert_eq!(
+        limits.session_memory_bound(),
+        2 * (1024 * 1024 + 1024 * 1024 + 64 * 1024 + 64 * 1024)
+    );
+}
+
+fn tenant_problems(tenant_toml: &str) -> Vec<ConfigProblem> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let text =
+        format!("[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n{tenant_toml}");
+    match Config::parse(&text, dir.path()) {
+        Err(ConfigError::Invalid(p)) => p,
+        Ok(_) => Vec::new(),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+/// The config (or its problems) with a valid tenant and `cluster_toml` after it.
+fn with_cluster(cluster_toml: &str) -> Result<Config, Vec<ConfigProblem>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "placeholder").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "placeholder").unwrap();
+    let text = format!(
+        "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\
+         [[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n[cluster]\n{cluster_toml}"
+    );
+    match Config::parse(&text, dir.path()) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Invalid(p)) => Err(p),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_cluster_lists_its_nodes_or_expands_a_template() {
+    let listed = with_cluster(
+        "node_id = 1\nnodes = [\"relay-a.example:443\", \"192.0.2.7:443\", \"[2001:db8::1]:443\"]\n",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(listed.node, NodeId::new(1).unwrap());
+    assert_eq!(
+        listed.address_of(NodeId::new(2).unwrap()),
+        Some("[2001:db8::1]:443")
+    );
+    assert_eq!(listed.address_of(NodeId::new(3).unwrap()), None);
+    let templated = with_cluster(
+        "node_id = 0\nnode_address_template = \"relay-{id}.relay.example:443\"\nsize = 3\n",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        templated.nodes,
+        [
+            "relay-0.relay.example:443",
+            "relay-1.relay.example:443",
+            "relay-2.relay.example:443"
+        ]
+    );
+    assert!(with_cluster("").is_err(), "an empty [cluster] is a mistake");
+}
+
+#[test]
+fn cluster_mistakes_are_reported_with_their_field() {
+    let fields = |toml: &str| -> Vec<String> {
+        with_cluster(toml)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields("node_id = 3\nnodes = [\"a:1\", \"b:1\"]\n"),
+        ["cluster.node_id"]
+    );
+    assert_eq!(
+        fields("node_id = 99\nnodes = [\"a:1\"]\n"),
+        ["cluster.node_id"]
+    );
+    assert_eq!(
+        fields("node_id = \"pod\"\nnodes = [\"a:1\"]\n"),
+        ["cluster.node_id"]
+    );
+    assert_eq!(fields("nodes = [\"a:1\"]\n"), ["cluster.node_id"]);
+    assert_eq!(
+        fields("node_id = 0\nnodes = [\"a:1\", \"no-port\", \"b:0\"]\n"),
+        ["cluster.nodes[1]", "cluster.nodes[2]"]
+    );
+    assert_eq!(
+        fields("node_id = 0\nnode_address_template = \"relay:443\"\nsize = 2\n"),
+        ["cluster.node_address_template"]
+    );
+    assert_eq!(
+        fields("node_id = 0\nnode_address_template = \"r-{id}:1\"\nsize = 33\n"),
+        ["cluster.nodes"]
+    );
+    assert_eq!(
+        fields("node_id = 0\nnodes = [\"a:1\"]\nsize = 1\n"),
+        ["cluster"]
+    );
+    assert_eq!(
+        fields("node_id = 0\nnodes = [\"a:1\", \"a:1\"]\n"),
+        ["cluster.nodes[1]"]
+    );
+}
+
+#[test]
+fn a_cluster_needs_certificate_files() {
+    // Self-signed per node, no client could follow a redirect to another node.
+    let text = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n\
+                [cluster]\nnode_id = 0\nnodes = [\"a:1\", \"b:1\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let found = problems(text, dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "cluster");
+    assert!(found[0].reason.contains("tls_cert"), "{}", found[0].reason);
+}
+
+#[test]
+fn government_high_clouds_are_refused_with_a_clear_message() {
+    for cloud in ["gcc-high", "dod"] {
+        let found = tenant_problems(&format!("cloud = \"{cloud}\"\n"));
+        assert_eq!(found[0].field, "tenants[0].cloud");
+        assert!(
+            found[0].reason.contains("not available"),
+            "{}",
+            found[0].reason
+        );
+    }
+    assert!(tenant_problems("cloud = \"gcc\"\n").is_empty());
+    assert!(tenant_problems("cloud = \"commercial\"\n").is_empty());
+}
+
+#[test]
+fn roles_and_assignments_are_checked_by_name() {
+    let found = tenant_problems(
+        "[[tenants.roles]]\nname = \"Tier 1\"\npermissions = [\"view_screen\", \"fly\"]\n\
+         [[tenants.assignments]]\nrole = \"Tier 9\"\nmembers = [\"g\"]\nscope = [\"all_users\"]\n\
+         [[tenants.assignments]]\nrole = \"Tier 1\"\n",
+    );
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "tenants[0].roles[0].permissions[1]",
+            "tenants[0].assignments[0].role",
+            "tenants[0].assignments[1].members",
+            "tenants[0].assignments[1].scope",
+        ]
+    );
+}
+
+#[test]
+fn the_default_audit_folder_is_inside_the_state_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n";
+    let config = Config::parse(
+        &format!("[server]\nstate_dir = \"st\"\n{tenant}"),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(config.state_dir, dir.path().join("st"));
+    assert_eq!(config.audit.dir, dir.path().join("st").join("audit"));
+    let config = Config::parse(&format!("[audit]\ndir = \"logs\"\n{tenant}"), dir.path()).unwrap();
+    assert_eq!(config.audit.dir, dir.path().join("logs"));
+}
+
+#[test]
+fn tenant_settings_default_to_the_safe_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let config = Config::parse(
+        "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(config.tenants[0].policy, TenantPolicy::default());
+    assert!(config.tenants[0].policy.require_end_to_end);
+    assert_eq!(config.consent_timeout, Duration::from_secs(300));
+    // Protection can be made optional, for measurements, only by saying so.
+    let config = Config::parse(
+        "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\nrequire_end_to_end = false\n",
+        dir.path(),
+    )
+    .unwrap();
+    assert!(!config.tenants[0].policy.require_end_to_end);
+}
