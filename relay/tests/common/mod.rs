@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod oidc;
 pub mod skip;
 
 use std::future::Future;

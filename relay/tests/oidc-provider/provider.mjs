@@ -8,7 +8,7 @@
 //
 //   node provider.mjs --config CONFIG.json --state DIR --cert CERT.pem --key KEY.pem [--port N]
 //
-// stdout carries exactly one `READY https://127.0.0.1:PORT` line, then one JSON reply per
+// stdout carries one `READY https://127.0.0.1:PORT` line, then one `REPLY {json}` line per
 // command; stdin takes one JSON command per line (see `commands` below); the log goes to
 // stderr. Without --port (or with 0) the port is ephemeral; a restart passes the old one.
 // Only Node 18 features are used: Debian bookworm's `nodejs` is 18.20.
@@ -22,6 +22,9 @@ import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
 
+// stdout is the control protocol's: the library's own notices (console.info and the like)
+// go to stderr with the log.
+for (const level of ['log', 'info', 'warn', 'debug']) console[level] = console.error;
 const log = (...args) => console.error('[oidc-provider]', ...args);
 
 const { values: args } = parseArgs({
@@ -152,6 +155,8 @@ function buildProvider() {
         }),
       },
     },
+    // Client credentials are JWTs here; the in-memory record needs a lifetime all the same.
+    ttl: { ClientCredentials: accessTokenTTL },
     extraTokenClaims: (ctx, token) => claimsByClient.get(token.clientId),
     cookies: { keys: [randomBytes(32).toString('hex')] },
   });
@@ -176,8 +181,12 @@ const server = createServer({
 });
 server.on('request', (req, res) => {
   const path = new URL(req.url, 'https://x').pathname;
-  if (path === JWKS) counts.jwks += 1;
-  if (path === DISCOVERY) counts.discovery += 1;
+  // The Rust harness marks its own reads (finding the token endpoint): the counts are the
+  // relay's requests (and the test's) alone.
+  if (!req.headers['x-rhr-test-harness']) {
+    if (path === JWKS) counts.jwks += 1;
+    if (path === DISCOVERY) counts.discovery += 1;
+  }
   if (path === JWKS && state.jwks !== 'good') {
     const bad = badJwks(state.jwks);
     const headers = { 'content-type': bad.type };
@@ -240,7 +249,7 @@ const commands = {
 };
 
 function reply(message) {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
+  process.stdout.write(`REPLY ${JSON.stringify(message)}\n`);
 }
 
 server.listen(Number(args.port), '127.0.0.1', () => {
