@@ -90,7 +90,10 @@ fn verify(token: &str, set: &JwkSet, issuer: &str) -> Result<Value, String> {
 
 #[tokio::test]
 async fn discovery_names_the_issuer_and_granted_tokens_verify_against_the_served_keys() {
-    let Some(p) = provider("discovery_names_the_issuer_and_granted_tokens_verify").await else {
+    let Some(p) =
+        provider("discovery_names_the_issuer_and_granted_tokens_verify_against_the_served_keys")
+            .await
+    else {
         return;
     };
     assert!(p.issuer().starts_with("https://127.0.0.1:"));
@@ -133,7 +136,8 @@ async fn every_algorithm_signs_tokens_that_verify() {
 
 #[tokio::test]
 async fn a_new_key_signs_while_the_old_stays_published_until_retired() {
-    let Some(p) = provider("a_new_key_signs_while_the_old_stays_published").await else {
+    let Some(p) = provider("a_new_key_signs_while_the_old_stays_published_until_retired").await
+    else {
         return;
     };
     let old_token = p.token("helper-app").await;
@@ -258,7 +262,9 @@ async fn max_age_wrong_issuer_and_request_counts() {
 
 #[tokio::test]
 async fn a_stopped_provider_refuses_connections_and_restarts_with_the_same_keys() {
-    let Some(mut p) = provider("a_stopped_provider_refuses_connections_and_restarts").await else {
+    let Some(mut p) =
+        provider("a_stopped_provider_refuses_connections_and_restarts_with_the_same_keys").await
+    else {
         return;
     };
     let old = kid_of(&p.token("helper-app").await);

@@ -181,7 +181,7 @@ impl OidcProvider {
     /// it to listen. Returns `None` (after `common::skip`) where Node or the provider's
     /// packages are missing.
     pub async fn start(options: ProviderOptions) -> Option<OidcProvider> {
-        if !node_and_packages_present(&options.test) {
+        if !packages_present(&options.test) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -200,7 +200,10 @@ impl OidcProvider {
         });
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
 
-        let (running, issuer) = spawn(dir.path(), 0).await;
+        let Some((running, issuer)) = spawn(dir.path(), 0).await else {
+            skip(&options.test, "node not installed", REMEDY);
+            return None;
+        };
         let port = issuer
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
@@ -403,7 +406,9 @@ impl OidcProvider {
             self.running.get_mut().is_none(),
             "restart follows stop: the provider is running"
         );
-        let (running, issuer) = spawn(self.dir.path(), self.port).await;
+        let (running, issuer) = spawn(self.dir.path(), self.port)
+            .await
+            .expect("node ran before");
         assert_eq!(issuer, self.issuer, "restarted on the same port");
         *self.running.get_mut() = Some(running);
     }
@@ -460,17 +465,12 @@ impl Drop for OidcProvider {
     }
 }
 
-/// Whether `node` runs and the provider's packages are installed; if not, skips `test`.
-fn node_and_packages_present(test: &str) -> bool {
-    const REMEDY: &str = "run ./test, which installs nodejs, npm and the provider";
-    match Command::new("node").arg("--version").output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            skip(test, "node not installed", REMEDY);
-            return false;
-        }
-        Err(e) => panic!("node --version: {e}"),
-        Ok(_) => {}
-    }
+/// How a skipped test's line says to get what it lacks.
+const REMEDY: &str = "run ./test, which installs nodejs, npm and the provider";
+
+/// Whether the provider's packages are installed; if not, skips `test`. (Whether `node`
+/// is installed, spawning it tells.)
+fn packages_present(test: &str) -> bool {
     let package = provider_dir().join("node_modules/oidc-provider/package.json");
     if !package.exists() {
         skip(
@@ -533,14 +533,14 @@ fn https_client(ca_der: Vec<u8>) -> reqwest::Client {
 }
 
 /// Spawns `provider.mjs` on `port` (0: ephemeral) over the files in `dir`; returns it once
-/// it has printed its `READY` line, with its issuer.
-async fn spawn(dir: &Path, port: u16) -> (Running, String) {
+/// it has printed its `READY` line, with its issuer. `None` when there is no `node`.
+async fn spawn(dir: &Path, port: u16) -> Option<(Running, String)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("provider.log"))
         .unwrap();
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg(provider_dir().join("provider.mjs"))
         .arg("--config")
         .arg(dir.join("config.json"))
@@ -554,8 +554,11 @@ async fn spawn(dir: &Path, port: u16) -> (Running, String) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
-        .spawn()
-        .expect("spawn node");
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        spawned => spawned.expect("spawn node"),
+    };
     let stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
     // A thread turns the provider's stdout into lines for async readers; the channel closes
@@ -590,7 +593,7 @@ async fn spawn(dir: &Path, port: u16) -> (Running, String) {
         .strip_prefix("READY ")
         .unwrap_or_else(|| panic!("expected READY, got {line:?}; log:\n{}", log()))
         .to_string();
-    (running.0.take().unwrap(), issuer)
+    Some((running.0.take().unwrap(), issuer))
 }
 
 /// Kills a provider that failed to start before anyone owns it.

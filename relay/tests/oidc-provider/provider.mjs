@@ -255,7 +255,7 @@ function reply(message) {
 server.listen(Number(args.port), '127.0.0.1', () => {
   issuer = `https://127.0.0.1:${server.address().port}`;
   current = buildProvider();
-  log(`issuer ${issuer}, signing key ${state.signing}, keys ${state.keys.map((k) => k.kid)}`);
+  log(`node ${process.version}, issuer ${issuer}, signing key ${state.signing}, keys ${state.keys.map((k) => k.kid)}`);
   process.stdout.write(`READY ${issuer}\n`);
 });
 server.on('error', (e) => {
