@@ -39,13 +39,9 @@ async fn get(p: &OidcProvider, url: &str) -> (u16, Option<String>, String) {
     )
 }
 
-fn jwks_url(p: &OidcProvider) -> String {
-    format!("{}/jwks", p.issuer())
-}
-
 /// The key set the provider serves now.
 async fn served_jwks(p: &OidcProvider) -> JwkSet {
-    let (status, _, body) = get(p, &jwks_url(p)).await;
+    let (status, _, body) = get(p, &p.jwks_uri()).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -101,7 +97,7 @@ async fn discovery_names_the_issuer_and_granted_tokens_verify_against_the_served
     assert_eq!(status, 200);
     let discovery: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(discovery["issuer"], p.issuer());
-    assert_eq!(discovery["jwks_uri"], jwks_url(&p));
+    assert_eq!(discovery["jwks_uri"], p.jwks_uri());
 
     let token = p.token("helper-app").await;
     let set = served_jwks(&p).await;
@@ -175,7 +171,7 @@ async fn bad_key_sets_are_served_until_the_good_one_is_back() {
     let signing = kid_of(&p.token("helper-app").await);
     for bad in BadJwks::ALL {
         p.serve_bad_jwks(bad).await;
-        let (status, _, body) = get(&p, &jwks_url(&p)).await;
+        let (status, _, body) = get(&p, &p.jwks_uri()).await;
         let parsed = serde_json::from_str::<Value>(&body);
         match bad {
             BadJwks::NotJson => assert!(status == 200 && parsed.is_err(), "{body}"),
@@ -225,10 +221,10 @@ async fn max_age_wrong_issuer_and_request_counts() {
     );
 
     p.set_jwks_max_age(300).await;
-    let (_, cache_control, _) = get(&p, &jwks_url(&p)).await;
+    let (_, cache_control, _) = get(&p, &p.jwks_uri()).await;
     assert_eq!(cache_control.as_deref(), Some("max-age=300"));
     p.serve_bad_jwks(BadJwks::Empty).await;
-    let (_, cache_control, _) = get(&p, &jwks_url(&p)).await;
+    let (_, cache_control, _) = get(&p, &p.jwks_uri()).await;
     assert_eq!(
         cache_control.as_deref(),
         Some("max-age=300"),
@@ -236,7 +232,7 @@ async fn max_age_wrong_issuer_and_request_counts() {
     );
     p.serve_good_jwks().await;
     p.clear_jwks_max_age().await;
-    let (_, cache_control, _) = get(&p, &jwks_url(&p)).await;
+    let (_, cache_control, _) = get(&p, &p.jwks_uri()).await;
     assert_ne!(cache_control.as_deref(), Some("max-age=300"));
     assert_eq!(p.jwks_requests().await, 3);
 
@@ -244,7 +240,7 @@ async fn max_age_wrong_issuer_and_request_counts() {
     let (_, _, body) = get(&p, &p.discovery_url()).await;
     let discovery: Value = serde_json::from_str(&body).unwrap();
     assert_ne!(discovery["issuer"], p.issuer());
-    assert_eq!(discovery["jwks_uri"], jwks_url(&p), "the rest is unchanged");
+    assert_eq!(discovery["jwks_uri"], p.jwks_uri(), "the rest is unchanged");
     p.serve_wrong_issuer(false).await;
     let (_, _, body) = get(&p, &p.discovery_url()).await;
     assert_eq!(
@@ -273,7 +269,7 @@ async fn a_stopped_provider_refuses_connections_and_restarts_with_the_same_keys(
     let issuer = p.issuer().to_string();
 
     p.stop().await;
-    let refused = common::within(p.http().get(jwks_url(&p)).send()).await;
+    let refused = common::within(p.http().get(p.jwks_uri()).send()).await;
     assert!(
         refused.is_err_and(|e| e.is_connect()),
         "a stopped provider refuses connections"

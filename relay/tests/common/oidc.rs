@@ -237,6 +237,11 @@ impl OidcProvider {
         format!("{}/.well-known/openid-configuration", self.issuer)
     }
 
+    /// The key set's URL, as discovery names it (`{issuer}/jwks`).
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks", self.issuer)
+    }
+
     /// The test CA's certificate (PEM): what the relay's tenant gets as its `ca_file`.
     pub fn ca_pem_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
