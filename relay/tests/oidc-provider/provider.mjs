@@ -120,7 +120,7 @@ const DISCOVERY = '/.well-known/openid-configuration';
 const JWKS = '/jwks';
 const counts = { jwks: 0, discovery: 0 };
 let issuer; // known once the server listens (the port may be ephemeral)
-let current; // the Provider serving now; replaced whole when the keys change
+let handle; // the request handler of the Provider serving now; replaced whole when the keys change
 
 // A fresh Provider over the current keys. Changing keys builds a new one behind the same
 // HTTPS server: no restart, no dropped listener, and the new instance's keystore is exactly
@@ -175,6 +175,10 @@ function buildProvider() {
   return provider;
 }
 
+function serve(provider) {
+  handle = provider.callback();
+}
+
 const server = createServer({
   cert: readFileSync(args.cert),
   key: readFileSync(args.key),
@@ -195,7 +199,7 @@ server.on('request', (req, res) => {
     res.end(bad.body);
     return;
   }
-  current.callback()(req, res);
+  handle(req, res);
 });
 
 // The control commands, one JSON object per stdin line; each answers one JSON line with
@@ -254,7 +258,7 @@ function reply(message) {
 
 server.listen(Number(args.port), '127.0.0.1', () => {
   issuer = `https://127.0.0.1:${server.address().port}`;
-  current = buildProvider();
+  serve(buildProvider());
   log(`node ${process.version}, issuer ${issuer}, signing key ${state.signing}, keys ${state.keys.map((k) => k.kid)}`);
   process.stdout.write(`READY ${issuer}\n`);
 });
@@ -273,7 +277,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       const handler = commands[command.cmd];
       if (!handler) throw new Error(`unknown command ${command.cmd}`);
       const result = await handler(command);
-      if (command.cmd === 'add_key' || command.cmd === 'retire_key') current = buildProvider();
+      if (command.cmd === 'add_key' || command.cmd === 'retire_key') serve(buildProvider());
       if (command.cmd !== 'counts' && command.cmd !== 'keys' && command.cmd !== 'stop') saveState();
       reply({ ok: true, ...result });
       if (command.cmd === 'stop') process.exit(0);
