@@ -84,6 +84,9 @@ impl ErrorCode {
             ErrorCode::E2eRequired => {
                 "your organisation requires end-to-end protection, and the two apps have no protection method in common; update the app that lacks it"
             }
+            ErrorCode::TenantKeysUnavailable => {
+                "the relay cannot reach your organisation's sign-in service to check your token; try again in a few minutes"
+            }
         }
     }
 

@@ -204,6 +204,47 @@ impl TenantKeys {
     }
 }
 
+/// A tenant's keys as the verifier reads them at each token: fixed for a key file, replaced
+/// while the relay runs for keys fetched by URL (`crate::server::keys`), and empty until a
+/// URL tenant's first key set arrives. Clones share one set; a replacement is seen by every
+/// snapshot of the policies at once, so a `SIGHUP` never loses fetched keys.
+#[derive(Debug, Clone)]
+pub struct KeySet(Arc<std::sync::RwLock<Option<Arc<TenantKeys>>>>);
+
+impl KeySet {
+    /// A set with no keys yet (a URL tenant before its first fetch or cache read).
+    pub fn empty() -> KeySet {
+        KeySet(Arc::new(std::sync::RwLock::new(None)))
+    }
+
+    /// The keys in force, if any.
+    pub fn current(&self) -> Option<Arc<TenantKeys>> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `keys` in force for every token verified from now on.
+    pub fn replace(&self, keys: TenantKeys) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(keys));
+    }
+
+    /// Whether `other` is the same shared set (not merely equal keys).
+    pub fn shares(&self, other: &KeySet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<TenantKeys> for KeySet {
+    fn from(keys: TenantKeys) -> KeySet {
+        KeySet(Arc::new(std::sync::RwLock::new(Some(Arc::new(keys)))))
+    }
+}
+
 /// What the verifier needs to know about one tenant.
 #[derive(Debug, Clone)]
 pub struct TenantTrust {
@@ -211,8 +252,8 @@ pub struct TenantTrust {
     pub id: TenantId,
     /// The `iss` its tokens must carry.
     pub issuer: String,
-    /// Its verification keys.
-    pub keys: TenantKeys,
+    /// Its verification keys (fixed, or fetched and replaced while running).
+    pub keys: KeySet,
     /// The `aud` its tokens must contain, when not the relay's `server.audience` (Entra ID
     /// v2.0 access tokens carry the application's client id).
     pub audience: Option<String>,
@@ -226,7 +267,7 @@ impl TenantTrust {
         TenantTrust {
             id,
             issuer,
-            keys,
+            keys: keys.into(),
             audience: None,
             claims: ClaimMapping::default(),
         }
@@ -321,6 +362,10 @@ pub enum AuthError {
     /// No key with the token's `kid`.
     #[error("no key of the tenant has kid {0:?}")]
     UnknownKey(Option<String>),
+    /// The tenant's keys come from its identity provider, and the relay has none yet (no
+    /// fetch has succeeded and no key set is cached).
+    #[error("the relay has no keys of this tenant yet: its identity provider could not be reached")]
+    KeysUnavailable,
     /// The header's algorithm is not the key's (covers `none`, HMAC and confusion).
     #[error("algorithm {header} is not allowed for this key (expects {expected:?})")]
     AlgorithmRefused {
@@ -355,6 +400,7 @@ impl AuthError {
         match self {
             AuthError::UnknownTenant(_) => ErrorCode::TenantUnknown,
             AuthError::Expired | AuthError::NotYetValid => ErrorCode::TokenExpired,
+            AuthError::KeysUnavailable => ErrorCode::TenantKeysUnavailable,
             _ => ErrorCode::TokenInvalid,
         }
     }
@@ -366,6 +412,7 @@ impl AuthError {
             AuthError::MissingTenant => "missing_tenant",
             AuthError::UnknownTenant(_) => "unknown_tenant",
             AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::AlgorithmRefused { .. } => "algorithm_refused",
             AuthError::BadSignature => "bad_signature",
             AuthError::WrongIssuer => "wrong_issuer",
@@ -571,8 +618,8 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
         refuse_critical_extensions(token)?;
-        let key = tenant
-            .keys
+        let keys = tenant.keys.current().ok_or(AuthError::KeysUnavailable)?;
+        let key = keys
             .select(header.kid.as_deref())
             .ok_or_else(|| AuthError::UnknownKey(header.kid.clone()))?;
         if header.alg != key.algorithm {
@@ -632,6 +679,13 @@ impl Verifier {
             return Err(AuthError::NotYetValid);
         }
         into_principal(tenant.id.clone(), registered, mapped)
+    }
+
+    /// The configured tenant a token names (by `iss` or `tid`, as [`Verifier::verify`]
+    /// selects it), before any check of its signature: for asking that tenant's identity
+    /// provider for keys when the token names a key the relay does not have.
+    pub fn tenant_named_by(&self, token: &str) -> Option<TenantId> {
+        self.tenant_of(token).ok().map(|t| t.id.clone())
     }
 
     fn tenant_of(&self, token: &str) -> Result<&TenantTrust, AuthError> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{TenantKeys, TenantTrust};
+use crate::tenant_keys::{FetchSettings, KeySource, ProviderKeys, check_https};
 use crate::claim_map::{ClaimMapping, ClaimPath, Preset, TenantSelector};
 use crate::core::TenantId;
 use crate::core::cluster::{MAX_NODES, NodeId, node_from_hostname};
@@ -44,6 +45,29 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     /// `[cluster]`: absent for a single relay.
     pub cluster: Option<RawCluster>,
+    /// `[key_fetch]`: how keys of tenants configured by URL are fetched.
+    #[serde(default)]
+    pub key_fetch: RawKeyFetch,
+}
+
+/// `[key_fetch]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyFetch {
+    /// Limit on one HTTPS request, ms (default 10000).
+    pub timeout_ms: Option<u64>,
+    /// Largest discovery document or key set read, bytes (default 262144).
+    pub max_response_bytes: Option<u64>,
+    /// Lower bound on the time between scheduled fetches, s (default 300).
+    pub refresh_min_secs: Option<u64>,
+    /// Upper bound on the time between scheduled fetches, s (default 86400).
+    pub refresh_max_secs: Option<u64>,
+    /// Time between scheduled fetches without `Cache-Control: max-age`, s (default 3600).
+    pub refresh_default_secs: Option<u64>,
+    /// Time until the next attempt after a failed fetch, s (default 60).
+    pub retry_secs: Option<u64>,
+    /// Shortest time between fetches caused by tokens with unknown `kid`s, s (default 300).
+    pub unknown_kid_interval_secs: Option<u64>,
 }
 
 /// `[cluster]` as written.
@@ -233,6 +257,12 @@ pub struct RawTenant {
     pub issuer: Option<String>,
     /// JWK Set file with the tenant's public keys.
     pub jwks_file: Option<PathBuf>,
+    /// The tenant's JWK Set URL (https); without it and without `jwks_file`, OpenID
+    /// Connect discovery at the issuer finds it.
+    pub jwks_uri: Option<String>,
+    /// PEM file of CA certificates trusted for the tenant's identity provider, besides the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     /// The `aud` this tenant's tokens carry, when not `server.audience`.
     pub audience: Option<String>,
     /// Claim mapping preset: "relay" (default), "entra", "keycloak" or "okta".
@@ -292,6 +322,9 @@ pub struct RawAssignment {
 pub struct Tenant {
     /// Identity: id, issuer, keys.
     pub trust: TenantTrust,
+    /// Where its keys come from (a file: already in `trust`; its provider: fetched by
+    /// `server::keys`, `trust.keys` empty until then).
+    pub keys_from: KeySource,
     /// Settings and access control.
     pub policy: TenantPolicy,
 }
@@ -475,6 +508,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// This node's place in a cluster; `None` for a single relay.
     pub cluster: Option<ClusterConfig>,
+    /// How keys of tenants configured by URL are fetched.
+    pub key_fetch: FetchSettings,
 }
 
 /// Default admin/metrics listener.
@@ -552,6 +587,7 @@ impl Config {
                 token: None,
             },
             cluster: None,
+            key_fetch: FetchSettings::default(),
         }
     }
 
@@ -875,18 +911,66 @@ impl Config {
             if issuer.trim().is_empty() {
                 problem(&field("issuer"), "required".into());
             }
-            let keys = match t.jwks_file {
-                None => {
-                    problem(&field("jwks_file"), "required".into());
+            let keys = match (t.jwks_file, t.jwks_uri, t.ca_file) {
+                (Some(_), Some(_), _) => {
+                    problem(
+                        &field("jwks_uri"),
+                        "give jwks_file or jwks_uri, not both".into(),
+                    );
                     None
                 }
-                Some(path) => match load_jwks(&resolve(&path)) {
-                    Ok(keys) => Some(keys),
+                (Some(_), None, Some(_)) => {
+                    problem(
+                        &field("ca_file"),
+                        "only for keys fetched by URL (jwks_uri or discovery), not with jwks_file"
+                            .into(),
+                    );
+                    None
+                }
+                (Some(path), None, None) => match load_jwks(&resolve(&path)) {
+                    Ok(keys) => Some((keys.into(), KeySource::File(resolve(&path)))),
                     Err(reason) => {
                         problem(&field("jwks_file"), format!("tenant {id:?}: {reason}"));
                         None
                     }
                 },
+                (None, jwks_uri, ca_file) => {
+                    let mut fine = true;
+                    if !issuer.trim().is_empty()
+                        && let Err(e) = check_https(&issuer)
+                    {
+                        problem(
+                            &field("issuer"),
+                            format!(
+                                "{e}; a tenant without jwks_file finds its keys at its issuer                                  (OpenID Connect discovery)"
+                            ),
+                        );
+                        fine = false;
+                    }
+                    if let Some(uri) = &jwks_uri
+                        && let Err(e) = check_https(uri)
+                    {
+                        problem(&field("jwks_uri"), e.to_string());
+                        fine = false;
+                    }
+                    let ca_file = ca_file.map(|path| resolve(&path));
+                    if let Some(path) = &ca_file
+                        && let Err(reason) = crate::tls::read_ca_certificates(path)
+                    {
+                        problem(&field("ca_file"), reason);
+                        fine = false;
+                    }
+                    fine.then(|| {
+                        (
+                            crate::auth::KeySet::empty(),
+                            KeySource::Provider(ProviderKeys {
+                                issuer: issuer.clone(),
+                                jwks_uri,
+                                ca_file,
+                            }),
+                        )
+                    })
+                }
             };
             let audience = match t.audience {
                 Some(audience) if audience.trim().is_empty() => {
@@ -1014,7 +1098,7 @@ impl Config {
                 cloud,
                 assignments,
             };
-            if let Some(keys) = keys {
+            if let Some((keys, keys_from)) = keys {
                 tenants.push(Tenant {
                     trust: TenantTrust {
                         id: TenantId::new(&id),
@@ -1023,6 +1107,7 @@ impl Config {
                         audience,
                         claims,
                     },
+                    keys_from,
                     policy,
                 });
             }
@@ -1189,10 +1274,13 @@ impl Config {
             },
         };
 
+        let key_fetch = key_fetch_settings(&raw.key_fetch, &mut problem);
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Config {
+            key_fetch,
             cluster,
             audit,
             admin: AdminConfig {
@@ -1213,6 +1301,75 @@ impl Config {
             limits,
             tenants,
         })
+    }
+}
+
+/// `[key_fetch]`: every setting at least its floor, and the scheduled refresh's default
+/// within its bounds.
+fn key_fetch_settings(
+    raw: &RawKeyFetch,
+    problem: &mut dyn FnMut(&str, String),
+) -> FetchSettings {
+    let defaults = FetchSettings::default();
+    let mut seconds = |name: &str, value: Option<u64>, default: Duration| match value {
+        None => default,
+        Some(0) => {
+            problem(&format!("key_fetch.{name}"), "must be at least 1".into());
+            default
+        }
+        Some(value) => Duration::from_secs(value),
+    };
+    let refresh_min = seconds("refresh_min_secs", raw.refresh_min_secs, defaults.refresh_min);
+    let refresh_max = seconds("refresh_max_secs", raw.refresh_max_secs, defaults.refresh_max);
+    let refresh_default = seconds(
+        "refresh_default_secs",
+        raw.refresh_default_secs,
+        defaults.refresh_default.clamp(refresh_min, refresh_max.max(refresh_min)),
+    );
+    let retry = seconds("retry_secs", raw.retry_secs, defaults.retry);
+    let unknown_kid_interval = seconds(
+        "unknown_kid_interval_secs",
+        raw.unknown_kid_interval_secs,
+        defaults.unknown_kid_interval,
+    );
+    let timeout = match raw.timeout_ms {
+        None => defaults.timeout,
+        Some(ms) if ms < 100 => {
+            problem("key_fetch.timeout_ms", "must be at least 100".into());
+            defaults.timeout
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
+    let max_response_bytes = match raw.max_response_bytes {
+        None => defaults.max_response_bytes,
+        Some(bytes) if !(1024..=16 << 20).contains(&bytes) => {
+            problem(
+                "key_fetch.max_response_bytes",
+                "must be between 1024 and 16777216".into(),
+            );
+            defaults.max_response_bytes
+        }
+        Some(bytes) => usize::try_from(bytes).unwrap_or(defaults.max_response_bytes),
+    };
+    if refresh_min > refresh_max {
+        problem(
+            "key_fetch.refresh_min_secs",
+            "must not be above key_fetch.refresh_max_secs".into(),
+        );
+    } else if !(refresh_min..=refresh_max).contains(&refresh_default) {
+        problem(
+            "key_fetch.refresh_default_secs",
+            "must be between key_fetch.refresh_min_secs and key_fetch.refresh_max_secs".into(),
+        );
+    }
+    FetchSettings {
+        timeout,
+        max_response_bytes,
+        refresh_min,
+        refresh_max,
+        refresh_default,
+        retry,
+        unknown_kid_interval,
     }
 }
 

@@ -40,5 +40,6 @@ pub mod report;
 pub mod server;
 #[cfg(feature = "tap")]
 pub mod tap;
+pub mod tenant_keys;
 pub mod tls;
 pub mod transport;

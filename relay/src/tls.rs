@@ -281,6 +281,34 @@ impl RelayTrust {
     }
 }
 
+/// The CA certificates in a PEM file (a tenant's `ca_file`); the error is a sentence for
+/// the config report.
+pub fn read_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The TLS client configuration for fetching a tenant's keys from its identity provider:
+/// the system's roots (through `rustls-platform-verifier`, which on Linux reads the
+/// distribution's CA bundle) plus `extra_roots`, TLS 1.2 or 1.3, the relay's crypto
+/// provider. Providers are public web services; TLS 1.2 is still what some of them offer.
+pub fn https_client_config(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider())?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
 /// The crypto provider both ends use.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -55,6 +55,10 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Also fetch every tenant's keys configured by URL (discovery and key set) once,
+        /// naming each problem; exits 69 when one fails.
+        #[arg(long)]
+        fetch: bool,
     },
     /// Mint a token for the development tenant.
     DevToken {
@@ -166,7 +170,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, default_level);
     let result = match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Run => run_daemon(cli.config.as_deref(), &cli.state_dir),
-        Command::CheckConfig { file } => return check_config(file),
+        Command::CheckConfig { file, fetch } => return check_config(file, *fetch),
         Command::DevToken {
             role,
             sub,
@@ -407,7 +411,7 @@ fn health(addr: &str, ready: bool) -> ExitCode {
     }
 }
 
-fn check_config(file: &Path) -> ExitCode {
+fn check_config(file: &Path, fetch: bool) -> ExitCode {
     // Everything start-up reads or writes, not only the file: what passes here starts.
     let checked = Config::load(file).and_then(|config| {
         let problems = remote_help_relay::preflight::check(&config);
@@ -430,7 +434,23 @@ fn check_config(file: &Path) -> ExitCode {
                 config.tenants.len(),
                 config.listen
             );
-            ExitCode::SUCCESS
+            if !fetch {
+                return ExitCode::SUCCESS;
+            }
+            let fetched = tokio::runtime::Runtime::new().map(|runtime| {
+                runtime.block_on(remote_help_relay::server::keys::check_all(
+                    &config,
+                    &mut std::io::stdout(),
+                ))
+            });
+            match fetched {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(EXIT_ENVIRONMENT),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::from(EXIT_ENVIRONMENT)
+                }
+            }
         }
         Err(e) => {
             eprintln!("{}: {e}", file.display());

@@ -231,7 +231,11 @@ async fn authenticate(
         ));
     };
     let policies = hub.policies();
-    let principal = match policies.verifier.verify(&hello.token, unix_now()) {
+    let principal = match hub
+        .key_fetchers
+        .verify(&policies.verifier, &hello.token, unix_now)
+        .await
+    {
         Ok(p) => p,
         Err(e) => {
             metrics::counter!("relay_auth_failures_total", "reason" => e.reason()).increment(1);

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::forward::ChannelCounters;
+use super::keys::TenantKeyFetchers;
 use crate::audit::{AuditEvent, AuditLog, EndedBy, EventKind, NO_USER, rfc3339};
 use crate::auth::{Principal, PrincipalKind, Verifier};
 use crate::config::Config;
@@ -141,13 +142,21 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// The snapshot for `config`.
-    pub fn from_config(config: &Config) -> Policies {
+    /// The snapshot for `config`, with the shared key sets of its tenants configured by URL
+    /// from `fetchers` (which must have adopted `config`).
+    pub fn from_config(config: &Config, fetchers: &TenantKeyFetchers) -> Policies {
+        let trust = config.tenants.iter().map(|t| {
+            let mut trust = t.trust.clone();
+            if let Some(keys) = fetchers.keys_of(&trust.id) {
+                trust.keys = keys;
+            }
+            trust
+        });
         Policies {
             verifier: Verifier::new(
                 config.audience.clone(),
                 config.token_leeway,
-                config.tenants.iter().map(|t| t.trust.clone()).collect(),
+                trust.collect(),
             ),
             tenants: config
                 .tenants
@@ -348,6 +357,8 @@ pub struct Hub {
     policies: RwLock<Arc<Policies>>,
     /// The admin API's bearer token, replaced on reload (rotating it needs no restart).
     admin_token: RwLock<Option<Arc<str>>>,
+    /// Fetches the keys of tenants configured by URL; their sets are shared with `policies`.
+    pub key_fetchers: TenantKeyFetchers,
     next_conn: AtomicU64,
     /// The relay's configuration as started (reloads change only `policies`).
     pub config: Config,
@@ -376,6 +387,8 @@ pub struct Hub {
 impl Hub {
     /// A hub for `config`.
     pub fn new(config: Config, audit: AuditLog) -> Hub {
+        let key_fetchers = TenantKeyFetchers::new(config.state_dir.clone());
+        key_fetchers.adopt(&config);
         let limiters = Limiters {
             joins_by_source: Limiter::new(config.limits.join_rate_per_source()),
             joins_by_tenant: Limiter::new(config.limits.join_rate_per_tenant()),
@@ -400,7 +413,8 @@ impl Hub {
                 ending: HashMap::new(),
             }),
             audit,
-            policies: RwLock::new(Arc::new(Policies::from_config(&config))),
+            policies: RwLock::new(Arc::new(Policies::from_config(&config, &key_fetchers))),
+            key_fetchers,
             admin_token: RwLock::new(config.admin.token.as_deref().map(Arc::from)),
             next_conn: AtomicU64::new(1),
             tasks: AtomicU64::new(0),
@@ -428,7 +442,8 @@ impl Hub {
     /// use them (a raise in a running session is one, asked and answered); active sessions
     /// carry on as they are.
     pub fn reload(&self, config: &Config) {
-        let fresh = Arc::new(Policies::from_config(config));
+        self.key_fetchers.adopt(config);
+        let fresh = Arc::new(Policies::from_config(config, &self.key_fetchers));
         *self
             .policies
             .write()

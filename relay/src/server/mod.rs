@@ -8,6 +8,7 @@ pub mod admin;
 pub mod connection;
 pub mod forward;
 pub mod hub;
+pub mod keys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

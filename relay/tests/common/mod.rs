@@ -25,6 +25,7 @@ use remote_help_relay::core::{Mode, Role, TenantId};
 use remote_help_relay::dev::{Persona, persona_claims};
 use remote_help_relay::issuer::{TokenSigner, TokenSpec, jwks_of};
 use remote_help_relay::server::{self, ServerHandle};
+use remote_help_relay::tenant_keys::KeySource;
 use remote_help_relay::tls::RelayTrust;
 use serde_json::{Map, Value};
 
@@ -94,10 +95,11 @@ impl TestTenant {
             trust: TenantTrust {
                 id: TenantId::new(&self.id),
                 issuer: self.issuer.clone(),
-                keys: load_jwks(&self.jwks_file).unwrap(),
+                keys: load_jwks(&self.jwks_file).unwrap().into(),
                 audience: self.audience.clone(),
                 claims: self.claims.clone(),
             },
+            keys_from: KeySource::File(self.jwks_file.clone()),
             policy: TenantPolicy {
                 enabled: true,
                 assignments: vec![Assignment {
