@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{TenantKeys, TenantTrust};
-use crate::tenant_keys::{FetchSettings, KeySource, ProviderKeys, check_https};
 use crate::claim_map::{ClaimMapping, ClaimPath, Preset, TenantSelector};
 use crate::core::TenantId;
 use crate::core::cluster::{MAX_NODES, NodeId, node_from_hostname};
@@ -19,6 +18,7 @@ use crate::core::policy::{
     Assignment, CloudEnvironment, DEFAULT_LICENSE, HELP_DESK_OPERATOR, Permission, PermissionSet,
     Role, Scope, TenantPolicy,
 };
+use crate::tenant_keys::{FetchSettings, KeySource, ProviderKeys, check_https};
 
 /// The development config used when `relay` runs without `--config`. Relative paths in it
 /// are resolved against the state folder, where the dev tenant's key is generated.
@@ -1306,10 +1306,7 @@ impl Config {
 
 /// `[key_fetch]`: every setting at least its floor, and the scheduled refresh's default
 /// within its bounds.
-fn key_fetch_settings(
-    raw: &RawKeyFetch,
-    problem: &mut dyn FnMut(&str, String),
-) -> FetchSettings {
+fn key_fetch_settings(raw: &RawKeyFetch, problem: &mut dyn FnMut(&str, String)) -> FetchSettings {
     let defaults = FetchSettings::default();
     let mut seconds = |name: &str, value: Option<u64>, default: Duration| match value {
         None => default,
@@ -1319,12 +1316,22 @@ fn key_fetch_settings(
         }
         Some(value) => Duration::from_secs(value),
     };
-    let refresh_min = seconds("refresh_min_secs", raw.refresh_min_secs, defaults.refresh_min);
-    let refresh_max = seconds("refresh_max_secs", raw.refresh_max_secs, defaults.refresh_max);
+    let refresh_min = seconds(
+        "refresh_min_secs",
+        raw.refresh_min_secs,
+        defaults.refresh_min,
+    );
+    let refresh_max = seconds(
+        "refresh_max_secs",
+        raw.refresh_max_secs,
+        defaults.refresh_max,
+    );
     let refresh_default = seconds(
         "refresh_default_secs",
         raw.refresh_default_secs,
-        defaults.refresh_default.clamp(refresh_min, refresh_max.max(refresh_min)),
+        defaults
+            .refresh_default
+            .clamp(refresh_min, refresh_max.max(refresh_min)),
     );
     let retry = seconds("retry_secs", raw.retry_secs, defaults.retry);
     let unknown_kid_interval = seconds(

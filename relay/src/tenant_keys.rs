@@ -366,9 +366,8 @@ pub fn keys_of_fetched_set(body: &[u8], url: &str) -> Result<FetchedKeys, FetchP
         }
         // A symmetric key in a published set means the provider (or whoever answers in its
         // name) is badly wrong: refused with the whole set, never skipped.
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(entry.clone()).map_err(|e| {
-            FetchProblem::KeySetRefused(format!("{name} is not a valid JWK: {e}"))
-        })?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(entry.clone())
+            .map_err(|e| FetchProblem::KeySetRefused(format!("{name} is not a valid JWK: {e}")))?;
         TenantKey::from_jwk(&jwk)
             .map_err(|e| FetchProblem::KeySetRefused(format!("{name}: {e}")))?;
         signing.push(jwk);
@@ -377,14 +376,16 @@ pub fn keys_of_fetched_set(body: &[u8], url: &str) -> Result<FetchedKeys, FetchP
         .iter()
         .map(|jwk| jwk.common.key_id.clone().unwrap_or_default())
         .collect();
-    let keys = TenantKeys::from_jwks(&jsonwebtoken::jwk::JwkSet { keys: signing }).map_err(
-        |(_, e)| match e {
-            KeyError::Empty => FetchProblem::KeySetRefused(
-                "no key in the set can verify tokens (EdDSA/Ed25519, ES256/P-256 or RS256)".into(),
-            ),
-            other => FetchProblem::KeySetRefused(other.to_string()),
-        },
-    )?;
+    let keys =
+        TenantKeys::from_jwks(&jsonwebtoken::jwk::JwkSet { keys: signing }).map_err(|(_, e)| {
+            match e {
+                KeyError::Empty => FetchProblem::KeySetRefused(
+                    "no key in the set can verify tokens (EdDSA/Ed25519, ES256/P-256 or RS256)"
+                        .into(),
+                ),
+                other => FetchProblem::KeySetRefused(other.to_string()),
+            }
+        })?;
     Ok(FetchedKeys {
         keys,
         kids,

@@ -760,15 +760,13 @@ fn the_example_configs_commented_provider_tenants_pass_check_config_when_uncomme
     let dir = tempfile::tempdir().unwrap();
     let keys =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example-keys/contoso.jwks.json");
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
     std::fs::create_dir_all(dir.path().join("deploy/example-keys")).unwrap();
-    for file in [
-        "keys/contoso-entra.jwks.json",
-        "keys/initech.jwks.json",
-        "deploy/example-keys/contoso.jwks.json",
-    ] {
-        std::fs::copy(&keys, dir.path().join(file)).unwrap();
-    }
+    // The provider tenants take their keys by discovery; only the file tenant needs one.
+    std::fs::copy(
+        &keys,
+        dir.path().join("deploy/example-keys/contoso.jwks.json"),
+    )
+    .unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, format!("{head}#{uncommented}\n")).unwrap();
     let out = relay().arg("check-config").arg(&path).output().unwrap();

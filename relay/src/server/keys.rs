@@ -135,9 +135,17 @@ impl TenantKeyFetchers {
         self.lock().get(tenant).map(|f| f.keys.clone())
     }
 
-    fn start(&self, tenant: TenantId, source: ProviderKeys, settings: FetchSettings) -> Arc<Fetcher> {
+    fn start(
+        &self,
+        tenant: TenantId,
+        source: ProviderKeys,
+        settings: FetchSettings,
+    ) -> Arc<Fetcher> {
         let keys = KeySet::empty();
-        let cache = self.state_dir.join(CACHE_DIR).join(cache_file_name(&tenant));
+        let cache = self
+            .state_dir
+            .join(CACHE_DIR)
+            .join(cache_file_name(&tenant));
         match read_cache(&cache, &source) {
             Ok(Some((cached, fetched))) => {
                 info!(tenant = %tenant, kids = ?fetched.kids, fetched_at = cached.fetched_at,
@@ -258,7 +266,8 @@ async fn run(fetcher: std::sync::Weak<Fetcher>, stop: CancellationToken, cache: 
                     .increment(1);
                 metrics::gauge!("relay_tenant_keys_last_success_timestamp_seconds", "tenant" => tenant.clone())
                     .set(unix_now() as f64);
-                let changed = f.keys.current().is_none() || cached_body.as_deref() != Some(&fetched.body);
+                let changed =
+                    f.keys.current().is_none() || cached_body.as_deref() != Some(&fetched.body);
                 if changed {
                     info!(tenant = %f.tenant, kids = ?fetched.keys.kids, skipped = ?fetched.keys.skipped,
                         jwks_uri = %fetched.jwks_uri, "tenant keys in force");
@@ -339,10 +348,12 @@ pub fn http_client(
         .clone()
         .unwrap_or_else(|| source.discovery_url());
     let extra = match &source.ca_file {
-        Some(path) => crate::tls::read_ca_certificates(path).map_err(|detail| FetchProblem::Tls {
-            url: url.clone(),
-            detail,
-        })?,
+        Some(path) => {
+            crate::tls::read_ca_certificates(path).map_err(|detail| FetchProblem::Tls {
+                url: url.clone(),
+                detail,
+            })?
+        }
         None => Vec::new(),
     };
     let tls = crate::tls::https_client_config(extra).map_err(|e| FetchProblem::Tls {

@@ -37,7 +37,10 @@ fn max_age_reads_the_directive_and_distrusts_contradictions() {
     assert_eq!(max_age(Some("no-store")), Some(Duration::ZERO));
     assert_eq!(max_age(Some("max-age=60, no-cache")), Some(Duration::ZERO));
     assert_eq!(max_age(Some("max-age=soon")), Some(Duration::ZERO));
-    assert_eq!(max_age(Some("max-age=60, max-age=70")), Some(Duration::ZERO));
+    assert_eq!(
+        max_age(Some("max-age=60, max-age=70")),
+        Some(Duration::ZERO)
+    );
 }
 
 #[test]
@@ -174,19 +177,22 @@ fn a_fetched_set_leaves_out_keys_for_other_purposes_and_refuses_bad_ones_whole()
     let p384 = json!({"kty": "EC", "crv": "P-384", "kid": "p384",
         "x": "AAAA", "y": "AAAA", "use": "sig"});
     let pss = json!({"kty": "RSA", "kid": "pss", "alg": "PS256", "n": "AQAB", "e": "AQAB"});
-    let fetched = keys_of_fetched_set(
-        &set(vec![jwk(&a), encryption, p384, pss, jwk(&b)]),
-        url,
-    )
-    .unwrap();
+    let fetched =
+        keys_of_fetched_set(&set(vec![jwk(&a), encryption, p384, pss, jwk(&b)]), url).unwrap();
     assert_eq!(fetched.kids, ["a", "b"]);
     assert_eq!(fetched.keys.len(), 2);
     assert_eq!(fetched.skipped.len(), 3, "{:?}", fetched.skipped);
 
     let refused = |keys: Vec<Value>| keys_of_fetched_set(&set(keys), url).unwrap_err();
-    assert_eq!(refused(vec![jwk(&a), weak_rsa()]).reason(), "key_set_refused");
+    assert_eq!(
+        refused(vec![jwk(&a), weak_rsa()]).reason(),
+        "key_set_refused"
+    );
     let hmac = json!({"kty": "oct", "kid": "h", "alg": "HS256", "k": "c2VjcmV0"});
-    assert_eq!(refused(vec![jwk(&a), hmac.clone()]).reason(), "key_set_refused");
+    assert_eq!(
+        refused(vec![jwk(&a), hmac.clone()]).reason(),
+        "key_set_refused"
+    );
     // Declared for encryption or not, a symmetric key refuses the set.
     let mut hmac_enc = hmac;
     hmac_enc["use"] = json!("enc");

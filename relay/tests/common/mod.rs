@@ -406,6 +406,16 @@ pub async fn http(
     (status, body.to_string())
 }
 
+/// The relay's metrics now, by series (`name{labels}` as exposed) to value.
+pub async fn metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (_, body) = http(admin, "GET", "/metrics", None).await;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 /// A started session of `tenant` in `mode` with both sides' end-to-end key exchange done.
 pub async fn secured(
     relay: &TestRelay,

@@ -1,0 +1,193 @@
+//! Tenants configured by URL, without a provider answering: the relay refuses their tokens
+//! with `TENANT_KEYS_UNAVAILABLE` (and says why in a metric) until it has keys, verifies
+//! them with the key set cached in the state folder after a restart while the provider is
+//! down, names a provider that does not answer in time, and `check-config --fetch` names
+//! each problem. The same behaviour against a real OpenID provider is in `idp.rs`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+use common::{TestRelay, join_and_consent, metrics, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::auth::KeySet;
+use remote_help_relay::claim_map::ClaimMapping;
+use remote_help_relay::core::{Mode, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::{TokenSigner, jwks_of};
+use remote_help_relay::tenant_keys::{
+    CACHE_DIR, CachedKeySet, KeySource, ProviderKeys, cache_file_name,
+};
+
+/// An `https://` issuer on a loopback port nothing listens on.
+fn unreachable_issuer() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("https://127.0.0.1:{port}/realms/acme")
+}
+
+/// A relay whose tenant `id` takes its keys from `issuer` by discovery; `prepare` runs on
+/// the state folder before the relay starts.
+async fn relay_with_url_tenant(
+    id: &str,
+    signer: TokenSigner,
+    issuer: &str,
+    prepare: impl FnOnce(&Path) + 'static,
+    timeout_ms: Option<u64>,
+) -> TestRelay {
+    let tenant_id = id.to_string();
+    let source = issuer.to_string();
+    TestRelay::builder()
+        .provider_tenant(id, signer, issuer, None, ClaimMapping::default())
+        .config(move |c| {
+            if let Some(ms) = timeout_ms {
+                c.key_fetch.timeout = std::time::Duration::from_millis(ms);
+            }
+            let tenant = c
+                .tenants
+                .iter_mut()
+                .find(|t| t.trust.id.as_str() == tenant_id)
+                .unwrap();
+            tenant.trust.keys = KeySet::empty();
+            tenant.keys_from = KeySource::Provider(ProviderKeys {
+                issuer: source,
+                jwks_uri: None,
+                ca_file: None,
+            });
+            prepare(&c.state_dir);
+        })
+        .start()
+        .await
+}
+
+async fn failures(admin: SocketAddr, tenant: &str, reason: &str) -> f64 {
+    metrics(admin)
+        .await
+        .get(&format!(
+            "relay_tenant_keys_fetch_failures_total{{tenant=\"{tenant}\",reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn without_keys_a_url_tenant_is_refused_as_temporarily_unverifiable() {
+    let signer = TokenSigner::generate_es256("k1").unwrap();
+    let relay = relay_with_url_tenant("nokeys", signer, &unreachable_issuer(), |_| {}, None).await;
+    let token = relay.tenant("nokeys").token(Persona::Helper);
+    let refused = relay.connect(token, Role::Helper).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::TenantKeysUnavailable),
+        "{refused}"
+    );
+    // The token's arrival asked for a fetch (the startup fetch had failed or was under
+    // way), and it failed to connect: the metric names the reason.
+    let admin = relay.handle.admin_addr().unwrap();
+    assert!(failures(admin, "nokeys", "connect").await >= 1.0);
+    assert_eq!(
+        metrics(admin)
+            .await
+            .get("relay_tenant_keys_in_force{tenant=\"nokeys\"}"),
+        Some(&0.0)
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn cached_keys_verify_after_a_restart_while_the_provider_is_down() {
+    let signer = TokenSigner::generate_es256("cached-1").unwrap();
+    let jwks = serde_json::to_value(jwks_of(&[&signer]).unwrap()).unwrap();
+    let issuer = unreachable_issuer();
+    let cached = CachedKeySet {
+        issuer: issuer.clone(),
+        jwks_uri: format!("{issuer}/protocol/openid-connect/certs"),
+        fetched_at: 1_700_000_000,
+        jwks,
+    };
+    let relay = relay_with_url_tenant(
+        "cached",
+        signer,
+        &issuer,
+        move |state| {
+            let dir = state.join(CACHE_DIR);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join(cache_file_name(&remote_help_relay::core::TenantId::new(
+                    "cached",
+                ))),
+                serde_json::to_vec(&cached).unwrap(),
+            )
+            .unwrap();
+        },
+        None,
+    )
+    .await;
+    let tenant = relay.tenant("cached");
+    let mut helper = relay
+        .connect(tenant.token(Persona::Helper), Role::Helper)
+        .await
+        .unwrap();
+    let mut sharer = relay
+        .connect(tenant.token(Persona::Sharer), Role::Sharer)
+        .await
+        .unwrap();
+    let created = within(helper.create_session(Mode::ViewOnly)).await.unwrap();
+    join_and_consent(&mut helper, &mut sharer, &created.code).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let seen = metrics(admin).await;
+    assert_eq!(
+        seen.get("relay_tenant_keys_last_success_timestamp_seconds{tenant=\"cached\"}"),
+        Some(&1_700_000_000.0)
+    );
+    assert_eq!(
+        seen.get("relay_tenant_keys_in_force{tenant=\"cached\"}"),
+        Some(&1.0)
+    );
+    // A token naming a key that is not cached is refused as naming an unknown key.
+    let stranger = TokenSigner::generate_es256("not-cached").unwrap();
+    let forged = stranger
+        .sign(&tenant.spec(Persona::Helper).claims())
+        .unwrap();
+    let refused = relay.connect(forged, Role::Helper).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::TokenInvalid), "{refused}");
+    drop((helper, sharer));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_does_not_answer_is_named_a_timeout() {
+    // Accepts TCP connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let signer = TokenSigner::generate_es256("k1").unwrap();
+    let relay = relay_with_url_tenant(
+        "silent",
+        signer,
+        &format!("https://127.0.0.1:{port}"),
+        |_| {},
+        Some(300),
+    )
+    .await;
+    let token = relay.tenant("silent").token(Persona::Helper);
+    let refused = relay.connect(token, Role::Helper).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::TenantKeysUnavailable),
+        "{refused}"
+    );
+    let admin = relay.handle.admin_addr().unwrap();
+    assert!(failures(admin, "silent", "timeout").await >= 1.0);
+    relay.stop().await;
+    held.abort();
+}
