@@ -191,3 +191,65 @@ async fn a_provider_that_does_not_answer_is_named_a_timeout() {
     relay.stop().await;
     held.abort();
 }
+
+#[test]
+fn check_config_fetch_names_each_providers_problem_and_exits_69() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let unreachable = unreachable_issuer();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"state\"\n[audit]\ndir = \"audit\"\n\
+             [[tenants]]\nid = \"initech\"\nissuer = \"{unreachable}\"\nclaims = \"keycloak\"\n\
+             [[tenants]]\nid = \"plain\"\nissuer = \"https://idp.plain.example\"\n\
+             jwks_uri = \"https://127.0.0.1:1/certs\"\n"
+        ),
+    )
+    .unwrap();
+    let relay = || std::process::Command::new(env!("CARGO_BIN_EXE_relay"));
+    // Without --fetch nothing is fetched: the file is fine.
+    let out = relay().arg("check-config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = relay()
+        .args(["check-config", "--fetch"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "tenants[0] (initech): connect: cannot connect to",
+        "/.well-known/openid-configuration",
+        "tenants[1] (plain): connect: cannot connect to https://127.0.0.1:1/certs",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+}
+
+#[test]
+fn plain_http_providers_are_refused_when_the_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "[[tenants]]\nid = \"a\"\nissuer = \"http://idp.example\"\n\
+         [[tenants]]\nid = \"b\"\nissuer = \"https://idp.example/b\"\njwks_uri = \"http://idp.example/keys\"\n\
+         [[tenants]]\nid = \"c\"\nissuer = \"https://idp.example/c\"\njwks_file = \"c.json\"\njwks_uri = \"https://idp.example/keys\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "tenants[0].issuer: http://idp.example is not an https:// URL",
+        "tenants[1].jwks_uri: http://idp.example/keys is not an https:// URL",
+        "tenants[2].jwks_uri: give jwks_file or jwks_uri, not both",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+    }
+}
