@@ -210,7 +210,11 @@ fn check_config_fetch_names_each_providers_problem_and_exits_69() {
     let relay = || std::process::Command::new(env!("CARGO_BIN_EXE_relay"));
     // Without --fetch nothing is fetched: the file is fine.
     let out = relay().arg("check-config").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = relay()
         .args(["check-config", "--fetch"])
         .arg(&path)

@@ -130,6 +130,12 @@ impl TenantKeyFetchers {
         *fetchers = wanted;
     }
 
+    /// A count of the tenant's finished fetches (successful or not), to wait on: after two
+    /// changes, a fetch that started after the first has finished.
+    pub fn fetches(&self, tenant: &TenantId) -> Option<watch::Receiver<u64>> {
+        self.lock().get(tenant).map(|f| f.finished.subscribe())
+    }
+
     /// The shared key set of a tenant configured by URL.
     pub fn keys_of(&self, tenant: &TenantId) -> Option<KeySet> {
         self.lock().get(tenant).map(|f| f.keys.clone())
@@ -463,13 +469,18 @@ fn classify(url: &str, error: &reqwest::Error, settings: &FetchSettings) -> Fetc
         if let Some(rustls) = e.downcast_ref::<rustls::Error>() {
             tls = Some(rustls.to_string());
         }
-        // `io::Error::source` skips the error it wraps; look at it directly.
-        if let Some(inner) = e
+        // `io::Error::source` skips the error it wraps (tokio-rustls wraps rustls's error
+        // in an io::Error, which hyper wraps in another): look inside each directly.
+        let mut wrapped = e
             .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            tls = Some(inner.to_string());
+            .and_then(|io| io.get_ref());
+        while let Some(inner) = wrapped {
+            if let Some(rustls) = inner.downcast_ref::<rustls::Error>() {
+                tls = Some(rustls.to_string());
+            }
+            wrapped = inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref());
         }
         source = e.source();
     }

@@ -237,6 +237,15 @@ impl ServerHandle {
         unapplied
     }
 
+    /// The count of finished key fetches of a tenant configured by URL (see
+    /// [`keys::TenantKeyFetchers::fetches`]); `None` for other tenants.
+    pub fn key_fetches(
+        &self,
+        tenant: &crate::core::TenantId,
+    ) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.hub.key_fetchers.fetches(tenant)
+    }
+
     /// Waits until the audit log is writable (at once if it is).
     pub async fn audit_writable(&self) {
         self.hub.audit.writable().await;
