@@ -304,6 +304,7 @@ async fn a_provider_serving_a_bad_key_set_changes_nothing() {
         (BadJwks::Oct, "key_set_refused"),
         (BadJwks::Empty, "key_set_refused"),
         (BadJwks::ServerError, "http_status"),
+        (BadJwks::Oversized, "too_large"),
     ] {
         let series = format!(
             "relay_tenant_keys_fetch_failures_total{{tenant=\"badset\",reason=\"{reason}\"}}"

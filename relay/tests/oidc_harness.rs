@@ -193,6 +193,7 @@ async fn bad_key_sets_are_served_until_the_good_one_is_back() {
             }
             BadJwks::Empty => assert_eq!(parsed.unwrap(), json!({"keys": []})),
             BadJwks::ServerError => assert_eq!(status, 500),
+            BadJwks::Oversized => assert!(body.len() > 1024 * 1024, "{}", body.len()),
         }
         if bad != BadJwks::ServerError {
             assert_eq!(status, 200);

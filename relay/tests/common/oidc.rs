@@ -125,16 +125,19 @@ pub enum BadJwks {
     Empty,
     /// HTTP 500.
     ServerError,
+    /// A well-formed JSON object of 1 MiB (more than a relay reads by default).
+    Oversized,
 }
 
 impl BadJwks {
     /// Every variant, for tests that try them all.
-    pub const ALL: [BadJwks; 5] = [
+    pub const ALL: [BadJwks; 6] = [
         BadJwks::NotJson,
         BadJwks::Rsa1024,
         BadJwks::Oct,
         BadJwks::Empty,
         BadJwks::ServerError,
+        BadJwks::Oversized,
     ];
 
     fn mode(self) -> &'static str {
@@ -144,6 +147,7 @@ impl BadJwks {
             BadJwks::Oct => "oct",
             BadJwks::Empty => "empty",
             BadJwks::ServerError => "server-error",
+            BadJwks::Oversized => "oversized",
         }
     }
 }

@@ -111,6 +111,12 @@ function badJwks(kind) {
       return { type: 'application/jwk-set+json', body: '{"keys":[]}' };
     case 'server-error':
       return { status: 500, type: 'text/plain', body: 'internal error' };
+    case 'oversized':
+      // A well-formed set, 1 MiB long: more than a relay should read for a key set.
+      return {
+        type: 'application/jwk-set+json',
+        body: JSON.stringify({ keys: [], padding: 'x'.repeat(1024 * 1024) }),
+      };
     default:
       throw new Error(`unknown key set ${kind}`);
   }
