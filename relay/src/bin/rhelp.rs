@@ -2,9 +2,14 @@
 //!
 //! - `rhelp probe`: the operator's smoke test: a whole measured session, both parties in
 //!   this process; exit 0 and figures on success, the error code on failure.
-//! - `rhelp helper`: create a session, print its code, view the (synthetic) screen and send
-//!   input events.
-//! - `rhelp share`: join by code, consent, and stream a synthetic screen.
+//! - `rhelp helper`: create a session, print its code, receive the screen (one line per
+//!   frame; `--save-frames DIR` keeps the latest picture) and send input events and chat
+//!   from a `--script`.
+//! - `rhelp share`: join by code, consent, and stream a synthetic screen (`--test-pattern`:
+//!   a moving test card with a frame counter); prints every input event it receives, one
+//!   line each (`input N EVENT`, EVENT in the line format of `client::content`).
+//!
+//! Both speak content profile v1 (PROTOCOL.md §8.8) on the session's channels.
 //!
 //! Every session is protected end to end (PROTOCOL.md §8.7); `rhelp helper` and `rhelp
 //! share` print the verification code the two people compare. Only `rhelp probe --no-e2e`
@@ -17,7 +22,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use remote_help_relay::client::secure::{self, Receiver};
+use remote_help_relay::client::content::{
+    ChatMessage, Content, ContentError, ContentReceiver, ContentSender, ImageFormat, InputEvent,
+    ScreenFrame,
+};
+use remote_help_relay::client::secure::{self, SessionChannels};
+use remote_help_relay::client::test_card::TestCard;
 use remote_help_relay::client::{Client, ClientError, ClientOptions, DirectOutcome, Protection};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::e2e::Suite;
@@ -140,6 +150,16 @@ enum Command {
         /// Take a direct peer-to-peer path when the sharer can too and the NATs allow it.
         #[arg(long)]
         direct: bool,
+        /// Write the latest screen frame received to DIR/latest.png (or .jpg), replacing
+        /// it atomically at each frame.
+        #[arg(long, value_name = "DIR")]
+        save_frames: Option<PathBuf>,
+        /// Send the lines of this file (`-`: standard input, read to its end first) once
+        /// the session starts: input events in the line format `rhelp share` prints
+        /// (`pointer-move 0.5 0.25`, `key KeyA down shift`, `text "hi"`, ...), `chat
+        /// "TEXT"` and `key-frame-request`; `#` starts a comment.
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
     },
     /// Share this (synthetic) screen with a helper who gave you a code.
     Share {
@@ -160,6 +180,16 @@ enum Command {
         /// Take a direct peer-to-peer path when the helper can too and the NATs allow it.
         #[arg(long)]
         direct: bool,
+        /// Stream a moving test card with a big frame counter (without it: the card stands
+        /// still, frame 0).
+        #[arg(long)]
+        test_pattern: bool,
+        /// Width of the shared (synthetic) screen, pixels.
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        /// Height of the shared (synthetic) screen, pixels.
+        #[arg(long, default_value_t = 360)]
+        height: u32,
     },
 }
 
@@ -194,7 +224,20 @@ fn main() -> ExitCode {
                 mode,
                 seconds,
                 direct,
-            } => report(helper_command(relay, &token, mode, seconds, direct).await),
+                save_frames,
+                script,
+            } => report(
+                helper_command(
+                    relay,
+                    &token,
+                    mode,
+                    seconds,
+                    direct,
+                    save_frames,
+                    script,
+                )
+                .await,
+            ),
             Command::E2eBench {
                 parties,
                 screen_mb,
@@ -224,7 +267,25 @@ fn main() -> ExitCode {
                 yes,
                 fps,
                 direct,
-            } => report(share_command(relay, &token, &code, yes, fps, direct).await),
+                test_pattern,
+                width,
+                height,
+            } => report(
+                share_command(
+                    relay,
+                    &token,
+                    &code,
+                    yes,
+                    direct,
+                    Screen {
+                        fps,
+                        moving: test_pattern,
+                        width,
+                        height,
+                    },
+                )
+                .await,
+            ),
             Command::Hostile {
                 parties,
                 rounds,
@@ -258,6 +319,15 @@ impl From<ClientError> for Failure {
         Failure {
             code: e.code().map(|c| c.as_str_name().to_string()),
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<ContentError> for Failure {
+    fn from(e: ContentError) -> Failure {
+        match e {
+            ContentError::Transport(e) => e.into(),
+            other => Failure::usage(other.to_string()),
         }
     }
 }
@@ -431,17 +501,138 @@ async fn say_path(client: &Client) {
     }
 }
 
+/// One line of a helper's script.
+enum ScriptLine {
+    Input(InputEvent),
+    Chat(String),
+    KeyFrameRequest,
+}
+
+/// Reads and checks a script (`-`: standard input) before anything connects, so a typo is
+/// a usage error, not a half-sent script.
+fn read_script(path: &Path) -> Result<Vec<ScriptLine>, Failure> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| Failure::usage(format!("--script {}: {e}", path.display())))?;
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = if line == "key-frame-request" {
+            Ok(ScriptLine::KeyFrameRequest)
+        } else if let Some(json) = line.strip_prefix("chat ") {
+            serde_json::from_str::<String>(json)
+                .map(ScriptLine::Chat)
+                .map_err(|e| format!("chat: a JSON string: {e}"))
+        } else {
+            line.parse::<InputEvent>().map(ScriptLine::Input)
+        };
+        lines.push(parsed.map_err(|e| {
+            Failure::usage(format!(
+                "--script {} line {}: {e}",
+                path.display(),
+                number + 1
+            ))
+        })?);
+    }
+    Ok(lines)
+}
+
+/// The software name a content stream's start carries.
+fn software() -> String {
+    format!("rhelp/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Milliseconds since the Unix epoch, for chat messages (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sends a helper's script: input events on the input channel, chat on the chat channel
+/// (opened on first use), key-frame requests on input when there is one, else on chat.
+async fn send_script(
+    script: &[ScriptLine],
+    session: &SessionChannels,
+    input: &mut Option<ContentSender>,
+) -> Result<Option<ContentSender>, ContentError> {
+    let mut chat: Option<ContentSender> = None;
+    for line in script {
+        let (content, on_input) = match line {
+            ScriptLine::Input(event) => (Content::Input(event.clone()), true),
+            ScriptLine::Chat(text) => (
+                Content::Chat(ChatMessage {
+                    text: text.clone(),
+                    sent_at_ms: unix_ms(),
+                }),
+                false,
+            ),
+            ScriptLine::KeyFrameRequest => (Content::KeyFrameRequest, input.is_some()),
+        };
+        let sender = match (on_input, input.as_mut()) {
+            (true, Some(input)) => input,
+            (true, None) => {
+                return Err(ContentError::Invalid(
+                    remote_help_relay::client::content::Malformed::WrongChannel {
+                        what: "an input event",
+                        channel: Channel::Chat,
+                    },
+                ));
+            }
+            (false, _) => match &mut chat {
+                Some(chat) => chat,
+                None => {
+                    chat.insert(ContentSender::open(session, Channel::Chat, &software()).await?)
+                }
+            },
+        };
+        sender.send(&content).await?;
+    }
+    Ok(chat)
+}
+
+/// Writes a received frame to `dir/latest.<ext>` through a temporary file and a rename, so
+/// a reader never sees half a picture.
+fn save_frame(dir: &Path, frame: &ScreenFrame) -> std::io::Result<()> {
+    let ext = frame.format.extension();
+    let temporary = dir.join(format!(".latest.{ext}.tmp"));
+    std::fs::write(&temporary, &frame.data)?;
+    std::fs::rename(&temporary, dir.join(format!("latest.{ext}")))
+}
+
 async fn helper_command(
     relay: RelayArgs,
     token: &Path,
     mode: ModeArg,
     seconds: u64,
     direct: bool,
+    save_frames: Option<PathBuf>,
+    script: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let mode = match mode {
         ModeArg::ViewOnly => Mode::ViewOnly,
         ModeArg::FullControl => Mode::FullControl,
     };
+    let script = match &script {
+        Some(path) => read_script(path)?,
+        None => Vec::new(),
+    };
+    if mode == Mode::ViewOnly && script.iter().any(|l| matches!(l, ScriptLine::Input(_))) {
+        return Err(Failure::usage(
+            "--script has input events, which need --mode full-control".into(),
+        ));
+    }
+    if let Some(dir) = &save_frames {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::usage(format!("--save-frames {}: {e}", dir.display())))?;
+    }
     let mut options = options(&relay, token, Role::Helper)?;
     options.direct_path = direct;
     let mut client = Client::connect(options).await?;
@@ -471,39 +662,72 @@ async fn helper_command(
     };
     show_verification_code(session.verification_code(), "the person you are helping");
     say_path(&client).await;
-    let mut input = if started.mode == Mode::FullControl {
-        Some(session.open_channel(Channel::Input).await?)
-    } else {
-        None
-    };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut frames = 0u64;
     let mut bytes = 0u64;
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    let mut screen = None;
+    let mut input = if started.mode >= Mode::FullControl {
+        Some(ContentSender::open(&session, Channel::Input, &software()).await?)
+    } else {
+        None
+    };
+    let _chat = match send_script(&script, &session, &mut input).await {
+        Ok(chat) => chat,
+        Err(e) => return Err(Failure::usage(format!("--script: {e}"))),
+    };
+    if !script.is_empty() {
+        println!("Sent {} script lines.", script.len());
+    }
+    let mut screen: Option<ContentReceiver> = None;
+    let mut chat_in: Option<ContentReceiver> = None;
     loop {
-        let step: Result<(), ClientError> = tokio::select! {
+        let step: Result<(), ContentError> = tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => break,
             // The session's end (the sharer ended it, vanished, ...) is told on the control
             // stream, with its code; say that rather than how a data stream broke.
             reason = client.wait_for_end() => return session_ended(reason, frames, bytes),
-            accepted = session.accept_channel(), if screen.is_none() => accepted.map(|(channel, receiver)| {
-                if channel == Channel::Screen { screen = Some(receiver); }
-            }),
-            frame = next_frame(&mut screen), if screen.is_some() => match frame {
-                Ok(Some(f)) => { frames += 1; bytes += f.len() as u64; Ok(()) }
+            accepted = session.accept_channel() => accepted.map(|(channel, receiver)| {
+                match channel {
+                    Channel::Screen => screen = Some(ContentReceiver::new(channel, receiver)),
+                    Channel::Chat => chat_in = Some(ContentReceiver::new(channel, receiver)),
+                    _ => {}
+                }
+            }).map_err(ContentError::from),
+            frame = next_content(&mut screen) => match frame {
+                Ok(Some(Content::Screen(frame))) => {
+                    frames += 1;
+                    bytes += frame.data.len() as u64;
+                    // Saved before its line is printed: whoever reads the line finds the
+                    // picture at least that new.
+                    if let Some(dir) = &save_frames {
+                        save_frame(dir, &frame).map_err(|e| {
+                            Failure::usage(format!("--save-frames {}: {e}", dir.display()))
+                        })?;
+                    }
+                    println!(
+                        "frame {} {}x{} {} {} bytes",
+                        frame.frame_number, frame.width, frame.height,
+                        frame.format.extension(), frame.data.len()
+                    );
+                    Ok(())
+                }
+                Ok(Some(_)) => Ok(()),
                 Ok(None) => break,
-                Err(e) => Err(e),
+                Err(e) => skipped_or_failed("screen", e),
             },
-            _ = ticker.tick() => match input.as_mut() {
-                Some(input) => input.send(b"mouse-move 10 10").await,
-                None => Ok(()),
+            message = next_content(&mut chat_in) => match message {
+                Ok(Some(Content::Chat(chat))) => {
+                    println!("chat {}", serde_json::to_string(&chat.text).unwrap_or_default());
+                    Ok(())
+                }
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => { chat_in = None; Ok(()) }
+                Err(e) => skipped_or_failed("chat", e),
             },
         };
         if let Err(e) = step {
             return match tokio::time::timeout(Duration::from_secs(2), client.wait_for_end()).await {
                 Ok(reason) => session_ended(reason, frames, bytes),
-                Err(_) => Err(e.into()),
+                Err(_) => Err(Failure::usage(e.to_string())),
             };
         }
     }
@@ -513,14 +737,34 @@ async fn helper_command(
     Ok(())
 }
 
+/// A skipped malformed frame is printed and the stream goes on; anything else ends it.
+fn skipped_or_failed(channel: &str, e: ContentError) -> Result<(), ContentError> {
+    if e.is_skipped() {
+        println!("skipped {channel}: {e}");
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// What `rhelp share` streams.
+struct Screen {
+    fps: u32,
+    moving: bool,
+    width: u32,
+    height: u32,
+}
+
 async fn share_command(
     relay: RelayArgs,
     token: &Path,
     code: &str,
     yes: bool,
-    fps: u32,
     direct: bool,
+    screen_settings: Screen,
 ) -> Result<(), Failure> {
+    let card = TestCard::new(screen_settings.width, screen_settings.height)
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let mut options = options(&relay, token, Role::Sharer)?;
     options.direct_path = direct;
     let mut client = Client::connect(options).await?;
@@ -559,33 +803,88 @@ async fn share_command(
     println!("Sharing your screen. The helper can end the session.");
     show_verification_code(session.verification_code(), "the helper");
     say_path(&client).await;
-    let mut screen = session.open_channel(Channel::Screen).await?;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1) / fps.max(1));
-    let mut input = None;
+    let mut screen = ContentSender::open(&session, Channel::Screen, &software()).await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / screen_settings.fps.max(1));
+    // A slow encoder drops frames rather than bunching them up.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let first = Instant::now();
+    let still = if screen_settings.moving {
+        None
+    } else {
+        Some(Bytes::from(
+            card.png(0).map_err(|e| Failure::usage(e.to_string()))?,
+        ))
+    };
+    let mut frame_number = 0u64;
+    let mut input: Option<ContentReceiver> = None;
+    let mut chat: Option<ContentReceiver> = None;
     let mut events = 0u64;
-    let frame = vec![0u8; 32 * 1024];
     loop {
+        let mut send_now = false;
         tokio::select! {
-            _ = ticker.tick() => {
-                if screen.send(&frame).await.is_err() { break; }
-            }
-            accepted = session.accept_channel(), if input.is_none() => {
+            _ = ticker.tick() => send_now = true,
+            accepted = session.accept_channel() => {
                 match accepted {
-                    Ok((Channel::Input, receiver)) => input = Some(receiver),
+                    Ok((channel @ Channel::Input, receiver)) => input = Some(ContentReceiver::new(channel, receiver)),
+                    Ok((channel @ Channel::Chat, receiver)) => chat = Some(ContentReceiver::new(channel, receiver)),
                     Ok(_) => {}
                     Err(_) => break,
                 }
             }
-            event = next_frame(&mut input), if input.is_some() => {
+            event = next_content(&mut input) => {
                 match event {
-                    Ok(Some(_)) => events += 1,
+                    Ok(Some(Content::Input(event))) => {
+                        println!("input {events} {event}");
+                        events += 1;
+                    }
+                    Ok(Some(Content::KeyFrameRequest)) => {
+                        println!("key-frame-request");
+                        send_now = true;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) if e.is_skipped() => println!("skipped input: {e}"),
                     _ => input = None,
+                }
+            }
+            message = next_content(&mut chat) => {
+                match message {
+                    Ok(Some(Content::Chat(message))) => {
+                        println!("chat {}", serde_json::to_string(&message.text).unwrap_or_default());
+                    }
+                    Ok(Some(Content::KeyFrameRequest)) => {
+                        println!("key-frame-request");
+                        send_now = true;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) if e.is_skipped() => println!("skipped chat: {e}"),
+                    _ => chat = None,
                 }
             }
             reason = client.wait_for_end() => {
                 println!("Session ended: {reason} ({})", reason.describe());
                 break;
             }
+        }
+        if send_now {
+            let data = match &still {
+                Some(png) => png.clone(),
+                None => Bytes::from(
+                    card.png(frame_number)
+                        .map_err(|e| Failure::usage(e.to_string()))?,
+                ),
+            };
+            let frame = ScreenFrame {
+                frame_number,
+                timestamp_us: first.elapsed().as_micros() as u64,
+                width: card.width(),
+                height: card.height(),
+                format: ImageFormat::Png,
+                data,
+            };
+            if screen.send(&Content::Screen(frame)).await.is_err() {
+                break;
+            }
+            frame_number += 1;
         }
     }
     println!("Received {events} input events.");
@@ -626,8 +925,10 @@ fn show_verification_code(code: Option<&str>, other: &str) {
     }
 }
 
-/// The next frame of an optional channel; never completes while there is none.
-async fn next_frame(receiver: &mut Option<Receiver>) -> Result<Option<Bytes>, ClientError> {
+/// The next item of an optional content channel; never completes while there is none.
+async fn next_content(
+    receiver: &mut Option<ContentReceiver>,
+) -> Result<Option<Content>, ContentError> {
     match receiver {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

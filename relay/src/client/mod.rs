@@ -52,8 +52,10 @@ use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::
 use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+pub mod content;
 pub mod direct;
 pub mod secure;
+pub mod test_card;
 mod unsealed;
 
 pub use direct::{DirectOutcome, DirectState};

@@ -471,6 +471,18 @@ impl Sender {
     }
 }
 
+impl From<SealedSender> for Sender {
+    fn from(s: SealedSender) -> Sender {
+        Sender::Sealed(s)
+    }
+}
+
+impl From<ChannelSender> for Sender {
+    fn from(p: ChannelSender) -> Sender {
+        Sender::Plain(p)
+    }
+}
+
 /// A receiving channel of [`SessionChannels`].
 pub enum Receiver {
     /// Sealed.
@@ -486,5 +498,17 @@ impl Receiver {
             Receiver::Sealed(s) => Ok(s.recv().await?.map(Bytes::from)),
             Receiver::Plain(p) => Ok(p.recv().await?.map(|b| b.freeze())),
         }
+    }
+}
+
+impl From<SealedReceiver> for Receiver {
+    fn from(s: SealedReceiver) -> Receiver {
+        Receiver::Sealed(s)
+    }
+}
+
+impl From<ChannelReceiver> for Receiver {
+    fn from(p: ChannelReceiver) -> Receiver {
+        Receiver::Plain(p)
     }
 }
