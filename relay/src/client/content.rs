@@ -250,6 +250,15 @@ pub enum InputEvent {
     Text(String),
 }
 
+/// The pixel a normalised coordinate falls on, along a side of `size` pixels:
+/// `min(floor(v × size), size − 1)` (PROTOCOL.md §8.8.4), so 1.0, the far edge, is the
+/// last pixel. For a sharer applying pointer events to a screen `size` pixels wide (or
+/// high); `v` is a checked coordinate (0 to 1), `size` at least 1.
+pub fn to_pixel(v: f64, size: u32) -> u32 {
+    // `as` saturates: a NaN or negative product gives 0, never a wrap.
+    ((v * f64::from(size)).floor() as u32).min(size.saturating_sub(1))
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {

@@ -416,3 +416,83 @@ fn the_published_content_examples_are_what_the_code_encodes() {
             .join("\n")
     );
 }
+
+#[test]
+fn normalised_coordinates_map_to_pixels_edge_to_edge() {
+    assert_eq!(to_pixel(0.0, 1280), 0);
+    assert_eq!(to_pixel(0.5, 1280), 640);
+    assert_eq!(to_pixel(639.9 / 1280.0, 1280), 639);
+    assert_eq!(to_pixel(1.0, 1280), 1279);
+    assert_eq!(to_pixel(1.0, 1), 0);
+    assert_eq!(to_pixel(0.999_999_999, 720), 719);
+}
+
+/// Whatever bytes arrive, decoding returns a result and never panics: valid frames cut
+/// short, with bytes flipped or inserted, and plain noise (a seeded generator, so a
+/// failure repeats).
+#[test]
+fn damaged_and_random_frames_never_panic_the_decoder() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let mut samples = Vec::new();
+    for channel in [Channel::Input, Channel::Screen, Channel::Chat] {
+        let mut encoder = ContentEncoder::new(channel);
+        samples.push((channel, encoder.start("fuzz").unwrap()));
+    }
+    let mut input = ContentEncoder::new(Channel::Input);
+    input.start("fuzz").unwrap();
+    for event in events() {
+        samples.push((
+            Channel::Input,
+            input.encode(&Content::Input(event)).unwrap(),
+        ));
+    }
+    let mut screen = ContentEncoder::new(Channel::Screen);
+    screen.start("fuzz").unwrap();
+    samples.push((
+        Channel::Screen,
+        screen.encode(&Content::Screen(png_frame(1, 40))).unwrap(),
+    ));
+    let mut decoders: Vec<ContentDecoder> = [Channel::Input, Channel::Screen, Channel::Chat]
+        .into_iter()
+        .map(|c| {
+            let mut d = ContentDecoder::new(c);
+            d.decode(&ContentEncoder::new(c).start("x").unwrap())
+                .unwrap();
+            d
+        })
+        .collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let (channel, sample) = &samples[rng.random_range(0..samples.len())];
+        let mut frame = sample.clone();
+        match rng.random_range(0..4) {
+            0 => frame.truncate(rng.random_range(0..=frame.len())),
+            1 => {
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..frame.len());
+                    frame[i] ^= rng.random::<u8>() | 1;
+                }
+            }
+            2 => {
+                let i = rng.random_range(0..=frame.len());
+                frame.insert(i, rng.random());
+            }
+            _ => frame = (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+        }
+        let decoder = match channel {
+            Channel::Input => &mut decoders[0],
+            Channel::Screen => &mut decoders[1],
+            _ => &mut decoders[2],
+        };
+        match decoder.decode(&frame) {
+            Ok(_) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    // Both outcomes occur, so the damage reaches the checks rather than only the parser.
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+}
