@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs of the byte-format fuzz targets.
 
-    python3 fuzz/seeds/make_seeds.py     # rewrites fuzz/seeds/{control_frame,data_frame,session_code}/
+    python3 fuzz/seeds/make_seeds.py     # rewrites fuzz/seeds/{control_frame,data_frame,session_code,content}/
 
 The seeds of the structured targets (sealed_frame, token, registry_sequence) are inputs the
 fuzzer found and kept, chosen with `cargo fuzz fmt` (see docs/fuzzing.md); they are checked in
@@ -126,7 +126,33 @@ def codes():
         write("session_code", name, text.encode())
 
 
+def content():
+    """Content profile v1 (PROTOCOL.md 8.8): `[channel selector, (u16 BE length, frame)...]`,
+    selector 0 screen, 1 input, 2 chat; the frames are the worked examples of 8.8.7."""
+
+    def framed(body):
+        return struct.pack(">H", len(body)) + body
+
+    def content_msg(number, body):
+        return field_bytes(number, body)
+
+    start = content_msg(1, field_varint(1, 1) + field_bytes(2, "rhelp/1"))
+    click = content_msg(3, field_bytes(2, field_varint(2, 1)
+                                          + varint(3 << 3 | 1) + struct.pack("<d", 0.5)
+                                          + varint(4 << 3 | 1) + struct.pack("<d", 0.25)))
+    key = content_msg(3, field_bytes(4, field_bytes(1, "KeyA") + field_varint(2, 1) + field_varint(3, 1)))
+    png = bytes.fromhex("89504e470d0a1a0a")
+    screen = content_msg(2, field_varint(1, 7) + field_varint(2, 1000000) + field_varint(3, 1280)
+                         + field_varint(4, 720) + field_varint(5, 1) + field_bytes(6, png))
+    chat = content_msg(4, field_bytes(1, "hi"))
+    write("content", "input-examples", bytes([1]) + b"".join(map(framed, [start, click, key])))
+    write("content", "screen-frame", bytes([0]) + framed(start) + framed(screen))
+    write("content", "chat", bytes([2]) + framed(start) + framed(chat))
+    write("content", "no-start", bytes([1]) + framed(click) + framed(start) + framed(start))
+
+
 if __name__ == "__main__":
     control()
     data()
     codes()
+    content()

@@ -395,7 +395,7 @@ enum Step {
 
 /// The per-stream rules both directions apply: the start comes first and once, members
 /// fit the channel, fields are in range, frame numbers increase.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StreamRules {
     channel: Channel,
     started: bool,
@@ -668,7 +668,7 @@ impl ContentEncoder {
 }
 
 /// Decodes one content stream's frames (pure).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentDecoder {
     rules: StreamRules,
 }
