@@ -17,7 +17,7 @@ use remote_help_relay::client::content::{ContentDecoder, ContentEncoder};
 use remote_help_relay::core::Channel;
 
 fuzz_target!(|data: &[u8]| {
-    let [selector, mut rest @ ..] = data else {
+    let Some((&selector, mut rest)) = data.split_first() else {
         return;
     };
     let channel = match selector % 3 {
@@ -28,12 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let mut decoder = ContentDecoder::new(channel);
     let mut encoder = ContentEncoder::new(channel);
     while !rest.is_empty() {
-        let (frame, tail) = match rest {
-            [a, b, tail @ ..] => {
-                let len = usize::from(u16::from_be_bytes([*a, *b])).min(tail.len());
-                tail.split_at(len)
-            }
-            short => (short, &[][..]),
+        let (frame, tail) = if rest.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+            rest[2..].split_at(len)
+        } else {
+            (rest, &[][..])
         };
         rest = tail;
         let before = decoder.clone();
