@@ -477,3 +477,60 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// A script with a line that is not an event, and a test card of an impossible size, are
+/// usage errors named before anything connects (the relay address here has no relay).
+#[test]
+fn rhelp_refuses_a_bad_script_line_and_a_bad_card_size_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.txt");
+    std::fs::write(&script, "pointer-move 0.5 0.5\npointer-move 1.5 0.5\n").unwrap();
+    let token = dir.path().join("token.jwt");
+    std::fs::write(&token, "not used").unwrap();
+    let pin = "00".repeat(32);
+    let rhelp = env!("CARGO_BIN_EXE_rhelp");
+    let out = Command::new(rhelp)
+        .args([
+            "helper",
+            "--relay",
+            "127.0.0.1:9",
+            "--pin",
+            &pin,
+            "--script",
+        ])
+        .arg(&script)
+        .arg("--token")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 2") && stderr.contains("1.5"),
+        "{stderr}"
+    );
+    let out = Command::new(rhelp)
+        .args([
+            "share",
+            "--relay",
+            "127.0.0.1:9",
+            "--pin",
+            &pin,
+            "--code",
+            "X",
+        ])
+        .args([
+            "--test-pattern",
+            "--width",
+            "10",
+            "--height",
+            "10",
+            "--token",
+        ])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("test card size 10x10"), "{stderr}");
+}
