@@ -32,10 +32,56 @@ fn every_problem_is_reported_with_its_field() {
             "server.tls_key",
             "server.keep_alive_ms",
             "limits.stream_receive_window",
+            // No jwks_file means keys by URL from the issuer, which is missing.
             "tenants[0].issuer",
-            "tenants[0].jwks_file"
         ]
     );
+}
+
+#[test]
+fn key_fetch_settings_are_checked_against_their_floors_and_each_other() {
+    let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"https://idp.example\"\n";
+    let fields = |section: &str| -> Vec<String> {
+        problems(&format!("{section}\n{tenant}"), Path::new("."))
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields("[key_fetch]\nretry_secs = 0\ntimeout_ms = 5\nmax_response_bytes = 10"),
+        [
+            "key_fetch.retry_secs",
+            "key_fetch.timeout_ms",
+            "key_fetch.max_response_bytes"
+        ]
+    );
+    assert_eq!(
+        fields("[key_fetch]\nrefresh_min_secs = 600\nrefresh_max_secs = 60"),
+        ["key_fetch.refresh_min_secs"]
+    );
+    assert_eq!(
+        fields("[key_fetch]\nrefresh_default_secs = 100000"),
+        ["key_fetch.refresh_default_secs"]
+    );
+    let config = Config::parse(
+        &format!("[key_fetch]\nrefresh_min_secs = 30\nunknown_kid_interval_secs = 60\n{tenant}"),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(config.key_fetch.refresh_min, Duration::from_secs(30));
+    assert_eq!(
+        config.key_fetch.unknown_kid_interval,
+        Duration::from_secs(60)
+    );
+    assert_eq!(config.key_fetch.refresh_default, Duration::from_secs(3600));
+    match &config.tenants[0].keys_from {
+        KeySource::Provider(source) => {
+            assert_eq!(source.issuer, "https://idp.example");
+            assert_eq!(source.jwks_uri, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(config.tenants[0].trust.keys.current().is_none());
 }
 
 #[test]
