@@ -168,6 +168,10 @@ pub struct AuditEvent {
     /// For `session_ended`: who ended it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<EndedBy>,
+    /// For `session_ended` by an administrator: who, `operator` for the relay's admin token,
+    /// or `tenant:<subject>` for a tenant administrator through the reports API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub administrator: Option<String>,
     /// For `session_refused`: the role (`helper` or `sharer`) of the party whose request
     /// was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +262,11 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 (hex) of a line, as the next line's `prev_hash` carries it.
+pub(crate) fn line_hash_hex(line: &[u8]) -> String {
+    line_hash(line)
 }
 
 fn line_hash(line: &[u8]) -> String {
@@ -388,6 +397,30 @@ impl AuditLog {
             warn!("audit queue full; event not recorded");
         }
     }
+}
+
+/// Writes `batches` of events into the audit files of `config.dir` as the writer thread
+/// would have written them at each batch's time: chained, MACed when `config.key_file` is
+/// set, rotated by day and size, one fsync per batch. For generated histories (the reports
+/// benchmark and tests); never point it at a running relay's folder.
+pub fn write_history(
+    config: AuditConfig,
+    batches: impl IntoIterator<Item = (SystemTime, Vec<AuditEvent>)>,
+) -> Result<(), AuditError> {
+    std::fs::create_dir_all(&config.dir).map_err(|e| io_error(&config.dir, e))?;
+    let key = config
+        .key_file
+        .as_deref()
+        .map(AuditKey::load_or_create)
+        .transpose()?;
+    let dir = config.dir.clone();
+    let mut files = Files::with(config, Box::new(disk::RealDisk), key);
+    for (at, mut events) in batches {
+        files
+            .append(&mut events, at)
+            .map_err(|e| io_error(&dir, format!("{e:?}")))?;
+    }
+    Ok(())
 }
 
 /// Audit files in `dir`, oldest first.

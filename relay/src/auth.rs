@@ -573,10 +573,25 @@ struct TenantOnly {
     iss: Option<Value>,
 }
 
+/// What a token is presented for: each use has its own audience, so a token minted for one
+/// is refused for the other (`docs/tokens.md`, "Audience").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// A helper's or sharer's connection to the relay: `server.audience`, or the
+    /// tenant's `audience`.
+    Session,
+    /// A tenant administrator's call to the reports API: `server.admin_audience`, or the
+    /// tenant's `admin_audience`.
+    Administration,
+}
+
 /// Verifies tokens of every configured tenant for one relay audience.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     audience: String,
+    /// The audience of administration tokens, and per-tenant overrides of it.
+    admin_audience: String,
+    admin_audiences: HashMap<TenantId, String>,
     leeway: Duration,
     tenants: HashMap<TenantId, Arc<TenantTrust>>,
     /// Tenants selected by `iss`, by issuer (config load refuses two with one issuer).
@@ -602,6 +617,8 @@ impl Verifier {
             }
         }
         Verifier {
+            admin_audience: default_admin_audience(&audience),
+            admin_audiences: HashMap::new(),
             audience,
             leeway,
             tenants,
@@ -609,8 +626,31 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token` at `now_unix` seconds.
+    /// The same verifier with `audience` for administration tokens (instead of
+    /// [`default_admin_audience`]) and `per_tenant` overrides of it.
+    pub fn with_admin_audience(
+        mut self,
+        audience: String,
+        per_tenant: HashMap<TenantId, String>,
+    ) -> Verifier {
+        self.admin_audience = audience;
+        self.admin_audiences = per_tenant;
+        self
+    }
+
+    /// Verifies a session (helper or sharer) `token` at `now_unix` seconds.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        self.verify_for(token, now_unix, Audience::Session)
+    }
+
+    /// Verifies `token` at `now_unix` seconds for `use_`: every check of [`Verifier::verify`],
+    /// with the audience of that use.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        now_unix: u64,
+        use_: Audience,
+    ) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("token too long".into()));
         }
@@ -637,7 +677,14 @@ impl Verifier {
         // and `into_principal` requires that one.
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[&tenant.issuer]);
-        validation.set_audience(&[tenant.audience.as_deref().unwrap_or(&self.audience)]);
+        let audience = match use_ {
+            Audience::Session => tenant.audience.as_deref().unwrap_or(&self.audience),
+            Audience::Administration => self
+                .admin_audiences
+                .get(&tenant.id)
+                .map_or(self.admin_audience.as_str(), String::as_str),
+        };
+        validation.set_audience(&[audience]);
         let data =
             jsonwebtoken::decode::<StrictClaims>(token, &key.key, &validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -717,6 +764,12 @@ impl Verifier {
             .map(|t| t.as_ref())
             .ok_or(AuthError::UnknownTenant(tid))
     }
+}
+
+/// The administration audience when none is configured: the session audience with
+/// `/admin` appended.
+pub fn default_admin_audience(session_audience: &str) -> String {
+    format!("{session_audience}/admin")
 }
 
 /// The relay's own reading of a token's claims (after the signature verified), for a

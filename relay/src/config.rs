@@ -178,6 +178,9 @@ pub struct RawServer {
     pub listen: Option<String>,
     /// Audience (`aud`) every token must carry.
     pub audience: Option<String>,
+    /// Audience of tenant administrators' tokens for the reports API (default: `audience`
+    /// followed by `/admin`).
+    pub admin_audience: Option<String>,
     /// PEM certificate chain file; with `tls_key`, else a self-signed certificate is made.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key file.
@@ -265,6 +268,9 @@ pub struct RawTenant {
     pub ca_file: Option<PathBuf>,
     /// The `aud` this tenant's tokens carry, when not `server.audience`.
     pub audience: Option<String>,
+    /// The `aud` this tenant's administrators' tokens carry, when not
+    /// `server.admin_audience`.
+    pub admin_audience: Option<String>,
     /// Claim mapping preset: "relay" (default), "entra", "keycloak" or "okta".
     pub claims: Option<String>,
     /// Per-entry overrides on top of the preset: entry name to a claim path or a list of
@@ -327,6 +333,8 @@ pub struct Tenant {
     pub keys_from: KeySource,
     /// Settings and access control.
     pub policy: TenantPolicy,
+    /// The `aud` of its administrators' tokens, when not the relay's `admin_audience`.
+    pub admin_audience: Option<String>,
 }
 
 /// Where the relay's TLS identity comes from.
@@ -478,8 +486,10 @@ impl Limits {
 pub struct Config {
     /// UDP address to listen on.
     pub listen: SocketAddr,
-    /// Audience every token must carry.
+    /// Audience every session token must carry.
     pub audience: String,
+    /// Audience every administration (reports API) token must carry.
+    pub admin_audience: String,
     /// TLS identity source.
     pub tls: TlsSource,
     /// State folder.
@@ -563,6 +573,7 @@ impl Config {
         Config {
             listen,
             audience: DEFAULT_AUDIENCE.to_string(),
+            admin_audience: crate::auth::default_admin_audience(DEFAULT_AUDIENCE),
             tls: TlsSource::SelfSigned,
             state_dir: PathBuf::from("state"),
             token_leeway: Duration::from_secs(60),
@@ -639,6 +650,18 @@ impl Config {
         let audience = s.audience.unwrap_or_else(|| DEFAULT_AUDIENCE.to_string());
         if audience.trim().is_empty() {
             problem("server.audience", "must not be empty".into());
+        }
+        let admin_audience = s
+            .admin_audience
+            .unwrap_or_else(|| crate::auth::default_admin_audience(&audience));
+        if admin_audience.trim().is_empty() {
+            problem("server.admin_audience", "must not be empty".into());
+        } else if admin_audience == audience {
+            problem(
+                "server.admin_audience",
+                "must differ from server.audience, or a helper's token would open the reports API"
+                    .into(),
+            );
         }
         let tls = match (s.tls_cert, s.tls_key) {
             (None, None) => TlsSource::SelfSigned,
@@ -893,6 +916,8 @@ impl Config {
         }
 
         let mut tenants: Vec<Tenant> = Vec::new();
+        // Each tenant's `audience` shadows the relay's below.
+        let audience_default = audience.clone();
         if raw.tenants.is_empty() {
             problem(
                 "tenants",
@@ -979,6 +1004,27 @@ impl Config {
                 }
                 other => other,
             };
+            let tenant_admin_audience = match t.admin_audience {
+                Some(aud) if aud.trim().is_empty() => {
+                    problem(&field("admin_audience"), "must not be empty".into());
+                    None
+                }
+                other => other,
+            };
+            // A token for one use must never pass as the other: the two audiences this
+            // tenant's tokens are checked against must differ.
+            let session_aud = audience.as_deref().unwrap_or(&audience_default);
+            let admin_aud = tenant_admin_audience
+                .as_deref()
+                .unwrap_or(&admin_audience);
+            if session_aud == admin_aud {
+                problem(
+                    &field("admin_audience"),
+                    format!(
+                        "the tenant's administration audience {admin_aud:?} equals its session audience; they must differ"
+                    ),
+                );
+            }
             let claims = parse_claim_mapping(
                 t.claims.as_deref(),
                 t.claim_map.unwrap_or_default(),
@@ -1109,6 +1155,7 @@ impl Config {
                     },
                     keys_from,
                     policy,
+                    admin_audience: tenant_admin_audience,
                 });
             }
         }
@@ -1289,6 +1336,7 @@ impl Config {
             },
             listen,
             audience,
+            admin_audience,
             tls,
             state_dir,
             token_leeway,

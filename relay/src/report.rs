@@ -2,15 +2,18 @@
 //! whom, on which device, when, for how long, in which modes. Pure: it takes events and
 //! returns rows; `relay sessions` does the reading and printing.
 
+pub mod index;
+pub mod synth;
+
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, EndedBy, EventKind, parse_time};
 
 /// One session, as reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
     /// The tenant.
     pub tenant: String,
@@ -42,7 +45,7 @@ pub struct SessionRow {
     /// The helper's reason or ticket.
     pub reason: Option<String>,
     /// In a cluster, the node that held the session.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_node: Option<u8>,
     /// Its data went peer to peer at some point (a `path_changed` to `direct`).
     pub went_direct: bool,

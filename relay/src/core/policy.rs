@@ -33,11 +33,27 @@ pub enum Permission {
     UnattendedControl,
     /// Offer help at all ("Remote tasks" category).
     OfferRemoteAssistance,
+    /// Read the tenant's session reports (the reports API). An administration permission:
+    /// it counts for tokens presented to the reports API, never for a session.
+    ReadReports,
+    /// End the tenant's running sessions through the reports API (grants `read_reports`).
+    EndSessions,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 7] = [
+        Permission::ViewScreen,
+        Permission::TakeFullControl,
+        Permission::Elevation,
+        Permission::UnattendedControl,
+        Permission::OfferRemoteAssistance,
+        Permission::ReadReports,
+        Permission::EndSessions,
+    ];
+
+    /// The permissions of helping (what the built-in Help Desk Operator role grants).
+    pub const HELPING: [Permission; 5] = [
         Permission::ViewScreen,
         Permission::TakeFullControl,
         Permission::Elevation,
@@ -53,6 +69,8 @@ impl Permission {
             Permission::Elevation => "elevation",
             Permission::UnattendedControl => "unattended_control",
             Permission::OfferRemoteAssistance => "offer_remote_assistance",
+            Permission::ReadReports => "read_reports",
+            Permission::EndSessions => "end_sessions",
         }
     }
 
@@ -73,6 +91,8 @@ impl Permission {
             Elevation => &[Elevation, ViewScreen, TakeFullControl],
             UnattendedControl => &[UnattendedControl, ViewScreen, TakeFullControl, Elevation],
             OfferRemoteAssistance => &[OfferRemoteAssistance],
+            ReadReports => &[ReadReports],
+            EndSessions => &[EndSessions, ReadReports],
         }
     }
 }
@@ -126,11 +146,12 @@ pub struct Role {
 pub const HELP_DESK_OPERATOR: &str = "Help Desk Operator";
 
 impl Role {
-    /// The built-in `Help Desk Operator` role: all five permissions.
+    /// The built-in `Help Desk Operator` role: the five helping permissions (reports are
+    /// granted by custom roles only).
     pub fn help_desk_operator() -> Role {
         Role {
             name: HELP_DESK_OPERATOR.into(),
-            permissions: PermissionSet::granting(Permission::ALL),
+            permissions: PermissionSet::granting(Permission::HELPING),
         }
     }
 }
@@ -392,6 +413,19 @@ impl TenantPolicy {
         all
     }
 
+    /// What this tenant administrator may do in the reports API: the union of the
+    /// administration permissions of the assignments whose members include them. Reports
+    /// are tenant-wide: an assignment's scope does not narrow them (the audit log does not
+    /// record the sharer's groups, so a scope could not be applied to past sessions).
+    pub fn admin_permissions(&self, admin: &Principal) -> PermissionSet {
+        let all = self.helper_permissions(admin);
+        PermissionSet::granting(
+            [Permission::ReadReports, Permission::EndSessions]
+                .into_iter()
+                .filter(|p| all.contains(*p)),
+        )
+    }
+
     /// May this helper open a session in `mode` at all (before any sharer is known)?
     pub fn may_offer(&self, helper: &Principal, mode: Mode) -> Result<(), Refusal> {
         let all = self.helper_permissions(helper);
@@ -540,7 +574,7 @@ mod tests {
     #[test]
     fn implications_are_exactly_as_specified() {
         use Permission::*;
-        let table: [(Permission, &[Permission]); 5] = [
+        let table: [(Permission, &[Permission]); 7] = [
             (ViewScreen, &[ViewScreen]),
             (TakeFullControl, &[TakeFullControl, ViewScreen]),
             (Elevation, &[Elevation, ViewScreen, TakeFullControl]),
@@ -549,6 +583,8 @@ mod tests {
                 &[UnattendedControl, ViewScreen, TakeFullControl, Elevation],
             ),
             (OfferRemoteAssistance, &[OfferRemoteAssistance]),
+            (ReadReports, &[ReadReports]),
+            (EndSessions, &[EndSessions, ReadReports]),
         ];
         for (permission, expected) in table {
             let granted = PermissionSet::granting([permission]);
@@ -563,12 +599,60 @@ mod tests {
     }
 
     #[test]
-    fn the_help_desk_operator_role_has_all_five_permissions() {
+    fn the_help_desk_operator_role_has_all_five_helping_permissions_and_no_reports() {
         let role = Role::help_desk_operator();
         assert_eq!(role.name, "Help Desk Operator");
-        for p in Permission::ALL {
+        for p in Permission::HELPING {
             assert!(role.permissions.contains(p), "{p:?}");
         }
+        assert!(!role.permissions.contains(Permission::ReadReports));
+        assert!(!role.permissions.contains(Permission::EndSessions));
+    }
+
+    #[test]
+    fn report_permissions_come_from_member_assignments_only() {
+        let policy = TenantPolicy {
+            enabled: true,
+            assignments: vec![
+                Assignment {
+                    permissions: Role::help_desk_operator().permissions,
+                    role: HELP_DESK_OPERATOR.into(),
+                    members: ["helpdesk".to_string()].into(),
+                    scope: Scope::from_entries(["all_users"]),
+                },
+                Assignment {
+                    permissions: PermissionSet::granting([Permission::ReadReports]),
+                    role: "Report reader".into(),
+                    members: ["readers".to_string()].into(),
+                    scope: Scope::from_entries(["all_users"]),
+                },
+                Assignment {
+                    permissions: PermissionSet::granting([Permission::EndSessions]),
+                    role: "Session ender".into(),
+                    members: ["enders".to_string()].into(),
+                    scope: Scope::from_entries(["all_users"]),
+                },
+            ],
+            ..TenantPolicy::default()
+        };
+        let granted = |groups: &[&str]| {
+            let p = policy.admin_permissions(&user(groups, &[], None));
+            (
+                p.contains(Permission::ReadReports),
+                p.contains(Permission::EndSessions),
+                p.contains(Permission::ViewScreen),
+            )
+        };
+        assert_eq!(granted(&["helpdesk"]), (false, false, false));
+        assert_eq!(granted(&["readers"]), (true, false, false));
+        assert_eq!(granted(&["enders"]), (true, true, false), "ending implies reading");
+        assert_eq!(granted(&["nobody"]), (false, false, false));
+        assert!(
+            policy
+                .may_offer(&user(&["readers"], &[], None), Mode::ViewOnly)
+                .is_err(),
+            "reading reports is no licence to help"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - `GET /readyz`: readiness, 503 while draining or while the audit log cannot be written;
 //! - `GET /admin/sessions[?tenant=ID]`: active sessions, JSON (bearer token);
 //! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token);
-//! - `POST /admin/drain`: starts the drain SIGTERM starts, then the relay exits (bearer token).
+//! - `POST /admin/drain`: starts the drain SIGTERM starts, then the relay exits (bearer token);
+//! - `/api/v1/reports/...`: the reports API ([`super::reports`], `docs/reports.md`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,7 +16,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use remote_help_proto::ErrorCode;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -59,7 +59,11 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/{id}/end", post(end_session))
         .route("/admin/drain", post(drain))
-        .with_state(hub);
+        .with_state(hub.clone());
+    let reports = super::reports::Reports::new(hub);
+    let app = app.merge(super::reports::router(reports.clone()));
+    // Build or catch up the reports index in the background: the first query need not wait.
+    tokio::spawn(async move { reports.warm().await });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -92,6 +96,9 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     }
 }
+
+/// How the audit log names the operator (the holder of `[admin] token_file`'s token).
+pub const OPERATOR: &str = "operator";
 
 /// Why an admin request is not allowed.
 enum Denied {
@@ -172,15 +179,7 @@ async fn end_session(
         return (StatusCode::NOT_FOUND, "no active session with that id\n").into_response();
     };
     let id = SessionId::from_wire(&session.session_id);
-    match hub
-        .end(
-            &id,
-            ErrorCode::AdminEnded,
-            None,
-            crate::audit::EndedBy::Administrator,
-        )
-        .await
-    {
+    match hub.end_by_administrator(&id, OPERATOR.into()).await {
         Some(_) => {
             info!(session = %id, tenant = %session.tenant, "session ended by an administrator");
             StatusCode::NO_CONTENT.into_response()

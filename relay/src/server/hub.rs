@@ -157,6 +157,14 @@ impl Policies {
                 config.audience.clone(),
                 config.token_leeway,
                 trust.collect(),
+            )
+            .with_admin_audience(
+                config.admin_audience.clone(),
+                config
+                    .tenants
+                    .iter()
+                    .filter_map(|t| Some((t.trust.id.clone(), t.admin_audience.clone()?)))
+                    .collect(),
             ),
             tenants: config
                 .tenants
@@ -1493,6 +1501,35 @@ impl Hub {
         except: Option<ConnId>,
         ended_by: EndedBy,
     ) -> Option<Ended> {
+        self.end_recording(session, reason, except, ended_by, None)
+            .await
+    }
+
+    /// Ends `session` with `ADMIN_ENDED` for `administrator` (`operator`, or
+    /// `tenant:<subject>`), who is named in the audited end. Both parties are told.
+    pub async fn end_by_administrator(
+        &self,
+        session: &SessionId,
+        administrator: String,
+    ) -> Option<Ended> {
+        self.end_recording(
+            session,
+            ErrorCode::AdminEnded,
+            None,
+            EndedBy::Administrator,
+            Some(administrator),
+        )
+        .await
+    }
+
+    async fn end_recording(
+        &self,
+        session: &SessionId,
+        reason: ErrorCode,
+        except: Option<ConnId>,
+        ended_by: EndedBy,
+        administrator: Option<String>,
+    ) -> Option<Ended> {
         let taken = {
             let mut state = self.lock();
             match state.registry.end(session) {
@@ -1533,6 +1570,7 @@ impl Hub {
             );
             event.end_reason = Some(reason.as_str_name().into());
             event.ended_by = Some(ended_by);
+            event.administrator = administrator;
             event.bytes_helper_to_sharer = Some(record.bytes(0));
             event.bytes_sharer_to_helper = Some(record.bytes(1));
             if record.path.path() == Path::Direct {

@@ -5,6 +5,7 @@
 //! handle does not stop the relay, [`ServerHandle::shutdown`] does (drain, then close).
 
 pub mod admin;
+pub mod reports;
 pub mod connection;
 pub mod forward;
 pub mod hub;

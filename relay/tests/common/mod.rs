@@ -110,6 +110,7 @@ impl TestTenant {
                 }],
                 ..TenantPolicy::default()
             },
+            admin_audience: None,
         }
     }
 

@@ -1,0 +1,655 @@
+//! The reports API (`/api/v1/reports/...`, `docs/reports.md`), on the admin listener.
+//!
+//! Two kinds of caller: the operator, with the `[admin] token_file` bearer token, sees every
+//! tenant (and may narrow with `tenant=`); a tenant administrator, with a JWT of their own
+//! tenant for the administration audience ([`Audience::Administration`]) and the
+//! `read_reports` (or `end_sessions`) permission through the tenant's role assignments,
+//! sees only their tenant. For a tenant administrator, another tenant's data does not
+//! exist: asking for it (`tenant=`, a session id, an export, a summary) gets exactly the
+//! answer a tenant or session that does not exist gets.
+//!
+//! Past sessions come from the [`ReportIndex`] (caught up with the audit files before
+//! every query); active sessions come from the hub, as `/admin/sessions` does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::hub::Hub;
+use crate::auth::Audience;
+use crate::core::SessionId;
+use crate::core::policy::Permission;
+use crate::report::index::{
+    Cursor, IndexError, IndexedSession, ReportIndex, SessionQuery, SortKey, unix_ms,
+};
+
+/// Rows per page when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit`.
+pub const MAX_LIMIT: usize = 1000;
+
+/// The shared state of the reports routes.
+#[derive(Clone)]
+pub struct Reports {
+    hub: Arc<Hub>,
+    /// Opened on first use (or at start by [`Reports::warm`]); reopened after an error.
+    index: Arc<Mutex<Option<ReportIndex>>>,
+}
+
+impl Reports {
+    /// The reports of `hub`'s node; the index lives in the state folder.
+    pub fn new(hub: Arc<Hub>) -> Reports {
+        Reports {
+            hub,
+            index: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Opens (building if needed) the index now, so the first query does not wait for it.
+    pub async fn warm(&self) {
+        let reports = self.clone();
+        let built = tokio::task::spawn_blocking(move || reports.with_index(|_| Ok(()))).await;
+        if let Ok(Err(e)) = built {
+            warn!(error = %e, "reports index could not be opened; report queries will retry");
+        }
+    }
+
+    fn with_index<T>(
+        &self,
+        query: impl FnOnce(&ReportIndex) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let index = match guard.as_mut() {
+            Some(index) => {
+                index.catch_up()?;
+                index
+            }
+            None => {
+                let path = self
+                    .hub
+                    .config
+                    .state_dir
+                    .join(crate::report::index::INDEX_FILE);
+                guard.insert(ReportIndex::open(&path, &self.hub.config.audit.dir)?)
+            }
+        };
+        let answer = query(index);
+        if answer.is_err() {
+            // Open afresh next time (a rebuild if it cannot be read).
+            *guard = None;
+        }
+        answer
+    }
+}
+
+/// The reports routes, to merge into the admin listener's router.
+pub fn router(reports: Reports) -> Router {
+    Router::new()
+        .route("/api/v1/reports/active", get(active))
+        .route("/api/v1/reports/sessions", get(sessions))
+        .route("/api/v1/reports/sessions.csv", get(export))
+        .route("/api/v1/reports/summary", get(summary))
+        .route("/api/v1/reports/sessions/{id}", get(detail))
+        .route("/api/v1/reports/sessions/{id}/end", post(end))
+        .with_state(reports)
+}
+
+/// A refused or failed request: a stable `code` (`docs/reports.md`), a sentence, and for
+/// refused tokens the verifier's reason.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    reason: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such session")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("relay_report_errors_total", "code" => self.code).increment(1);
+        let mut body = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(reason) = self.reason {
+            body["reason"] = reason.into();
+        }
+        (self.status, axum::Json(serde_json::json!({ "error": body }))).into_response()
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> ApiError {
+        warn!(error = %e, "report query failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "index_unavailable",
+            "the reports index cannot answer now; try again",
+        )
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// The holder of the relay's admin token: every tenant.
+    Operator,
+    /// A tenant administrator.
+    Tenant {
+        tenant: String,
+        subject: String,
+        may_end: bool,
+    },
+}
+
+impl Caller {
+    /// The tenant filter for a request that asked for `requested`: `Err(())` when the
+    /// answer is "nothing" (a tenant administrator asking about another tenant, which
+    /// must look exactly like a tenant that does not exist).
+    fn tenant_filter(&self, requested: Option<String>) -> Result<Option<String>, ()> {
+        match self {
+            Caller::Operator => Ok(requested),
+            Caller::Tenant { tenant, .. } => match requested {
+                Some(other) if &other != tenant => Err(()),
+                _ => Ok(Some(tenant.clone())),
+            },
+        }
+    }
+
+    /// How the audit log names this caller when it ends a session.
+    fn administrator(&self) -> String {
+        match self {
+            Caller::Operator => super::admin::OPERATOR.into(),
+            Caller::Tenant { subject, .. } => format!("tenant:{subject}"),
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The operator token (compared in constant time) or a tenant administrator's JWT with
+/// `read_reports`.
+fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if presented.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "an Authorization: Bearer token is required",
+        ));
+    }
+    if let Some(expected) = hub.admin_token()
+        && presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    {
+        return Ok(Caller::Operator);
+    }
+    let policies = hub.policies();
+    let principal = policies
+        .verifier
+        .verify_for(presented, now_unix(), Audience::Administration)
+        .map_err(|e| {
+            metrics::counter!("relay_admin_unauthorized_total").increment(1);
+            ApiError {
+                reason: Some(e.reason()),
+                ..ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_refused",
+                    format!("the token is not valid for the reports API: {e}"),
+                )
+            }
+        })?;
+    let permissions = policies
+        .tenant(&principal.tenant)
+        .admin_permissions(&principal);
+    if !permissions.contains(Permission::ReadReports) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "the tenant's role assignments do not grant read_reports to this administrator",
+        ));
+    }
+    Ok(Caller::Tenant {
+        tenant: principal.tenant.as_str().to_string(),
+        subject: principal.subject.clone(),
+        may_end: permissions.contains(Permission::EndSessions),
+    })
+}
+
+/// Query parameters, checked: unknown names are refused so a typo does not widen a report.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn checked(raw: HashMap<String, String>, allowed: &[&str]) -> Result<Params, ApiError> {
+        if let Some(unknown) = raw.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {unknown:?}; allowed: {}",
+                allowed.join(", ")
+            )));
+        }
+        Ok(Params(raw))
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn time(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.text(name)
+            .map(|v| {
+                crate::audit::parse_time(&v).map(unix_ms).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name}: {v:?} is not an RFC 3339 time"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The oldest start the retention allows, Unix ms.
+fn retention_floor(hub: &Hub) -> i64 {
+    let days = i64::from(hub.config.audit.retention_days);
+    unix_ms(OffsetDateTime::now_utc()) - days * 86_400_000
+}
+
+const FILTERS: &[&str] = &[
+    "tenant",
+    "since",
+    "until",
+    "helper",
+    "recipient",
+    "device",
+    "mode",
+    "end_reason",
+];
+
+/// The session query of `params` for `caller`; `None`: nothing can match.
+fn session_query(
+    hub: &Hub,
+    caller: &Caller,
+    params: &Params,
+) -> Result<Option<SessionQuery>, ApiError> {
+    let since = params.time("since")?;
+    let until = params.time("until")?;
+    let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
+        return Ok(None);
+    };
+    Ok(Some(SessionQuery {
+        tenant,
+        since_ms: Some(since.unwrap_or(i64::MIN).max(retention_floor(hub))),
+        until_ms: until,
+        helper: params.text("helper"),
+        recipient: params.text("recipient"),
+        device: params.text("device"),
+        mode: params.text("mode"),
+        end_reason: params.text("end_reason"),
+    }))
+}
+
+/// Runs `query` against the index off the async workers, timing it per endpoint.
+async fn run<T: Send + 'static>(
+    reports: &Reports,
+    endpoint: &'static str,
+    query: impl FnOnce(&ReportIndex) -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let started = Instant::now();
+    let reports = reports.clone();
+    let answer = tokio::task::spawn_blocking(move || reports.with_index(query))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the query task failed",
+            )
+        })??;
+    metrics::histogram!("relay_report_query_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+    Ok(answer)
+}
+
+#[derive(Serialize)]
+struct ActiveList {
+    sessions: Vec<super::hub::ActiveSession>,
+}
+
+async fn active(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    let params = Params::checked(raw, &["tenant"])?;
+    let sessions = match caller.tenant_filter(params.text("tenant")) {
+        Ok(tenant) => reports.hub.active_sessions(tenant.as_deref()),
+        Err(()) => Vec::new(),
+    };
+    Ok(axum::Json(ActiveList { sessions }).into_response())
+}
+
+#[derive(Serialize)]
+struct Page {
+    sessions: Vec<IndexedSession>,
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(cursor: &Cursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(cursor).unwrap_or_default())
+}
+
+fn decode_cursor(text: &str, sort: SortKey, desc: bool) -> Result<Cursor, ApiError> {
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "bad_cursor", "cursor is not one this API gave for this sort");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| bad())?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if cursor.sort != sort || cursor.desc != desc {
+        return Err(bad());
+    }
+    Ok(cursor)
+}
+
+async fn sessions(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    let mut allowed = FILTERS.to_vec();
+    allowed.extend(["sort", "order", "limit", "cursor"]);
+    let params = Params::checked(raw, &allowed)?;
+    let sort = match params.text("sort") {
+        None => SortKey::StartTime,
+        Some(s) => SortKey::parse(&s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "sort: {s:?}; one of start_time, duration, helper, recipient, device"
+            ))
+        })?,
+    };
+    let desc = match params.text("order").as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order: {other:?}; asc or desc"
+            )));
+        }
+    };
+    let limit = match params.text("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_request(format!("limit: {l:?}; 1 to {MAX_LIMIT}")))?,
+    };
+    let cursor = params
+        .text("cursor")
+        .map(|c| decode_cursor(&c, sort, desc))
+        .transpose()?;
+    let Some(query) = session_query(&reports.hub, &caller, &params)? else {
+        return Ok(axum::Json(Page {
+            sessions: Vec::new(),
+            next_cursor: None,
+        })
+        .into_response());
+    };
+    let (sessions, next) = run(&reports, "sessions", move |index| {
+        index.sessions(&query, sort, desc, cursor.as_ref(), limit)
+    })
+    .await?;
+    Ok(axum::Json(Page {
+        sessions,
+        next_cursor: next.as_ref().map(encode_cursor),
+    })
+    .into_response())
+}
+
+/// The CSV columns, in order.
+pub const CSV_COLUMNS: &[&str] = &[
+    "tenant",
+    "session_id",
+    "helper",
+    "helper_id",
+    "recipient",
+    "recipient_id",
+    "device",
+    "device_id",
+    "platform",
+    "start_time",
+    "end_time",
+    "duration_secs",
+    "control_type",
+    "modes",
+    "end_reason",
+    "ended_by",
+    "administrator",
+    "reason",
+    "went_direct",
+    "bytes_helper_to_sharer",
+    "bytes_sharer_to_helper",
+];
+
+/// One CSV cell (RFC 4180): quoted when it holds a comma, quote or line break; a leading
+/// `=`, `+`, `@`, tab or carriage return (or `-` other than the `--` recipient) is
+/// prefixed with `'` so a spreadsheet does not run it as a formula.
+pub fn csv_cell(text: &str) -> String {
+    let risky = text.starts_with(['=', '+', '@', '\t', '\r'])
+        || (text.starts_with('-') && text != crate::audit::NO_USER);
+    let text = if risky {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn csv_row(s: &IndexedSession) -> String {
+    let r = &s.row;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+    let cells = [
+        r.tenant.clone(),
+        r.session_id.clone(),
+        r.helper.clone(),
+        opt(&s.helper_id),
+        r.sharer.clone(),
+        opt(&s.sharer_id),
+        r.device.clone(),
+        opt(&s.device_id),
+        r.platform.clone(),
+        r.start_time.clone(),
+        opt(&r.end_time),
+        r.duration_secs.map(|d| d.to_string()).unwrap_or_default(),
+        r.control_type.clone(),
+        r.modes.join(";"),
+        opt(&r.end_reason),
+        r.ended_by.map(|e| e.as_str().to_string()).unwrap_or_default(),
+        opt(&s.administrator),
+        opt(&r.reason),
+        r.went_direct.to_string(),
+        num(s.bytes_helper_to_sharer),
+        num(s.bytes_sharer_to_helper),
+    ];
+    let mut text = cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",");
+    text.push_str("\r\n");
+    text
+}
+
+async fn export(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    let params = Params::checked(raw, FILTERS)?;
+    let rows = match session_query(&reports.hub, &caller, &params)? {
+        Some(query) => run(&reports, "export", move |index| index.all_sessions(&query)).await?,
+        None => Vec::new(),
+    };
+    let mut body = CSV_COLUMNS.join(",");
+    body.push_str("\r\n");
+    for row in &rows {
+        body.push_str(&csv_row(row));
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"sessions.csv\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn summary(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    let params = Params::checked(raw, &["tenant", "since", "until"])?;
+    let since = params
+        .time("since")?
+        .unwrap_or(i64::MIN)
+        .max(retention_floor(&reports.hub));
+    let until = params.time("until")?.unwrap_or(i64::MAX);
+    let summary = match caller.tenant_filter(params.text("tenant")) {
+        Ok(tenant) => {
+            run(&reports, "summary", move |index| {
+                index.summary(tenant.as_deref(), since, until)
+            })
+            .await?
+        }
+        Err(()) => Default::default(),
+    };
+    Ok(axum::Json(summary).into_response())
+}
+
+#[derive(Serialize)]
+struct Detail {
+    session: IndexedSession,
+    /// Still running on this node now.
+    active: bool,
+    changes: Vec<crate::report::index::Change>,
+}
+
+async fn detail(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    let params = Params::checked(raw, &["tenant"])?;
+    let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
+        return Err(ApiError::not_found());
+    };
+    let floor = retention_floor(&reports.hub);
+    let lookup = (tenant.clone(), id.clone());
+    let found = run(&reports, "detail", move |index| {
+        index.session(lookup.0.as_deref(), &lookup.1, floor)
+    })
+    .await?;
+    let Some((session, changes)) = found else {
+        return Err(ApiError::not_found());
+    };
+    let active = reports
+        .hub
+        .active_sessions(Some(&session.row.tenant))
+        .iter()
+        .any(|a| a.session_id == id);
+    Ok(axum::Json(Detail {
+        session,
+        active,
+        changes,
+    })
+    .into_response())
+}
+
+async fn end(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers)?;
+    if let Caller::Tenant { may_end: false, .. } = caller {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "the tenant's role assignments do not grant end_sessions to this administrator",
+        ));
+    }
+    let params = Params::checked(raw, &["tenant"])?;
+    let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
+        return Err(ApiError::not_found());
+    };
+    let Some(session) = reports
+        .hub
+        .active_sessions(tenant.as_deref())
+        .into_iter()
+        .find(|s| s.session_id == id)
+    else {
+        return Err(ApiError::not_found());
+    };
+    let administrator = caller.administrator();
+    let sid = SessionId::from_wire(&session.session_id);
+    if reports
+        .hub
+        .end_by_administrator(&sid, administrator.clone())
+        .await
+        .is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    info!(session = %sid, tenant = %session.tenant, %administrator, "session ended by an administrator through the reports API");
+    Ok(axum::Json(serde_json::json!({ "session_id": id, "ended": true })).into_response())
+}
