@@ -1,0 +1,574 @@
+//! The reports API over real HTTP to a real relay: tenant administrators' tokens (real
+//! signed JWTs for the administration audience), a generated month of audit history written
+//! by the audit writer's own code, and live sessions over real QUIC.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::{TestRelay, http, with_claims, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::audit::{
+    AuditConfig, EventKind, KEY_FILE, audit_files, read_events, write_history,
+};
+use remote_help_relay::config::DEFAULT_AUDIENCE;
+use remote_help_relay::core::Mode;
+use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
+use remote_help_relay::report::index::{IndexedSession, ReportIndex};
+use remote_help_relay::report::synth::{Spec, history};
+use remote_help_relay::report::{self, Filter, SessionRow};
+use serde_json::{Value, json};
+
+const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
+
+/// Grants `read_reports` to `report-readers` and `end_sessions` to `report-admins`.
+fn report_roles(policy: &mut remote_help_relay::core::policy::TenantPolicy) {
+    for (group, permission) in [
+        ("report-readers", Permission::ReadReports),
+        ("report-admins", Permission::EndSessions),
+    ] {
+        policy.assignments.push(Assignment {
+            permissions: PermissionSet::granting([permission]),
+            role: format!("{group} role"),
+            members: [group.to_string()].into(),
+            scope: Scope::from_entries(["all_users"]),
+        });
+    }
+}
+
+/// Contoso and Fabrikam, 29 days of generated history (about `events` events) in the
+/// audit folder before the relay opens it, report roles, and the operator token.
+async fn relay_with_history(events: u64) -> TestRelay {
+    TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
+        .policy("contoso", report_roles)
+        .policy("fabrikam", report_roles)
+        .config(move |c| {
+            c.admin.token = Some(OPERATOR_TOKEN.into());
+            let spec = Spec {
+                tenants: vec![("contoso".into(), 3), ("fabrikam".into(), 1)],
+                days: 29,
+                events,
+                end: SystemTime::now() - Duration::from_secs(3600),
+                seed: 21,
+                batch: 500,
+            };
+            write_history(
+                AuditConfig {
+                    dir: c.audit.dir.clone(),
+                    max_file_bytes: c.audit.max_file_bytes,
+                    retention_days: c.audit.retention_days,
+                    reserve_bytes: 0,
+                    key_file: Some(c.state_dir.join(KEY_FILE)),
+                },
+                history(&spec),
+            )
+            .unwrap();
+        })
+        .start()
+        .await
+}
+
+/// A tenant administrator's token: the helper persona, the administration audience,
+/// `groups` as given.
+fn admin_token(relay: &TestRelay, tenant: &str, groups: &[&str]) -> String {
+    let t = relay.tenant(tenant);
+    let mut spec = with_claims(
+        t.spec(Persona::Helper),
+        json!({ "groups": groups }),
+    );
+    spec.audience = ADMIN_AUDIENCE.into();
+    spec.subject = format!("{tenant}-admin");
+    t.sign(&spec)
+}
+
+async fn get_json(admin: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    let (status, body) = http(admin, "GET", path, Some(token)).await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, value)
+}
+
+/// Every page of `/sessions` with `query`, following cursors; fails on a repeated row.
+async fn all_pages(admin: SocketAddr, token: &str, query: &str) -> Vec<IndexedSession> {
+    let mut rows: Vec<IndexedSession> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/reports/sessions?{query}&cursor={c}"),
+            None => format!("/api/v1/reports/sessions?{query}"),
+        };
+        let (status, page) = get_json(admin, &path, token).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        for row in page["sessions"].as_array().unwrap() {
+            let row: IndexedSession = serde_json::from_value(row.clone()).unwrap();
+            assert!(
+                seen.insert((row.row.tenant.clone(), row.row.session_id.clone())),
+                "{} appears on two pages ({query})",
+                row.row.session_id
+            );
+            rows.push(row);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return rows,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+/// What `relay sessions` reports for `tenant` from the relay's audit files.
+fn audit_rows(relay: &TestRelay, tenant: &str) -> Vec<SessionRow> {
+    let events = read_events(&audit_files(&relay.audit_dir()));
+    report::sessions(
+        &events,
+        &Filter {
+            tenant: Some(tenant.into()),
+            ..Filter::default()
+        },
+    )
+}
+
+fn start(row: &SessionRow) -> time::OffsetDateTime {
+    remote_help_relay::audit::parse_time(&row.start_time).unwrap()
+}
+
+fn by_id(rows: impl IntoIterator<Item = SessionRow>) -> BTreeMap<String, SessionRow> {
+    rows.into_iter()
+        .map(|r| (r.session_id.clone(), r))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_csv_and_summary() {
+    let relay = relay_with_history(6_000).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "contoso", &["report-readers"]);
+
+    let api = all_pages(admin, &token, "limit=97&sort=start_time&order=asc").await;
+    let expected = audit_rows(&relay, "contoso");
+    assert!(expected.len() > 1000, "a month of sessions: {}", expected.len());
+    assert_eq!(
+        api.iter().map(|s| s.row.clone()).collect::<Vec<_>>(),
+        expected,
+        "the API's rows are the audit log's, in start order"
+    );
+    assert!(api.iter().all(|s| s.row.tenant == "contoso"));
+
+    // CSV: the same rows, the same values.
+    let (status, csv) = http(admin, "GET", "/api/v1/reports/sessions.csv", Some(&token)).await;
+    assert_eq!(status, 200);
+    let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let csv_rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(csv_rows.len(), expected.len());
+    let expected_by_id = by_id(expected.clone());
+    for cells in &csv_rows {
+        let row = &expected_by_id[&cells[column("session_id")]];
+        assert_eq!(cells[column("helper")], row.helper);
+        assert_eq!(cells[column("recipient")], row.sharer);
+        assert_eq!(cells[column("device")], row.device);
+        assert_eq!(cells[column("start_time")], row.start_time);
+        assert_eq!(
+            cells[column("duration_secs")].parse::<f64>().ok(),
+            row.duration_secs
+        );
+        assert_eq!(cells[column("modes")], row.modes.join(";"));
+        assert_eq!(
+            cells[column("end_reason")],
+            row.end_reason.clone().unwrap_or_default()
+        );
+    }
+
+    // Summary: count, median and modes as `relay sessions` computes them.
+    let (status, summary) = get_json(admin, "/api/v1/reports/summary", &token).await;
+    assert_eq!(status, 200);
+    let reference = report::summarize(&expected);
+    assert_eq!(summary["sessions"], json!(reference.count));
+    assert_eq!(summary["median_duration_secs"], json!(reference.median_secs));
+    assert_eq!(summary["by_mode"], json!(reference.by_mode));
+    let per_day: u64 = summary["sessions_per_day"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_day as usize, reference.count);
+    let refusals: usize = read_events(&audit_files(&relay.audit_dir()))
+        .iter()
+        .filter(|e| e.tenant == "contoso" && e.event == Some(EventKind::SessionRefused))
+        .count();
+    let counted: u64 = summary["refusals_by_reason"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, refusals);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn every_sort_pages_without_duplicates_or_gaps_and_filters_select_what_the_log_says() {
+    let relay = relay_with_history(3_000).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "contoso", &["report-readers"]);
+    let expected = by_id(audit_rows(&relay, "contoso"));
+    for sort in ["start_time", "duration", "helper", "recipient", "device"] {
+        for order in ["asc", "desc"] {
+            let rows = all_pages(admin, &token, &format!("limit=41&sort={sort}&order={order}"))
+                .await;
+            let ids: BTreeSet<&str> = rows.iter().map(|r| r.row.session_id.as_str()).collect();
+            assert_eq!(
+                ids,
+                expected.keys().map(String::as_str).collect(),
+                "{sort} {order}: every session once"
+            );
+            let cmp = |a: &IndexedSession, b: &IndexedSession| match sort {
+                "start_time" => start(&a.row).cmp(&start(&b.row)),
+                "duration" => a
+                    .row
+                    .duration_secs
+                    .unwrap_or(-1.0)
+                    .total_cmp(&b.row.duration_secs.unwrap_or(-1.0)),
+                "helper" => a.row.helper.cmp(&b.row.helper),
+                "recipient" => a.row.sharer.cmp(&b.row.sharer),
+                _ => a.row.device.cmp(&b.row.device),
+            };
+            for pair in rows.windows(2) {
+                let ordering = cmp(&pair[0], &pair[1]);
+                assert!(
+                    if order == "asc" {
+                        ordering.is_le()
+                    } else {
+                        ordering.is_ge()
+                    },
+                    "{sort} {order}: {:?} then {:?}",
+                    pair[0].row,
+                    pair[1].row
+                );
+            }
+        }
+    }
+
+    // Filters, each against the same selection over the audit log's rows.
+    let sample = expected.values().find(|r| r.end_time.is_some()).unwrap().clone();
+    let since_row = expected.values().nth(expected.len() / 2).unwrap().clone();
+    let since = &since_row.start_time;
+    let since_at = start(&since_row);
+    let filters: Vec<(String, Box<dyn Fn(&SessionRow) -> bool>)> = vec![
+        (
+            format!("helper={}", sample.helper.replace(' ', "%20")),
+            Box::new(|r: &SessionRow| r.helper == sample.helper),
+        ),
+        (
+            format!("recipient={}", sample.sharer.replace(' ', "%20")),
+            Box::new(|r: &SessionRow| r.sharer == sample.sharer),
+        ),
+        (
+            format!("device={}", sample.device),
+            Box::new(|r: &SessionRow| r.device == sample.device),
+        ),
+        (
+            "mode=full_control".into(),
+            Box::new(|r: &SessionRow| r.modes.iter().any(|m| m == "full_control")),
+        ),
+        (
+            "end_reason=ADMIN_ENDED".into(),
+            Box::new(|r: &SessionRow| r.end_reason.as_deref() == Some("ADMIN_ENDED")),
+        ),
+        (
+            format!("since={since}"),
+            Box::new(|r: &SessionRow| start(r) >= since_at),
+        ),
+        (
+            format!("until={since}&mode=unattended"),
+            Box::new(|r: &SessionRow| {
+                start(r) < since_at && r.modes.iter().any(|m| m == "unattended")
+            }),
+        ),
+    ];
+    for (query, keep) in filters {
+        let got: BTreeSet<String> = all_pages(admin, &token, &format!("limit=500&{query}"))
+            .await
+            .into_iter()
+            .map(|r| r.row.session_id)
+            .collect();
+        let want: BTreeSet<String> = expected
+            .values()
+            .filter(|r| keep(r))
+            .map(|r| r.session_id.clone())
+            .collect();
+        assert!(!want.is_empty(), "{query} selects something");
+        assert_eq!(got, want, "{query}");
+        // The export of the same filter holds the same sessions.
+        let (_, csv) = http(
+            admin,
+            "GET",
+            &format!("/api/v1/reports/sessions.csv?{query}"),
+            Some(&token),
+        )
+        .await;
+        let exported: BTreeSet<String> = csv
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect();
+        assert_eq!(exported, want, "csv {query}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn another_tenants_sessions_look_exactly_like_a_tenant_that_does_not_exist_on_every_endpoint()
+{
+    let relay = relay_with_history(1_500).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let contoso = admin_token(&relay, "contoso", &["report-admins"]);
+    let fabrikam = admin_token(&relay, "fabrikam", &["report-readers"]);
+    let (_fh, _fs) = relay.paired("fabrikam", Mode::ViewOnly).await;
+
+    // A real fabrikam session id, past and live.
+    let (_, page) = get_json(admin, "/api/v1/reports/sessions?limit=1", &fabrikam).await;
+    let past = page["sessions"][0]["session_id"].as_str().unwrap().to_string();
+    let (_, active) = get_json(admin, "/api/v1/reports/active", &fabrikam).await;
+    let live = active["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Fabrikam's own view finds them (so the comparisons below are about isolation).
+    assert_eq!(
+        http(admin, "GET", &format!("/api/v1/reports/sessions/{past}"), Some(&fabrikam))
+            .await
+            .0,
+        200
+    );
+
+    let pairs: Vec<(&str, String, String)> = vec![
+        (
+            "GET",
+            "/api/v1/reports/active?tenant=fabrikam".into(),
+            "/api/v1/reports/active?tenant=northwind".into(),
+        ),
+        (
+            "GET",
+            "/api/v1/reports/sessions?tenant=fabrikam".into(),
+            "/api/v1/reports/sessions?tenant=northwind".into(),
+        ),
+        (
+            "GET",
+            "/api/v1/reports/sessions.csv?tenant=fabrikam".into(),
+            "/api/v1/reports/sessions.csv?tenant=northwind".into(),
+        ),
+        (
+            "GET",
+            "/api/v1/reports/summary?tenant=fabrikam".into(),
+            "/api/v1/reports/summary?tenant=northwind".into(),
+        ),
+        (
+            "GET",
+            format!("/api/v1/reports/sessions/{past}"),
+            "/api/v1/reports/sessions/00000000deadbeef".into(),
+        ),
+        (
+            "GET",
+            format!("/api/v1/reports/sessions/{live}"),
+            "/api/v1/reports/sessions/00000000deadbeef".into(),
+        ),
+        (
+            "GET",
+            format!("/api/v1/reports/sessions/{past}?tenant=fabrikam"),
+            "/api/v1/reports/sessions/00000000deadbeef?tenant=northwind".into(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/reports/sessions/{live}/end"),
+            "/api/v1/reports/sessions/00000000deadbeef/end".into(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/reports/sessions/{live}/end?tenant=fabrikam"),
+            "/api/v1/reports/sessions/00000000deadbeef/end?tenant=northwind".into(),
+        ),
+    ];
+    for (method, other_tenant, nowhere) in &pairs {
+        let a = http(admin, method, other_tenant, Some(&contoso)).await;
+        let b = http(admin, method, nowhere, Some(&contoso)).await;
+        assert_eq!(a, b, "{method} {other_tenant} against {nowhere}");
+    }
+    // Contoso's own filtered views never hold fabrikam's sessions either.
+    let own = all_pages(admin, &contoso, "limit=1000").await;
+    assert!(own.iter().all(|s| s.row.tenant == "contoso"));
+    let (_, csv) = http(admin, "GET", "/api/v1/reports/sessions.csv", Some(&contoso)).await;
+    assert!(!csv.contains("fabrikam"));
+    // The live fabrikam session is still running.
+    let (_, active) = get_json(admin, "/api/v1/reports/active", &fabrikam).await;
+    assert_eq!(active["sessions"][0]["session_id"], json!(live));
+    // The operator's token sees both tenants.
+    let (_, all) = get_json(admin, "/api/v1/reports/summary", OPERATOR_TOKEN).await;
+    let (_, c) = get_json(admin, "/api/v1/reports/summary", &contoso).await;
+    let (_, f) = get_json(admin, "/api/v1/reports/summary", &fabrikam).await;
+    assert_eq!(
+        all["sessions"].as_u64().unwrap(),
+        c["sessions"].as_u64().unwrap() + f["sessions"].as_u64().unwrap()
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn helper_tokens_are_refused_with_a_json_error_and_admin_tokens_cannot_start_sessions() {
+    let relay = relay_with_history(200).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let helper_token = relay.tenant("contoso").token(Persona::Helper);
+    // Even a helper in the report group: the audience is the session one.
+    let t = relay.tenant("contoso");
+    let helper_in_group = t.sign(&with_claims(
+        t.spec(Persona::Helper),
+        json!({ "groups": ["helpdesk", "report-readers"] }),
+    ));
+    for token in [&helper_token, &helper_in_group] {
+        let (status, body) = get_json(admin, "/api/v1/reports/sessions", token).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "token_refused");
+        assert_eq!(body["error"]["reason"], "wrong_audience");
+    }
+    let (status, body) = get_json(admin, "/api/v1/reports/summary", "").await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthenticated")));
+    // The right audience without the permission.
+    let no_role = admin_token(&relay, "contoso", &["helpdesk"]);
+    let (status, body) = get_json(admin, "/api/v1/reports/sessions", &no_role).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("permission_denied")));
+    // Bad parameters name themselves.
+    let reader = admin_token(&relay, "contoso", &["report-readers"]);
+    for (path, code) in [
+        ("/api/v1/reports/sessions?sort=colour", "bad_request"),
+        ("/api/v1/reports/sessions?since=yesterday", "bad_request"),
+        ("/api/v1/reports/sessions?tenat=contoso", "bad_request"),
+        ("/api/v1/reports/sessions?limit=0", "bad_request"),
+        ("/api/v1/reports/sessions?cursor=bm90LWEtY3Vyc29y", "bad_cursor"),
+    ] {
+        let (status, body) = get_json(admin, path, &reader).await;
+        assert_eq!((status, body["error"]["code"].clone()), (400, json!(code)), "{path}");
+    }
+    // An administration token does not open a session.
+    let refused = relay
+        .connect(reader.clone(), remote_help_relay::core::Role::Helper)
+        .await;
+    assert!(refused.is_err(), "an admin token must not authenticate a helper");
+    assert_eq!(DEFAULT_AUDIENCE.to_string() + "/admin", ADMIN_AUDIENCE);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_administrator_ends_a_live_session_the_parties_hear_admin_ended_and_the_log_names_them()
+{
+    let relay = relay_with_history(200).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let reader = admin_token(&relay, "contoso", &["report-readers"]);
+    let ender = admin_token(&relay, "contoso", &["report-admins"]);
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::FullControl).await;
+    let (_, active) = get_json(admin, "/api/v1/reports/active", &reader).await;
+    let id = active["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let end = format!("/api/v1/reports/sessions/{id}/end");
+    let (status, body) = http(admin, "POST", &end, Some(&reader)).await;
+    assert_eq!(status, 403, "reading is not ending: {body}");
+    let (status, body) = http(admin, "POST", &end, Some(&ender)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(within(helper.wait_for_end()).await, ErrorCode::AdminEnded);
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::AdminEnded);
+    // The end is in the log, naming the administrator, and the index has caught up.
+    let (status, detail) =
+        get_json(admin, &format!("/api/v1/reports/sessions/{id}"), &reader).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["session"]["end_reason"], "ADMIN_ENDED");
+    assert_eq!(detail["session"]["ended_by"], "administrator");
+    assert_eq!(detail["session"]["administrator"], "tenant:contoso-admin");
+    assert_eq!(detail["active"], false);
+    let logged = read_events(&audit_files(&relay.audit_dir()))
+        .into_iter()
+        .find(|e| e.session_id == id && e.event == Some(EventKind::SessionEnded))
+        .unwrap();
+    assert_eq!(logged.administrator.as_deref(), Some("tenant:contoso-admin"));
+    assert_eq!(http(admin, "POST", &end, Some(&ender)).await.0, 404);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_or_mismatched_index_is_rebuilt_with_identical_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let spec = Spec {
+        tenants: vec![("contoso".into(), 1)],
+        days: 5,
+        events: 2_000,
+        end: SystemTime::now(),
+        seed: 7,
+        batch: 100,
+    };
+    write_history(
+        AuditConfig {
+            dir: audit.clone(),
+            max_file_bytes: 64 << 20,
+            retention_days: 30,
+            reserve_bytes: 0,
+            key_file: None,
+        },
+        history(&spec),
+    )
+    .unwrap();
+    let path = dir.path().join("reports-index.sqlite");
+    let all = |index: &ReportIndex| {
+        index
+            .all_sessions(&Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.row)
+            .collect::<Vec<_>>()
+    };
+    let expected = report::sessions(&read_events(&audit_files(&audit)), &Filter::default());
+    let first = ReportIndex::open(&path, &audit).unwrap();
+    assert_eq!(all(&first), expected);
+    let summary = first.summary(None, i64::MIN, i64::MAX).unwrap();
+    drop(first);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let rebuilt = ReportIndex::open(&path, &audit).unwrap();
+    assert_eq!(all(&rebuilt), expected);
+    assert_eq!(rebuilt.summary(None, i64::MIN, i64::MAX).unwrap(), summary);
+    drop(rebuilt);
+
+    // A file cut back (a write undone after a failed fsync) is noticed and re-read.
+    let last = audit_files(&audit).pop().unwrap();
+    let text = std::fs::read(&last).unwrap();
+    let cut = text[..text.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(&last, &text[..cut]).unwrap();
+    let mut reopened = ReportIndex::open(&path, &audit).unwrap();
+    reopened.catch_up().unwrap();
+    let expected = report::sessions(&read_events(&audit_files(&audit)), &Filter::default());
+    assert_eq!(all(&reopened), expected);
+}
