@@ -572,3 +572,173 @@ async fn a_deleted_or_mismatched_index_is_rebuilt_with_identical_answers() {
     let expected = report::sessions(&read_events(&audit_files(&audit)), &Filter::default());
     assert_eq!(all(&reopened), expected);
 }
+
+/// The BENCHMARKS.md measurement (section "Reports"): 1,000,000 generated events over 30
+/// days (a large tenant with 80 % of them), the index built from scratch, then each
+/// endpoint over real HTTP. Not a pass/fail test: run it with
+/// `cargo test -p remote-help-relay --all-features --test reports -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: about a minute, prints BENCHMARKS.md figures"]
+async fn bench_reports_on_a_million_events() {
+    use std::time::Instant;
+    let events: u64 = std::env::var("REPORT_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, state) = (dir.path().join("audit"), dir.path().join("state"));
+    std::fs::create_dir_all(&state).unwrap();
+    let started = Instant::now();
+    write_history(
+        AuditConfig {
+            dir: audit.clone(),
+            max_file_bytes: 64 << 20,
+            retention_days: 30,
+            reserve_bytes: 0,
+            key_file: Some(state.join(KEY_FILE)),
+        },
+        history(&Spec {
+            tenants: vec![("contoso".into(), 8), ("fabrikam".into(), 2)],
+            days: 30,
+            events,
+            end: SystemTime::now() - Duration::from_secs(60),
+            seed: 1,
+            batch: 1000,
+        }),
+    )
+    .unwrap();
+    let written = started.elapsed();
+    let audit_bytes: u64 = audit_files(&audit)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let started = Instant::now();
+    let index = ReportIndex::open(
+        &state.join(remote_help_relay::report::index::INDEX_FILE),
+        &audit,
+    )
+    .unwrap();
+    let built = started.elapsed();
+    let size = index.size_on_disk();
+    drop(index);
+    println!(
+        "events {events}; audit files {:.1} MiB written in {:.1} s; index built in {:.2} s, {:.1} MiB on disk",
+        audit_bytes as f64 / 1048576.0,
+        written.as_secs_f64(),
+        built.as_secs_f64(),
+        size as f64 / 1048576.0
+    );
+
+    let (audit_dir, state_dir) = (audit.clone(), state.clone());
+    let relay = TestRelay::builder()
+        .tenant("contoso", TokenSigner::generate_ed25519("contoso-1").unwrap())
+        .tenant("fabrikam", TokenSigner::generate_ed25519("fabrikam-1").unwrap())
+        .policy("contoso", report_roles)
+        .policy("fabrikam", report_roles)
+        .config(move |c| {
+            c.audit.dir = audit_dir;
+            c.state_dir = state_dir;
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "contoso", &["report-readers"]);
+    let (status, first) = get_json(admin, "/api/v1/reports/sessions?limit=100", &token).await;
+    assert_eq!(status, 200, "{first}");
+    let ids: Vec<String> = first["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_string())
+        .collect();
+    let helper = first["sessions"][0]["helper_id"].as_str().unwrap().to_string();
+    // A cursor 50 pages deep.
+    let mut cursor = first["next_cursor"].as_str().unwrap().to_string();
+    for _ in 0..50 {
+        let (_, page) = get_json(
+            admin,
+            &format!("/api/v1/reports/sessions?limit=100&cursor={cursor}"),
+            &token,
+        )
+        .await;
+        cursor = page["next_cursor"].as_str().unwrap().to_string();
+    }
+    let (_, summary) = get_json(admin, "/api/v1/reports/summary", &token).await;
+    println!("contoso sessions in 30 days: {}", summary["sessions"]);
+    let cases: Vec<(&str, Vec<String>, usize)> = vec![
+        ("active", vec!["/api/v1/reports/active".into()], 200),
+        (
+            "sessions, newest page of 100",
+            vec!["/api/v1/reports/sessions?limit=100".into()],
+            200,
+        ),
+        (
+            "sessions, page 51 by cursor",
+            vec![format!("/api/v1/reports/sessions?limit=100&cursor={cursor}")],
+            200,
+        ),
+        (
+            "sessions, longest first",
+            vec!["/api/v1/reports/sessions?limit=100&sort=duration".into()],
+            100,
+        ),
+        (
+            "sessions, helper + mode filter",
+            vec![format!(
+                "/api/v1/reports/sessions?limit=100&helper={helper}&mode=full_control"
+            )],
+            100,
+        ),
+        (
+            "sessions, end_reason filter, 7 days",
+            vec![format!(
+                "/api/v1/reports/sessions?limit=100&end_reason=ADMIN_ENDED&since={}",
+                remote_help_relay::audit::rfc3339(SystemTime::now() - Duration::from_secs(7 * 86400))
+            )],
+            100,
+        ),
+        (
+            "session detail",
+            ids.iter()
+                .map(|id| format!("/api/v1/reports/sessions/{id}"))
+                .collect(),
+            200,
+        ),
+        ("summary, 30 days", vec!["/api/v1/reports/summary".into()], 30),
+        (
+            "summary, 1 day",
+            vec![format!(
+                "/api/v1/reports/summary?since={}",
+                remote_help_relay::audit::rfc3339(SystemTime::now() - Duration::from_secs(86400))
+            )],
+            100,
+        ),
+        (
+            "csv, one helper, 30 days",
+            vec![format!("/api/v1/reports/sessions.csv?helper={helper}")],
+            50,
+        ),
+        ("csv, whole tenant, 30 days", vec!["/api/v1/reports/sessions.csv".into()], 5),
+    ];
+    println!("| endpoint | requests | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, paths, n) in cases {
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n {
+            let path = &paths[i % paths.len()];
+            let t = Instant::now();
+            let (status, body) = http(admin, "GET", path, Some(&token)).await;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |p: f64| times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        println!(
+            "| {name} | {n} | {:.1} | {:.1} | {:.1} |",
+            at(0.5),
+            at(0.99),
+            times[times.len() - 1]
+        );
+    }
+    relay.stop().await;
+}

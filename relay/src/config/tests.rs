@@ -412,3 +412,36 @@ fn tenant_settings_default_to_the_safe_values() {
     .unwrap();
     assert!(!config.tenants[0].policy.require_end_to_end);
 }
+
+#[test]
+fn administration_audiences_default_to_the_session_audience_with_admin_and_must_differ_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n";
+    let config = Config::parse(&format!("[server]\naudience = \"relay-x\"\n{tenant}"), dir.path())
+        .unwrap();
+    assert_eq!(config.admin_audience, "relay-x/admin");
+    assert_eq!(config.tenants[0].admin_audience, None);
+    let config = Config::parse(
+        &format!("{tenant}admin_audience = \"api://reports\"\n"),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.tenants[0].admin_audience.as_deref(),
+        Some("api://reports")
+    );
+    let found = problems(
+        &format!("[server]\naudience = \"a\"\nadmin_audience = \"a\"\n{tenant}"),
+        dir.path(),
+    );
+    assert_eq!(found[0].field, "server.admin_audience");
+    let found = tenant_problems("audience = \"remote-help-relay/admin\"\n");
+    assert_eq!(found[0].field, "tenants[0].admin_audience");
+    let found = tenant_problems("admin_audience = \"remote-help-relay\"\n");
+    assert_eq!(found[0].field, "tenants[0].admin_audience");
+}

@@ -37,54 +37,80 @@ const REFUSALS: [&str; 6] = [
     "CONSENT_TIMEOUT",
 ];
 
-/// The history as batches of events in time order, each with the time it is written at.
-/// Batches never span a UTC day, so each day's events land in that day's files.
-pub fn history(spec: &Spec) -> Vec<(SystemTime, Vec<AuditEvent>)> {
+/// The history as batches of events in time order, each with the time it is written at,
+/// generated a day at a time (a million events never sit in memory at once). Batches never
+/// span a UTC day, so each day's events land in that day's files.
+pub fn history(spec: &Spec) -> impl Iterator<Item = (SystemTime, Vec<AuditEvent>)> + use<> {
+    let spec = spec.clone();
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let day = Duration::from_secs(86_400);
     let first = spec.end - day * spec.days;
     let total_weight: u32 = spec.tenants.iter().map(|t| t.1).sum::<u32>().max(1);
-    // About 3.2 events per session (start, end, a raise in 30 %, a path change in 50 %,
-    // a refusal per 20 sessions).
+    // About 3.2 events per session (start, end, a raise in 30 % of view-only sessions, a
+    // path change in half, a refusal per 20 sessions).
     let sessions = (spec.events as f64 / 3.2) as u64;
-    let mut events: Vec<(SystemTime, AuditEvent)> = Vec::new();
-    let span = (spec.end.duration_since(first).unwrap_or_default()).as_millis() as u64;
-    for n in 0..sessions {
-        let mut pick = rng.random_range(0..total_weight);
-        let tenant = spec
-            .tenants
-            .iter()
-            .find(|t| {
-                if pick < t.1 {
-                    true
-                } else {
-                    pick -= t.1;
-                    false
-                }
-            })
-            .map(|t| t.0.clone())
-            .unwrap_or_default();
-        let start = first + Duration::from_millis(rng.random_range(0..span.max(1)));
-        if rng.random_range(0..20) == 0 {
-            events.push((start, refusal(&mut rng, &tenant)));
-        }
-        session(&mut rng, &tenant, n, start, spec.end, &mut events);
-    }
-    events.sort_by_key(|(at, _)| *at);
-    events.truncate(spec.events as usize);
-    let mut batches: Vec<(SystemTime, Vec<AuditEvent>)> = Vec::new();
-    let day_of = |at: SystemTime| time::OffsetDateTime::from(at).date();
-    for (at, mut event) in events {
-        event.time = rfc3339(at);
-        match batches.last_mut() {
-            Some((last, batch)) if batch.len() < spec.batch && day_of(*last) == day_of(at) => {
-                *last = at;
-                batch.push(event);
+    let per_day = sessions / u64::from(spec.days.max(1));
+    let mut pending: Vec<(SystemTime, AuditEvent)> = Vec::new();
+    let mut emitted = 0u64;
+    let mut n = 0u64;
+    (0..spec.days).flat_map(move |d| {
+        let day_start = first + day * d;
+        let day_end = (day_start + day).min(spec.end);
+        let span = day_end
+            .duration_since(day_start)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        for _ in 0..per_day {
+            let mut pick = rng.random_range(0..total_weight);
+            let tenant = spec
+                .tenants
+                .iter()
+                .find(|t| {
+                    if pick < t.1 {
+                        true
+                    } else {
+                        pick -= t.1;
+                        false
+                    }
+                })
+                .map(|t| t.0.clone())
+                .unwrap_or_default();
+            let start = day_start + Duration::from_millis(rng.random_range(0..span.max(1)));
+            if rng.random_range(0..20) == 0 {
+                pending.push((start, refusal(&mut rng, &tenant)));
             }
-            _ => batches.push((at, vec![event])),
+            session(&mut rng, &tenant, n, start, spec.end, &mut pending);
+            n += 1;
         }
-    }
-    batches
+        // Nothing after the end of the history (raises and path changes of sessions still
+        // running then).
+        pending.retain(|(at, _)| *at < spec.end);
+        pending.sort_by_key(|(at, _)| *at);
+        let last_day = d + 1 == spec.days;
+        let today = if last_day {
+            pending.len()
+        } else {
+            pending.partition_point(|(at, _)| *at < day_end)
+        };
+        let mut events: Vec<(SystemTime, AuditEvent)> = pending.drain(..today).collect();
+        events.truncate(spec.events.saturating_sub(emitted) as usize);
+        emitted += events.len() as u64;
+        let mut batches: Vec<(SystemTime, Vec<AuditEvent>)> = Vec::new();
+        let day_of = |at: SystemTime| time::OffsetDateTime::from(at).date();
+        for (at, mut event) in events {
+            event.time = rfc3339(at);
+            match batches.last_mut() {
+                Some((last, batch))
+                    if batch.len() < spec.batch && day_of(*last) == day_of(at) =>
+                {
+                    *last = at;
+                    batch.push(event);
+                }
+                _ => batches.push((at, vec![event])),
+            }
+        }
+        batches
+    })
 }
 
 fn refusal(rng: &mut StdRng, tenant: &str) -> AuditEvent {
