@@ -202,6 +202,15 @@ async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_cs
     assert_eq!(summary["sessions"], json!(reference.count));
     assert_eq!(summary["median_duration_secs"], json!(reference.median_secs));
     assert_eq!(summary["by_mode"], json!(reference.by_mode));
+    let mut durations: Vec<f64> = expected.iter().filter_map(|r| r.duration_secs).collect();
+    durations.sort_by(f64::total_cmp);
+    let p90 = durations[(0.9 * durations.len() as f64).ceil() as usize - 1];
+    assert_eq!(summary["p90_duration_secs"], json!(p90));
+    let mut platforms: BTreeMap<String, u64> = BTreeMap::new();
+    for row in &expected {
+        *platforms.entry(row.platform.clone()).or_default() += 1;
+    }
+    assert_eq!(summary["by_platform"], json!(platforms));
     let per_day: u64 = summary["sessions_per_day"]
         .as_object()
         .unwrap()

@@ -537,38 +537,68 @@ impl ReportIndex {
         since_ms: i64,
         until_ms: i64,
     ) -> Result<Summary, IndexError> {
+        // Everything is aggregated inside SQLite: the groups are few (days, platforms,
+        // mode combinations), and the percentiles are read at their ranks from one sort.
         let mut summary = Summary::default();
-        let mut durations = Vec::new();
-        let mut stmt = self.db.prepare_cached(
-            "SELECT substr(start_time, 1, 10), duration_secs, modes, platform FROM sessions \
-             WHERE (?1 IS NULL OR tenant = ?1) AND start_ms >= ?2 AND start_ms < ?3",
-        )?;
+        let range = "(?1 IS NULL OR tenant = ?1) AND start_ms >= ?2 AND start_ms < ?3";
+        let mut stmt = self.db.prepare_cached(&format!(
+            "SELECT start_ms / 86400000, count(*) FROM sessions WHERE {range} GROUP BY 1"
+        ))?;
         let mut found = stmt.query(params![tenant, since_ms, until_ms])?;
         while let Some(r) = found.next()? {
-            summary.sessions += 1;
-            let day: String = r.get(0)?;
-            *summary.sessions_per_day.entry(day).or_default() += 1;
-            if let Some(d) = r.get::<_, Option<f64>>(1)? {
-                durations.push(d);
-            }
-            let modes: String = r.get(2)?;
+            let day: i64 = r.get(0)?;
+            let count = r.get::<_, i64>(1)? as u64;
+            let date = OffsetDateTime::from_unix_timestamp(day * 86_400)
+                .map(|d| d.date().to_string())
+                .unwrap_or_default();
+            summary.sessions += count;
+            summary.sessions_per_day.insert(date, count);
+        }
+        let mut stmt = self.db.prepare_cached(&format!(
+            "SELECT platform, modes, count(*), count(duration_secs) FROM sessions WHERE {range} \
+             GROUP BY platform, modes"
+        ))?;
+        let mut ended = 0u64;
+        let mut found = stmt.query(params![tenant, since_ms, until_ms])?;
+        while let Some(r) = found.next()? {
+            let platform: String = r.get(0)?;
+            let modes: String = r.get(1)?;
+            let count = r.get::<_, i64>(2)? as u64;
+            ended += r.get::<_, i64>(3)? as u64;
+            *summary.by_platform.entry(platform).or_default() += count;
             for mode in modes.split(',').filter(|m| !m.is_empty()) {
-                if let Some(n) = summary.by_mode.get_mut(mode) {
-                    *n += 1;
-                } else {
-                    summary.by_mode.insert(mode.to_string(), 1);
-                }
-            }
-            let platform: String = r.get(3)?;
-            if let Some(n) = summary.by_platform.get_mut(&platform) {
-                *n += 1;
-            } else {
-                summary.by_platform.insert(platform, 1);
+                *summary.by_mode.entry(mode.to_string()).or_default() += count;
             }
         }
-        durations.sort_by(f64::total_cmp);
-        summary.median_duration_secs = median(&durations);
-        summary.p90_duration_secs = nearest_rank(&durations, 0.9);
+        if ended > 0 {
+            // 1-based ranks: the median's one or two, and p90's nearest rank.
+            let (low, high) = ((ended + 1) / 2, ended / 2 + 1);
+            let p90 = ((0.9 * ended as f64).ceil() as u64).clamp(1, ended);
+            let mut stmt = self.db.prepare_cached(&format!(
+                "SELECT rank, d FROM (SELECT duration_secs AS d, row_number() OVER \
+                 (ORDER BY duration_secs) AS rank FROM sessions WHERE {range} \
+                 AND duration_secs IS NOT NULL) WHERE rank IN (?4, ?5, ?6)"
+            ))?;
+            let mut at = BTreeMap::new();
+            let mut found = stmt.query(params![
+                tenant,
+                since_ms,
+                until_ms,
+                low as i64,
+                high as i64,
+                p90 as i64
+            ])?;
+            while let Some(r) = found.next()? {
+                at.insert(r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)?);
+            }
+            let value = |rank: u64| at.get(&rank).copied().unwrap_or(0.0);
+            summary.median_duration_secs = if ended % 2 == 1 {
+                value(low)
+            } else {
+                (value(ended / 2) + value(high)) / 2.0
+            };
+            summary.p90_duration_secs = value(p90);
+        }
         let mut stmt = self.db.prepare_cached(
             "SELECT refusal, count(*) FROM refusals WHERE (?1 IS NULL OR tenant = ?1) \
              AND time_ms >= ?2 AND time_ms < ?3 GROUP BY refusal",
@@ -590,24 +620,6 @@ impl ReportIndex {
             .map(|m| m.len())
             .sum()
     }
-}
-
-/// The median as [`super::summarize`] computes it.
-pub fn median(sorted: &[f64]) -> f64 {
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-/// The nearest-rank percentile `p` (0..=1) of sorted values; 0 for none.
-pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn where_clause(query: &SessionQuery) -> (String, Vec<rusqlite::types::Value>) {
