@@ -1014,9 +1014,7 @@ impl Config {
             // A token for one use must never pass as the other: the two audiences this
             // tenant's tokens are checked against must differ.
             let session_aud = audience.as_deref().unwrap_or(&audience_default);
-            let admin_aud = tenant_admin_audience
-                .as_deref()
-                .unwrap_or(&admin_audience);
+            let admin_aud = tenant_admin_audience.as_deref().unwrap_or(&admin_audience);
             if session_aud == admin_aud {
                 problem(
                     &field("admin_audience"),

@@ -85,10 +85,7 @@ async fn relay_with_history(events: u64) -> TestRelay {
 /// `groups` as given.
 fn admin_token(relay: &TestRelay, tenant: &str, groups: &[&str]) -> String {
     let t = relay.tenant(tenant);
-    let mut spec = with_claims(
-        t.spec(Persona::Helper),
-        json!({ "groups": groups }),
-    );
+    let mut spec = with_claims(t.spec(Persona::Helper), json!({ "groups": groups }));
     spec.audience = ADMIN_AUDIENCE.into();
     spec.subject = format!("{tenant}-admin");
     t.sign(&spec)
@@ -159,7 +156,11 @@ async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_cs
 
     let api = all_pages(admin, &token, "limit=97&sort=start_time&order=asc").await;
     let expected = audit_rows(&relay, "contoso");
-    assert!(expected.len() > 1000, "a month of sessions: {}", expected.len());
+    assert!(
+        expected.len() > 1000,
+        "a month of sessions: {}",
+        expected.len()
+    );
     assert_eq!(
         api.iter().map(|s| s.row.clone()).collect::<Vec<_>>(),
         expected,
@@ -200,7 +201,10 @@ async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_cs
     assert_eq!(status, 200);
     let reference = report::summarize(&expected);
     assert_eq!(summary["sessions"], json!(reference.count));
-    assert_eq!(summary["median_duration_secs"], json!(reference.median_secs));
+    assert_eq!(
+        summary["median_duration_secs"],
+        json!(reference.median_secs)
+    );
     assert_eq!(summary["by_mode"], json!(reference.by_mode));
     let mut durations: Vec<f64> = expected.iter().filter_map(|r| r.duration_secs).collect();
     durations.sort_by(f64::total_cmp);
@@ -240,8 +244,12 @@ async fn every_sort_pages_without_duplicates_or_gaps_and_filters_select_what_the
     let expected = by_id(audit_rows(&relay, "contoso"));
     for sort in ["start_time", "duration", "helper", "recipient", "device"] {
         for order in ["asc", "desc"] {
-            let rows = all_pages(admin, &token, &format!("limit=41&sort={sort}&order={order}"))
-                .await;
+            let rows = all_pages(
+                admin,
+                &token,
+                &format!("limit=41&sort={sort}&order={order}"),
+            )
+            .await;
             let ids: BTreeSet<&str> = rows.iter().map(|r| r.row.session_id.as_str()).collect();
             assert_eq!(
                 ids,
@@ -276,7 +284,11 @@ async fn every_sort_pages_without_duplicates_or_gaps_and_filters_select_what_the
     }
 
     // Filters, each against the same selection over the audit log's rows.
-    let sample = expected.values().find(|r| r.end_time.is_some()).unwrap().clone();
+    let sample = expected
+        .values()
+        .find(|r| r.end_time.is_some())
+        .unwrap()
+        .clone();
     let since_row = expected.values().nth(expected.len() / 2).unwrap().clone();
     let since = &since_row.start_time;
     let since_at = start(&since_row);
@@ -355,7 +367,10 @@ async fn another_tenants_sessions_look_exactly_like_a_tenant_that_does_not_exist
 
     // A real fabrikam session id, past and live.
     let (_, page) = get_json(admin, "/api/v1/reports/sessions?limit=1", &fabrikam).await;
-    let past = page["sessions"][0]["session_id"].as_str().unwrap().to_string();
+    let past = page["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, active) = get_json(admin, "/api/v1/reports/active", &fabrikam).await;
     let live = active["sessions"][0]["session_id"]
         .as_str()
@@ -363,9 +378,14 @@ async fn another_tenants_sessions_look_exactly_like_a_tenant_that_does_not_exist
         .to_string();
     // Fabrikam's own view finds them (so the comparisons below are about isolation).
     assert_eq!(
-        http(admin, "GET", &format!("/api/v1/reports/sessions/{past}"), Some(&fabrikam))
-            .await
-            .0,
+        http(
+            admin,
+            "GET",
+            &format!("/api/v1/reports/sessions/{past}"),
+            Some(&fabrikam)
+        )
+        .await
+        .0,
         200
     );
 
@@ -458,11 +478,17 @@ async fn helper_tokens_are_refused_with_a_json_error_and_admin_tokens_cannot_sta
         assert_eq!(body["error"]["reason"], "wrong_audience");
     }
     let (status, body) = get_json(admin, "/api/v1/reports/summary", "").await;
-    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthenticated")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthenticated"))
+    );
     // The right audience without the permission.
     let no_role = admin_token(&relay, "contoso", &["helpdesk"]);
     let (status, body) = get_json(admin, "/api/v1/reports/sessions", &no_role).await;
-    assert_eq!((status, body["error"]["code"].clone()), (403, json!("permission_denied")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("permission_denied"))
+    );
     // Bad parameters name themselves.
     let reader = admin_token(&relay, "contoso", &["report-readers"]);
     for (path, code) in [
@@ -470,23 +496,33 @@ async fn helper_tokens_are_refused_with_a_json_error_and_admin_tokens_cannot_sta
         ("/api/v1/reports/sessions?since=yesterday", "bad_request"),
         ("/api/v1/reports/sessions?tenat=contoso", "bad_request"),
         ("/api/v1/reports/sessions?limit=0", "bad_request"),
-        ("/api/v1/reports/sessions?cursor=bm90LWEtY3Vyc29y", "bad_cursor"),
+        (
+            "/api/v1/reports/sessions?cursor=bm90LWEtY3Vyc29y",
+            "bad_cursor",
+        ),
     ] {
         let (status, body) = get_json(admin, path, &reader).await;
-        assert_eq!((status, body["error"]["code"].clone()), (400, json!(code)), "{path}");
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (400, json!(code)),
+            "{path}"
+        );
     }
     // An administration token does not open a session.
     let refused = relay
         .connect(reader.clone(), remote_help_relay::core::Role::Helper)
         .await;
-    assert!(refused.is_err(), "an admin token must not authenticate a helper");
+    assert!(
+        refused.is_err(),
+        "an admin token must not authenticate a helper"
+    );
     assert_eq!(DEFAULT_AUDIENCE.to_string() + "/admin", ADMIN_AUDIENCE);
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_tenant_administrator_ends_a_live_session_the_parties_hear_admin_ended_and_the_log_names_them()
-{
+ {
     let relay = relay_with_history(200).await;
     let admin = relay.handle.admin_addr().unwrap();
     let reader = admin_token(&relay, "contoso", &["report-readers"]);
@@ -516,7 +552,10 @@ async fn a_tenant_administrator_ends_a_live_session_the_parties_hear_admin_ended
         .into_iter()
         .find(|e| e.session_id == id && e.event == Some(EventKind::SessionEnded))
         .unwrap();
-    assert_eq!(logged.administrator.as_deref(), Some("tenant:contoso-admin"));
+    assert_eq!(
+        logged.administrator.as_deref(),
+        Some("tenant:contoso-admin")
+    );
     assert_eq!(http(admin, "POST", &end, Some(&ender)).await.0, 404);
     relay.stop().await;
 }
@@ -640,8 +679,14 @@ async fn bench_reports_on_a_million_events() {
 
     let (audit_dir, state_dir) = (audit.clone(), state.clone());
     let relay = TestRelay::builder()
-        .tenant("contoso", TokenSigner::generate_ed25519("contoso-1").unwrap())
-        .tenant("fabrikam", TokenSigner::generate_ed25519("fabrikam-1").unwrap())
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
         .policy("contoso", report_roles)
         .policy("fabrikam", report_roles)
         .config(move |c| {
@@ -660,7 +705,10 @@ async fn bench_reports_on_a_million_events() {
         .iter()
         .map(|s| s["session_id"].as_str().unwrap().to_string())
         .collect();
-    let helper = first["sessions"][0]["helper_id"].as_str().unwrap().to_string();
+    let helper = first["sessions"][0]["helper_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // A cursor 50 pages deep.
     let mut cursor = first["next_cursor"].as_str().unwrap().to_string();
     for _ in 0..50 {
@@ -683,7 +731,9 @@ async fn bench_reports_on_a_million_events() {
         ),
         (
             "sessions, page 51 by cursor",
-            vec![format!("/api/v1/reports/sessions?limit=100&cursor={cursor}")],
+            vec![format!(
+                "/api/v1/reports/sessions?limit=100&cursor={cursor}"
+            )],
             200,
         ),
         (
@@ -702,7 +752,9 @@ async fn bench_reports_on_a_million_events() {
             "sessions, end_reason filter, 7 days",
             vec![format!(
                 "/api/v1/reports/sessions?limit=100&end_reason=ADMIN_ENDED&since={}",
-                remote_help_relay::audit::rfc3339(SystemTime::now() - Duration::from_secs(7 * 86400))
+                remote_help_relay::audit::rfc3339(
+                    SystemTime::now() - Duration::from_secs(7 * 86400)
+                )
             )],
             100,
         ),
@@ -713,7 +765,11 @@ async fn bench_reports_on_a_million_events() {
                 .collect(),
             200,
         ),
-        ("summary, 30 days", vec!["/api/v1/reports/summary".into()], 30),
+        (
+            "summary, 30 days",
+            vec!["/api/v1/reports/summary".into()],
+            30,
+        ),
         (
             "summary, 1 day",
             vec![format!(
@@ -727,7 +783,11 @@ async fn bench_reports_on_a_million_events() {
             vec![format!("/api/v1/reports/sessions.csv?helper={helper}")],
             50,
         ),
-        ("csv, whole tenant, 30 days", vec!["/api/v1/reports/sessions.csv".into()], 5),
+        (
+            "csv, whole tenant, 30 days",
+            vec!["/api/v1/reports/sessions.csv".into()],
+            5,
+        ),
     ];
     println!("| endpoint | requests | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
@@ -741,7 +801,8 @@ async fn bench_reports_on_a_million_events() {
             assert_eq!(status, 200, "{path}: {body}");
         }
         times.sort_by(f64::total_cmp);
-        let at = |p: f64| times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        let at =
+            |p: f64| times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
         println!(
             "| {name} | {n} | {:.1} | {:.1} | {:.1} |",
             at(0.5),

@@ -422,8 +422,11 @@ fn administration_audiences_default_to_the_session_audience_with_admin_and_must_
     )
     .unwrap();
     let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n";
-    let config = Config::parse(&format!("[server]\naudience = \"relay-x\"\n{tenant}"), dir.path())
-        .unwrap();
+    let config = Config::parse(
+        &format!("[server]\naudience = \"relay-x\"\n{tenant}"),
+        dir.path(),
+    )
+    .unwrap();
     assert_eq!(config.admin_audience, "relay-x/admin");
     assert_eq!(config.tenants[0].admin_audience, None);
     let config = Config::parse(

@@ -645,7 +645,11 @@ mod tests {
         };
         assert_eq!(granted(&["helpdesk"]), (false, false, false));
         assert_eq!(granted(&["readers"]), (true, false, false));
-        assert_eq!(granted(&["enders"]), (true, true, false), "ending implies reading");
+        assert_eq!(
+            granted(&["enders"]),
+            (true, true, false),
+            "ending implies reading"
+        );
         assert_eq!(granted(&["nobody"]), (false, false, false));
         assert!(
             policy

@@ -281,9 +281,10 @@ impl ReportIndex {
             db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
             })?;
-        let dir: String = db.query_row("SELECT value FROM meta WHERE key = 'audit_dir'", [], |r| {
-            r.get(0)
-        })?;
+        let dir: String =
+            db.query_row("SELECT value FROM meta WHERE key = 'audit_dir'", [], |r| {
+                r.get(0)
+            })?;
         Ok((schema.parse().unwrap_or(-1), dir))
     }
 
@@ -400,7 +401,9 @@ impl ReportIndex {
                         apply(&tx, &event)?;
                         read += 1;
                     }
-                    Err(_) => tracing::warn!(file = %name, offset = last_start, "unreadable audit line left out of the reports index"),
+                    Err(_) => {
+                        tracing::warn!(file = %name, offset = last_start, "unreadable audit line left out of the reports index")
+                    }
                 }
             }
             let last_hash = crate::audit::line_hash_hex(&bytes[last_start..end - 1]);
@@ -761,7 +764,11 @@ fn apply(tx: &Transaction<'_>, e: &AuditEvent) -> rusqlite::Result<()> {
                 tx.prepare_cached(
                     "UPDATE sessions SET modes = ?3 WHERE tenant = ?1 AND session_id = ?2",
                 )?
-                .execute(params![tenant, session, merge_modes(&modes, &[mode])])?;
+                .execute(params![
+                    tenant,
+                    session,
+                    merge_modes(&modes, &[mode])
+                ])?;
                 add_change(tx, e, "mode", mode)?;
             }
         }
@@ -805,12 +812,10 @@ fn apply(tx: &Transaction<'_>, e: &AuditEvent) -> rusqlite::Result<()> {
         }
         EventKind::SessionRefused => {
             let at = parse_time(&e.time).map_or(0, unix_ms);
-            tx.prepare_cached("INSERT INTO refusals (tenant, time_ms, refusal) VALUES (?1, ?2, ?3)")?
-                .execute(params![
-                    tenant,
-                    at,
-                    e.refusal.clone().unwrap_or_default()
-                ])?;
+            tx.prepare_cached(
+                "INSERT INTO refusals (tenant, time_ms, refusal) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![tenant, at, e.refusal.clone().unwrap_or_default()])?;
         }
     }
     Ok(())
@@ -821,7 +826,12 @@ fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn add_change(tx: &Transaction<'_>, e: &AuditEvent, kind: &str, value: &str) -> rusqlite::Result<()> {
+fn add_change(
+    tx: &Transaction<'_>,
+    e: &AuditEvent,
+    kind: &str,
+    value: &str,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO changes (tenant, session_id, seq, time, kind, value) VALUES (?1, ?2, \
          (SELECT count(*) FROM changes WHERE tenant = ?1 AND session_id = ?2), ?3, ?4, ?5)",

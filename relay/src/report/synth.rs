@@ -100,9 +100,7 @@ pub fn history(spec: &Spec) -> impl Iterator<Item = (SystemTime, Vec<AuditEvent>
         for (at, mut event) in events {
             event.time = rfc3339(at);
             match batches.last_mut() {
-                Some((last, batch))
-                    if batch.len() < spec.batch && day_of(*last) == day_of(at) =>
-                {
+                Some((last, batch)) if batch.len() < spec.batch && day_of(*last) == day_of(at) => {
                     *last = at;
                     batch.push(event);
                 }
@@ -184,7 +182,11 @@ fn session(
     }
     if rng.random_bool(0.5) {
         let at = start + Duration::from_secs_f64(secs * 0.1);
-        let path = if rng.random_bool(0.9) { "direct" } else { "relayed" };
+        let path = if rng.random_bool(0.9) {
+            "direct"
+        } else {
+            "relayed"
+        };
         out.push((
             at,
             AuditEvent {

@@ -5,11 +5,11 @@
 //! handle does not stop the relay, [`ServerHandle::shutdown`] does (drain, then close).
 
 pub mod admin;
-pub mod reports;
 pub mod connection;
 pub mod forward;
 pub mod hub;
 pub mod keys;
+pub mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -140,7 +140,11 @@ impl IntoResponse for ApiError {
         if let Some(reason) = self.reason {
             body["reason"] = reason.into();
         }
-        (self.status, axum::Json(serde_json::json!({ "error": body }))).into_response()
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": body })),
+        )
+            .into_response()
     }
 }
 
@@ -378,7 +382,13 @@ fn encode_cursor(cursor: &Cursor) -> String {
 }
 
 fn decode_cursor(text: &str, sort: SortKey, desc: bool) -> Result<Cursor, ApiError> {
-    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "bad_cursor", "cursor is not one this API gave for this sort");
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            "cursor is not one this API gave for this sort",
+        )
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .map_err(|_| bad())?;
@@ -508,14 +518,20 @@ fn csv_row(s: &IndexedSession) -> String {
         r.control_type.clone(),
         r.modes.join(";"),
         opt(&r.end_reason),
-        r.ended_by.map(|e| e.as_str().to_string()).unwrap_or_default(),
+        r.ended_by
+            .map(|e| e.as_str().to_string())
+            .unwrap_or_default(),
         opt(&s.administrator),
         opt(&r.reason),
         r.went_direct.to_string(),
         num(s.bytes_helper_to_sharer),
         num(s.bytes_sharer_to_helper),
     ];
-    let mut text = cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",");
+    let mut text = cells
+        .iter()
+        .map(|c| csv_cell(c))
+        .collect::<Vec<_>>()
+        .join(",");
     text.push_str("\r\n");
     text
 }
