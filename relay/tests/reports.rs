@@ -138,6 +138,9 @@ fn audit_rows(relay: &TestRelay, tenant: &str) -> Vec<SessionRow> {
     )
 }
 
+/// Which audit-log rows a filter keeps.
+type Keep<'a> = Box<dyn Fn(&SessionRow) -> bool + 'a>;
+
 fn start(row: &SessionRow) -> time::OffsetDateTime {
     remote_help_relay::audit::parse_time(&row.start_time).unwrap()
 }
@@ -292,7 +295,7 @@ async fn every_sort_pages_without_duplicates_or_gaps_and_filters_select_what_the
     let since_row = expected.values().nth(expected.len() / 2).unwrap().clone();
     let since = &since_row.start_time;
     let since_at = start(&since_row);
-    let filters: Vec<(String, Box<dyn Fn(&SessionRow) -> bool>)> = vec![
+    let filters: Vec<(String, Keep)> = vec![
         (
             format!("helper={}", sample.helper.replace(' ', "%20")),
             Box::new(|r: &SessionRow| r.helper == sample.helper),

@@ -575,7 +575,7 @@ impl ReportIndex {
         }
         if ended > 0 {
             // 1-based ranks: the median's one or two, and p90's nearest rank.
-            let (low, high) = ((ended + 1) / 2, ended / 2 + 1);
+            let (low, high) = (ended.div_ceil(2), ended / 2 + 1);
             let p90 = ((0.9 * ended as f64).ceil() as u64).clamp(1, ended);
             let mut stmt = self.db.prepare_cached(&format!(
                 "SELECT rank, d FROM (SELECT duration_secs AS d, row_number() OVER \
