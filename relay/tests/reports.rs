@@ -622,6 +622,25 @@ async fn a_deleted_or_mismatched_index_is_rebuilt_with_identical_answers() {
     reopened.catch_up().unwrap();
     let expected = report::sessions(&read_events(&audit_files(&audit)), &Filter::default());
     assert_eq!(all(&reopened), expected);
+
+    // The last line read replaced by other lines, the file now longer than before: the
+    // index notices its last line is gone and reads the file again.
+    let text = std::fs::read(&last).unwrap();
+    let cut = text[..text.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    let first_line_end = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut replaced = text[..cut].to_vec();
+    for _ in 0..3 {
+        replaced.extend_from_slice(&text[..first_line_end]);
+    }
+    assert!(replaced.len() > text.len());
+    std::fs::write(&last, &replaced).unwrap();
+    reopened.catch_up().unwrap();
+    let expected = report::sessions(&read_events(&audit_files(&audit)), &Filter::default());
+    assert_eq!(all(&reopened), expected);
 }
 
 /// The BENCHMARKS.md measurement (section "Reports"): 1,000,000 generated events over 30

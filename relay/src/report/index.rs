@@ -373,23 +373,27 @@ impl ReportIndex {
             if size == offset {
                 continue;
             }
-            let bytes = std::fs::read(&file).map_err(|e| io_error(&file, e))?;
+            // Read only from the last line already read (to check it is still there) to
+            // the end: today's file can be tens of MiB, queries come often.
+            let base = known.as_ref().map_or(0, |k| k.1);
+            let bytes = read_from(&file, base)?;
             if let Some((offset, start, hash)) = &known
                 && *offset > 0
             {
                 // The last line read must still be there, unchanged.
-                let last = bytes.get(*start as usize..(*offset as usize).saturating_sub(1));
+                let last = bytes.get(0..(offset - start).saturating_sub(1) as usize);
                 if last.is_none_or(|line| crate::audit::line_hash_hex(line) != *hash) {
                     return Ok(None);
                 }
             }
+            let from = (offset - base) as usize;
             let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            if end as u64 <= offset {
+            if end <= from {
                 continue;
             }
-            let mut position = offset as usize;
-            let mut last_start = known.as_ref().map_or(0, |k| k.1 as usize);
-            for line in bytes[offset as usize..end].split_inclusive(|b| *b == b'\n') {
+            let mut position = from;
+            let mut last_start = 0;
+            for line in bytes[from..end].split_inclusive(|b| *b == b'\n') {
                 let text = &line[..line.len() - 1];
                 last_start = position;
                 position += line.len();
@@ -402,11 +406,12 @@ impl ReportIndex {
                         read += 1;
                     }
                     Err(_) => {
-                        tracing::warn!(file = %name, offset = last_start, "unreadable audit line left out of the reports index")
+                        tracing::warn!(file = %name, offset = base + last_start as u64, "unreadable audit line left out of the reports index")
                     }
                 }
             }
             let last_hash = crate::audit::line_hash_hex(&bytes[last_start..end - 1]);
+            let (end, last_start) = (base + end as u64, base + last_start as u64);
             tx.execute(
                 "INSERT INTO files (name, offset, last_line_start, last_line_hash) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET offset = ?2, last_line_start = ?3, last_line_hash = ?4",
@@ -623,6 +628,17 @@ impl ReportIndex {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// The bytes of `file` from `offset` to its end.
+fn read_from(file: &Path, offset: u64) -> Result<Vec<u8>, IndexError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).map_err(|e| io_error(file, e))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_error(file, e))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|e| io_error(file, e))?;
+    Ok(bytes)
 }
 
 fn where_clause(query: &SessionQuery) -> (String, Vec<rusqlite::types::Value>) {
