@@ -34,6 +34,9 @@ use crate::audit::{AuditEvent, EndedBy, EventKind, audit_files, parse_time};
 /// The index's schema version; a different one is rebuilt.
 const SCHEMA: i64 = 1;
 
+/// Events read in one catch-up after which the planner's statistics are refreshed.
+const ANALYZE_AFTER: u64 = 5_000;
+
 /// The index file's name in the state folder.
 pub const INDEX_FILE: &str = "reports-index.sqlite";
 
@@ -237,8 +240,15 @@ CREATE TABLE sessions (
   went_direct INTEGER NOT NULL, bytes_h2s INTEGER, bytes_s2h INTEGER,
   PRIMARY KEY (tenant, session_id)
 ) WITHOUT ROWID;
-CREATE INDEX sessions_by_start ON sessions (tenant, start_ms, session_id);
-CREATE INDEX sessions_by_id ON sessions (session_id);
+CREATE INDEX sessions_by_start ON sessions
+  (tenant, start_ms, session_id, platform, modes, duration_secs);
+CREATE INDEX sessions_by_duration ON sessions (tenant, dur_key, session_id, start_ms);
+CREATE INDEX sessions_by_helper ON sessions (tenant, helper, session_id);
+CREATE INDEX sessions_by_sharer ON sessions (tenant, sharer, session_id);
+CREATE INDEX sessions_by_device ON sessions (tenant, device, session_id);
+CREATE INDEX sessions_by_helper_id ON sessions (tenant, helper_id);
+CREATE INDEX sessions_by_sharer_id ON sessions (tenant, sharer_id);
+CREATE INDEX sessions_by_device_id ON sessions (tenant, device_id);
 CREATE TABLE changes (tenant TEXT NOT NULL, session_id TEXT NOT NULL, seq INTEGER NOT NULL,
   time TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX changes_by_session ON changes (tenant, session_id, seq);
@@ -419,6 +429,13 @@ impl ReportIndex {
             )?;
         }
         tx.commit()?;
+        if read >= ANALYZE_AFTER {
+            // The planner's statistics: with them it picks the helper index for a helper
+            // filter and the duration index for a duration sort, instead of walking every
+            // session of the tenant by start time. A sample, so this stays quick.
+            self.db
+                .execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")?;
+        }
         if read > 0 {
             metrics::histogram!("relay_report_index_catch_up_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -512,10 +529,18 @@ impl ReportIndex {
         session_id: &str,
         since_ms: i64,
     ) -> Result<Option<(IndexedSession, Vec<Change>)>, IndexError> {
-        let mut stmt = self.db.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM sessions WHERE session_id = ?1 AND (?2 IS NULL OR tenant = ?2) \
-             AND start_ms >= ?3 ORDER BY tenant LIMIT 1"
-        ))?;
+        // A tenant's lookup is by primary key; the operator's (no tenant) scans.
+        let mut stmt = self.db.prepare_cached(&if tenant.is_some() {
+            format!(
+                "SELECT {COLUMNS} FROM sessions WHERE tenant = ?2 AND session_id = ?1 \
+                 AND start_ms >= ?3"
+            )
+        } else {
+            format!(
+                "SELECT {COLUMNS} FROM sessions WHERE ?2 IS NULL AND session_id = ?1 \
+                 AND start_ms >= ?3 ORDER BY tenant LIMIT 1"
+            )
+        })?;
         let Some(session) = stmt
             .query_row(params![session_id, tenant, since_ms], read_session)
             .optional()?
@@ -548,7 +573,13 @@ impl ReportIndex {
         // Everything is aggregated inside SQLite: the groups are few (days, platforms,
         // mode combinations), and the percentiles are read at their ranks from one sort.
         let mut summary = Summary::default();
-        let range = "(?1 IS NULL OR tenant = ?1) AND start_ms >= ?2 AND start_ms < ?3";
+        // `tenant = ?1` only when there is one: `(?1 IS NULL OR ...)` would keep SQLite from
+        // using the index.
+        let range = if tenant.is_some() {
+            "tenant = ?1 AND start_ms >= ?2 AND start_ms < ?3"
+        } else {
+            "?1 IS NULL AND start_ms >= ?2 AND start_ms < ?3"
+        };
         let mut stmt = self.db.prepare_cached(&format!(
             "SELECT start_ms / 86400000, count(*) FROM sessions WHERE {range} GROUP BY 1"
         ))?;
@@ -582,22 +613,22 @@ impl ReportIndex {
             // 1-based ranks: the median's one or two, and p90's nearest rank.
             let (low, high) = (ended.div_ceil(2), ended / 2 + 1);
             let p90 = ((0.9 * ended as f64).ceil() as u64).clamp(1, ended);
+            // Read at their ranks along the (tenant, duration) index: no sort. Running
+            // sessions have `dur_key` -1.
             let mut stmt = self.db.prepare_cached(&format!(
-                "SELECT rank, d FROM (SELECT duration_secs AS d, row_number() OVER \
-                 (ORDER BY duration_secs) AS rank FROM sessions WHERE {range} \
-                 AND duration_secs IS NOT NULL) WHERE rank IN (?4, ?5, ?6)"
+                "SELECT dur_key FROM sessions WHERE {range} AND dur_key >= 0 \
+                 ORDER BY dur_key LIMIT 1 OFFSET ?4"
             ))?;
             let mut at = BTreeMap::new();
-            let mut found = stmt.query(params![
-                tenant,
-                since_ms,
-                until_ms,
-                low as i64,
-                high as i64,
-                p90 as i64
-            ])?;
-            while let Some(r) = found.next()? {
-                at.insert(r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)?);
+            for rank in [low, high, p90] {
+                if let Some(d) = stmt
+                    .query_row(params![tenant, since_ms, until_ms, rank as i64 - 1], |r| {
+                        r.get::<_, f64>(0)
+                    })
+                    .optional()?
+                {
+                    at.insert(rank, d);
+                }
             }
             let value = |rank: u64| at.get(&rank).copied().unwrap_or(0.0);
             summary.median_duration_secs = if ended % 2 == 1 {
@@ -607,10 +638,13 @@ impl ReportIndex {
             };
             summary.p90_duration_secs = value(p90);
         }
-        let mut stmt = self.db.prepare_cached(
-            "SELECT refusal, count(*) FROM refusals WHERE (?1 IS NULL OR tenant = ?1) \
-             AND time_ms >= ?2 AND time_ms < ?3 GROUP BY refusal",
-        )?;
+        let mut stmt = self.db.prepare_cached(if tenant.is_some() {
+            "SELECT refusal, count(*) FROM refusals WHERE tenant = ?1 \
+                 AND time_ms >= ?2 AND time_ms < ?3 GROUP BY refusal"
+        } else {
+            "SELECT refusal, count(*) FROM refusals WHERE ?1 IS NULL \
+                 AND time_ms >= ?2 AND time_ms < ?3 GROUP BY refusal"
+        })?;
         let mut found = stmt.query(params![tenant, since_ms, until_ms])?;
         while let Some(r) = found.next()? {
             summary
