@@ -455,7 +455,9 @@ impl ReportIndex {
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<(Vec<IndexedSession>, Option<Cursor>), IndexError> {
-        let (mut sql, mut args) = where_clause(query);
+        let (from, mut args) = driving_from(query);
+        let (mut sql, more) = where_clause(query);
+        args.extend(more);
         if let Some(cursor) = cursor {
             let op = if desc { "<" } else { ">" };
             let column = sort.column();
@@ -473,7 +475,7 @@ impl ReportIndex {
         let dir = if desc { "DESC" } else { "ASC" };
         let column = sort.column();
         let sql = format!(
-            "SELECT {COLUMNS} FROM sessions WHERE {sql} ORDER BY {column} {dir}, tenant {dir}, session_id {dir} LIMIT {}",
+            "SELECT {COLUMNS} FROM {from} WHERE {sql} ORDER BY {column} {dir}, tenant {dir}, session_id {dir} LIMIT {}",
             limit + 1
         );
         let mut stmt = self.db.prepare_cached(&sql)?;
@@ -509,9 +511,11 @@ impl ReportIndex {
 
     /// Every session matching `query`, oldest first (for CSV export).
     pub fn all_sessions(&self, query: &SessionQuery) -> Result<Vec<IndexedSession>, IndexError> {
-        let (sql, args) = where_clause(query);
+        let (from, mut args) = driving_from(query);
+        let (sql, more) = where_clause(query);
+        args.extend(more);
         let sql = format!(
-            "SELECT {COLUMNS} FROM sessions WHERE {sql} ORDER BY start_ms, tenant, session_id"
+            "SELECT {COLUMNS} FROM {from} WHERE {sql} ORDER BY start_ms, tenant, session_id"
         );
         let mut stmt = self.db.prepare_cached(&sql)?;
         let mut found = stmt.query(rusqlite::params_from_iter(args))?;
@@ -581,7 +585,8 @@ impl ReportIndex {
             "?1 IS NULL AND start_ms >= ?2 AND start_ms < ?3"
         };
         let mut stmt = self.db.prepare_cached(&format!(
-            "SELECT start_ms / 86400000, count(*) FROM sessions WHERE {range} GROUP BY 1"
+            "SELECT start_ms / 86400000, count(*) FROM sessions INDEXED BY sessions_by_start \
+             WHERE {range} GROUP BY 1"
         ))?;
         let mut found = stmt.query(params![tenant, since_ms, until_ms])?;
         while let Some(r) = found.next()? {
@@ -594,8 +599,8 @@ impl ReportIndex {
             summary.sessions_per_day.insert(date, count);
         }
         let mut stmt = self.db.prepare_cached(&format!(
-            "SELECT platform, modes, count(*), count(duration_secs) FROM sessions WHERE {range} \
-             GROUP BY platform, modes"
+            "SELECT platform, modes, count(*), count(duration_secs) FROM sessions \
+             INDEXED BY sessions_by_start WHERE {range} GROUP BY platform, modes"
         ))?;
         let mut ended = 0u64;
         let mut found = stmt.query(params![tenant, since_ms, until_ms])?;
@@ -616,8 +621,8 @@ impl ReportIndex {
             // Read at their ranks along the (tenant, duration) index: no sort. Running
             // sessions have `dur_key` -1.
             let mut stmt = self.db.prepare_cached(&format!(
-                "SELECT dur_key FROM sessions WHERE {range} AND dur_key >= 0 \
-                 ORDER BY dur_key LIMIT 1 OFFSET ?4"
+                "SELECT dur_key FROM sessions INDEXED BY sessions_by_duration WHERE {range} \
+                 AND dur_key >= 0 ORDER BY dur_key LIMIT 1 OFFSET ?4"
             ))?;
             let mut at = BTreeMap::new();
             for rank in [low, high, p90] {
@@ -673,6 +678,39 @@ fn read_from(file: &Path, offset: u64) -> Result<Vec<u8>, IndexError> {
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(|e| io_error(file, e))?;
     Ok(bytes)
+}
+
+/// The `FROM` of a session query. With a helper, recipient or device filter and a tenant,
+/// the sessions matching it (by name or id, each through its own index) drive the query as
+/// the outer loop (`CROSS JOIN` fixes SQLite's join order); otherwise the planner would walk
+/// the whole tenant in sort order hoping to fill a page early. The filter itself is also in
+/// [`where_clause`], so this only chooses the order of work, never the rows.
+fn driving_from(query: &SessionQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let driver = [
+        (&query.helper, "helper", "helper_id"),
+        (&query.recipient, "sharer", "sharer_id"),
+        (&query.device, "device", "device_id"),
+    ]
+    .into_iter()
+    .find_map(|(value, name, id)| value.as_ref().map(|v| (v, name, id)));
+    match (&query.tenant, driver) {
+        (Some(tenant), Some((value, name, id))) => (
+            format!(
+                "(SELECT tenant AS m_tenant, session_id AS m_session FROM sessions \
+                 WHERE tenant = ? AND {name} = ? UNION SELECT tenant, session_id FROM sessions \
+                 WHERE tenant = ? AND {id} = ?) AS m CROSS JOIN sessions \
+                 ON sessions.tenant = m.m_tenant AND sessions.session_id = m.m_session"
+            ),
+            vec![
+                Value::Text(tenant.clone()),
+                Value::Text(value.clone()),
+                Value::Text(tenant.clone()),
+                Value::Text(value.clone()),
+            ],
+        ),
+        _ => ("sessions".to_string(), Vec::new()),
+    }
 }
 
 fn where_clause(query: &SessionQuery) -> (String, Vec<rusqlite::types::Value>) {
