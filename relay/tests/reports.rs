@@ -564,6 +564,39 @@ async fn a_tenant_administrator_ends_a_live_session_the_parties_hear_admin_ended
 }
 
 #[tokio::test]
+async fn an_index_deleted_under_a_running_relay_is_rebuilt_and_answers_the_same() {
+    let relay = relay_with_history(1_500).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "contoso", &["report-readers"]);
+    let paths = [
+        "/api/v1/reports/sessions?limit=1000&sort=duration",
+        "/api/v1/reports/sessions.csv?mode=full_control",
+        "/api/v1/reports/summary",
+    ];
+    let mut before = Vec::new();
+    for path in paths {
+        before.push(http(admin, "GET", path, Some(&token)).await);
+    }
+    let index = relay
+        .audit_dir()
+        .parent()
+        .unwrap()
+        .join("state")
+        .join(remote_help_relay::report::index::INDEX_FILE);
+    assert!(index.exists());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index.display()));
+    }
+    for (path, before) in paths.iter().zip(before) {
+        let after = http(admin, "GET", path, Some(&token)).await;
+        assert_eq!(after.0, 200, "{path}: {}", after.1);
+        assert_eq!(after, before, "{path}");
+    }
+    assert!(index.exists(), "rebuilt");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_deleted_or_mismatched_index_is_rebuilt_with_identical_answers() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");

@@ -333,21 +333,36 @@ impl ReportIndex {
 
     /// Deletes the index and builds it again from every audit file.
     pub fn rebuild(&mut self) -> Result<(), IndexError> {
-        let fresh = Self::create(&self.path, &self.audit_dir)?;
-        *self = fresh;
+        self.recreate()?;
         self.catch_up().map(drop)
+    }
+
+    /// Closes the connection, then deletes and creates the database. Closing first matters:
+    /// SQLite removes the write-ahead log by name when its last connection closes, and an
+    /// old connection closing after the new files exist would remove the new log.
+    fn recreate(&mut self) -> Result<(), IndexError> {
+        drop(std::mem::replace(
+            &mut self.db,
+            Connection::open_in_memory()?,
+        ));
+        *self = Self::create(&self.path, &self.audit_dir)?;
+        Ok(())
     }
 
     /// Reads what the audit files gained since the last call (complete lines only);
     /// rebuilds instead when the recorded position no longer matches the files. Returns
     /// the number of events read.
     pub fn catch_up(&mut self) -> Result<u64, IndexError> {
+        if !self.path.exists() {
+            // Deleted under a running relay (an operator's way to force a rebuild).
+            tracing::warn!(index = %self.path.display(), "reports index deleted; rebuilding it");
+            self.recreate()?;
+        }
         match self.read_new()? {
             Some(read) => Ok(read),
             None => {
                 tracing::warn!(index = %self.path.display(), "audit files changed under the reports index; rebuilding it");
-                let fresh = Self::create(&self.path, &self.audit_dir)?;
-                *self = fresh;
+                self.recreate()?;
                 Ok(self.read_new()?.unwrap_or(0))
             }
         }
