@@ -867,3 +867,54 @@ async fn bench_reports_on_a_million_events() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenants_own_administration_audience_replaces_the_relays_for_that_tenant_only() {
+    let relay = TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
+        .policy("contoso", report_roles)
+        .policy("fabrikam", report_roles)
+        .config(|c| {
+            let fabrikam = c
+                .tenants
+                .iter_mut()
+                .find(|t| t.trust.id.as_str() == "fabrikam")
+                .unwrap();
+            fabrikam.admin_audience = Some("api://fabrikam-reports".into());
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let signed = |tenant: &str, audience: &str| {
+        let t = relay.tenant(tenant);
+        let mut spec = with_claims(
+            t.spec(Persona::Helper),
+            json!({ "groups": ["report-readers"] }),
+        );
+        spec.audience = audience.into();
+        t.sign(&spec)
+    };
+    let status = |token: String| async move {
+        http(admin, "GET", "/api/v1/reports/summary", Some(&token))
+            .await
+            .0
+    };
+    assert_eq!(
+        status(signed("fabrikam", "api://fabrikam-reports")).await,
+        200
+    );
+    assert_eq!(status(signed("fabrikam", ADMIN_AUDIENCE)).await, 401);
+    assert_eq!(status(signed("contoso", ADMIN_AUDIENCE)).await, 200);
+    assert_eq!(
+        status(signed("contoso", "api://fabrikam-reports")).await,
+        401
+    );
+    relay.stop().await;
+}
