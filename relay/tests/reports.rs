@@ -225,6 +225,11 @@ async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_cs
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(per_day as usize, reference.count);
+    let (_, metrics) = http(admin, "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("relay_report_query_seconds_bucket{endpoint=\"summary\""),
+        "query latency histogram"
+    );
     let refusals: usize = read_events(&audit_files(&relay.audit_dir()))
         .iter()
         .filter(|e| e.tenant == "contoso" && e.event == Some(EventKind::SessionRefused))
@@ -510,6 +515,16 @@ async fn helper_tokens_are_refused_with_a_json_error_and_admin_tokens_cannot_sta
             (400, json!(code)),
             "{path}"
         );
+    }
+    // Each refusal is counted by its code, and answered queries are timed.
+    let (_, metrics) = http(admin, "GET", "/metrics", None).await;
+    for series in [
+        "relay_report_errors_total{code=\"token_refused\"}",
+        "relay_report_errors_total{code=\"permission_denied\"}",
+        "relay_report_errors_total{code=\"bad_cursor\"}",
+        "relay_report_index_rebuilds_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
     }
     // An administration token does not open a session.
     let refused = relay

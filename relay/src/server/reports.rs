@@ -136,6 +136,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("relay_report_errors_total", "code" => self.code).increment(1);
+        info!(code = self.code, reason = self.reason.unwrap_or(""), message = %self.message, "reports API request refused");
         let mut body = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(reason) = self.reason {
             body["reason"] = reason.into();
