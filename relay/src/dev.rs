@@ -89,6 +89,9 @@ pub enum Persona {
     Helper,
     /// An employee on an enrolled, compliant Windows laptop.
     Sharer,
+    /// A tenant administrator (group `it-admins`, which the dev tenant gives
+    /// `end_sessions`), with a token for the administration audience: the reports API.
+    Administrator,
 }
 
 /// Claims of a plausible dev identity; `subject` overrides the default `sub`.
@@ -115,6 +118,15 @@ pub fn persona_claims(persona: Persona, subject: Option<&str>) -> (String, Map<S
                 "compliant": true, "device_groups": ["laptops"],
             }),
         ),
+        Persona::Administrator => (
+            "admin-linus",
+            json!({
+                "kind": "user",
+                "given_name": "Linus", "family_name": "Admin", "job_title": "IT Administrator",
+                "company_name": "Dev Org", "domain": "dev.example", "domain_verified": true,
+                "groups": ["it-admins"],
+            }),
+        ),
     };
     let Value::Object(map) = claims else {
         unreachable!("json! object literal")
@@ -137,7 +149,10 @@ pub fn mint(
     signer.sign(
         &TokenSpec {
             issuer: DEV_ISSUER.into(),
-            audience: DEFAULT_AUDIENCE.into(),
+            audience: match persona {
+                Persona::Administrator => crate::auth::default_admin_audience(DEFAULT_AUDIENCE),
+                _ => DEFAULT_AUDIENCE.into(),
+            },
             tenant: DEV_TENANT.into(),
             subject,
             issued_at: now,
@@ -170,6 +185,15 @@ mod tests {
         let principal = verifier.verify(&token, now).unwrap();
         assert_eq!(principal.subject, "user-grace");
         assert_eq!(principal.device.unwrap().platform, "windows");
+        // The administrator's token is for the reports API only, where the dev tenant
+        // grants it end_sessions.
+        let token = mint(&signer, Persona::Administrator, None, 60).unwrap();
+        assert!(verifier.verify(&token, now).is_err());
+        let admin = verifier
+            .verify_for(&token, now, crate::auth::Audience::Administration)
+            .unwrap();
+        let permissions = config.tenants[0].policy.admin_permissions(&admin);
+        assert!(permissions.contains(crate::core::policy::Permission::EndSessions));
     }
 
     #[test]

@@ -158,6 +158,8 @@ enum AuditCommand {
 enum PersonaArg {
     Helper,
     Sharer,
+    /// A tenant administrator: a token for the reports API (administration audience).
+    Administrator,
 }
 
 fn main() -> ExitCode {
@@ -470,6 +472,7 @@ fn dev_token(
     let persona = match role {
         PersonaArg::Helper => Persona::Helper,
         PersonaArg::Sharer => Persona::Sharer,
+        PersonaArg::Administrator => Persona::Administrator,
     };
     let token = dev::mint(&signer, persona, sub, ttl)?;
     match out {
