@@ -233,7 +233,12 @@ async fn authenticate(
     let policies = hub.policies();
     let principal = match hub
         .key_fetchers
-        .verify(&policies.verifier, &hello.token, unix_now)
+        .verify(
+            &policies.verifier,
+            &hello.token,
+            unix_now,
+            crate::auth::Audience::Session,
+        )
         .await
     {
         Ok(p) => p,

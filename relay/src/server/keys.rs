@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::{AuthError, KeySet, Principal, Verifier};
+use crate::auth::{Audience, AuthError, KeySet, Principal, Verifier};
 use crate::config::Config;
 use crate::core::TenantId;
 use crate::tenant_keys::{
@@ -193,14 +193,15 @@ impl TenantKeyFetchers {
         verifier: &Verifier,
         token: &str,
         now_unix: impl Fn() -> u64,
+        audience: Audience,
     ) -> Result<Principal, AuthError> {
-        match verifier.verify(token, now_unix()) {
+        match verifier.verify_for(token, now_unix(), audience) {
             Err(first @ (AuthError::UnknownKey(_) | AuthError::KeysUnavailable)) => {
                 let Some(tenant) = verifier.tenant_named_by(token) else {
                     return Err(first);
                 };
                 if self.fetch_for_unknown_key(&tenant).await {
-                    verifier.verify(token, now_unix())
+                    verifier.verify_for(token, now_unix(), audience)
                 } else {
                     Err(first)
                 }

@@ -205,7 +205,7 @@ fn now_unix() -> u64 {
 
 /// The operator token (compared in constant time) or a tenant administrator's JWT with
 /// `read_reports`.
-fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -230,9 +230,17 @@ fn authenticate(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
         return Ok(Caller::Operator);
     }
     let policies = hub.policies();
-    let principal = policies
-        .verifier
-        .verify_for(presented, now_unix(), Audience::Administration)
+    // Through the key fetchers: a tenant whose keys come by URL is verified as its helpers
+    // are (an unknown `kid` may fetch its provider's keys, within the same limits).
+    let principal = hub
+        .key_fetchers
+        .verify(
+            &policies.verifier,
+            presented,
+            now_unix,
+            Audience::Administration,
+        )
+        .await
         .map_err(|e| {
             metrics::counter!("relay_admin_unauthorized_total").increment(1);
             ApiError {
@@ -362,7 +370,7 @@ async fn active(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, &["tenant"])?;
     let sessions = match caller.tenant_filter(params.text("tenant")) {
         Ok(tenant) => reports.hub.active_sessions(tenant.as_deref()),
@@ -405,7 +413,7 @@ async fn sessions(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     let mut allowed = FILTERS.to_vec();
     allowed.extend(["sort", "order", "limit", "cursor"]);
     let params = Params::checked(raw, &allowed)?;
@@ -542,7 +550,7 @@ async fn export(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, FILTERS)?;
     let mut body = CSV_COLUMNS.join(",");
     body.push_str("\r\n");
@@ -578,7 +586,7 @@ async fn summary(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, &["tenant", "since", "until"])?;
     let since = params
         .time("since")?
@@ -611,7 +619,7 @@ async fn detail(
     Path(id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, &["tenant"])?;
     let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
         return Err(ApiError::not_found());
@@ -644,7 +652,7 @@ async fn end(
     Path(id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&reports.hub, &headers)?;
+    let caller = authenticate(&reports.hub, &headers).await?;
     if let Caller::Tenant { may_end: false, .. } = caller {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
