@@ -105,6 +105,15 @@ async fn fetches_finish(relay: &TestRelay, tenant: &str, count: u64) {
         .unwrap();
 }
 
+/// Waits until at least `count` fetches of `tenant`'s keys have finished since it started.
+async fn fetched_at_least(relay: &TestRelay, tenant: &str, count: u64) {
+    let mut finished = relay
+        .handle
+        .key_fetches(&TenantId::new(tenant))
+        .expect("a tenant configured by URL");
+    within(finished.wait_for(|n| *n >= count)).await.unwrap();
+}
+
 async fn metric(relay: &TestRelay, series: &str) -> f64 {
     metrics(relay.handle.admin_addr().unwrap())
         .await
@@ -468,4 +477,53 @@ fn decode_claims(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenant_administrator_signs_in_to_the_reports_api_with_the_providers_token() {
+    use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope};
+    let Some(admin_provider) = OidcProvider::start(
+        ProviderOptions::new("idp::administrator")
+            .audience("remote-help-relay/admin")
+            .client(
+                "admin-app",
+                json!({"realm_access": {"roles": ["report-readers"]}}),
+            ),
+    )
+    .await
+    else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let relay = relay_for(&admin_provider, "acme-admin", state.path(), |_| {})
+        .policy("acme-admin", |policy| {
+            policy.assignments.push(Assignment {
+                permissions: PermissionSet::granting([Permission::ReadReports]),
+                role: "report readers".into(),
+                members: ["report-readers".to_string()].into(),
+                scope: Scope::from_entries(["all_users"]),
+            })
+        })
+        .start()
+        .await;
+    // The provider rotates after the relay's first fetch: the administrator's token names a
+    // key the relay does not have yet, and is verified after the fetch it causes, as a
+    // helper's token would be.
+    fetched_at_least(&relay, "acme-admin", 1).await;
+    admin_provider.add_signing_key().await;
+    let token = admin_provider.token("admin-app").await;
+    let (status, body) = common::http(
+        relay.handle.admin_addr().unwrap(),
+        "GET",
+        "/api/v1/reports/active",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let active: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(active["sessions"], json!([]));
+    // An administration token is no session token.
+    let refused = relay.connect(token, Role::Helper).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::TokenInvalid), "{refused}");
+    relay.stop().await;
 }
