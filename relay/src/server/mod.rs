@@ -9,6 +9,7 @@ pub mod connection;
 pub mod forward;
 pub mod hub;
 pub mod keys;
+pub mod monitor;
 pub mod reports;
 
 use std::net::SocketAddr;

@@ -95,6 +95,7 @@ impl Reports {
 /// The reports routes, to merge into the admin listener's router.
 pub fn router(reports: Reports) -> Router {
     Router::new()
+        .route("/api/v1/reports/me", get(me))
         .route("/api/v1/reports/active", get(active))
         .route("/api/v1/reports/sessions", get(sessions))
         .route("/api/v1/reports/sessions.csv", get(export))
@@ -358,6 +359,44 @@ async fn run<T: Send + 'static>(
     metrics::histogram!("relay_report_query_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
     Ok(answer)
+}
+
+/// Who the caller is and what they may do: the Monitor page shows "end session" only to
+/// those who may.
+#[derive(Serialize)]
+struct Me {
+    operator: bool,
+    tenant: Option<String>,
+    subject: Option<String>,
+    may_end: bool,
+}
+
+async fn me(
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&reports.hub, &headers).await?;
+    Params::checked(raw, &[])?;
+    let me = match caller {
+        Caller::Operator => Me {
+            operator: true,
+            tenant: None,
+            subject: None,
+            may_end: true,
+        },
+        Caller::Tenant {
+            tenant,
+            subject,
+            may_end,
+        } => Me {
+            operator: false,
+            tenant: Some(tenant),
+            subject: Some(subject),
+            may_end,
+        },
+    };
+    Ok(axum::Json(me).into_response())
 }
 
 #[derive(Serialize)]

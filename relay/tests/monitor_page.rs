@@ -1,0 +1,572 @@
+//! The Monitor page in a real headless Chromium, against a real relay: real QUIC sessions,
+//! the real audit log, real signed administrator tokens. The browser is driven over the
+//! Chrome DevTools Protocol through `--remote-debugging-pipe` (file descriptors 3 and 4,
+//! NUL-separated JSON), so no extra crate or websocket is needed. Screenshots of each tab
+//! (desktop and 375 px wide) are kept in `target/test-artefacts/monitor/`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::skip::require_tools;
+use common::{TestRelay, http, with_claims, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::audit::{audit_files, read_events};
+use remote_help_relay::core::Mode;
+use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
+use remote_help_relay::report::{self, Filter, SessionRow};
+use serde_json::json;
+
+const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
+
+/// A headless Chromium with one page, driven over the DevTools pipe.
+mod browser {
+    use std::fs::File;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    /// How long one browser step (a command, or a condition to become true) may take.
+    const STEP: Duration = Duration::from_secs(30);
+
+    pub struct Browser {
+        child: Child,
+        to_browser: File,
+        from_browser: mpsc::UnboundedReceiver<Value>,
+        next_id: u64,
+        session: String,
+        _profile: tempfile::TempDir,
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: pipe2 succeeded, so both are open descriptors we now own.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    impl Browser {
+        /// Starts `chromium --headless=new` with one blank page; its log goes to `log`.
+        pub async fn launch(log: &Path) -> Browser {
+            let profile = tempfile::tempdir().unwrap();
+            let (commands_read, commands_write) = pipe();
+            let (replies_read, replies_write) = pipe();
+            let (cr, rw) = (commands_read.as_raw_fd(), replies_write.as_raw_fd());
+            let mut command = Command::new("chromium");
+            command
+                .args([
+                    "--headless=new",
+                    // Tests run as root, where Chromium's sandbox refuses to start.
+                    "--no-sandbox",
+                    "--remote-debugging-pipe",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-extensions",
+                    "--hide-scrollbars",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(log).unwrap());
+            // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    // Move both out of the way first, so neither is clobbered by the other's
+                    // dup2; dup2 clears close-on-exec on 3 and 4.
+                    let high_r = libc::fcntl(cr, libc::F_DUPFD_CLOEXEC, 10);
+                    let high_w = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
+                    if high_r < 0
+                        || high_w < 0
+                        || libc::dup2(high_r, 3) < 0
+                        || libc::dup2(high_w, 4) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = command.spawn().expect("chromium starts");
+            drop((commands_read, replies_write));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let replies = File::from(replies_read);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(replies);
+                loop {
+                    let mut message = Vec::new();
+                    match reader.read_until(0, &mut message) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            message.pop_if(|b| *b == 0);
+                            if let Ok(value) = serde_json::from_slice(&message)
+                                && tx.send(value).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            let mut browser = Browser {
+                child,
+                to_browser: File::from(commands_write),
+                from_browser: rx,
+                next_id: 0,
+                session: String::new(),
+                _profile: profile,
+            };
+            let target = browser
+                .call("Target.createTarget", json!({ "url": "about:blank" }))
+                .await;
+            let attached = browser
+                .call(
+                    "Target.attachToTarget",
+                    json!({ "targetId": target["targetId"], "flatten": true }),
+                )
+                .await;
+            browser.session = attached["sessionId"].as_str().unwrap().to_string();
+            browser
+        }
+
+        /// One DevTools command (to the page once attached); its result, or a panic with
+        /// the browser's error.
+        pub async fn call(&mut self, method: &str, params: Value) -> Value {
+            self.next_id += 1;
+            let id = self.next_id;
+            let mut message = json!({ "id": id, "method": method, "params": params });
+            if !self.session.is_empty() {
+                message["sessionId"] = self.session.clone().into();
+            }
+            let mut bytes = serde_json::to_vec(&message).unwrap();
+            bytes.push(0);
+            self.to_browser.write_all(&bytes).unwrap();
+            let reply = tokio::time::timeout(STEP, async {
+                loop {
+                    let message = self.from_browser.recv().await.expect("chromium exited");
+                    if message["id"] == json!(id) {
+                        return message;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{method} got no answer in {STEP:?}"));
+            if let Some(error) = reply.get("error") {
+                panic!("{method}: {error}");
+            }
+            reply["result"].clone()
+        }
+
+        /// Evaluates `expression` in the page (awaiting a promise); its value.
+        pub async fn eval(&mut self, expression: &str) -> Value {
+            let result = self
+                .call(
+                    "Runtime.evaluate",
+                    json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
+                )
+                .await;
+            if let Some(exception) = result.get("exceptionDetails") {
+                panic!("{expression}: {exception}");
+            }
+            result["result"]["value"].clone()
+        }
+
+        /// Waits (bounded) until `condition` is true in the page. The page checks it
+        /// every 25 ms itself; the bound fails the test with the condition named.
+        pub async fn wait_until(&mut self, condition: &str) {
+            let expression = format!(
+                "new Promise(done => {{ const check = () => {{ let ok = false; \
+                 try {{ ok = !!({condition}); }} catch (e) {{}} \
+                 if (ok) done(true); else setTimeout(check, 25); }}; check(); }})"
+            );
+            let waited = tokio::time::timeout(STEP, self.eval(&expression)).await;
+            assert!(
+                waited.is_ok(),
+                "the page did not come to `{condition}` within {STEP:?}"
+            );
+        }
+
+        /// The viewport: `width` × `height` CSS pixels, as a phone when `mobile`.
+        pub async fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+            )
+            .await;
+        }
+
+        pub async fn navigate(&mut self, url: &str) {
+            self.call("Page.navigate", json!({ "url": url })).await;
+        }
+
+        /// Types `text` into the focused element, as a keyboard or paste would.
+        pub async fn type_text(&mut self, text: &str) {
+            self.call("Input.insertText", json!({ "text": text })).await;
+        }
+
+        /// Saves a PNG of the whole page to `path`.
+        pub async fn screenshot(&mut self, path: &Path) {
+            let shot = self
+                .call(
+                    "Page.captureScreenshot",
+                    json!({ "format": "png", "captureBeyondViewport": true }),
+                )
+                .await;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot["data"].as_str().unwrap())
+                .unwrap();
+            assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+            std::fs::write(path, png).unwrap();
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+use browser::Browser;
+
+/// Where the screenshots go: `target/test-artefacts/monitor/` of the workspace.
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artefacts").join("monitor");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether Chromium is here; if not, the test skips (a failure under CI).
+fn have_chromium(test: &str) -> bool {
+    require_tools(test, &[("chromium", "chromium")])
+}
+
+/// Contoso and Fabrikam; `report-readers` may read reports, `report-admins` also end sessions.
+async fn relay() -> TestRelay {
+    let roles = |policy: &mut remote_help_relay::core::policy::TenantPolicy| {
+        for (group, permission) in [
+            ("report-readers", Permission::ReadReports),
+            ("report-admins", Permission::EndSessions),
+        ] {
+            policy.assignments.push(Assignment {
+                permissions: PermissionSet::granting([permission]),
+                role: format!("{group} role"),
+                members: [group.to_string()].into(),
+                scope: Scope::from_entries(["all_users"]),
+            });
+        }
+    };
+    TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
+        .policy("contoso", roles)
+        .policy("fabrikam", roles)
+        .start()
+        .await
+}
+
+fn admin_token(relay: &TestRelay, tenant: &str, groups: &[&str]) -> String {
+    let t = relay.tenant(tenant);
+    let mut spec = with_claims(t.spec(Persona::Helper), json!({ "groups": groups }));
+    spec.audience = ADMIN_AUDIENCE.into();
+    spec.subject = format!("{tenant}-admin");
+    t.sign(&spec)
+}
+
+/// A session in `mode` that the helper ends: it is in the audit log, started and ended.
+async fn ended_session(relay: &TestRelay, tenant: &str, mode: Mode) {
+    let (mut helper, mut sharer) = relay.paired(tenant, mode).await;
+    within(helper.end_session()).await.unwrap();
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);
+}
+
+/// What the audit log says of `tenant`'s sessions.
+fn audit_rows(relay: &TestRelay, tenant: &str) -> Vec<SessionRow> {
+    let events = read_events(&audit_files(&relay.audit_dir()));
+    report::sessions(
+        &events,
+        &Filter {
+            tenant: Some(tenant.into()),
+            ..Filter::default()
+        },
+    )
+}
+
+fn ids<'a>(rows: impl IntoIterator<Item = &'a SessionRow>) -> BTreeSet<String> {
+    rows.into_iter().map(|r| r.session_id.clone()).collect()
+}
+
+/// The session ids in the Sessions tab's table.
+async fn table_ids(page: &mut Browser) -> BTreeSet<String> {
+    let value = page
+        .eval("[...document.querySelectorAll('#sessions-table tbody tr')].map(tr => tr.dataset.session)")
+        .await;
+    serde_json::from_value(value).unwrap()
+}
+
+/// Opens the page and signs in by typing `token` into the sign-in form.
+async fn sign_in(page: &mut Browser, admin: SocketAddr, token: &str) {
+    page.navigate(&format!("http://{admin}/monitor/")).await;
+    page.wait_until("document.readyState === 'complete' && document.getElementById('token')")
+        .await;
+    page.eval("document.getElementById('token').focus()").await;
+    page.type_text(token).await;
+    page.eval("document.querySelector('#token-form button[type=submit]').click()")
+        .await;
+}
+
+#[tokio::test]
+async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_exports_and_ends_one() {
+    let test =
+        "a_tenant_administrator_signs_in_sees_only_their_sessions_filters_exports_and_ends_one";
+    if !have_chromium(test) {
+        return;
+    }
+    let relay = relay().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts();
+
+    // A run: contoso's two ended sessions and a live one; fabrikam's ended and live ones.
+    ended_session(&relay, "contoso", Mode::ViewOnly).await;
+    ended_session(&relay, "contoso", Mode::FullControl).await;
+    let (mut helper, mut sharer) = relay.paired("contoso", Mode::FullControl).await;
+    ended_session(&relay, "fabrikam", Mode::FullControl).await;
+    let (_fabrikam_helper, _fabrikam_sharer) = relay.paired("fabrikam", Mode::FullControl).await;
+    let contoso = audit_rows(&relay, "contoso");
+    let fabrikam = audit_rows(&relay, "fabrikam");
+    assert_eq!((contoso.len(), fabrikam.len()), (3, 2));
+    let live = contoso
+        .iter()
+        .find(|r| r.end_time.is_none())
+        .unwrap()
+        .session_id
+        .clone();
+
+    let token = admin_token(&relay, "contoso", &["report-admins"]);
+    let mut page = Browser::launch(&out.join("chromium-admin.log")).await;
+    page.viewport(1280, 900, false).await;
+    sign_in(&mut page, admin, &token).await;
+    page.wait_until(
+        "document.body.dataset.monitorLoaded === 'true' && document.body.dataset.sessionsLoaded",
+    )
+    .await;
+
+    // The page is served with its strict headers.
+    let csp = page
+        .eval("fetch('/monitor/').then(r => r.headers.get('content-security-policy'))")
+        .await;
+    assert!(csp.as_str().unwrap().contains("script-src 'self'"), "{csp}");
+
+    // Monitor tab: contoso's one live session, and the history of the run.
+    let who = page
+        .eval("document.getElementById('who').textContent")
+        .await;
+    assert_eq!(who, json!("Signed in as contoso-admin of tenant contoso"));
+    assert_eq!(
+        page.eval("document.getElementById('active-count').textContent")
+            .await,
+        json!("1")
+    );
+    assert_eq!(
+        page.eval("document.getElementById('total-count').textContent")
+            .await,
+        json!("3")
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#chart svg rect').length")
+            .await,
+        json!(1),
+        "one day of sessions, one bar"
+    );
+    page.screenshot(&out.join("monitor-desktop.png")).await;
+
+    // Sessions tab: exactly contoso's sessions of the audit log, nothing of fabrikam's.
+    page.eval("document.getElementById('tab-sessions').click()")
+        .await;
+    page.wait_until("!document.getElementById('panel-sessions').hidden")
+        .await;
+    assert_eq!(table_ids(&mut page).await, ids(&contoso));
+    let html = page
+        .eval("document.documentElement.outerHTML")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    for row in &fabrikam {
+        assert!(
+            !html.contains(&row.session_id[..8]),
+            "fabrikam's session {} shows in contoso's page",
+            row.session_id
+        );
+    }
+    page.screenshot(&out.join("sessions-desktop.png")).await;
+
+    // Filter: full control only.
+    let loaded = page.eval("document.body.dataset.sessionsLoaded").await;
+    page.eval("document.querySelector('#filters [name=mode]').value = 'full_control'; document.querySelector('#filters button[type=submit]').click()")
+        .await;
+    page.wait_until(&format!(
+        "document.body.dataset.sessionsLoaded !== {loaded}"
+    ))
+    .await;
+    let full_control: Vec<&SessionRow> = contoso
+        .iter()
+        .filter(|r| r.modes.iter().any(|m| m == "full_control"))
+        .collect();
+    assert_eq!(full_control.len(), 2);
+    assert_eq!(
+        table_ids(&mut page).await,
+        ids(full_control.iter().copied())
+    );
+
+    // CSV: the page's download is the API's export for the same filter, and its sessions
+    // are the audit log's.
+    page.eval("document.getElementById('csv').click()").await;
+    page.wait_until("document.getElementById('csv-link').href.startsWith('blob:')")
+        .await;
+    let csv = page
+        .eval("fetch(document.getElementById('csv-link').href).then(r => r.text())")
+        .await;
+    let csv = csv.as_str().unwrap();
+    let (status, api_csv) = http(
+        admin,
+        "GET",
+        "/api/v1/reports/sessions.csv?mode=full_control",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(csv, api_csv);
+    let csv_ids: BTreeSet<String> = csv
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(csv_ids, ids(full_control.iter().copied()));
+    assert!(csv.lines().skip(1).all(|line| line.starts_with("contoso,")));
+
+    // Detail of the live session, with "End session"; ending it tells both parties.
+    page.eval(&format!(
+        "document.querySelector('#sessions-table button[data-session=\"{live}\"]').click()"
+    ))
+    .await;
+    page.wait_until(&format!(
+        "document.body.dataset.detail === '{live}' && !document.getElementById('panel-detail').hidden \
+         && !document.getElementById('end').hidden"
+    ))
+    .await;
+    page.screenshot(&out.join("detail-desktop.png")).await;
+    page.eval("document.getElementById('end').click()").await;
+    assert_eq!(within(helper.wait_for_end()).await, ErrorCode::AdminEnded);
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::AdminEnded);
+    page.wait_until("document.getElementById('end-status').textContent.includes('ended')")
+        .await;
+    page.wait_until("document.getElementById('active-count').textContent === '0'")
+        .await;
+    let ended = audit_rows(&relay, "contoso")
+        .into_iter()
+        .find(|r| r.session_id == live)
+        .unwrap();
+    assert_eq!(ended.end_reason.as_deref(), Some("ADMIN_ENDED"));
+
+    // A phone-sized screen: every tab fits 375 px without the page scrolling sideways.
+    page.viewport(375, 812, true).await;
+    for tab in ["monitor", "sessions", "detail"] {
+        page.eval(&format!("document.getElementById('tab-{tab}').click()"))
+            .await;
+        page.wait_until(&format!("!document.getElementById('panel-{tab}').hidden"))
+            .await;
+        assert_eq!(
+            page.eval("document.documentElement.scrollWidth <= 375")
+                .await,
+            json!(true),
+            "the {tab} tab is wider than a phone"
+        );
+        page.screenshot(&out.join(format!("{tab}-phone.png"))).await;
+    }
+    drop(page);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_reader_sees_no_end_button_and_a_helper_token_is_refused_with_a_sentence() {
+    let test = "a_reader_sees_no_end_button_and_a_helper_token_is_refused_with_a_sentence";
+    if !have_chromium(test) {
+        return;
+    }
+    let relay = relay().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts();
+    let (_helper, _sharer) = relay.paired("contoso", Mode::ViewOnly).await;
+    let live = audit_rows(&relay, "contoso")[0].session_id.clone();
+
+    let mut page = Browser::launch(&out.join("chromium-reader.log")).await;
+    page.viewport(1280, 900, false).await;
+
+    // A helper's token is for sessions, not for reports: the page says so in words.
+    let helper_token = relay.tenant("contoso").token(Persona::Helper);
+    sign_in(&mut page, admin, &helper_token).await;
+    page.wait_until("!document.getElementById('error').hidden")
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('error').textContent")
+            .await,
+        json!(
+            "This token is not accepted for reports: it is not for the administration audience (a helper's token?)."
+        )
+    );
+    assert_eq!(
+        page.eval("document.getElementById('app').hidden").await,
+        json!(true)
+    );
+
+    // A reader signs in, opens the live session: no "End session".
+    let reader = admin_token(&relay, "contoso", &["report-readers"]);
+    sign_in(&mut page, admin, &reader).await;
+    page.wait_until("document.body.dataset.monitorLoaded === 'true'")
+        .await;
+    page.eval(&format!(
+        "document.querySelector('#active-table button[data-session=\"{live}\"]').click()"
+    ))
+    .await;
+    page.wait_until(&format!("document.body.dataset.detail === '{live}'"))
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('end').hidden").await,
+        json!(true)
+    );
+    // Keyboard: the tabs move with the arrow keys.
+    page.eval("document.getElementById('tab-detail').focus()")
+        .await;
+    page.call(
+        "Input.dispatchKeyEvent",
+        json!({ "type": "keyDown", "key": "Home", "code": "Home", "windowsVirtualKeyCode": 36 }),
+    )
+    .await;
+    page.wait_until("document.activeElement.id === 'tab-monitor' && !document.getElementById('panel-monitor').hidden")
+        .await;
+    drop(page);
+    relay.stop().await;
+}
