@@ -394,11 +394,21 @@ async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_export
             .await,
         json!("3")
     );
+    // The charts: 30 days, today's bar the run's three sessions, and today's durations.
+    let mut per_day = vec![0; 29];
+    per_day.push(3);
     assert_eq!(
-        page.eval("document.querySelectorAll('#chart svg rect').length")
+        page.eval(
+            "[...document.querySelectorAll('#chart rect')].map(r => Number(r.dataset.value))"
+        )
+        .await,
+        json!(per_day)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#duration-chart rect').length")
             .await,
-        json!(1),
-        "one day of sessions, one bar"
+        json!(60),
+        "a median and a 90th percentile bar per day"
     );
     page.screenshot(&out.join("monitor-desktop.png")).await;
 
@@ -483,6 +493,14 @@ async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_export
     assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::AdminEnded);
     page.wait_until("document.getElementById('end-status').textContent.includes('ended')")
         .await;
+    let shown = page
+        .eval("document.getElementById('detail').textContent")
+        .await;
+    let shown = shown.as_str().unwrap();
+    assert!(
+        shown.contains("ADMIN_ENDED") && shown.contains("tenant:contoso-admin"),
+        "{shown}"
+    );
     page.wait_until("document.getElementById('active-count').textContent === '0'")
         .await;
     let ended = audit_rows(&relay, "contoso")

@@ -202,7 +202,14 @@ async function loadMonitor() {
     $("total-count").textContent = String(summary.sessions);
     $("median").textContent = duration(summary.median_duration_secs);
     $("p90").textContent = duration(summary.p90_duration_secs);
-    drawChart(summary.sessions_per_day);
+    const days = lastDays();
+    drawBars($("chart"), days,
+      [{ name: "sessions", values: days.map((d) => summary.sessions_per_day[d] ?? 0), css: "count" }], String);
+    const durations = await durationsPerDay(days);
+    drawBars($("duration-chart"), days, [
+      { name: "median", values: durations.median, css: "median" },
+      { name: "90th percentile", values: durations.p90, css: "p90" },
+    ], duration);
     const body = /** @type {HTMLElement} */ ($("active-table").querySelector("tbody"));
     body.replaceChildren(
       ...active.sessions.map((/** @type {any} */ s) => {
@@ -220,35 +227,61 @@ async function loadMonitor() {
   }
 }
 
+/** The last 30 UTC days, oldest first, as `YYYY-MM-DD` (the API's retention window). */
+function lastDays() {
+  const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
+  return Array.from({ length: 30 }, (_, i) => new Date(today - (29 - i) * 86400000).toISOString().slice(0, 10));
+}
+
 /**
- * A bar chart of sessions per day, drawn as SVG (no chart library).
- * @param {Record<string, number>} perDay
+ * Each day's median and 90th-percentile duration: one /summary per day (the index answers
+ * each in milliseconds), in parallel.
+ * @param {string[]} days @returns {Promise<{median: number[], p90: number[]}>}
  */
-function drawChart(perDay) {
+async function durationsPerDay(days) {
+  const answers = await Promise.all(days.map((day) => {
+    const since = `${day}T00:00:00Z`;
+    const until = new Date(Date.parse(since) + 86400000).toISOString();
+    return json(`/api/v1/reports/summary?${new URLSearchParams({ since, until })}`);
+  }));
+  return {
+    median: answers.map((a) => a.median_duration_secs),
+    p90: answers.map((a) => a.p90_duration_secs),
+  };
+}
+
+/**
+ * A bar chart over `days`, drawn as SVG (no chart library): one bar per series per day,
+ * each with a title for pointers and the whole summarised in the container's label.
+ * @param {HTMLElement} chart
+ * @param {string[]} days
+ * @param {{name: string, values: number[], css: string}[]} series
+ * @param {(v: number) => string} format
+ */
+function drawBars(chart, days, series, format) {
   const ns = "http://www.w3.org/2000/svg";
-  const days = Object.keys(perDay).sort();
-  const chart = $("chart");
-  if (days.length === 0) {
-    chart.replaceChildren(el("p", "No sessions in the last 30 days."));
-    chart.setAttribute("aria-label", "No sessions in the last 30 days");
-    return;
-  }
-  const max = Math.max(...days.map((d) => perDay[d]));
-  const width = 600, height = 200, pad = 24, bar = (width - pad) / days.length;
+  const max = Math.max(1, ...series.flatMap((s) => s.values));
+  const width = 600, height = 200, pad = 28, slot = (width - pad) / days.length;
+  const bar = Math.max((slot - 2) / series.length, 1);
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height + pad}`);
-  svg.setAttribute("preserveAspectRatio", "none");
   days.forEach((day, i) => {
-    const h = (perDay[day] / max) * (height - pad);
-    const rect = document.createElementNS(ns, "rect");
-    rect.setAttribute("x", String(pad + i * bar + 1));
-    rect.setAttribute("y", String(height - h));
-    rect.setAttribute("width", String(Math.max(bar - 2, 1)));
-    rect.setAttribute("height", String(h));
-    const title = document.createElementNS(ns, "title");
-    title.textContent = `${day}: ${perDay[day]} sessions`;
-    rect.append(title);
-    svg.append(rect);
+    series.forEach((s, j) => {
+      const value = s.values[i];
+      const h = (value / max) * (height - pad);
+      const rect = document.createElementNS(ns, "rect");
+      rect.setAttribute("x", String(pad + i * slot + 1 + j * bar));
+      rect.setAttribute("y", String(height - h));
+      rect.setAttribute("width", String(bar));
+      rect.setAttribute("height", String(h));
+      rect.setAttribute("class", s.css);
+      rect.dataset.day = day;
+      rect.dataset.value = String(value);
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${day}: ${s.name} ${format(value)}`;
+      rect.append(title);
+      svg.append(rect);
+    });
   });
   const label = (/** @type {string} */ text, /** @type {number} */ x, /** @type {number} */ y) => {
     const t = document.createElementNS(ns, "text");
@@ -257,12 +290,13 @@ function drawChart(perDay) {
     t.textContent = text;
     svg.append(t);
   };
-  label(String(max), 0, pad);
+  label(format(max), 0, pad - 8);
   label(days[0], pad, height + pad - 4);
-  if (days.length > 1) label(days[days.length - 1], width - 80, height + pad - 4);
+  label(days[days.length - 1], width - 80, height + pad - 4);
   chart.replaceChildren(svg);
-  chart.setAttribute("aria-label",
-    days.map((d) => `${d}: ${perDay[d]}`).join("; "));
+  const busy = days.flatMap((day, i) =>
+    series.some((s) => s.values[i] > 0) ? [`${day}: ${series.map((s) => `${s.name} ${format(s.values[i])}`).join(", ")}`] : []);
+  chart.setAttribute("aria-label", busy.length ? busy.join("; ") : "No sessions in the last 30 days");
 }
 
 $("refresh").addEventListener("click", () => loadMonitor());
@@ -395,9 +429,11 @@ $("end").addEventListener("click", async () => {
   end.disabled = true;
   try {
     await api(`/api/v1/reports/sessions/${encodeURIComponent(id)}/end`, { method: "POST" });
+    // Show the session as the audit log now has it (ended, by whom), then say so.
+    await openDetail(id);
     $("end-status").textContent = "The session was ended; both parties were told.";
-    end.hidden = true;
     loadMonitor();
+    loadSessions(true);
   } catch (e) {
     end.disabled = false;
     $("end-status").textContent = sentence(e);
