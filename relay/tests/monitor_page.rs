@@ -22,6 +22,7 @@ use remote_help_relay::report::{self, Filter, SessionRow};
 use serde_json::json;
 
 const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
+const OPERATOR_TOKEN: &str = "operator-token-0123456789";
 
 /// A headless Chromium with one page, driven over the DevTools pipe.
 mod browser {
@@ -283,6 +284,7 @@ async fn relay() -> TestRelay {
         )
         .policy("contoso", roles)
         .policy("fabrikam", roles)
+        .config(|c| c.admin.token = Some(OPERATOR_TOKEN.into()))
         .start()
         .await
 }
@@ -586,5 +588,80 @@ async fn a_reader_sees_no_end_button_and_a_helper_token_is_refused_with_a_senten
     page.wait_until("document.activeElement.id === 'tab-monitor' && !document.getElementById('panel-monitor').hidden")
         .await;
     drop(page);
+    relay.stop().await;
+}
+
+/// One GET; the status line and headers (lower-cased names) and the body.
+async fn get_with_headers(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    within(stream.write_all(request.as_bytes())).await.unwrap();
+    let mut response = String::new();
+    within(stream.read_to_string(&mut response)).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Runs without a browser: the files and their headers, and `me` for each kind of caller.
+#[tokio::test]
+async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions() {
+    let relay = relay().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    for (path, content_type) in [
+        ("/monitor/", "text/html"),
+        ("/monitor/monitor.js", "text/javascript"),
+        ("/monitor/monitor.css", "text/css"),
+    ] {
+        let (head, body) = get_with_headers(admin, path).await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        for header in [
+            format!("content-type: {content_type}"),
+            "content-security-policy: default-src 'none'; script-src 'self';".into(),
+            "x-content-type-options: nosniff".into(),
+            "referrer-policy: no-referrer".into(),
+            "x-frame-options: deny".into(),
+            "cache-control: no-cache".into(),
+        ] {
+            assert!(head.contains(&header), "{path} lacks {header}: {head}");
+        }
+        assert!(!body.is_empty());
+    }
+    // No inline script: the only script is the module file.
+    let (_, html) = get_with_headers(admin, "/monitor/").await;
+    assert_eq!(html.matches("<script").count(), 1);
+    assert!(html.contains(r#"<script type="module" src="monitor.js"></script>"#));
+    let (head, _) = get_with_headers(admin, "/monitor").await;
+    assert!(
+        head.starts_with("http/1.1 308") && head.contains("location: /monitor/"),
+        "{head}"
+    );
+
+    for (groups, may_end) in [(["report-readers"], false), (["report-admins"], true)] {
+        let token = admin_token(&relay, "contoso", &groups);
+        let (status, body) = http(admin, "GET", "/api/v1/reports/me", Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            json!({ "operator": false, "tenant": "contoso", "subject": "contoso-admin", "may_end": may_end })
+        );
+    }
+    let (status, body) = http(admin, "GET", "/api/v1/reports/me", Some(OPERATOR_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!({ "operator": true, "tenant": null, "subject": null, "may_end": true })
+    );
+    let nobody = admin_token(&relay, "contoso", &["someone-else"]);
+    let (status, body) = http(admin, "GET", "/api/v1/reports/me", Some(&nobody)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(
+        admin,
+        "GET",
+        "/api/v1/reports/me?tenant=x",
+        Some(&admin_token(&relay, "contoso", &["report-readers"])),
+    )
+    .await;
+    assert_eq!(status, 400, "unknown parameters are refused: {body}");
     relay.stop().await;
 }
