@@ -435,6 +435,46 @@ async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_export
     }
     page.screenshot(&out.join("sessions-desktop.png")).await;
 
+    // Sorting by a column header: the table's order is the API's for that sort, and
+    // `aria-sort` says which way.
+    for order in ["desc", "asc"] {
+        let loaded = page.eval("document.body.dataset.sessionsLoaded").await;
+        page.eval("document.querySelector('th[data-sort=duration] button').click()")
+            .await;
+        page.wait_until(&format!(
+            "document.body.dataset.sessionsLoaded !== {loaded}"
+        ))
+        .await;
+        let shown = page
+            .eval("[...document.querySelectorAll('#sessions-table tbody tr')].map(tr => tr.dataset.session)")
+            .await;
+        let (status, body) = http(
+            admin,
+            "GET",
+            &format!("/api/v1/reports/sessions?sort=duration&order={order}"),
+            Some(&token),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let api_order: Vec<&serde_json::Value> = api["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["session_id"])
+            .collect();
+        assert_eq!(shown, json!(api_order), "sorted by duration, {order}");
+        assert_eq!(
+            page.eval("document.querySelector('th[data-sort=duration]').getAttribute('aria-sort')")
+                .await,
+            json!(if order == "asc" {
+                "ascending"
+            } else {
+                "descending"
+            })
+        );
+    }
+
     // Filter: full control only.
     let loaded = page.eval("document.body.dataset.sessionsLoaded").await;
     page.eval("document.querySelector('#filters [name=mode]').value = 'full_control'; document.querySelector('#filters button[type=submit]').click()")
