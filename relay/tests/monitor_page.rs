@@ -369,6 +369,14 @@ async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_export
     let token = admin_token(&relay, "contoso", &["report-admins"]);
     let mut page = Browser::launch(&out.join("chromium-admin.log")).await;
     page.viewport(1280, 900, false).await;
+    // Every Content-Security-Policy violation the page causes is collected, to check at the end.
+    page.call("Page.enable", json!({})).await;
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+            e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`))" }),
+    )
+    .await;
     sign_in(&mut page, admin, &token).await;
     page.wait_until(
         "document.body.dataset.monitorLoaded === 'true' && document.body.dataset.sessionsLoaded",
@@ -566,6 +574,11 @@ async fn a_tenant_administrator_signs_in_sees_only_their_sessions_filters_export
         );
         page.screenshot(&out.join(format!("{tab}-phone.png"))).await;
     }
+    assert_eq!(
+        page.eval("window.cspViolations").await,
+        json!([]),
+        "the page breaks its own Content-Security-Policy"
+    );
     drop(page);
     relay.stop().await;
 }
