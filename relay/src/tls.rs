@@ -167,13 +167,14 @@ impl ServerIdentity {
             .unwrap_or(Fingerprint([0; 32]))
     }
 
-    /// The quinn server crypto config: TLS 1.3 only, our ALPN only.
+    /// The quinn server crypto config: TLS 1.3 only, our ALPN first, then `h3` for
+    /// WebTransport clients (browsers) on the same port.
     pub fn quic_server_config(&self) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![ALPN.to_vec(), crate::server::party::ALPN_H3.to_vec()];
         tls.max_early_data_size = 0;
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Quic(e.to_string()))

@@ -23,6 +23,7 @@ use super::forward::{self, ChannelCounters};
 use super::hub::{
     Begun, ConnLink, ConsentOutcome, EVENT_QUEUE, Event, Hub, JoinOutcome, ModeOutcome, Refused,
 };
+use super::party::{self, Party, PartyRecv, PartySend};
 use crate::audit::EndedBy;
 use crate::auth::{Principal, PrincipalKind};
 use crate::core::cluster::{NodeId, device_home};
@@ -33,8 +34,8 @@ use crate::core::{Channel, ConnId, Mode, Role, SessionId, may_send, session_chan
 /// Longest wait for a client to acknowledge the final control messages before closing.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
-type Writer = FramedWrite<quinn::SendStream, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
+type Reader = FramedRead<PartyRecv, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
+type Writer = FramedWrite<PartySend, ControlCodec<v1::ClientToRelay, v1::RelayToClient>>;
 
 /// Initial capacity of a connection's control-stream read and write buffers, bytes.
 const CONTROL_BUFFER: usize = 512;
@@ -92,14 +93,29 @@ pub async fn serve(
             return;
         }
     };
+    // One deadline for everything before `Welcome`: a WebTransport client's HTTP/3
+    // exchange and CONNECT count against the same authentication deadline as its Hello.
+    let deadline = tokio::time::Instant::now() + hub.config.auth_timeout;
+    // By ALPN: native as it is, WebTransport once its CONNECT is answered. From here on
+    // both are a `Party` and take the same path.
+    let (connection, transport) =
+        match Box::pin(party::open(connection, hub.config.auth_timeout)).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                debug!(%remote, error = %e, "handshake failed");
+                metrics::counter!("relay_handshake_failures_total", "reason" => e.reason())
+                    .increment(1);
+                return;
+            }
+        };
     let id = hub.next_conn_id();
-    let span = info_span!("conn", id = id.0, %remote);
+    let span = info_span!("conn", id = id.0, %remote, transport = transport.as_str());
     async move {
         let (reader, writer, principal, role, welcomed, e2e_suites) =
             // Boxed: the handshake phase's state would otherwise stay inline in every
             // connection task for its whole life.
-            match tokio::time::timeout(
-                hub.config.auth_timeout,
+            match tokio::time::timeout_at(
+                deadline,
                 Box::pin(authenticate(&hub, &connection)),
             )
             .await
@@ -174,7 +190,7 @@ pub async fn serve(
 /// Reads the `Hello`, verifies the token, answers `Welcome`.
 async fn authenticate(
     hub: &Hub,
-    connection: &quinn::Connection,
+    connection: &Party,
 ) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr, Arc<[u32]>), Close> {
     let max = hub.config.limits.max_control_message;
     let (send_stream, recv) = connection
@@ -297,7 +313,7 @@ async fn authenticate(
 struct Conn {
     id: ConnId,
     hub: Arc<Hub>,
-    connection: quinn::Connection,
+    connection: Party,
     principal: Arc<Principal>,
     role: Role,
     writer: Writer,
@@ -335,7 +351,7 @@ struct LocalSession {
 /// An active session: where data goes, and which channels this side has opened.
 struct Active {
     mode: Mode,
-    peer: quinn::Connection,
+    peer: Party,
     chat_allowed: bool,
     /// The forwarder of each channel this side opened, to stop it on a mode change.
     forwarders: [Option<tokio::task::AbortHandle>; 4],
@@ -351,7 +367,7 @@ struct Active {
 struct TaggedStream {
     session: SessionId,
     tag: Result<u8, String>,
-    stream: quinn::RecvStream,
+    stream: PartyRecv,
 }
 
 impl Conn {
@@ -990,7 +1006,7 @@ impl Conn {
         &mut self,
         session: &SessionId,
         mode: Mode,
-        peer: quinn::Connection,
+        peer: Party,
         chat_allowed: bool,
         peer_profile: Option<Arc<Principal>>,
         begun: Begun,
@@ -1012,7 +1028,7 @@ impl Conn {
             direct_offered: direct.is_some(),
             counters,
         });
-        let max_datagram = self.connection.max_datagram_size().unwrap_or(0);
+        let max_datagram = self.connection.max_datagram_size();
         // Test builds only: a relay that rewrites the announcements (e2e_downgrade.rs).
         #[cfg(feature = "tap")]
         let e2e = crate::tap::announcement(self.role, e2e);
@@ -1195,14 +1211,14 @@ impl Conn {
         self.forwarders.abort_all();
     }
 
-    fn on_data_stream(&mut self, mut stream: quinn::RecvStream) {
+    fn on_data_stream(&mut self, mut stream: PartyRecv) {
         let Some(session) = self.session.as_ref().filter(|s| s.active.is_some()) else {
             // Not fatal: the client may have opened it just before learning the
             // session ended. The stream alone is refused.
             metrics::counter!("relay_refusals_total", "code" => ErrorCode::ProtocolViolation.as_str_name())
                 .increment(1);
             debug!("data stream outside an active session refused");
-            let _ = stream.stop(ErrorCode::ProtocolViolation.to_quic().into());
+            let _ = stream.stop(ErrorCode::ProtocolViolation.to_quic());
             return;
         };
         let session = session.id.clone();
@@ -1250,7 +1266,7 @@ impl Conn {
             // Not fatal: the client was told chat is unavailable; refuse the stream alone.
             metrics::counter!("relay_refusals_total", "code" => ErrorCode::ChatDisabled.as_str_name()).increment(1);
             let mut stream = tagged.stream;
-            let _ = stream.stop(ErrorCode::ChatDisabled.to_quic().into());
+            let _ = stream.stop(ErrorCode::ChatDisabled.to_quic());
             return Ok(());
         }
         if !may_send(role, channel, active.mode, active.chat_allowed) {
@@ -1359,7 +1375,7 @@ fn ended(session: &SessionId, reason: ErrorCode) -> Out {
 }
 
 /// Closes the connection the way `close` says, telling the client why where it can.
-async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, close: Close) {
+async fn finish(connection: &Party, writer: Option<&mut Writer>, close: Close) {
     let (code, message) = match close {
         Close::Lost(reason) => {
             debug!(%reason, "connection lost");
@@ -1404,7 +1420,7 @@ async fn finish(connection: &quinn::Connection, writer: Option<&mut Writer>, clo
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    connection.close(code.to_quic().into(), &message.as_bytes()[..end]);
+    connection.close(code.to_quic(), &message.as_bytes()[..end]);
 }
 
 fn unix_now() -> u64 {

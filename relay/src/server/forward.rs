@@ -13,6 +13,7 @@ use bytes::Bytes;
 use remote_help_proto::ErrorCode;
 use tracing::debug;
 
+use super::party::{Party, PartyRecv, PartySend};
 use crate::core::Channel;
 
 /// Largest chunk taken from a stream at once.
@@ -42,17 +43,17 @@ impl ChannelCounters {
 /// Forwards one data stream to a new stream on `peer`, tagged `tag`, until either end
 /// finishes or fails.
 pub async fn stream(
-    mut from: quinn::RecvStream,
+    mut from: PartyRecv,
     tag: u8,
     channel: Channel,
-    peer: quinn::Connection,
+    peer: Party,
     counters: std::sync::Arc<ChannelCounters>,
 ) {
     let to = match peer.open_uni().await {
         Ok(to) => to,
         Err(e) => {
             debug!(error = %e, "peer gone before its data stream opened");
-            let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
+            let _ = from.stop(ErrorCode::PeerLost.to_quic());
             return;
         }
     };
@@ -62,7 +63,7 @@ pub async fn stream(
     let Some(to) = out.0.as_mut() else { return };
     let _ = to.set_priority(channel.send_priority());
     if to.write_all(&[tag]).await.is_err() {
-        let _ = from.stop(ErrorCode::PeerLost.to_quic().into());
+        let _ = from.stop(ErrorCode::PeerLost.to_quic());
         return;
     }
     // Handles resolved once per stream, so the loop does no label lookups.
@@ -102,8 +103,8 @@ pub async fn stream(
                 if let Err(e) = written {
                     debug!(error = %e, channel = channel.as_str(), "peer stopped the stream");
                     let code = match e {
-                        quinn::WriteError::Stopped(code) => code,
-                        _ => ErrorCode::PeerLost.to_quic().into(),
+                        web_transport_quinn::WriteError::Stopped(code) => code,
+                        _ => ErrorCode::PeerLost.to_quic(),
                     };
                     let _ = from.stop(code);
                     return;
@@ -121,8 +122,8 @@ pub async fn stream(
             Err(e) => {
                 debug!(error = %e, channel = channel.as_str(), "sender's stream failed");
                 let code = match e {
-                    quinn::ReadError::Reset(code) => code,
-                    _ => ErrorCode::PeerLost.to_quic().into(),
+                    web_transport_quinn::ReadError::Reset(code) => code,
+                    _ => ErrorCode::PeerLost.to_quic(),
                 };
                 if let Some(mut reset) = out.0.take() {
                     let _ = reset.reset(code);
@@ -134,22 +135,23 @@ pub async fn stream(
 }
 
 /// Owns the stream towards the peer; resets it unless it was finished deliberately.
-struct ResetOnDrop(Option<quinn::SendStream>);
+struct ResetOnDrop(Option<PartySend>);
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
         if let Some(mut stream) = self.0.take() {
-            let _ = stream.reset(ErrorCode::PeerEnded.to_quic().into());
+            let _ = stream.reset(ErrorCode::PeerEnded.to_quic());
         }
     }
 }
 
 /// Forwards one lossy screen datagram, or drops it if the peer's send buffer is full
 /// (screen frames are replaced by newer ones; queueing old ones only adds latency).
-pub fn datagram(peer: &quinn::Connection, datagram: Bytes, counters: &ChannelCounters) {
-    let fits = peer
-        .max_datagram_size()
-        .is_some_and(|max| datagram.len() <= max);
+pub fn datagram(peer: &Party, datagram: Bytes, counters: &ChannelCounters) {
+    // 0 when the peer takes no datagrams; a WebTransport peer's limit already leaves room
+    // for its session-id header.
+    let max = peer.max_datagram_size();
+    let fits = max > 0 && datagram.len() <= max;
     if !fits || datagram.len() > peer.datagram_send_buffer_space() {
         metrics::counter!("relay_datagrams_dropped_total", "reason" => "peer_full").increment(1);
         return;

@@ -68,7 +68,7 @@ pub enum Event {
         /// The active mode.
         mode: Mode,
         /// The other party's connection, where this side's data streams go.
-        peer: quinn::Connection,
+        peer: super::party::Party,
         /// The other party (sent to a device agent, which had no join step).
         peer_profile: Arc<Principal>,
         /// Whether the tenant allows chat.
@@ -115,7 +115,7 @@ pub struct ConnLink {
     /// Where to send this connection's events.
     pub events: mpsc::Sender<Box<Event>>,
     /// The QUIC connection, so its peer can open data streams on it.
-    pub connection: quinn::Connection,
+    pub connection: super::party::Party,
     /// Who authenticated on it.
     pub principal: Arc<Principal>,
     /// What it offered for direct paths, if anything.
@@ -270,23 +270,24 @@ fn direct_offers(
         (helper.candidates.as_ref()?, sharer.candidates.as_ref()?);
     let plan = schedule(helper.connection.rtt(), sharer.connection.rtt());
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-    let offer = |dial: bool, start: Duration, peer: &Candidates, peer_conn: &quinn::Connection| {
-        v1::DirectPathOffer {
-            session_id: session.to_string(),
-            dial,
-            peer_addresses: peer
-                .for_peer(peer_conn.remote_address())
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            peer_certificate_sha256: peer.certificate_sha256.to_vec(),
-            start_in_ms: ms(start),
-            attempts: plan.attempts,
-            attempt_interval_ms: ms(plan.interval),
-            deadline_ms: ms(plan.deadline),
-            rtt_estimate_ms: ms(plan.rtt_estimate),
-        }
-    };
+    let offer =
+        |dial: bool, start: Duration, peer: &Candidates, peer_conn: &super::party::Party| {
+            v1::DirectPathOffer {
+                session_id: session.to_string(),
+                dial,
+                peer_addresses: peer
+                    .for_peer(peer_conn.remote_address())
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                peer_certificate_sha256: peer.certificate_sha256.to_vec(),
+                start_in_ms: ms(start),
+                attempts: plan.attempts,
+                attempt_interval_ms: ms(plan.interval),
+                deadline_ms: ms(plan.deadline),
+                rtt_estimate_ms: ms(plan.rtt_estimate),
+            }
+        };
     Some((
         offer(
             true,

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod keys;
 pub mod monitor;
 pub mod reports;
+pub mod party;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

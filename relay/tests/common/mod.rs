@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod oidc;
 pub mod skip;
+pub mod webtransport;
 
 use std::future::Future;
 use std::net::SocketAddr;

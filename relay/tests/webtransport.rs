@@ -1,0 +1,263 @@
+//! WebTransport on the relay's own port (PROTOCOL.md "WebTransport access"): a party that
+//! comes as a browser does (ALPN `h3`, extended CONNECT to `/remote-help/1`) runs the same
+//! protocol through the same code as a native client: the same session, channels, tag
+//! bytes, datagrams, refusals, metrics and audit events. Real relay, real QUIC on
+//! 127.0.0.1, real tokens; the WebTransport side is `web_transport_quinn`'s client.
+
+mod common;
+
+use bytes::Bytes;
+use common::webtransport::{self, PATH, WtClient};
+use common::{TestRelay, metrics, within};
+use futures_util::{SinkExt, StreamExt};
+use remote_help_proto::ErrorCode;
+use remote_help_proto::framing::channel_tag;
+use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
+use remote_help_relay::audit::{EventKind, audit_files, read_events};
+use remote_help_relay::core::{Channel, Mode, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
+
+fn sum(values: &std::collections::HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    values
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_webtransport_helper_and_a_native_sharer_hold_a_session_on_one_port() {
+    let relay = TestRelay::builder().plaintext_clients().start().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let before = metrics(admin).await;
+
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let mut helper = WtClient::connect(&relay, token, Role::Helper)
+        .await
+        .expect("the relay welcomes a WebTransport helper");
+    assert!(helper.welcome.you.is_some(), "Welcome names the helper");
+
+    helper
+        .send(Out::CreateSession(v1::CreateSession {
+            mode: v1::Mode::FullControl as i32,
+            reason: String::new(),
+        }))
+        .await;
+    let created = match helper.recv().await.unwrap() {
+        In::SessionCreated(c) => c,
+        other => panic!("expected SessionCreated, got {other:?}"),
+    };
+
+    // A native sharer joins on the same port and consents.
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&created.code)).await.unwrap();
+    match helper.recv().await.unwrap() {
+        In::PeerJoined(_) => {}
+        other => panic!("expected PeerJoined, got {other:?}"),
+    }
+    let sharer_start = within(sharer.accept()).await.unwrap();
+    let started = match helper.recv().await.unwrap() {
+        In::SessionStarted(s) => s,
+        other => panic!("expected SessionStarted, got {other:?}"),
+    };
+    assert_eq!(started.session_id, sharer_start.session_id);
+    assert_eq!(started.mode, v1::Mode::FullControl as i32);
+    assert!(
+        started.max_datagram_size > 0,
+        "datagrams are offered to a WebTransport helper"
+    );
+
+    // Screen, sharer → WebTransport helper: tag byte, then the sharer's frames unchanged.
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
+    within(screen.send(Bytes::from(vec![7u8; 200_000])))
+        .await
+        .unwrap();
+    within(screen.send(Bytes::from_static(b"frame 2")))
+        .await
+        .unwrap();
+    let (tag, mut screen_in) = helper.accept_channel().await;
+    assert_eq!(tag, channel_tag(v1::Channel::Screen));
+    let first = within(screen_in.next()).await.unwrap().unwrap();
+    assert_eq!(&first[..], &vec![7u8; 200_000][..]);
+    let second = within(screen_in.next()).await.unwrap().unwrap();
+    assert_eq!(&second[..], b"frame 2");
+
+    // Input and chat, WebTransport helper → native sharer, in order.
+    let mut input = helper.open_channel(channel_tag(v1::Channel::Input)).await;
+    for i in 0..100u32 {
+        within(input.send(Bytes::copy_from_slice(&i.to_be_bytes())))
+            .await
+            .unwrap();
+    }
+    let mut chat = helper.open_channel(channel_tag(v1::Channel::Chat)).await;
+    within(chat.send(Bytes::from_static(b"hello from the browser")))
+        .await
+        .unwrap();
+    let mut sharer_side = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (channel, receiver) = within(sharer.accept_unsealed_channel()).await.unwrap();
+        sharer_side.insert(channel, receiver);
+    }
+    let input_in = sharer_side.get_mut(&Channel::Input).expect("input channel");
+    for i in 0..100u32 {
+        let event = within(input_in.recv()).await.unwrap().unwrap();
+        assert_eq!(&event[..], &i.to_be_bytes(), "input event {i} out of order");
+    }
+    let said = within(sharer_side.get_mut(&Channel::Chat).unwrap().recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&said[..], b"hello from the browser");
+
+    // A screen datagram reaches the WebTransport helper as the same bytes.
+    let datagrams = sharer.unsealed_data().unwrap();
+    let payload = Bytes::from_static(b"lossy screen frame");
+    let received = within(async {
+        // Datagrams may be lost even on loopback: send until one arrives (bounded).
+        loop {
+            datagrams.send_datagram(payload.clone()).unwrap();
+            if let Ok(Ok(d)) = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                helper.session.read_datagram(),
+            )
+            .await
+            {
+                break d;
+            }
+        }
+    })
+    .await;
+    assert_eq!(received, payload);
+
+    // The WebTransport helper ends the session; the native sharer hears PEER_ENDED.
+    helper.send(Out::EndSession(v1::EndSession {})).await;
+    match helper.recv().await.unwrap() {
+        In::SessionEnded(ended) => {
+            assert_eq!(ended.session_id, started.session_id);
+            assert_eq!(ended.reason, ErrorCode::EndedByClient as i32);
+        }
+        other => panic!("expected SessionEnded, got {other:?}"),
+    }
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);
+
+    // The same metrics and audit events as a native session.
+    let after = metrics(admin).await;
+    for (name, label) in [
+        ("relay_sessions_started_total", "contoso"),
+        ("relay_forwarded_bytes_total", "channel=\"screen\""),
+        ("relay_forwarded_bytes_total", "channel=\"input\""),
+        ("relay_forwarded_bytes_total", "channel=\"chat\""),
+        ("relay_forwarded_bytes_total", "channel=\"screen_datagram\""),
+    ] {
+        assert!(
+            sum(&after, name, label) > sum(&before, name, label),
+            "{name} {label} moved"
+        );
+    }
+    let events = read_events(&audit_files(&relay.audit_dir()));
+    let of_session = |kind: EventKind| {
+        events
+            .iter()
+            .filter(|e| e.event == Some(kind) && e.session_id == started.session_id)
+            .count()
+    };
+    assert_eq!(of_session(EventKind::SessionStarted), 1);
+    assert_eq!(of_session(EventKind::SessionEnded), 1);
+    drop(helper);
+    sharer.close().await;
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_webtransport_sharer_from_another_tenant_is_refused_cross_tenant() {
+    let relay = TestRelay::builder()
+        .tenant("contoso", TokenSigner::generate_ed25519("c1").unwrap())
+        .tenant("fabrikam", TokenSigner::generate_es256("f1").unwrap())
+        .start()
+        .await;
+    let mut helper = relay.helper("contoso").await;
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
+
+    let token = relay.tenant("fabrikam").token(Persona::Sharer);
+    let mut intruder = WtClient::connect(&relay, token, Role::Sharer)
+        .await
+        .unwrap();
+    intruder
+        .send(Out::JoinSession(v1::JoinSession {
+            code: created.code.clone(),
+        }))
+        .await;
+    let refused = intruder
+        .recv()
+        .await
+        .expect_err("a cross-tenant join is refused");
+    assert_eq!(refused.code, ErrorCode::CrossTenant);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_connect_to_another_path_is_answered_404() {
+    let relay = TestRelay::start().await;
+    let refused = within(webtransport::session(
+        relay.addr(),
+        relay.handle.fingerprint(),
+        "/somewhere-else",
+    ))
+    .await;
+    match refused {
+        // The client reports the status it read from the CONNECT response.
+        Err(e @ web_transport_quinn::ClientError::HttpError(_)) => {
+            assert!(e.to_string().contains("404"), "expected a 404, got {e}")
+        }
+        Err(other) => panic!("expected a 404, got {other}"),
+        Ok(_) => panic!("a CONNECT to another path was accepted"),
+    }
+    // The right path on the same port is served.
+    within(webtransport::session(
+        relay.addr(),
+        relay.handle.fingerprint(),
+        PATH,
+    ))
+    .await
+    .expect("CONNECT to /remote-help/1 is accepted");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_webtransport_client_with_a_bad_token_is_closed_with_the_code() {
+    let relay = TestRelay::start().await;
+    let refused = WtClient::connect(&relay, "not.a.token".into(), Role::Helper)
+        .await
+        .err()
+        .expect("a bad token is refused");
+    // Refused before `Welcome`: no `Error` message, the session's close carries the
+    // code (a browser's `WebTransport.closed` `closeCode`) and the reason.
+    assert_eq!(refused.code, ErrorCode::TokenInvalid, "{}", refused.message);
+    assert!(refused.message.contains("token"), "{}", refused.message);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_error_code_reaches_a_webtransport_client_as_our_number() {
+    let relay = TestRelay::start().await;
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let helper = WtClient::connect(&relay, token, Role::Helper)
+        .await
+        .unwrap();
+    // A data stream outside a session is refused alone, with STOP_SENDING
+    // PROTOCOL_VIOLATION (§8.6); WebTransport carries the code in HTTP/3's range and the
+    // client reads back our number.
+    let mut stream = within(helper.session.open_uni()).await.unwrap();
+    within(stream.write_all(&[channel_tag(v1::Channel::Chat), 1, 2, 3]))
+        .await
+        .unwrap();
+    let stopped = within(stream.stopped()).await.unwrap();
+    assert_eq!(stopped, Some(ErrorCode::ProtocolViolation.to_quic()));
+    relay.stop().await;
+}
