@@ -162,3 +162,21 @@ pub async fn open(
         _ => Err(OpenError::UnknownAlpn),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_party_handle_is_one_pointer_like_a_quinn_connection() {
+        // The hub, the connection task and the peer's task each hold one; events carry them.
+        assert_eq!(
+            std::mem::size_of::<Party>(),
+            std::mem::size_of::<quinn::Connection>()
+        );
+        eprintln!(
+            "web_transport_quinn::Session: {} bytes, once per connection",
+            std::mem::size_of::<web_transport_quinn::Session>()
+        );
+    }
+}
