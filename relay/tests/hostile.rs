@@ -306,7 +306,8 @@ async fn a_client_without_our_alpn_is_refused_in_the_handshake() {
     let relay = TestRelay::start().await;
     let trust = remote_help_relay::tls::RelayTrust::Pin(relay.handle.fingerprint());
     let mut tls = trust.rustls_client_config().unwrap();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
+    // Neither `remote-help/1` nor `h3` (WebTransport, which the relay serves too).
+    tls.alpn_protocols = vec![b"hq-interop".to_vec()];
     let config = quinn::ClientConfig::new(std::sync::Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
     ));
