@@ -261,3 +261,41 @@ async fn a_stream_error_code_reaches_a_webtransport_client_as_our_number() {
     assert_eq!(stopped, Some(ErrorCode::ProtocolViolation.to_quic()));
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_webtransport_datagram_for_another_session_is_dropped_and_the_connection_lives() {
+    let relay = TestRelay::start().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let before = metrics(admin).await;
+    let token = relay.tenant("contoso").token(Persona::Sharer);
+    let mut sharer = WtClient::connect(&relay, token, Role::Sharer)
+        .await
+        .unwrap();
+    // Bypassing the session's header: an empty datagram (names no session) and one naming
+    // session 99 (varint 0x40 0x63), as a buggy or hostile page might send.
+    let quic: &quinn::Connection = &sharer.session;
+    quic.send_datagram(Bytes::new()).unwrap();
+    quic.send_datagram(Bytes::from_static(&[0x40, 0x63, 1, 2, 3]))
+        .unwrap();
+    // Datagrams may be lost, even on loopback: wait (bounded) until one was counted.
+    within(async {
+        loop {
+            let now = metrics(admin).await;
+            if sum(&now, "relay_datagrams_dropped_total", "unknown_session")
+                > sum(&before, "relay_datagrams_dropped_total", "unknown_session")
+            {
+                break;
+            }
+            quic.send_datagram(Bytes::new()).unwrap();
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The connection still serves its control stream.
+    sharer.send(Out::Ping(v1::Ping { nonce: 7 })).await;
+    match sharer.recv().await.unwrap() {
+        In::Pong(pong) => assert_eq!(pong.nonce, 7),
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    relay.stop().await;
+}

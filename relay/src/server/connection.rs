@@ -398,6 +398,15 @@ impl Conn {
                 },
                 datagram = self.connection.read_datagram() => match datagram {
                     Ok(datagram) => { self.on_datagram(datagram); Ok(()) }
+                    // WebTransport only: a datagram too short to name a session, or naming
+                    // another one, is dropped like any datagram the relay cannot use.
+                    Err(web_transport_quinn::SessionError::WebTransportError(
+                        web_transport_quinn::WebTransportError::UnknownSession,
+                    )) => {
+                        metrics::counter!("relay_datagrams_dropped_total", "reason" => "unknown_session")
+                            .increment(1);
+                        Ok(())
+                    }
                     Err(e) => Err(Close::Lost(e.to_string())),
                 },
                 bi = self.connection.accept_bi() => match bi {
