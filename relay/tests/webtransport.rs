@@ -299,3 +299,112 @@ async fn a_webtransport_datagram_for_another_session_is_dropped_and_the_connecti
     }
     relay.stop().await;
 }
+
+/// Backpressure towards a WebTransport reader, as `backpressure.rs` proves it for native
+/// ones: a WebTransport helper that stops reading stalls its native sharer through flow
+/// control, within the relay's windows, and then receives every byte in order.
+#[tokio::test]
+async fn a_slow_webtransport_reader_stalls_its_sender_within_the_relays_bounds() {
+    use remote_help_relay::config::Limits;
+    use remote_help_relay::transport::ClientTransport;
+    const FRAME: usize = 16 * 1024;
+    const ATTEMPTED_FRAMES: usize = 4096; // 64 MiB: far more than any window
+    // As in backpressure.rs: a write not done after this long is taken as stalled; a slow
+    // machine can only make the test stop writing earlier, which keeps every assertion true.
+    const STALL: std::time::Duration = std::time::Duration::from_millis(1500);
+    const WINDOW: u64 = 64 * 1024;
+    let limits = Limits {
+        stream_receive_window: WINDOW,
+        connection_receive_window: 256 * 1024,
+        send_window: 256 * 1024,
+        ..Limits::default()
+    };
+    let relay_limits = limits;
+    let relay = TestRelay::builder()
+        .plaintext_clients()
+        .config(move |c| c.limits = relay_limits)
+        .start()
+        .await;
+    let contoso = relay.tenant("contoso");
+    // The WebTransport helper's windows as small as the native helper's in backpressure.rs.
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u64(WINDOW).unwrap())
+        .receive_window(quinn::VarInt::from_u32(256 * 1024));
+    let mut helper = WtClient::connect_with(
+        &relay,
+        contoso.token(Persona::Helper),
+        Role::Helper,
+        Some(std::sync::Arc::new(transport)),
+    )
+    .await
+    .unwrap();
+    let mut sharer_options = relay.options(contoso.token(Persona::Sharer), Role::Sharer);
+    sharer_options.transport = ClientTransport {
+        stream_receive_window: WINDOW,
+        connection_receive_window: 256 * 1024,
+        send_window: 256 * 1024,
+        ..ClientTransport::default()
+    };
+    let mut sharer = within(remote_help_relay::client::Client::connect(sharer_options))
+        .await
+        .unwrap();
+    helper
+        .send(Out::CreateSession(v1::CreateSession {
+            mode: v1::Mode::ViewOnly as i32,
+            reason: String::new(),
+        }))
+        .await;
+    let In::SessionCreated(created) = helper.recv().await.unwrap() else {
+        panic!("expected SessionCreated")
+    };
+    within(sharer.join(&created.code)).await.unwrap();
+    assert!(matches!(helper.recv().await.unwrap(), In::PeerJoined(_)));
+    within(sharer.accept()).await.unwrap();
+    assert!(matches!(
+        helper.recv().await.unwrap(),
+        In::SessionStarted(_)
+    ));
+
+    let mut screen = within(sharer.open_unsealed_channel(Channel::Screen))
+        .await
+        .unwrap();
+    let mut accepted_frames = 0usize;
+    for i in 0..ATTEMPTED_FRAMES {
+        let frame = Bytes::from(vec![(i % 251) as u8; FRAME]);
+        match tokio::time::timeout(STALL, screen.send(frame)).await {
+            Ok(result) => {
+                result.unwrap();
+                accepted_frames += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let accepted_bytes = (accepted_frames * (FRAME + 4)) as u64;
+    // The relay's receive window, the helper's stream window (plus the WebTransport stream
+    // header, a few bytes), one relay read chunk in hand, the frame being written.
+    let bound = limits.stream_receive_window + WINDOW + 16 + 64 * 1024 + (FRAME + 4) as u64;
+    assert!(
+        accepted_frames < ATTEMPTED_FRAMES,
+        "the sender never stalled: the relay buffered everything"
+    );
+    assert!(
+        accepted_bytes <= bound,
+        "{accepted_bytes} bytes went out before the stall; the windows allow at most {bound}"
+    );
+
+    // The reader catches up: every accepted frame arrives, in order, intact.
+    let (tag, mut screen_in) = helper.accept_channel().await;
+    assert_eq!(tag, channel_tag(v1::Channel::Screen));
+    let finisher = tokio::spawn(async move { screen.finish().await });
+    for i in 0..accepted_frames {
+        let frame = within(screen_in.next()).await.unwrap().unwrap();
+        assert_eq!(frame.len(), FRAME);
+        assert!(
+            frame.iter().all(|&b| b == (i % 251) as u8),
+            "frame {i} corrupted or out of order"
+        );
+    }
+    within(finisher).await.unwrap().unwrap();
+    relay.stop().await;
+}

@@ -27,10 +27,23 @@ pub async fn session(
     pin: Fingerprint,
     path: &str,
 ) -> Result<Session, web_transport_quinn::ClientError> {
+    session_with(relay, pin, path, None).await
+}
+
+/// [`session`] with the client's own QUIC transport settings (windows), if given.
+pub async fn session_with(
+    relay: SocketAddr,
+    pin: Fingerprint,
+    path: &str,
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> Result<Session, web_transport_quinn::ClientError> {
     let mut tls = RelayTrust::Pin(pin).rustls_client_config().unwrap();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(transport) = transport {
+        config.transport_config(transport);
+    }
     let endpoint = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let client = web_transport_quinn::Client::new(endpoint, config);
     let url = url::Url::parse(&format!("https://{relay}{path}")).unwrap();
@@ -64,9 +77,24 @@ impl WtClient {
         token: String,
         role: Role,
     ) -> Result<WtClient, Refusal> {
-        let session = within(session(relay.addr(), relay.handle.fingerprint(), PATH))
-            .await
-            .expect("WebTransport session");
+        Self::connect_with(relay, token, role, None).await
+    }
+
+    /// [`WtClient::connect`] with the client's own QUIC transport settings.
+    pub async fn connect_with(
+        relay: &TestRelay,
+        token: String,
+        role: Role,
+        transport: Option<Arc<quinn::TransportConfig>>,
+    ) -> Result<WtClient, Refusal> {
+        let session = within(session_with(
+            relay.addr(),
+            relay.handle.fingerprint(),
+            PATH,
+            transport,
+        ))
+        .await
+        .expect("WebTransport session");
         let (send, recv) = within(session.open_bi()).await.unwrap();
         let max = remote_help_proto::framing::DEFAULT_MAX_CONTROL_MESSAGE;
         let mut client = WtClient {
