@@ -400,9 +400,7 @@ impl Conn {
                     Ok(datagram) => { self.on_datagram(datagram); Ok(()) }
                     // WebTransport only: a datagram too short to name a session, or naming
                     // another one, is dropped like any datagram the relay cannot use.
-                    Err(web_transport_quinn::SessionError::WebTransportError(
-                        web_transport_quinn::WebTransportError::UnknownSession,
-                    )) => {
+                    Err(e) if e.is_unknown_session() => {
                         metrics::counter!("relay_datagrams_dropped_total", "reason" => "unknown_session")
                             .increment(1);
                         Ok(())
@@ -1227,7 +1225,7 @@ impl Conn {
             metrics::counter!("relay_refusals_total", "code" => ErrorCode::ProtocolViolation.as_str_name())
                 .increment(1);
             debug!("data stream outside an active session refused");
-            let _ = stream.stop(ErrorCode::ProtocolViolation.to_quic());
+            stream.stop(ErrorCode::ProtocolViolation.to_quic());
             return;
         };
         let session = session.id.clone();
@@ -1275,7 +1273,7 @@ impl Conn {
             // Not fatal: the client was told chat is unavailable; refuse the stream alone.
             metrics::counter!("relay_refusals_total", "code" => ErrorCode::ChatDisabled.as_str_name()).increment(1);
             let mut stream = tagged.stream;
-            let _ = stream.stop(ErrorCode::ChatDisabled.to_quic());
+            stream.stop(ErrorCode::ChatDisabled.to_quic());
             return Ok(());
         }
         if !may_send(role, channel, active.mode, active.chat_allowed) {
@@ -1420,7 +1418,7 @@ async fn finish(connection: &Party, writer: Option<&mut Writer>, close: Close) {
             })
             .await;
         let stream = writer.get_mut();
-        if stream.finish().is_ok() {
+        if stream.finish() {
             let _ = tokio::time::timeout(LINGER, stream.stopped()).await;
         }
     }

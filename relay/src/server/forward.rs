@@ -13,7 +13,7 @@ use bytes::Bytes;
 use remote_help_proto::ErrorCode;
 use tracing::debug;
 
-use super::party::{Party, PartyRecv, PartySend};
+use super::party::{Party, PartyRecv, PartySend, StreamError};
 use crate::core::Channel;
 
 /// Largest chunk taken from a stream at once.
@@ -53,7 +53,7 @@ pub async fn stream(
         Ok(to) => to,
         Err(e) => {
             debug!(error = %e, "peer gone before its data stream opened");
-            let _ = from.stop(ErrorCode::PeerLost.to_quic());
+            from.stop(ErrorCode::PeerLost.to_quic());
             return;
         }
     };
@@ -61,9 +61,9 @@ pub async fn stream(
     // stream is reset rather than finished, so a cut stream never looks complete.
     let mut out = ResetOnDrop(Some(to));
     let Some(to) = out.0.as_mut() else { return };
-    let _ = to.set_priority(channel.send_priority());
+    to.set_priority(channel.send_priority());
     if to.write_all(&[tag]).await.is_err() {
-        let _ = from.stop(ErrorCode::PeerLost.to_quic());
+        from.stop(ErrorCode::PeerLost.to_quic());
         return;
     }
     // Handles resolved once per stream, so the loop does no label lookups.
@@ -103,10 +103,10 @@ pub async fn stream(
                 if let Err(e) = written {
                     debug!(error = %e, channel = channel.as_str(), "peer stopped the stream");
                     let code = match e {
-                        web_transport_quinn::WriteError::Stopped(code) => code,
-                        _ => ErrorCode::PeerLost.to_quic(),
+                        StreamError::Code(code) => code,
+                        StreamError::Other(_) => ErrorCode::PeerLost.to_quic(),
                     };
-                    let _ = from.stop(code);
+                    from.stop(code);
                     return;
                 }
                 counters.bytes[channel.index()].fetch_add(len, Ordering::Relaxed);
@@ -115,18 +115,18 @@ pub async fn stream(
             }
             Ok(None) => {
                 if let Some(mut finished) = out.0.take() {
-                    let _ = finished.finish();
+                    finished.finish();
                 }
                 return;
             }
             Err(e) => {
                 debug!(error = %e, channel = channel.as_str(), "sender's stream failed");
                 let code = match e {
-                    web_transport_quinn::ReadError::Reset(code) => code,
-                    _ => ErrorCode::PeerLost.to_quic(),
+                    StreamError::Code(code) => code,
+                    StreamError::Other(_) => ErrorCode::PeerLost.to_quic(),
                 };
                 if let Some(mut reset) = out.0.take() {
-                    let _ = reset.reset(code);
+                    reset.reset(code);
                 }
                 return;
             }
@@ -140,7 +140,7 @@ struct ResetOnDrop(Option<PartySend>);
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
         if let Some(mut stream) = self.0.take() {
-            let _ = stream.reset(ErrorCode::PeerEnded.to_quic());
+            stream.reset(ErrorCode::PeerEnded.to_quic());
         }
     }
 }

@@ -4,46 +4,346 @@
 //! against [`Party`] only, so both kinds of client share one code path: the same checks,
 //! limits, metrics and audit events (PROTOCOL.md "WebTransport access").
 //!
-//! `Party` is `web_transport_quinn::Session`, which is built for exactly this: a native
-//! connection is wrapped with `Session::raw` (stream and datagram bytes as they are, stream
-//! error codes as they are), a WebTransport session adds the session-id headers and maps
-//! stream error codes into the HTTP/3 range that the WebTransport spec reserves for them.
-//! One concrete type, no dynamic dispatch and no allocation per chunk: for a native client
-//! a read or write is quinn's, plus a branch on the error path.
+//! `Party` is an enum: a native connection is quinn's own `Connection` and streams, so the
+//! hot path and the memory of a native client are exactly what they were; a WebTransport
+//! session is `web_transport_quinn`'s, which adds the session-id headers and maps stream
+//! error codes into the HTTP/3 range the WebTransport spec reserves for them. Dispatch is
+//! one `match` per call, no allocation per chunk.
 
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use remote_help_proto::ALPN;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::transport::{BIDI_STREAMS, UNI_STREAMS};
 
 /// A party's connection: native QUIC or a WebTransport session (see the module docs).
-///
-/// Shared behind one `Arc`: a `Session` is several hundred bytes (per-clone poll state
-/// that the async methods used here never touch), and the hub, the connection task and
-/// the peer's task each hold a handle, so a clone stays a pointer, as `quinn::Connection`
-/// is. Derefs to the session, and through it to the `quinn::Connection` (RTT, address).
+/// A clone is a handle to the same connection.
 #[derive(Clone, Debug)]
-pub struct Party(Arc<web_transport_quinn::Session>);
+pub enum Party {
+    /// Native QUIC, ALPN `remote-help/1`.
+    Native(quinn::Connection),
+    /// A WebTransport session over HTTP/3 (boxed in an `Arc`: a `Session` is several
+    /// hundred bytes and the hub, this task and the peer's task each hold a handle).
+    Web(Arc<web_transport_quinn::Session>),
+}
+
+/// Why a connection-level operation failed (the connection or session is gone, or a
+/// WebTransport datagram named no session of ours).
+#[derive(Debug, thiserror::Error)]
+pub enum PartyError {
+    /// The native connection's error.
+    #[error(transparent)]
+    Native(#[from] quinn::ConnectionError),
+    /// The WebTransport session's error.
+    #[error(transparent)]
+    Web(#[from] web_transport_quinn::SessionError),
+    /// A datagram could not be sent.
+    #[error(transparent)]
+    Datagram(#[from] quinn::SendDatagramError),
+}
+
+impl PartyError {
+    /// A WebTransport datagram too short to name a session, or naming another one: the
+    /// datagram is unusable, the session is fine.
+    pub fn is_unknown_session(&self) -> bool {
+        matches!(
+            self,
+            PartyError::Web(web_transport_quinn::SessionError::WebTransportError(
+                web_transport_quinn::WebTransportError::UnknownSession
+            ))
+        )
+    }
+}
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer stopped (STOP_SENDING) or reset (RESET_STREAM) the stream with this
+    /// application code (for WebTransport, already mapped back from HTTP/3's range).
+    #[error("stream stopped or reset with code {0}")]
+    Code(u32),
+    /// The stream ended early, or the connection is gone.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn native_code(code: quinn::VarInt) -> StreamError {
+    match u32::try_from(code.into_inner()) {
+        Ok(code) => StreamError::Code(code),
+        Err(_) => StreamError::Other(format!("stream code {code} out of range")),
+    }
+}
 
 impl Party {
-    fn new(session: web_transport_quinn::Session) -> Party {
-        Party(Arc::new(session))
+    /// Accepts the party's next bidirectional stream.
+    pub async fn accept_bi(&self) -> Result<(PartySend, PartyRecv), PartyError> {
+        match self {
+            Party::Native(c) => {
+                let (send, recv) = c.accept_bi().await?;
+                Ok((PartySend::Native(send), PartyRecv::Native(recv)))
+            }
+            Party::Web(s) => {
+                let (send, recv) = s.accept_bi().await?;
+                Ok((PartySend::Web(send), PartyRecv::Web(recv)))
+            }
+        }
+    }
+
+    /// Accepts the party's next unidirectional stream.
+    pub async fn accept_uni(&self) -> Result<PartyRecv, PartyError> {
+        match self {
+            Party::Native(c) => Ok(PartyRecv::Native(c.accept_uni().await?)),
+            Party::Web(s) => Ok(PartyRecv::Web(s.accept_uni().await?)),
+        }
+    }
+
+    /// Opens a unidirectional stream towards the party.
+    pub async fn open_uni(&self) -> Result<PartySend, PartyError> {
+        match self {
+            Party::Native(c) => Ok(PartySend::Native(c.open_uni().await?)),
+            Party::Web(s) => Ok(PartySend::Web(s.open_uni().await?)),
+        }
+    }
+
+    /// The party's next datagram (for WebTransport, without the session header).
+    pub async fn read_datagram(&self) -> Result<Bytes, PartyError> {
+        match self {
+            Party::Native(c) => Ok(c.read_datagram().await?),
+            Party::Web(s) => Ok(s.read_datagram().await?),
+        }
+    }
+
+    /// Queues a datagram towards the party.
+    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), PartyError> {
+        match self {
+            Party::Native(c) => Ok(c.send_datagram(datagram)?),
+            Party::Web(s) => Ok(s.send_datagram(datagram)?),
+        }
+    }
+
+    /// The largest datagram payload the party takes now; 0 when it takes none.
+    pub fn max_datagram_size(&self) -> usize {
+        match self {
+            Party::Native(c) => c.max_datagram_size().unwrap_or(0),
+            Party::Web(s) => s.max_datagram_size(),
+        }
+    }
+
+    /// Free space in the outgoing datagram buffer, in payload bytes.
+    pub fn datagram_send_buffer_space(&self) -> usize {
+        match self {
+            Party::Native(c) => c.datagram_send_buffer_space(),
+            Party::Web(s) => s.datagram_send_buffer_space(),
+        }
+    }
+
+    /// Closes with one of our codes and a reason: a QUIC application close for a native
+    /// party; for WebTransport a `CLOSE_WEBTRANSPORT_SESSION` capsule with the code and
+    /// reason, then the connection's close (with the code mapped into HTTP/3's range).
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            Party::Native(c) => c.close(code.into(), reason),
+            Party::Web(s) => s.close(code, reason),
+        }
+    }
+
+    /// The QUIC connection underneath (address, RTT).
+    fn quic(&self) -> &quinn::Connection {
+        match self {
+            Party::Native(c) => c,
+            // The session derefs to its connection.
+            Party::Web(s) => s,
+        }
+    }
+
+    /// The party's current address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.quic().remote_address()
+    }
+
+    /// The connection's current RTT estimate.
+    pub fn rtt(&self) -> Duration {
+        self.quic().rtt()
     }
 }
 
-impl std::ops::Deref for Party {
-    type Target = web_transport_quinn::Session;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-/// A stream towards a party.
-pub type PartySend = web_transport_quinn::SendStream;
 /// A stream from a party.
-pub type PartyRecv = web_transport_quinn::RecvStream;
+#[derive(Debug)]
+pub enum PartyRecv {
+    /// Native QUIC.
+    Native(quinn::RecvStream),
+    /// WebTransport.
+    Web(web_transport_quinn::RecvStream),
+}
+
+impl PartyRecv {
+    /// The next chunk of at most `max` bytes; `None` at the end of the stream.
+    pub async fn read_chunk(
+        &mut self,
+        max: usize,
+        ordered: bool,
+    ) -> Result<Option<quinn::Chunk>, StreamError> {
+        match self {
+            PartyRecv::Native(r) => r.read_chunk(max, ordered).await.map_err(|e| match e {
+                quinn::ReadError::Reset(code) => native_code(code),
+                e => StreamError::Other(e.to_string()),
+            }),
+            PartyRecv::Web(r) => r.read_chunk(max, ordered).await.map_err(|e| match e {
+                web_transport_quinn::ReadError::Reset(code) => StreamError::Code(code),
+                e => StreamError::Other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Fills `buf` exactly.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), StreamError> {
+        match self {
+            PartyRecv::Native(r) => r
+                .read_exact(buf)
+                .await
+                .map_err(|e| StreamError::Other(e.to_string())),
+            PartyRecv::Web(r) => r
+                .read_exact(buf)
+                .await
+                .map_err(|e| StreamError::Other(e.to_string())),
+        }
+    }
+
+    /// Asks the party to stop sending, with one of our codes (STOP_SENDING).
+    pub fn stop(&mut self, code: u32) {
+        // Err only when the stream is already gone: nothing left to stop.
+        let _ = match self {
+            PartyRecv::Native(r) => r.stop(code.into()),
+            PartyRecv::Web(r) => r.stop(code),
+        };
+    }
+}
+
+impl AsyncRead for PartyRecv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PartyRecv::Native(r) => AsyncRead::poll_read(Pin::new(r), cx, buf),
+            PartyRecv::Web(r) => AsyncRead::poll_read(Pin::new(r), cx, buf),
+        }
+    }
+}
+
+/// A stream towards a party.
+#[derive(Debug)]
+pub enum PartySend {
+    /// Native QUIC.
+    Native(quinn::SendStream),
+    /// WebTransport.
+    Web(web_transport_quinn::SendStream),
+}
+
+impl PartySend {
+    /// Writes all of `buf`, waiting for flow-control credit.
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), StreamError> {
+        match self {
+            PartySend::Native(w) => w.write_all(buf).await.map_err(native_write_error),
+            PartySend::Web(w) => w.write_all(buf).await.map_err(web_write_error),
+        }
+    }
+
+    /// Queues `chunk` without copying, waiting for flow-control credit.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), StreamError> {
+        match self {
+            PartySend::Native(w) => w.write_chunk(chunk).await.map_err(native_write_error),
+            PartySend::Web(w) => w.write_chunk(chunk).await.map_err(web_write_error),
+        }
+    }
+
+    /// Finishes the stream (FIN); false if it was already finished or reset.
+    pub fn finish(&mut self) -> bool {
+        match self {
+            PartySend::Native(w) => w.finish().is_ok(),
+            PartySend::Web(w) => w.finish().is_ok(),
+        }
+    }
+
+    /// Resets the stream with one of our codes (RESET_STREAM).
+    pub fn reset(&mut self, code: u32) {
+        // Err only when the stream is already gone: nothing left to reset.
+        let _ = match self {
+            PartySend::Native(w) => w.reset(code.into()).map_err(|_| ()),
+            PartySend::Web(w) => w.reset(code).map_err(|_| ()),
+        };
+    }
+
+    /// Sets the stream's send priority (higher goes first).
+    pub fn set_priority(&self, priority: i32) {
+        // Err only when the stream is already gone.
+        let _ = match self {
+            PartySend::Native(w) => w.set_priority(priority).map_err(|_| ()),
+            PartySend::Web(w) => w.set_priority(priority).map_err(|_| ()),
+        };
+    }
+
+    /// Waits until the party acknowledged everything (after `finish`) or stopped the stream.
+    pub async fn stopped(&self) {
+        match self {
+            PartySend::Native(w) => {
+                let _ = w.stopped().await;
+            }
+            PartySend::Web(w) => {
+                let _ = w.stopped().await;
+            }
+        }
+    }
+}
+
+fn native_write_error(e: quinn::WriteError) -> StreamError {
+    match e {
+        quinn::WriteError::Stopped(code) => native_code(code),
+        e => StreamError::Other(e.to_string()),
+    }
+}
+
+fn web_write_error(e: web_transport_quinn::WriteError) -> StreamError {
+    match e {
+        web_transport_quinn::WriteError::Stopped(code) => StreamError::Code(code),
+        e => StreamError::Other(e.to_string()),
+    }
+}
+
+impl AsyncWrite for PartySend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PartySend::Native(w) => AsyncWrite::poll_write(Pin::new(w), cx, buf),
+            PartySend::Web(w) => AsyncWrite::poll_write(Pin::new(w), cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PartySend::Native(w) => Pin::new(w).poll_flush(cx),
+            PartySend::Web(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PartySend::Native(w) => Pin::new(w).poll_shutdown(cx),
+            PartySend::Web(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The ALPN of WebTransport (HTTP/3), which the relay offers next to [`ALPN`].
 pub const ALPN_H3: &[u8] = b"h3";
@@ -119,10 +419,7 @@ pub async fn open(
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
-        Some(a) if a == ALPN => Ok((
-            Party::new(web_transport_quinn::Session::raw(connection)),
-            Transport::Native,
-        )),
+        Some(a) if a == ALPN => Ok((Party::Native(connection), Transport::Native)),
         Some(a) if a == ALPN_H3 => {
             // HTTP/3 takes streams of its own on top of ours: the CONNECT request's
             // bidirectional stream, and the client's HTTP/3 control stream and QPACK encoder
@@ -152,7 +449,7 @@ pub async fn open(
                     .map_err(|e| OpenError::Handshake(e.to_string()))
             };
             match tokio::time::timeout(deadline, handshake).await {
-                Ok(Ok(session)) => Ok((Party::new(session), Transport::WebTransport)),
+                Ok(Ok(session)) => Ok((Party::Web(Arc::new(session)), Transport::WebTransport)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(OpenError::Handshake(
                     "no CONNECT within the authentication deadline".into(),
@@ -168,12 +465,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_party_handle_is_one_pointer_like_a_quinn_connection() {
-        // The hub, the connection task and the peer's task each hold one; events carry them.
-        assert_eq!(
-            std::mem::size_of::<Party>(),
-            std::mem::size_of::<quinn::Connection>()
-        );
+    fn a_party_handle_is_a_tagged_pointer() {
+        // The hub, the connection task and the peer's task each hold one; events carry
+        // them. A native party costs what its `quinn::Connection` did, plus the tag.
+        assert!(std::mem::size_of::<Party>() <= 2 * std::mem::size_of::<quinn::Connection>());
         eprintln!(
             "web_transport_quinn::Session: {} bytes, once per connection",
             std::mem::size_of::<web_transport_quinn::Session>()
