@@ -204,6 +204,8 @@ async fn a_webtransport_sharer_from_another_tenant_is_refused_cross_tenant() {
 #[tokio::test]
 async fn a_connect_to_another_path_is_answered_404() {
     let relay = TestRelay::start().await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let before = metrics(admin).await;
     let refused = within(webtransport::session(
         relay.addr(),
         relay.handle.fingerprint(),
@@ -218,6 +220,22 @@ async fn a_connect_to_another_path_is_answered_404() {
         Err(other) => panic!("expected a 404, got {other}"),
         Ok(_) => panic!("a CONNECT to another path was accepted"),
     }
+    // Counted, once the relay is done with the connection (after the 404 and the client's
+    // close): polled, bounded by the step timeout.
+    within(async {
+        while sum(
+            &metrics(admin).await,
+            "relay_webtransport_failures_total",
+            "reason=\"path\"",
+        ) <= sum(
+            &before,
+            "relay_webtransport_failures_total",
+            "reason=\"path\"",
+        ) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     // The right path on the same port is served.
     within(webtransport::session(
         relay.addr(),

@@ -103,8 +103,7 @@ pub async fn serve(
             Ok(opened) => opened,
             Err(e) => {
                 debug!(%remote, error = %e, "handshake failed");
-                metrics::counter!("relay_handshake_failures_total", "reason" => e.reason())
-                    .increment(1);
+                e.count();
                 return;
             }
         };

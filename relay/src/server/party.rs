@@ -397,12 +397,21 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    /// The `reason` label of `relay_handshake_failures_total`.
-    pub fn reason(&self) -> &'static str {
+    /// Counts the failure: `relay_handshake_failures_total` for the handshake itself,
+    /// `relay_webtransport_failures_total{reason}` for what follows it in WebTransport.
+    pub fn count(&self) {
         match self {
-            OpenError::UnknownAlpn => "alpn",
-            OpenError::Handshake(_) => "webtransport",
-            OpenError::WrongPath(_) => "webtransport_path",
+            OpenError::UnknownAlpn => {
+                metrics::counter!("relay_handshake_failures_total").increment(1);
+            }
+            OpenError::Handshake(_) => {
+                metrics::counter!("relay_webtransport_failures_total", "reason" => "handshake")
+                    .increment(1);
+            }
+            OpenError::WrongPath(_) => {
+                metrics::counter!("relay_webtransport_failures_total", "reason" => "path")
+                    .increment(1);
+            }
         }
     }
 }
