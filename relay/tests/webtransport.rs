@@ -426,3 +426,47 @@ async fn a_slow_webtransport_reader_stalls_its_sender_within_the_relays_bounds()
     within(finisher).await.unwrap().unwrap();
     relay.stop().await;
 }
+
+/// Modes apply to a WebTransport party as to a native one: a helper in a view-only session
+/// that opens the input channel is closed for it (§8.6), and its native peer is told.
+#[tokio::test]
+async fn a_webtransport_helper_may_not_send_input_in_view_only_mode() {
+    let relay = TestRelay::builder().plaintext_clients().start().await;
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let mut helper = WtClient::connect(&relay, token, Role::Helper)
+        .await
+        .unwrap();
+    helper
+        .send(Out::CreateSession(v1::CreateSession {
+            mode: v1::Mode::ViewOnly as i32,
+            reason: String::new(),
+        }))
+        .await;
+    let In::SessionCreated(created) = helper.recv().await.unwrap() else {
+        panic!("expected SessionCreated")
+    };
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&created.code)).await.unwrap();
+    assert!(matches!(helper.recv().await.unwrap(), In::PeerJoined(_)));
+    within(sharer.accept()).await.unwrap();
+    let In::SessionStarted(started) = helper.recv().await.unwrap() else {
+        panic!("expected SessionStarted")
+    };
+    assert_eq!(started.mode, v1::Mode::ViewOnly as i32);
+
+    let mut input = helper.open_channel(channel_tag(v1::Channel::Input)).await;
+    // The write may or may not complete before the relay closes the session.
+    let _ = within(input.send(Bytes::from_static(b"click"))).await;
+    let refused = helper
+        .recv()
+        .await
+        .expect_err("input in view-only mode closes the helper");
+    assert_eq!(
+        refused.code,
+        ErrorCode::ProtocolViolation,
+        "{}",
+        refused.message
+    );
+    assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerLost);
+    relay.stop().await;
+}
