@@ -10,8 +10,8 @@ pub mod forward;
 pub mod hub;
 pub mod keys;
 pub mod monitor;
-pub mod reports;
 pub mod party;
+pub mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
