@@ -296,6 +296,22 @@ pub struct RawTenant {
     /// Role assignments.
     #[serde(default)]
     pub assignments: Vec<RawAssignment>,
+    /// The administrators' browser sign-in at the tenant's issuer (the Monitor page).
+    pub web_sign_in: Option<RawWebSignIn>,
+}
+
+/// `[tenants.web_sign_in]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSignIn {
+    /// The public client's id at the tenant's provider.
+    pub client_id: Option<String>,
+    /// Scopes asked for (default `["openid"]`; must include `openid`).
+    pub scopes: Option<Vec<String>>,
+    /// The RFC 8707 `resource` parameter sent with the requests, if the provider needs one.
+    pub resource: Option<String>,
+    /// The name the page shows for the tenant (default: its id).
+    pub display_name: Option<String>,
 }
 
 /// `[[tenants.roles]]` as written.
@@ -335,6 +351,132 @@ pub struct Tenant {
     pub policy: TenantPolicy,
     /// The `aud` of its administrators' tokens, when not the relay's `admin_audience`.
     pub admin_audience: Option<String>,
+    /// How its administrators sign in to the Monitor page in a browser, if they may.
+    pub web_sign_in: Option<WebSignIn>,
+}
+
+/// A tenant's browser sign-in (`[tenants.web_sign_in]`, docs/reports.md "Signing in with
+/// the tenant's provider"): the public client (no secret) its administrators use at the
+/// tenant's issuer, through the OpenID Connect authorization code flow with PKCE. The page
+/// is its own redirect URI. Everything here is public: the relay hands it to anyone who
+/// opens the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSignIn {
+    /// The client id registered at the provider.
+    pub client_id: String,
+    /// The scopes asked for; `openid` among them, for the ID token whose nonce the page checks.
+    pub scopes: Vec<String>,
+    /// The `resource` parameter (RFC 8707) for providers that pick the token's audience by it.
+    pub resource: Option<String>,
+    /// The tenant's name on the page (default: its id).
+    pub display_name: Option<String>,
+}
+
+impl WebSignIn {
+    /// The issuer's origin (`https://host[:port]`), the one address the page talks to for
+    /// sign-in (discovery, token endpoint): what the page's Content-Security-Policy allows.
+    /// `None` for an issuer that is not an `https` URL (refused at load).
+    pub fn origin_of(issuer: &str) -> Option<String> {
+        check_https(issuer).ok()?;
+        let rest = &issuer["https://".len()..];
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some(format!("https://{}", host.to_ascii_lowercase()))
+    }
+}
+
+/// A scope token as RFC 6749 §3.3 allows: printable ASCII, no space, `"` or `\`.
+fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// Parses `[tenants.web_sign_in]` of a tenant whose issuer is `issuer`; each problem goes to
+/// `problem` with its field name under `web_sign_in`.
+fn parse_web_sign_in(
+    raw: RawWebSignIn,
+    issuer: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<WebSignIn> {
+    let mut fine = true;
+    // The issuer goes into a Content-Security-Policy header and the page fetches its
+    // discovery document: an https URL with nothing a header could be split on.
+    if WebSignIn::origin_of(issuer).is_none()
+        || issuer
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | ',' | '\'' | '"'))
+    {
+        problem(
+            "web_sign_in",
+            format!(
+                "browser sign-in needs the tenant's issuer to be an https URL the page can \
+                 reach (OpenID Connect discovery); the issuer is {issuer:?}"
+            ),
+        );
+        fine = false;
+    }
+    let client_id = raw.client_id.unwrap_or_default();
+    if client_id.trim().is_empty() {
+        problem("web_sign_in.client_id", "required".into());
+        fine = false;
+    } else if client_id.chars().any(|c| c.is_control()) {
+        problem(
+            "web_sign_in.client_id",
+            "must not contain control characters".into(),
+        );
+        fine = false;
+    }
+    let scopes = raw.scopes.unwrap_or_else(|| vec!["openid".to_string()]);
+    for (k, scope) in scopes.iter().enumerate() {
+        if !is_scope_token(scope) {
+            problem(
+                &format!("web_sign_in.scopes[{k}]"),
+                format!("{scope:?} is not a scope (printable ASCII, no spaces or quotes)"),
+            );
+            fine = false;
+        }
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        problem(
+            "web_sign_in.scopes",
+            "must include \"openid\": the page checks the ID token's nonce".into(),
+        );
+        fine = false;
+    }
+    let resource = raw.resource;
+    if let Some(resource) = &resource {
+        // RFC 8707: an absolute URI without a fragment.
+        let scheme = resource.split(':').next().unwrap_or_default();
+        let absolute = resource.contains(':')
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !absolute || resource.contains('#') || resource.chars().any(char::is_whitespace) {
+            problem(
+                "web_sign_in.resource",
+                format!("{resource:?} is not an absolute URI without a fragment (RFC 8707)"),
+            );
+            fine = false;
+        }
+    }
+    let display_name = raw.display_name;
+    if let Some(name) = &display_name
+        && (name.trim().is_empty() || name.chars().count() > 100)
+    {
+        problem(
+            "web_sign_in.display_name",
+            "must be 1 to 100 characters".into(),
+        );
+        fine = false;
+    }
+    fine.then_some(WebSignIn {
+        client_id,
+        scopes,
+        resource,
+        display_name,
+    })
 }
 
 /// Where the relay's TLS identity comes from.
@@ -1128,6 +1270,11 @@ impl Config {
                     scope: Scope::from_entries(raw_assignment.scope.iter().map(String::as_str)),
                 });
             }
+            let web_sign_in = t.web_sign_in.and_then(|raw| {
+                parse_web_sign_in(raw, &issuer, &mut |name: &str, reason: String| {
+                    problem(&field(name), reason)
+                })
+            });
             let license = t.license.unwrap_or_else(|| DEFAULT_LICENSE.to_string());
             if license.trim().is_empty() {
                 problem(&field("license"), "must not be empty".into());
@@ -1154,6 +1301,7 @@ impl Config {
                     keys_from,
                     policy,
                     admin_audience: tenant_admin_audience,
+                    web_sign_in,
                 });
             }
         }

@@ -448,3 +448,78 @@ fn administration_audiences_default_to_the_session_audience_with_admin_and_must_
     let found = tenant_problems("admin_audience = \"remote-help-relay\"\n");
     assert_eq!(found[0].field, "tenants[0].admin_audience");
 }
+
+#[test]
+fn a_web_sign_in_is_a_public_client_at_an_https_issuer_with_openid() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    let tenant = |issuer: &str, sign_in: &str| {
+        format!(
+            "[[tenants]]\nid = \"t\"\nissuer = \"{issuer}\"\njwks_file = \"k.json\"\n\
+             [tenants.web_sign_in]\n{sign_in}"
+        )
+    };
+    let config = Config::parse(
+        &tenant(
+            "https://Login.T.example:8443/realms/t",
+            "client_id = \"monitor\"\n",
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    let sign_in = config.tenants[0].web_sign_in.clone().unwrap();
+    assert_eq!(
+        sign_in,
+        WebSignIn {
+            client_id: "monitor".into(),
+            scopes: vec!["openid".into()],
+            resource: None,
+            display_name: None,
+        }
+    );
+    assert_eq!(
+        WebSignIn::origin_of(&config.tenants[0].trust.issuer).as_deref(),
+        Some("https://login.t.example:8443")
+    );
+    let fields = |issuer: &str, sign_in: &str| -> Vec<String> {
+        problems(&tenant(issuer, sign_in), dir.path())
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields("http://login.t.example", "client_id = \"monitor\"\n"),
+        ["tenants[0].web_sign_in"]
+    );
+    assert_eq!(
+        fields("https://login.t.example/a;b", "client_id = \"monitor\"\n"),
+        ["tenants[0].web_sign_in"]
+    );
+    assert_eq!(
+        fields(
+            "https://login.t.example",
+            "scopes = [\"profile\", \"two words\"]\nresource = \"not a uri\"\ndisplay_name = \" \"\n"
+        ),
+        [
+            "tenants[0].web_sign_in.client_id",
+            "tenants[0].web_sign_in.scopes[1]",
+            "tenants[0].web_sign_in.scopes",
+            "tenants[0].web_sign_in.resource",
+            "tenants[0].web_sign_in.display_name",
+        ]
+    );
+    // A public client has no secret: there is no place for one.
+    let err = Config::parse(
+        &tenant(
+            "https://login.t.example",
+            "client_id = \"m\"\nclient_secret = \"no\"\n",
+        ),
+        dir.path(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("client_secret"), "{err}");
+}

@@ -60,10 +60,10 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
         .route("/admin/sessions/{id}/end", post(end_session))
         .route("/admin/drain", post(drain))
         .with_state(hub.clone());
-    let reports = super::reports::Reports::new(hub);
+    let reports = super::reports::Reports::new(hub.clone());
     let app = app
         .merge(super::reports::router(reports.clone()))
-        .merge(super::monitor::router());
+        .merge(super::monitor::router(hub));
     // Build or catch up the reports index in the background: the first query need not wait.
     tokio::spawn(async move { reports.warm().await });
     if let Err(e) = axum::serve(listener, app)

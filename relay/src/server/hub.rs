@@ -139,6 +139,8 @@ pub struct Policies {
     /// Verifies tokens of every configured tenant.
     pub verifier: Verifier,
     tenants: HashMap<TenantId, TenantPolicy>,
+    /// The browser sign-ins the Monitor page offers (tenants with `web_sign_in`).
+    pub sign_in: Vec<super::monitor::SignInChoice>,
 }
 
 impl Policies {
@@ -171,6 +173,7 @@ impl Policies {
                 .iter()
                 .map(|t| (t.trust.id.clone(), t.policy.clone()))
                 .collect(),
+            sign_in: super::monitor::SignInChoice::from_config(config),
         }
     }
 

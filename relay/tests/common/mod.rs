@@ -112,6 +112,7 @@ impl TestTenant {
                 ..TenantPolicy::default()
             },
             admin_audience: None,
+            web_sign_in: None,
         }
     }
 
