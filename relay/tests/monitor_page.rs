@@ -61,6 +61,12 @@ mod browser {
     impl Browser {
         /// Starts `chromium --headless=new` with one blank page; its log goes to `log`.
         pub async fn launch(log: &Path) -> Browser {
+            Browser::launch_with(log, &[]).await
+        }
+
+        /// As [`Browser::launch`], with more command-line switches (e.g. the SPKI pin of a
+        /// test server's certificate).
+        pub async fn launch_with(log: &Path, switches: &[String]) -> Browser {
             let profile = tempfile::tempdir().unwrap();
             let (commands_read, commands_write) = pipe();
             let (replies_read, replies_write) = pipe();
@@ -78,6 +84,7 @@ mod browser {
                     "--disable-extensions",
                     "--hide-scrollbars",
                 ])
+                .args(switches)
                 .arg(format!("--user-data-dir={}", profile.path().display()))
                 .arg("about:blank")
                 .stdin(Stdio::null())
@@ -145,6 +152,14 @@ mod browser {
         /// One DevTools command (to the page once attached); its result, or a panic with
         /// the browser's error.
         pub async fn call(&mut self, method: &str, params: Value) -> Value {
+            match self.try_call(method, params).await {
+                Ok(result) => result,
+                Err(error) => panic!("{method}: {error}"),
+            }
+        }
+
+        /// One DevTools command; its result, or the browser's error.
+        async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
             self.next_id += 1;
             let id = self.next_id;
             let mut message = json!({ "id": id, "method": method, "params": params });
@@ -164,10 +179,10 @@ mod browser {
             })
             .await
             .unwrap_or_else(|_| panic!("{method} got no answer in {STEP:?}"));
-            if let Some(error) = reply.get("error") {
-                panic!("{method}: {error}");
+            match reply.get("error") {
+                Some(error) => Err(error.clone()),
+                None => Ok(reply["result"].clone()),
             }
-            reply["result"].clone()
         }
 
         /// Evaluates `expression` in the page (awaiting a promise); its value.
@@ -197,6 +212,30 @@ mod browser {
                 waited.is_ok(),
                 "the page did not come to `{condition}` within {STEP:?}"
             );
+        }
+
+        /// Waits (bounded) until `condition` is true in whatever document the page shows:
+        /// across navigations (to another origin and back), where a wait in one document
+        /// ends with that document.
+        pub async fn wait_across_navigation(&mut self, condition: &str) {
+            let expression = format!(
+                "new Promise(done => {{ const check = () => {{ let ok = false; \
+                 try {{ ok = !!({condition}); }} catch (e) {{}} \
+                 if (ok) done(true); else setTimeout(check, 25); }}; check(); }})"
+            );
+            let deadline = tokio::time::Instant::now() + STEP;
+            loop {
+                let params = json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
+                let answer =
+                    tokio::time::timeout_at(deadline, self.try_call("Runtime.evaluate", params))
+                        .await;
+                match answer {
+                    Err(_) => panic!("the page did not come to `{condition}` within {STEP:?}"),
+                    Ok(Ok(result)) if result["result"]["value"] == json!(true) => return,
+                    // The document went away under the wait (a navigation): wait in the next.
+                    Ok(_) => tokio::task::yield_now().await,
+                }
+            }
         }
 
         /// The viewport: `width` × `height` CSS pixels, as a phone when `mobile`.
@@ -258,21 +297,23 @@ fn have_chromium(test: &str) -> bool {
     require_tools(test, &[("chromium", "chromium")])
 }
 
-/// Contoso and Fabrikam; `report-readers` may read reports, `report-admins` also end sessions.
+/// `report-readers` may read reports, `report-admins` also end sessions.
+fn roles(policy: &mut remote_help_relay::core::policy::TenantPolicy) {
+    for (group, permission) in [
+        ("report-readers", Permission::ReadReports),
+        ("report-admins", Permission::EndSessions),
+    ] {
+        policy.assignments.push(Assignment {
+            permissions: PermissionSet::granting([permission]),
+            role: format!("{group} role"),
+            members: [group.to_string()].into(),
+            scope: Scope::from_entries(["all_users"]),
+        });
+    }
+}
+
+/// Contoso and Fabrikam, each with [`roles`].
 async fn relay() -> TestRelay {
-    let roles = |policy: &mut remote_help_relay::core::policy::TenantPolicy| {
-        for (group, permission) in [
-            ("report-readers", Permission::ReadReports),
-            ("report-admins", Permission::EndSessions),
-        ] {
-            policy.assignments.push(Assignment {
-                permissions: PermissionSet::granting([permission]),
-                role: format!("{group} role"),
-                members: [group.to_string()].into(),
-                scope: Scope::from_entries(["all_users"]),
-            });
-        }
-    };
     TestRelay::builder()
         .tenant(
             "contoso",
@@ -665,6 +706,7 @@ async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions
         ("/monitor/", "text/html"),
         ("/monitor/monitor.js", "text/javascript"),
         ("/monitor/monitor.css", "text/css"),
+        ("/monitor/oidc.js", "text/javascript"),
     ] {
         let (head, body) = get_with_headers(admin, path).await;
         assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
@@ -684,6 +726,12 @@ async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions
     let (_, html) = get_with_headers(admin, "/monitor/").await;
     assert_eq!(html.matches("<script").count(), 1);
     assert!(html.contains(r#"<script type="module" src="monitor.js"></script>"#));
+    // No tenant signs in at a provider here: no choices, and no origin besides the page's.
+    let (head, choices) = get_with_headers(admin, "/monitor/sign-in.json").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(choices, "[]");
+    let (head, _) = get_with_headers(admin, "/monitor/").await;
+    assert!(head.contains("connect-src 'self' blob:; "), "{head}");
     let (head, _) = get_with_headers(admin, "/monitor").await;
     assert!(
         head.starts_with("http/1.1 308") && head.contains("location: /monitor/"),
@@ -717,4 +765,289 @@ async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions
     .await;
     assert_eq!(status, 400, "unknown parameters are refused: {body}");
     relay.stop().await;
+}
+
+/// The administration audience of the tenant that signs in at its provider: a URI, since the
+/// page names it as the `resource` (RFC 8707) and the provider makes it the tokens' `aud`.
+const SSO_ADMIN_AUDIENCE: &str = "urn:contoso-sso:remote-help-reports";
+
+/// What the page says when the provider's answer carries another sign-in's `state`
+/// (docs/reports.md, "Signing in with the tenant's provider").
+const STATE_MISMATCH: &str = "The sign-in answer does not belong to a sign-in started in this tab (state mismatch); sign in again.";
+
+#[tokio::test]
+async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_sees_only_their_sessions()
+ {
+    use common::oidc::{OidcProvider, ProviderOptions};
+    use remote_help_relay::auth::KeySet;
+    use remote_help_relay::claim_map::{ClaimMapping, Preset};
+    use remote_help_relay::config::WebSignIn;
+    use remote_help_relay::core::Role;
+    use remote_help_relay::tenant_keys::{KeySource, ProviderKeys};
+
+    let test = "a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_sees_only_their_sessions";
+    if !have_chromium(test) {
+        return;
+    }
+    // Keycloak-shaped claims: realm roles are the groups role assignments name.
+    let Some(provider) = OidcProvider::start(
+        ProviderOptions::new(test)
+            .client(
+                "helper-app",
+                json!({"realm_access": {"roles": ["remote-help", "helpdesk"]}, "name": "Ada Lovelace"}),
+            )
+            .client(
+                "sharer-app",
+                json!({
+                    "realm_access": {"roles": ["remote-help"]}, "name": "Grace Hopper",
+                    "device_id": "d-1", "device_name": "GRACE-LAPTOP", "platform": "windows",
+                    "enrolled": true, "compliant": true
+                }),
+            )
+            .account(
+                "alice",
+                json!({"realm_access": {"roles": ["report-readers"]}, "name": "Alice Admin"}),
+            )
+            .resource(SSO_ADMIN_AUDIENCE),
+    )
+    .await
+    else {
+        return;
+    };
+    let issuer = provider.issuer().to_string();
+    let ca = provider.ca_pem_path();
+    let relay = TestRelay::builder()
+        .provider_tenant(
+            "contoso-sso",
+            // Signs nothing the tenant accepts: its keys come from the provider.
+            TokenSigner::generate_es256("unused").unwrap(),
+            &issuer,
+            None,
+            ClaimMapping::preset(Preset::Keycloak),
+        )
+        .tenant(
+            "fabrikam-sso",
+            TokenSigner::generate_ed25519("fabrikam-sso-1").unwrap(),
+        )
+        .policy("contoso-sso", roles)
+        .policy("fabrikam-sso", roles)
+        .config({
+            let issuer = issuer.clone();
+            move |c| {
+                let tenant = c
+                    .tenants
+                    .iter_mut()
+                    .find(|t| t.trust.id.as_str() == "contoso-sso")
+                    .unwrap();
+                tenant.trust.keys = KeySet::empty();
+                tenant.keys_from = KeySource::Provider(ProviderKeys {
+                    issuer,
+                    jwks_uri: None,
+                    ca_file: Some(ca),
+                });
+                tenant.admin_audience = Some(SSO_ADMIN_AUDIENCE.into());
+                tenant.web_sign_in = Some(WebSignIn {
+                    client_id: "monitor".into(),
+                    scopes: vec!["openid".into()],
+                    resource: Some(SSO_ADMIN_AUDIENCE.into()),
+                    display_name: Some("Contoso (single sign-on)".into()),
+                });
+            }
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts();
+
+    // Contoso's sessions, with the provider's own helper and sharer tokens: one ended, one
+    // live; fabrikam's, ended and live, which contoso's administrator must never see.
+    let mut live_parties = Vec::new();
+    for live in [false, true] {
+        let mut helper = relay
+            .connect(provider.token("helper-app").await, Role::Helper)
+            .await
+            .unwrap();
+        let mut sharer = relay
+            .connect(provider.token("sharer-app").await, Role::Sharer)
+            .await
+            .unwrap();
+        let created = within(helper.create_session(Mode::FullControl))
+            .await
+            .unwrap();
+        common::join_and_consent(&mut helper, &mut sharer, &created.code).await;
+        if live {
+            live_parties.push((helper, sharer));
+        } else {
+            within(helper.end_session()).await.unwrap();
+            assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerEnded);
+        }
+    }
+    ended_session(&relay, "fabrikam-sso", Mode::FullControl).await;
+    let (_fabrikam_helper, _fabrikam_sharer) = relay.paired("fabrikam-sso", Mode::ViewOnly).await;
+    let contoso = audit_rows(&relay, "contoso-sso");
+    let fabrikam = audit_rows(&relay, "fabrikam-sso");
+    assert_eq!((contoso.len(), fabrikam.len()), (2, 2));
+
+    // What the page is offered, without a token: the tenant's public sign-in, no more.
+    let (status, body) = http(admin, "GET", "/monitor/sign-in.json", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!([{
+            "tenant": "contoso-sso", "display_name": "Contoso (single sign-on)",
+            "issuer": issuer, "client_id": "monitor", "scopes": ["openid"],
+            "resource": SSO_ADMIN_AUDIENCE, "audience": SSO_ADMIN_AUDIENCE
+        }])
+    );
+    // The page may reach exactly this issuer's origin besides its own.
+    let (head, _) = get_with_headers(admin, "/monitor/").await;
+    assert!(
+        head.contains(&format!("connect-src 'self' blob: {issuer}; ")),
+        "{head}"
+    );
+
+    // The page is the client's redirect URI; the browser trusts the provider's certificate
+    // by its key's hash, and no other certificate.
+    let page_url = format!("http://{admin}/monitor/");
+    provider.add_public_client("monitor", &page_url).await;
+    let mut page = Browser::launch_with(
+        &out.join("chromium-sso.log"),
+        &[format!(
+            "--ignore-certificate-errors-spki-list={}",
+            provider.leaf_spki_sha256()
+        )],
+    )
+    .await;
+    page.viewport(1280, 900, false).await;
+    page.call("Page.enable", json!({})).await;
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+            e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`))" }),
+    )
+    .await;
+    page.navigate(&page_url).await;
+    page.wait_until(
+        "document.body.dataset.choices === '1' && !document.getElementById('provider-form').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('tenant-choice').selectedOptions[0].textContent")
+            .await,
+        json!("Contoso (single sign-on)")
+    );
+    page.screenshot(&out.join("sign-in-choice.png")).await;
+
+    // Off to the provider; an answer carrying another sign-in's state is refused, in words,
+    // and leaves no token and no answer in the address bar.
+    let to_provider = "document.querySelector('#provider-form button[type=submit]').click()";
+    let at_login =
+        format!("location.origin === '{issuer}' && document.querySelector('input[name=login]')");
+    page.eval(to_provider).await;
+    page.wait_across_navigation(&at_login).await;
+    page.navigate(&format!(
+        "{page_url}?code=forged-code&state=tampered&iss={}",
+        urlencode(&issuer)
+    ))
+    .await;
+    page.wait_across_navigation(&format!(
+        "location.origin === 'http://{admin}' && document.body.dataset.signInFailed && document.body.dataset.choices"
+    ))
+    .await;
+    assert_eq!(
+        page.eval(
+            "[document.body.dataset.signInFailed, document.getElementById('error').textContent, \
+                   location.search, sessionStorage.getItem('rhr-monitor-token'), \
+                   document.getElementById('app').hidden]"
+        )
+        .await,
+        json!(["state", STATE_MISMATCH, "", null, true])
+    );
+
+    // A real sign-in: the provider's login and consent forms, then back to the page.
+    page.eval(to_provider).await;
+    page.wait_across_navigation(&at_login).await;
+    page.screenshot(&out.join("provider-login.png")).await;
+    page.eval(
+        "document.querySelector('input[name=login]').value = 'alice'; \
+         document.querySelector('input[name=password]').value = 'any password'; \
+         document.querySelector('button[type=submit]').click()",
+    )
+    .await;
+    page.wait_across_navigation("document.querySelector('input[name=prompt][value=consent]')")
+        .await;
+    page.eval("document.querySelector('button[type=submit]').click()")
+        .await;
+    page.wait_across_navigation(&format!(
+        "location.origin === 'http://{admin}' && document.body.dataset.monitorLoaded === 'true' \
+         && document.body.dataset.sessionsLoaded"
+    ))
+    .await;
+
+    // Signed in as the provider's account, in the tenant the relay selected by the token.
+    assert_eq!(
+        page.eval("document.getElementById('who').textContent")
+            .await,
+        json!("Signed in as alice of tenant contoso-sso")
+    );
+    // The answer is gone from the address bar; the token is in this tab's session storage
+    // (and nowhere else), for the administration audience.
+    assert_eq!(
+        page.eval("[location.href, localStorage.length, document.cookie]")
+            .await,
+        json!([page_url, 0, ""])
+    );
+    let token = page
+        .eval("sessionStorage.getItem('rhr-monitor-token')")
+        .await;
+    let claims = jwt_claims(token.as_str().unwrap());
+    assert_eq!(claims["aud"], SSO_ADMIN_AUDIENCE, "{claims}");
+    assert_eq!(claims["iss"], issuer.as_str(), "{claims}");
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    // Contoso's live session and history, nothing of fabrikam's.
+    assert_eq!(
+        page.eval("document.getElementById('active-count').textContent")
+            .await,
+        json!("1")
+    );
+    assert_eq!(table_ids(&mut page).await, ids(&contoso));
+    let html = page
+        .eval("document.documentElement.outerHTML")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    for row in &fabrikam {
+        assert!(
+            !html.contains(&row.session_id[..8]),
+            "fabrikam's session {} shows in contoso's page",
+            row.session_id
+        );
+    }
+    page.screenshot(&out.join("signed-in-at-provider.png"))
+        .await;
+    assert_eq!(
+        page.eval("window.cspViolations").await,
+        json!([]),
+        "the page breaks its own Content-Security-Policy"
+    );
+    drop((page, live_parties));
+    relay.stop().await;
+}
+
+/// `text` as a URL query value.
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The claims of a JWT (not verified: the relay did that).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }

@@ -6,6 +6,12 @@
 //! wrong issuer are switched at run time through line commands on the child's stdin; each
 //! command's JSON reply comes back on its stdout (`REPLY {json}`).
 //!
+//! Browser sign-in (authorization code with PKCE) uses [`ProviderOptions::account`] (who may
+//! sign in, with the claims their access tokens carry), [`ProviderOptions::resource`] (a
+//! resource indicator whose tokens are JWTs for that audience) and
+//! [`OidcProvider::add_public_client`] (the page's client and redirect URI); a browser
+//! trusts the provider's certificate through [`OidcProvider::leaf_spki_sha256`].
+//!
 //! Without `node` or without the provider's `node_modules`, [`OidcProvider::start`] skips the
 //! test (`common::skip`) and returns `None`: `./test` installs both.
 //!
@@ -75,6 +81,11 @@ pub struct ProviderOptions {
     /// Access tokens' lifetime in seconds.
     pub access_token_ttl: u64,
     pub clients: Vec<OidcClient>,
+    /// People who may sign in from a browser (any password), with the claims merged into
+    /// their access tokens.
+    pub accounts: Vec<(String, Value)>,
+    /// Resource indicators whose access tokens are JWTs with the indicator as `aud`.
+    pub resources: Vec<String>,
 }
 
 impl ProviderOptions {
@@ -86,7 +97,23 @@ impl ProviderOptions {
             alg: OidcAlg::Es256,
             access_token_ttl: 3600,
             clients: Vec::new(),
+            accounts: Vec::new(),
+            resources: Vec::new(),
         }
+    }
+
+    /// Adds an account `id` that signs in at the provider's login form (with any password);
+    /// its access tokens carry `claims` (a JSON object) and `sub` = `id`.
+    pub fn account(mut self, id: &str, claims: Value) -> ProviderOptions {
+        assert!(claims.is_object(), "an account's claims are a JSON object");
+        self.accounts.push((id.into(), claims));
+        self
+    }
+
+    /// Adds a resource indicator (an absolute URI) whose access tokens have it as `aud`.
+    pub fn resource(mut self, indicator: &str) -> ProviderOptions {
+        self.resources.push(indicator.into());
+        self
     }
 
     /// Adds a client `id` (with a random secret) whose tokens carry `claims` (a JSON object).
@@ -174,6 +201,7 @@ pub struct OidcProvider {
     issuer: String,
     port: u16,
     token_endpoint: String,
+    leaf_spki_sha256: String,
     http: reqwest::Client,
     running: Mutex<Option<Running>>,
     /// Requests counted by provider processes that have stopped: `(jwks, discovery)`.
@@ -190,7 +218,7 @@ impl OidcProvider {
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        let ca_der = write_test_pki(dir.path());
+        let (ca_der, leaf_spki_sha256) = write_test_pki(dir.path());
         let clients: Vec<Value> = options
             .clients
             .iter()
@@ -201,6 +229,8 @@ impl OidcProvider {
             "alg": options.alg.as_str(),
             "access_token_ttl": options.access_token_ttl,
             "clients": clients,
+            "accounts": options.accounts.iter().cloned().collect::<serde_json::Map<String, Value>>(),
+            "resources": options.resources,
         });
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
 
@@ -217,6 +247,7 @@ impl OidcProvider {
             issuer,
             port,
             token_endpoint: String::new(),
+            leaf_spki_sha256,
             http: https_client(ca_der),
             running: Mutex::new(Some(running)),
             counted_before: (0, 0),
@@ -249,6 +280,23 @@ impl OidcProvider {
     /// The test CA's certificate (PEM): what the relay's tenant gets as its `ca_file`.
     pub fn ca_pem_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The SHA-256 of the provider's certificate's public key (SubjectPublicKeyInfo), in
+    /// base64: what Chromium's `--ignore-certificate-errors-spki-list` takes to trust this one
+    /// certificate and no other.
+    pub fn leaf_spki_sha256(&self) -> &str {
+        &self.leaf_spki_sha256
+    }
+
+    /// Registers a public client `client_id` (no secret; authorization code with PKCE S256
+    /// required) whose one redirect URI is `redirect_uri`; pages at that URI's origin may
+    /// call the token endpoint (CORS).
+    pub async fn add_public_client(&self, client_id: &str, redirect_uri: &str) {
+        self.command(
+            json!({"cmd": "add_public_client", "client_id": client_id, "redirect_uri": redirect_uri}),
+        )
+        .await;
     }
 
     /// The provider's stderr so far (also across restarts), for failure messages.
@@ -493,8 +541,9 @@ fn packages_present(test: &str) -> bool {
 }
 
 /// Writes a test CA (`ca.pem`) and a certificate for IP 127.0.0.1 signed by it (`cert.pem`,
-/// `key.pem`) into `dir`; returns the CA certificate (DER).
-fn write_test_pki(dir: &Path) -> Vec<u8> {
+/// `key.pem`) into `dir`; returns the CA certificate (DER) and the base64 SHA-256 of the
+/// certificate's public key (SubjectPublicKeyInfo).
+fn write_test_pki(dir: &Path) -> (Vec<u8>, String) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -518,7 +567,17 @@ fn write_test_pki(dir: &Path) -> Vec<u8> {
     std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
     std::fs::write(dir.join("cert.pem"), leaf_cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    ca_cert.der().to_vec()
+    // A `PUBLIC KEY` PEM is the SubjectPublicKeyInfo in base64.
+    use base64::Engine as _;
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let pem: String = leaf_key
+        .public_key_pem()
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let spki_der = base64.decode(pem).unwrap();
+    let spki = base64.encode(ring::digest::digest(&ring::digest::SHA256, &spki_der));
+    (ca_cert.der().to_vec(), spki)
 }
 
 /// An HTTPS client that trusts only the test CA, with rustls on ring (the relay's provider).

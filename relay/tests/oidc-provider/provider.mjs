@@ -1,8 +1,11 @@
 // A real OpenID Connect provider for the relay's integration tests (relay/tests/common/oidc.rs).
 //
-// It is panva's certified `oidc-provider`, configured for one thing: issuing JWT access
-// tokens to confidential clients through a real `client_credentials` grant, over HTTPS on
-// 127.0.0.1. Around it sits what the relay's tests of "keys by URL" need: signing keys held
+// It is panva's certified `oidc-provider`, configured for two things, over HTTPS on
+// 127.0.0.1: issuing JWT access tokens to confidential clients through a real
+// `client_credentials` grant, and signing people in from a browser page (public clients,
+// authorization code with PKCE S256, the library's development login and consent forms;
+// CORS for the page's origin), whose access tokens for a configured resource indicator are
+// JWTs carrying the account's claims. Around it sits what the relay's tests of "keys by URL" need: signing keys held
 // in a state folder (so a restart serves the same keys), rotation without a restart, bad key
 // sets, a Cache-Control header, a wrong issuer in discovery, and request counters.
 //
@@ -45,13 +48,22 @@ for (const required of ['config', 'state', 'cert', 'key']) {
 
 // The test's configuration (relay/tests/common/oidc.rs writes it):
 //   { "audience": "remote-help-relay", "alg": "ES256", "access_token_ttl": 3600,
-//     "clients": [ { "client_id": "...", "client_secret": "...", "claims": { ... } } ] }
-// Each client's `claims` are added to every access token it is granted.
+//     "clients": [ { "client_id": "...", "client_secret": "...", "claims": { ... } } ],
+//     "accounts": { "alice": { ... } }, "resources": [ "urn:..." ] }
+// Each client's `claims` are added to every access token it is granted by client
+// credentials; each account's to every access token issued for it (any password signs in,
+// as in the library's development forms). A resource indicator in `resources` gets JWT
+// access tokens whose `aud` is the indicator itself. Public clients (browser pages) are
+// added at run time (`add_public_client`), since their redirect URI names a port known only
+// once the page's server listens.
 const config = JSON.parse(readFileSync(args.config, 'utf8'));
 const audience = config.audience ?? 'remote-help-relay';
 const alg = config.alg ?? 'ES256';
 const accessTokenTTL = config.access_token_ttl ?? 3600;
 const claimsByClient = new Map(config.clients.map((c) => [c.client_id, c.claims ?? {}]));
+const accounts = config.accounts ?? {};
+const resources = new Set(config.resources ?? []);
+const publicClients = [];
 
 // Everything a restart must keep: the private keys (published, in order; `signing` is the
 // one tokens are signed with) and how the key set is served. Written whole and renamed into
@@ -134,26 +146,51 @@ let handle; // the request handler of the Provider serving now; replaced whole w
 function buildProvider() {
   const provider = new Provider(issuer, {
     jwks: { keys: state.keys },
-    clients: config.clients.map((c) => ({
-      client_id: c.client_id,
-      client_secret: c.client_secret,
-      grant_types: ['client_credentials'],
-      redirect_uris: [],
-      response_types: [],
-      token_endpoint_auth_method: 'client_secret_basic',
-    })),
+    clients: [
+      ...config.clients.map((c) => ({
+        client_id: c.client_id,
+        client_secret: c.client_secret,
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      })),
+      // Browser pages: no secret, the code flow only, back to the page itself.
+      ...publicClients.map((c) => ({
+        client_id: c.client_id,
+        application_type: 'web',
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: [c.redirect_uri],
+        token_endpoint_auth_method: 'none',
+      })),
+    ],
     // Client metadata must name an algorithm the provider has keys for.
     clientDefaults: { id_token_signed_response_alg: alg },
+    // The login form's name is the account; its claims are the configured ones.
+    findAccount: (ctx, id) => ({
+      accountId: id,
+      claims: () => ({ sub: id, ...(accounts[id] ?? {}) }),
+    }),
+    // Every public client must use PKCE, with S256 only.
+    pkce: { required: () => true, methods: ['S256'] },
+    // The token endpoint and discovery answer a page only from its own client's origin.
+    clientBasedCORS: (ctx, origin, client) => client.redirectUris
+      .some((uri) => new URL(uri).origin === origin),
     features: {
-      devInteractions: { enabled: false },
+      // The library's own login and consent pages: any name, any password.
+      devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
         // A grant without a `resource` parameter is for the relay.
         defaultResource: () => 'urn:remote-help-relay',
-        getResourceServerInfo: () => ({
+        // A code exchanged without naming the resource is for the one it was granted for.
+        useGrantedResource: () => true,
+        getResourceServerInfo: (ctx, indicator) => ({
           scope: 'relay',
-          audience,
+          // A configured indicator is itself the audience; the default one is the relay's.
+          audience: resources.has(indicator) ? indicator : audience,
           accessTokenTTL,
           accessTokenFormat: 'jwt',
           // The kid names the signing key outright, so a rotation takes effect for certain.
@@ -163,7 +200,8 @@ function buildProvider() {
     },
     // Client credentials are JWTs here; the in-memory record needs a lifetime all the same.
     ttl: { ClientCredentials: accessTokenTTL },
-    extraTokenClaims: (ctx, token) => claimsByClient.get(token.clientId),
+    extraTokenClaims: (ctx, token) => (token.accountId
+      ? accounts[token.accountId] : claimsByClient.get(token.clientId)),
     cookies: { keys: [randomBytes(32).toString('hex')] },
   });
   // Run after the provider's own routes, to dress their responses.
@@ -242,6 +280,11 @@ const commands = {
     state.wrongIssuer = on;
     return {};
   },
+  // A public client for a browser page at `redirect_uri` (the code flow with PKCE).
+  add_public_client({ client_id, redirect_uri }) {
+    publicClients.push({ client_id, redirect_uri });
+    return {};
+  },
   counts() {
     return { ...counts };
   },
@@ -283,7 +326,9 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       const handler = commands[command.cmd];
       if (!handler) throw new Error(`unknown command ${command.cmd}`);
       const result = await handler(command);
-      if (command.cmd === 'add_key' || command.cmd === 'retire_key') serve(buildProvider());
+      if (['add_key', 'retire_key', 'add_public_client'].includes(command.cmd)) {
+        serve(buildProvider());
+      }
       if (command.cmd !== 'counts' && command.cmd !== 'keys' && command.cmd !== 'stop') saveState();
       reply({ ok: true, ...result });
       if (command.cmd === 'stop') process.exit(0);

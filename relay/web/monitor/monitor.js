@@ -1,7 +1,11 @@
 // The Monitor page: a small ES module, no build step, no libraries. It talks only to the
 // reports API on the same origin (docs/reports.md), with the signed-in administrator's token
 // as `Authorization: Bearer`. The token is kept in sessionStorage: this tab only, gone when
-// it closes.
+// it closes. It comes from the tenant's OpenID Connect provider (authorization code with
+// PKCE, ./oidc.js, for the tenants the relay offers in sign-in.json) or, in development,
+// pasted into the token form.
+
+import { beginSignIn, completeSignIn, SignInError } from "./oidc.js";
 
 /** @typedef {{tenant: string|null, subject: string|null, operator: boolean, may_end: boolean}} Me */
 /** @typedef {{session_id: string, tenant: string, helper: string, sharer: string, device: string,
@@ -44,6 +48,7 @@ class ApiError extends Error {
 
 /** @param {unknown} e @returns {string} */
 function sentence(e) {
+  if (e instanceof SignInError) return e.message;
   if (e instanceof ApiError) {
     const base = SENTENCES[/** @type {keyof typeof SENTENCES} */ (e.code)] ?? "The relay refused the request";
     if (e.code === "token_refused") {
@@ -150,6 +155,44 @@ $("token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem(TOKEN_KEY, field.value.trim());
   field.value = "";
   signIn();
+});
+
+/** @type {import("./oidc.js").SignInChoice[]} */
+let choices = [];
+
+/** Offers the tenants whose administrators sign in at their provider (if any). */
+async function loadChoices() {
+  try {
+    const response = await fetch("/monitor/sign-in.json", { cache: "no-store", credentials: "omit" });
+    choices = response.ok ? await response.json() : [];
+  } catch {
+    choices = [];
+  }
+  const select = /** @type {HTMLSelectElement} */ ($("tenant-choice"));
+  select.replaceChildren(...choices.map((c) => {
+    const option = /** @type {HTMLOptionElement} */ (el("option", c.display_name));
+    option.value = c.tenant;
+    return option;
+  }));
+  $("provider-form").hidden = choices.length === 0;
+  document.body.dataset.choices = String(choices.length);
+}
+
+$("provider-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const tenant = /** @type {HTMLSelectElement} */ ($("tenant-choice")).value;
+  const choice = choices.find((c) => c.tenant === tenant);
+  if (!choice) return;
+  const button = /** @type {HTMLButtonElement} */ ($("provider-form").querySelector("button"));
+  button.disabled = true;
+  showError("");
+  try {
+    // The page's own address is the redirect URI the tenant registered.
+    await beginSignIn(choice, `${location.origin}${location.pathname}`);
+  } catch (e) {
+    button.disabled = false;
+    showError(sentence(e));
+  }
 });
 
 $("sign-out").addEventListener("click", () => {
@@ -440,4 +483,17 @@ $("end").addEventListener("click", async () => {
   }
 });
 
-if (sessionStorage.getItem(TOKEN_KEY)) signIn();
+/** On load: finish a sign-in the provider sent the browser back from, then sign in. */
+async function start() {
+  try {
+    const done = await completeSignIn(new URL(location.href));
+    if (done) sessionStorage.setItem(TOKEN_KEY, done.accessToken);
+  } catch (e) {
+    showError(sentence(e));
+    document.body.dataset.signInFailed = e instanceof SignInError ? e.code : "unknown";
+  }
+  await loadChoices();
+  if (sessionStorage.getItem(TOKEN_KEY)) await signIn();
+}
+
+start();
