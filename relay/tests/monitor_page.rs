@@ -764,6 +764,38 @@ async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions
     )
     .await;
     assert_eq!(status, 400, "unknown parameters are refused: {body}");
+
+    // A reload that gives contoso a browser sign-in: offered at once, and its issuer's
+    // origin (only) joins the page's connect-src.
+    let mut contoso = relay.tenant("contoso").config();
+    contoso.trust.issuer = "https://Login.Contoso.example:8443/tenant/v2.0".into();
+    contoso.web_sign_in = Some(remote_help_relay::config::WebSignIn {
+        client_id: "monitor".into(),
+        scopes: vec!["openid".into(), "api://reports/Reports.Read".into()],
+        resource: None,
+        display_name: None,
+    });
+    relay
+        .handle
+        .reload(&remote_help_relay::config::Config::with_defaults(
+            relay.addr(),
+            vec![contoso, relay.tenant("fabrikam").config()],
+        ));
+    let (_, choices) = get_with_headers(admin, "/monitor/sign-in.json").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&choices).unwrap(),
+        json!([{
+            "tenant": "contoso", "display_name": "contoso",
+            "issuer": "https://Login.Contoso.example:8443/tenant/v2.0", "client_id": "monitor",
+            "scopes": ["openid", "api://reports/Reports.Read"], "resource": null,
+            "audience": ADMIN_AUDIENCE
+        }])
+    );
+    let (head, _) = get_with_headers(admin, "/monitor/monitor.js").await;
+    assert!(
+        head.contains("connect-src 'self' blob: https://login.contoso.example:8443; "),
+        "{head}"
+    );
     relay.stop().await;
 }
 
@@ -962,6 +994,31 @@ async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_s
         )
         .await,
         json!(["state", STATE_MISMATCH, "", null, true])
+    );
+
+    // The administrator cancels at the provider: its error comes back, said in words.
+    page.eval(to_provider).await;
+    page.wait_across_navigation(&at_login).await;
+    page.eval(
+        "[...document.querySelectorAll('a')].find(a => a.textContent.includes('Cancel')).click()",
+    )
+    .await;
+    page.wait_across_navigation(&format!(
+        "location.origin === 'http://{admin}' && document.body.dataset.signInFailed && document.body.dataset.choices"
+    ))
+    .await;
+    assert_eq!(
+        page.eval(
+            "[document.body.dataset.signInFailed, document.getElementById('error').textContent, \
+                   location.search, sessionStorage.getItem('rhr-monitor-token')]"
+        )
+        .await,
+        json!([
+            "provider",
+            "The sign-in provider refused: End-User aborted interaction (access_denied).",
+            "",
+            null
+        ])
     );
 
     // A real sign-in: the provider's login and consent forms, then back to the page.
