@@ -970,9 +970,24 @@ async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_s
     );
     page.screenshot(&out.join("sign-in-choice.png")).await;
 
+    let to_provider = "document.querySelector('#provider-form button[type=submit]').click()";
+    // A provider whose discovery document names another issuer is not followed.
+    provider.serve_wrong_issuer(true).await;
+    page.eval(to_provider).await;
+    page.wait_until("!document.getElementById('error').hidden")
+        .await;
+    assert_eq!(
+        page.eval("[location.href, document.getElementById('error').textContent]")
+            .await,
+        json!([
+            page_url,
+            "The sign-in provider's discovery document names another issuer than the tenant's."
+        ])
+    );
+    provider.serve_wrong_issuer(false).await;
+
     // Off to the provider; an answer carrying another sign-in's state is refused, in words,
     // and leaves no token and no answer in the address bar.
-    let to_provider = "document.querySelector('#provider-form button[type=submit]').click()";
     let at_login =
         format!("location.origin === '{issuer}' && document.querySelector('input[name=login]')");
     page.eval(to_provider).await;
