@@ -154,7 +154,9 @@ async fn a_tenant_configured_by_issuer_url_verifies_the_providers_tokens_through
         metric(&relay, "relay_tenant_keys_in_force{tenant=\"acme\"}").await,
         1.0
     );
-    // The accepted set is cached in the state folder, as served.
+    // The accepted set is cached in the state folder, as served (written after the keys are
+    // in force, before the fetch counts as finished).
+    fetched_at_least(&relay, "acme", 1).await;
     let cached: Value = serde_json::from_slice(
         &std::fs::read(state.path().join("tenant-keys/acme.jwks.json")).unwrap(),
     )
@@ -304,6 +306,8 @@ async fn a_provider_serving_a_bad_key_set_changes_nothing() {
     .await;
     let token = provider.token("helper-app").await;
     relay.connect(token.clone(), Role::Helper).await.unwrap();
+    // The cache is written after the keys are in force, before the fetch counts as finished.
+    fetched_at_least(&relay, "badset", 1).await;
     let cache = state.path().join("tenant-keys/badset.jwks.json");
     let cached = std::fs::read(&cache).unwrap();
 
