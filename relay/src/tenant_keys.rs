@@ -428,6 +428,11 @@ pub struct CachedKeySet {
     pub issuer: String,
     /// Where the set came from.
     pub jwks_uri: String,
+    /// The tenant's `ca_file` when the set was fetched (absent: none, or a cache written
+    /// before this field existed). A cache fetched under another CA file is not used, so a
+    /// reload that changes the trust of a provider does not keep keys fetched under the old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// When it was fetched, Unix seconds.
     pub fetched_at: u64,
     /// The key set as the provider served it.

@@ -39,10 +39,26 @@ async fn relay_with_url_tenant(
     prepare: impl FnOnce(&Path) + 'static,
     timeout_ms: Option<u64>,
 ) -> TestRelay {
+    let source = ProviderKeys {
+        issuer: issuer.to_string(),
+        jwks_uri: None,
+        ca_file: None,
+    };
+    relay_with_source(id, signer, source, prepare, timeout_ms).await
+}
+
+/// [`relay_with_url_tenant`] with the whole source (issuer, `jwks_uri`, `ca_file`).
+async fn relay_with_source(
+    id: &str,
+    signer: TokenSigner,
+    source: ProviderKeys,
+    prepare: impl FnOnce(&Path) + 'static,
+    timeout_ms: Option<u64>,
+) -> TestRelay {
     let tenant_id = id.to_string();
-    let source = issuer.to_string();
+    let issuer = source.issuer.clone();
     TestRelay::builder()
-        .provider_tenant(id, signer, issuer, None, ClaimMapping::default())
+        .provider_tenant(id, signer, &issuer, None, ClaimMapping::default())
         .config(move |c| {
             if let Some(ms) = timeout_ms {
                 c.key_fetch.timeout = std::time::Duration::from_millis(ms);
@@ -53,11 +69,7 @@ async fn relay_with_url_tenant(
                 .find(|t| t.trust.id.as_str() == tenant_id)
                 .unwrap();
             tenant.trust.keys = KeySet::empty();
-            tenant.keys_from = KeySource::Provider(ProviderKeys {
-                issuer: source,
-                jwks_uri: None,
-                ca_file: None,
-            });
+            tenant.keys_from = KeySource::Provider(source);
             prepare(&c.state_dir);
         })
         .start()
@@ -106,6 +118,7 @@ async fn cached_keys_verify_after_a_restart_while_the_provider_is_down() {
     let cached = CachedKeySet {
         issuer: issuer.clone(),
         jwks_uri: format!("{issuer}/protocol/openid-connect/certs"),
+        ca_file: None,
         fetched_at: 1_700_000_000,
         jwks,
     };
@@ -255,5 +268,65 @@ fn plain_http_providers_are_refused_when_the_config_loads() {
         "tenants[2].jwks_uri: give jwks_file or jwks_uri, not both",
     ] {
         assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+    }
+}
+
+/// A cache written under another `jwks_uri` or another `ca_file` is not used: a reload that
+/// moves a tenant off a compromised endpoint or CA must not keep keys fetched from it.
+#[tokio::test]
+async fn a_cache_fetched_from_another_jwks_uri_or_under_another_ca_file_is_not_used() {
+    for (id, moved) in [("moved-uri", "jwks_uri"), ("moved-ca", "ca_file")] {
+        let signer = TokenSigner::generate_es256("cached-old").unwrap();
+        let jwks = serde_json::to_value(jwks_of(&[&signer]).unwrap()).unwrap();
+        let issuer = unreachable_issuer();
+        let old_uri = format!("{issuer}/old/certs");
+        let cached = CachedKeySet {
+            issuer: issuer.clone(),
+            jwks_uri: old_uri.clone(),
+            ca_file: None,
+            fetched_at: 1_700_000_000,
+            jwks,
+        };
+        let source = match moved {
+            "jwks_uri" => ProviderKeys {
+                issuer: issuer.clone(),
+                jwks_uri: Some(format!("{issuer}/new/certs")),
+                ca_file: None,
+            },
+            _ => ProviderKeys {
+                issuer: issuer.clone(),
+                jwks_uri: Some(old_uri),
+                ca_file: Some(std::path::PathBuf::from(
+                    "/etc/ssl/certs/ca-certificates.crt",
+                )),
+            },
+        };
+        let tenant_id = id.to_string();
+        let relay = relay_with_source(
+            id,
+            signer,
+            source,
+            move |state| {
+                let dir = state.join(CACHE_DIR);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(
+                    dir.join(cache_file_name(&remote_help_relay::core::TenantId::new(
+                        &tenant_id,
+                    ))),
+                    serde_json::to_vec(&cached).unwrap(),
+                )
+                .unwrap();
+            },
+            None,
+        )
+        .await;
+        let token = relay.tenant(id).token(Persona::Helper);
+        let refused = relay.connect(token, Role::Helper).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::TenantKeysUnavailable),
+            "{moved}: {refused}"
+        );
+        relay.stop().await;
     }
 }

@@ -35,6 +35,9 @@ use crate::tenant_keys::{
 pub struct TenantKeyFetchers {
     state_dir: PathBuf,
     fetchers: Mutex<HashMap<TenantId, Arc<Fetcher>>>,
+    /// Held while a cache file is written and while `adopt` cancels replaced fetchers, so
+    /// a replaced fetcher never writes after it was cancelled.
+    cache_turn: Arc<Mutex<()>>,
 }
 
 /// One tenant's fetching: its source, its keys, and how its task is woken and watched.
@@ -49,6 +52,8 @@ struct Fetcher {
     /// Counts finished fetches, so that a token waiting for one sees it end.
     finished: watch::Sender<u64>,
     stop: CancellationToken,
+    /// [`TenantKeyFetchers::cache_turn`].
+    cache_turn: Arc<Mutex<()>>,
 }
 
 impl Drop for Fetcher {
@@ -96,6 +101,7 @@ impl TenantKeyFetchers {
         TenantKeyFetchers {
             state_dir,
             fetchers: Mutex::new(HashMap::new()),
+            cache_turn: Arc::new(Mutex::new(())),
         }
     }
 
@@ -126,7 +132,18 @@ impl TenantKeyFetchers {
             });
             wanted.insert(id, fetcher);
         }
-        // Dropping a fetcher that is no longer wanted cancels its task.
+        // A fetcher no longer wanted is cancelled now, not when its last handle goes: its
+        // task may hold one through a fetch under way, and must not put that fetch's keys
+        // in the cache that the tenant's new fetcher owns.
+        let _turn = self
+            .cache_turn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, old) in fetchers.iter() {
+            if !wanted.get(id).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                old.stop.cancel();
+            }
+        }
         *fetchers = wanted;
     }
 
@@ -180,6 +197,7 @@ impl TenantKeyFetchers {
             wake: Arc::new(Notify::new()),
             finished: watch::Sender::new(0),
             stop: CancellationToken::new(),
+            cache_turn: Arc::clone(&self.cache_turn),
         });
         tokio::spawn(run(Arc::downgrade(&fetcher), fetcher.stop.clone(), cache));
         fetcher
@@ -216,9 +234,15 @@ impl TenantKeyFetchers {
         let Some(fetcher) = self.lock().get(tenant).cloned() else {
             return false;
         };
-        // Subscribed before deciding, so that a fetch ending in between is still seen.
+        // The decision and the count of finished fetches are read under the gate's lock,
+        // which the task holds while it marks a fetch finished and counts it: so the fetch
+        // this token starts or joins is exactly the next one counted, never one that ended
+        // just before the decision.
         let mut finished = fetcher.finished.subscribe();
-        let decision = fetcher.gate().unknown_kid(Instant::now());
+        let (decision, awaited) = {
+            let mut gate = fetcher.gate();
+            (gate.unknown_kid(Instant::now()), *finished.borrow() + 1)
+        };
         let label = match decision {
             RefetchDecision::Fetch => "fetch",
             RefetchDecision::JoinInFlight => "joined",
@@ -234,8 +258,8 @@ impl TenantKeyFetchers {
         // Discovery and the key set: two requests, each within the timeout.
         let longest = fetcher.settings.timeout * 2 + Duration::from_secs(1);
         matches!(
-            tokio::time::timeout(longest, finished.changed()).await,
-            Ok(Ok(()))
+            tokio::time::timeout(longest, finished.wait_for(|count| *count >= awaited)).await,
+            Ok(Ok(_))
         )
     }
 }
@@ -285,12 +309,25 @@ async fn run(fetcher: std::sync::Weak<Fetcher>, stop: CancellationToken, cache: 
                     let entry = CachedKeySet {
                         issuer: f.source.issuer.clone(),
                         jwks_uri: fetched.jwks_uri.clone(),
+                        ca_file: f.source.ca_file.clone(),
                         fetched_at: unix_now(),
                         jwks: serde_json::from_slice(&fetched.body).unwrap_or_default(),
                     };
                     let path = cache.clone();
-                    let written =
-                        tokio::task::spawn_blocking(move || write_cache(&path, &entry)).await;
+                    // Checked under the lock `adopt` cancels under: a fetcher replaced
+                    // by a reload while this fetch ran leaves the cache to its successor.
+                    let written = tokio::task::spawn_blocking({
+                        let stop = stop.clone();
+                        let turn = Arc::clone(&f.cache_turn);
+                        move || {
+                            let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+                            if stop.is_cancelled() {
+                                return Ok(());
+                            }
+                            write_cache(&path, &entry)
+                        }
+                    })
+                    .await;
                     match written {
                         Ok(Ok(())) => cached_body = Some(fetched.body.clone()),
                         Ok(Err(e)) => {
@@ -315,8 +352,11 @@ async fn run(fetcher: std::sync::Weak<Fetcher>, stop: CancellationToken, cache: 
                 f.settings.retry
             }
         };
-        f.gate().finished();
-        f.finished.send_modify(|count| *count += 1);
+        {
+            let mut gate = f.gate();
+            gate.finished();
+            f.finished.send_modify(|count| *count += 1);
+        }
         // `notify_one` leaves a permit when nobody waits, so a token that asked while this
         // fetch ran is not lost.
         let wake = Arc::clone(&f.wake);
@@ -509,6 +549,20 @@ fn read_cache(
             cached.issuer, source.issuer
         ));
     }
+    if let Some(configured) = &source.jwks_uri
+        && *configured != cached.jwks_uri
+    {
+        return Err(format!(
+            "cached from {:?}, the tenant's jwks_uri is now {configured:?}",
+            cached.jwks_uri
+        ));
+    }
+    if cached.ca_file != source.ca_file {
+        return Err(format!(
+            "cached under ca_file {:?}, the tenant's ca_file is now {:?}",
+            cached.ca_file, source.ca_file
+        ));
+    }
     let body = serde_json::to_vec(&cached.jwks).map_err(|e| e.to_string())?;
     let fetched = keys_of_fetched_set(&body, &cached.jwks_uri).map_err(|e| e.to_string())?;
     Ok(Some((cached, fetched)))
@@ -519,7 +573,10 @@ fn write_cache(path: &Path, entry: &CachedKeySet) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write: two fetchers of one tenant (one being replaced) never share it.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("tmp{}-{write}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?)?;
