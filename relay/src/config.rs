@@ -48,6 +48,41 @@ pub struct RawConfig {
     /// `[key_fetch]`: how keys of tenants configured by URL are fetched.
     #[serde(default)]
     pub key_fetch: RawKeyFetch,
+    /// `[web]`: the web listener; absent, the web surface is on the admin listener only.
+    pub web: Option<RawWeb>,
+}
+
+/// `[web]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// TCP address of the web listener, e.g. "0.0.0.0:443" (required).
+    pub listen: Option<String>,
+    /// PEM certificate chain file for HTTPS; with `tls_key`. Without both, plain HTTP,
+    /// which only a loopback address may serve.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key file for HTTPS.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The web listener: the web surface (the Monitor page, the reports API, the helper page)
+/// for people's browsers, without the admin and metrics endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// HTTPS certificate and key files; `None` is plain HTTP, which the config allows only
+    /// on a loopback address (a reverse proxy on the same machine terminates TLS).
+    pub tls: Option<WebTls>,
+}
+
+/// The web listener's HTTPS certificate chain and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTls {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: PathBuf,
 }
 
 /// `[key_fetch]` as written.
@@ -662,6 +697,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// How keys of tenants configured by URL are fetched.
     pub key_fetch: FetchSettings,
+    /// The web listener; `None` when `[web]` is absent.
+    pub web: Option<WebConfig>,
 }
 
 /// Default admin/metrics listener.
@@ -741,6 +778,7 @@ impl Config {
             },
             cluster: None,
             key_fetch: FetchSettings::default(),
+            web: None,
         }
     }
 
@@ -1468,11 +1506,15 @@ impl Config {
         };
 
         let key_fetch = key_fetch_settings(&raw.key_fetch, &mut problem);
+        let web = raw
+            .web
+            .and_then(|web| web_config(web, &resolve, &mut problem));
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Config {
+            web,
             key_fetch,
             cluster,
             audit,
@@ -1496,6 +1538,67 @@ impl Config {
             tenants,
         })
     }
+}
+
+/// `[web]`: an address, and HTTPS files both or neither; plain HTTP only on a loopback
+/// address, since the pages carry administrators' tokens and helpers' sign-ins.
+fn web_config(
+    raw: RawWeb,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<WebConfig> {
+    let listen = match raw.listen.as_deref() {
+        None => {
+            problem(
+                "web.listen",
+                "required in [web] (e.g. \"0.0.0.0:443\")".into(),
+            );
+            None
+        }
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                problem(
+                    "web.listen",
+                    format!("{text:?} is not an ip:port address ({e})"),
+                );
+                None
+            }
+        },
+    };
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (resolve(&cert), resolve(&key));
+            for (field, path) in [("web.tls_cert", &cert), ("web.tls_key", &key)] {
+                if !path.is_file() {
+                    problem(field, format!("{} is not a readable file", path.display()));
+                }
+            }
+            Some(WebTls { cert, key })
+        }
+        (Some(_), None) => {
+            problem("web.tls_key", "required when tls_cert is set".into());
+            None
+        }
+        (None, Some(_)) => {
+            problem("web.tls_cert", "required when tls_key is set".into());
+            None
+        }
+    };
+    let listen = listen?;
+    if tls.is_none() && !listen.ip().is_loopback() {
+        problem(
+            "web.listen",
+            format!(
+                "plain HTTP is allowed only on a loopback address, and {listen} is not one: \
+                 set web.tls_cert and web.tls_key, or listen on 127.0.0.1 behind a reverse \
+                 proxy that terminates TLS"
+            ),
+        );
+        return None;
+    }
+    Some(WebConfig { listen, tls })
 }
 
 /// `[key_fetch]`: every setting at least its floor, and the scheduled refresh's default

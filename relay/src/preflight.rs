@@ -25,7 +25,12 @@ pub fn check(config: &Config) -> Vec<ConfigProblem> {
         })
     };
     if let TlsSource::Files { cert, key } = &config.tls {
-        for (field, reason) in tls_pair(cert, key) {
+        for (field, reason) in tls_pair(cert, key, ("server.tls_cert", "server.tls_key")) {
+            problem(field, reason);
+        }
+    }
+    if let Some(tls) = config.web.as_ref().and_then(|web| web.tls.as_ref()) {
+        for (field, reason) in tls_pair(&tls.cert, &tls.key, ("web.tls_cert", "web.tls_key")) {
             problem(field, reason);
         }
     }
@@ -39,21 +44,25 @@ pub fn check(config: &Config) -> Vec<ConfigProblem> {
 }
 
 /// Problems with a PEM certificate chain and private key, by field: each must parse, and
-/// the key must be the one the leaf certificate certifies.
-fn tls_pair(cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
-    const CERT: &str = "server.tls_cert";
-    const KEY: &str = "server.tls_key";
+/// the key must be the one the leaf certificate certifies. `fields` names the certificate's
+/// and the key's settings.
+fn tls_pair(
+    cert: &Path,
+    key: &Path,
+    fields: (&'static str, &'static str),
+) -> Vec<(&'static str, String)> {
+    let (cert_field, key_field) = fields;
     let mut problems = Vec::new();
     let chain = match std::fs::read(cert) {
         Err(e) => {
-            problems.push((CERT, format!("cannot read {}: {e}", cert.display())));
+            problems.push((cert_field, format!("cannot read {}: {e}", cert.display())));
             None
         }
         Ok(bytes) => match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
             Ok(chain) if !chain.is_empty() => Some(chain),
             Ok(_) => {
                 problems.push((
-                    CERT,
+                    cert_field,
                     format!(
                         "{} is not a PEM certificate (no CERTIFICATE block)",
                         cert.display()
@@ -63,7 +72,7 @@ fn tls_pair(cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
             }
             Err(e) => {
                 problems.push((
-                    CERT,
+                    cert_field,
                     format!("{} is not a PEM certificate: {e}", cert.display()),
                 ));
                 None
@@ -72,13 +81,13 @@ fn tls_pair(cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
     };
     let signing_key = match std::fs::read(key) {
         Err(e) => {
-            problems.push((KEY, format!("cannot read {}: {e}", key.display())));
+            problems.push((key_field, format!("cannot read {}: {e}", key.display())));
             None
         }
         Ok(bytes) => match PrivateKeyDer::from_pem_slice(&bytes) {
             Err(e) => {
                 problems.push((
-                    KEY,
+                    key_field,
                     format!("{} is not a PEM private key: {e}", key.display()),
                 ));
                 None
@@ -86,7 +95,10 @@ fn tls_pair(cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
             Ok(der) => match crate::tls::provider().key_provider.load_private_key(der) {
                 Ok(signing_key) => Some(signing_key),
                 Err(e) => {
-                    problems.push((KEY, format!("{}: unusable private key: {e}", key.display())));
+                    problems.push((
+                        key_field,
+                        format!("{}: unusable private key: {e}", key.display()),
+                    ));
                     None
                 }
             },
@@ -99,16 +111,16 @@ fn tls_pair(cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
             Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
             Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
                 problems.push((
-                    KEY,
+                    key_field,
                     format!(
-                        "{} is not the key of the certificate in {} (server.tls_cert)",
+                        "{} is not the key of the certificate in {} ({cert_field})",
                         key.display(),
                         cert.display()
                     ),
                 ));
             }
             Err(e) => problems.push((
-                CERT,
+                cert_field,
                 format!(
                     "{}: the first certificate is not a valid X.509 certificate: {e}",
                     cert.display()
@@ -169,6 +181,8 @@ fn probe(dir: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    const FIELDS: (&str, &str) = ("server.tls_cert", "server.tls_key");
+
     fn pem(label: &str, der: &[u8]) -> String {
         crate::issuer::pem_encode(label, der)
     }
@@ -187,7 +201,7 @@ mod tests {
     fn a_matching_certificate_and_key_pass() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = identity(dir.path(), "a");
-        assert_eq!(tls_pair(&cert, &key), vec![]);
+        assert_eq!(tls_pair(&cert, &key, FIELDS), vec![]);
     }
 
     #[test]
@@ -195,14 +209,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = identity(dir.path(), "a");
         std::fs::write(&cert, "hello\n").unwrap();
-        let found = tls_pair(&cert, &key);
+        let found = tls_pair(&cert, &key, FIELDS);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "server.tls_cert");
         assert!(found[0].1.contains("not a PEM certificate"), "{found:?}");
 
         let (cert, key) = identity(dir.path(), "b");
         std::fs::write(&key, "hello\n").unwrap();
-        let found = tls_pair(&cert, &key);
+        let found = tls_pair(&cert, &key, FIELDS);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "server.tls_key");
         assert!(found[0].1.contains("not a PEM private key"), "{found:?}");
@@ -213,7 +227,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, _) = identity(dir.path(), "a");
         let (_, other_key) = identity(dir.path(), "b");
-        let found = tls_pair(&cert, &other_key);
+        let found = tls_pair(&cert, &other_key, FIELDS);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "server.tls_key");
         assert!(found[0].1.contains("is not the key of"), "{found:?}");
@@ -224,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = identity(dir.path(), "a");
         std::fs::write(&cert, pem("CERTIFICATE", b"not a certificate")).unwrap();
-        let found = tls_pair(&cert, &key);
+        let found = tls_pair(&cert, &key, FIELDS);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "server.tls_cert");
     }

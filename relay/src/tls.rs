@@ -6,6 +6,12 @@
 //! Direct (peer-to-peer) connections use mutual TLS with both certificates pinned: each
 //! peer's fingerprint reached the other through the relay, so neither end accepts anyone
 //! else (ALPN `remote-help-direct/1`).
+//!
+//! Browsers (WebTransport) accept a self-signed certificate only if it is short-lived;
+//! [`browser`] keeps one beside the long-lived development certificate and chooses per
+//! handshake which one to present.
+
+pub mod browser;
 
 use std::fmt;
 use std::path::Path;
@@ -168,12 +174,33 @@ impl ServerIdentity {
     }
 
     /// The quinn server crypto config: TLS 1.3 only, our ALPN first, then `h3` for
-    /// WebTransport clients (browsers) on the same port.
+    /// WebTransport clients (browsers) on the same port; this certificate for everyone.
     pub fn quic_server_config(&self) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        self.quic_server_config_with(None)
+    }
+
+    /// [`ServerIdentity::quic_server_config`], presenting `browser`'s served certificate to
+    /// WebTransport clients when given ([`browser::RelayCertResolver`]); rotations apply to
+    /// the next handshake.
+    pub fn quic_server_config_with(
+        &self,
+        browser: Option<Arc<browser::BrowserCertificates>>,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let provider = provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())?;
+        let native = rustls::sign::CertifiedKey::new(self.chain.clone(), signing_key);
+        // What `with_single_cert` checks, kept now that the resolver is ours.
+        match native.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let resolver = browser::RelayCertResolver::new(Arc::new(native), browser);
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(Arc::new(resolver));
         tls.alpn_protocols = vec![ALPN.to_vec(), crate::server::party::ALPN_H3.to_vec()];
         tls.max_early_data_size = 0;
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)

@@ -208,7 +208,7 @@ async fn a_connect_to_another_path_is_answered_404() {
     let before = metrics(admin).await;
     let refused = within(webtransport::session(
         relay.addr(),
-        relay.handle.fingerprint(),
+        &relay.handle.browser_certificate_hashes(),
         "/somewhere-else",
     ))
     .await;
@@ -239,7 +239,7 @@ async fn a_connect_to_another_path_is_answered_404() {
     // The right path on the same port is served.
     within(webtransport::session(
         relay.addr(),
-        relay.handle.fingerprint(),
+        &relay.handle.browser_certificate_hashes(),
         PATH,
     ))
     .await

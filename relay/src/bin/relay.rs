@@ -287,6 +287,9 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the fingerprint file");
             }
         }
+        if config_path.is_none() {
+            print_development_pages(&handle);
+        }
         // systemd Type=notify: ready only once the endpoint and admin listener are bound.
         notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("serving on {}", handle.local_addr()))]);
         serve_signals(signals, &handle, config_path.as_deref(), &state_dir).await;
@@ -295,6 +298,29 @@ fn run_daemon(config: Option<&Path>, state_dir: &Path) -> anyhow::Result<()> {
         handle.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// On the development config, where to point a browser: the helper page and the Monitor
+/// page on the admin listener (a wildcard address is reached on loopback).
+fn print_development_pages(handle: &server::ServerHandle) {
+    let Some(mut admin) = handle.admin_addr() else {
+        return;
+    };
+    if admin.ip().is_unspecified() {
+        admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let hashes: Vec<String> = handle
+        .browser_certificate_hashes()
+        .into_iter()
+        .map(|h| h.value)
+        .collect();
+    println!("helper page:  http://{admin}/helper/");
+    println!("Monitor page: http://{admin}/monitor/");
+    println!(
+        "WebTransport: https://{}/remote-help/1 (serverCertificateHashes sha-256: {})",
+        handle.local_addr(),
+        hashes.join(", ")
+    );
 }
 
 /// The daemon's SIGTERM and SIGHUP handlers, installed before anything is bound.

@@ -6,7 +6,9 @@
 //! - `GET /admin/sessions[?tenant=ID]`: active sessions, JSON (bearer token);
 //! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token);
 //! - `POST /admin/drain`: starts the drain SIGTERM starts, then the relay exits (bearer token);
-//! - `/api/v1/reports/...`: the reports API ([`super::reports`], `docs/reports.md`).
+//! - the web surface ([`super::web::web_routes`]): the reports API (`/api/v1/reports/...`,
+//!   `docs/reports.md`) and the Monitor page (`/monitor/`), which the `[web]` listener also
+//!   serves.
 
 use std::sync::{Arc, OnceLock};
 
@@ -50,8 +52,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Serves the admin listener until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
+/// Serves the admin listener until `stop`: its own endpoints, and `web` (the web surface's
+/// routes, [`super::web::web_routes`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    web: Router,
+    stop: CancellationToken,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -59,13 +67,8 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: Cance
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/{id}/end", post(end_session))
         .route("/admin/drain", post(drain))
-        .with_state(hub.clone());
-    let reports = super::reports::Reports::new(hub.clone());
-    let app = app
-        .merge(super::reports::router(reports.clone()))
-        .merge(super::monitor::router(hub));
-    // Build or catch up the reports index in the background: the first query need not wait.
-    tokio::spawn(async move { reports.warm().await });
+        .with_state(hub)
+        .merge(web);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod monitor;
 pub mod party;
 pub mod reports;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TlsSource};
 use crate::core::cluster::SocketSteering;
+use crate::tls::browser::{BrowserCertificates, CertificateHash};
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
 use hub::Hub;
 
@@ -113,6 +115,17 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The web listener could not be bound.
+    #[error("cannot listen for the web on {addr}: {source}")]
+    WebBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The web listener's certificate or key could not be used.
+    #[error("web TLS: {0}")]
+    WebTls(TlsError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -131,6 +144,8 @@ impl StartError {
             StartError::Tls(_) => "server.tls_cert",
             StartError::Audit(_) => "audit.dir",
             StartError::AdminBind { .. } => "admin.listen",
+            StartError::WebBind { .. } => "web.listen",
+            StartError::WebTls(_) => "web.tls_cert",
             StartError::Bind { .. } => "server.listen",
         }
     }
@@ -161,6 +176,8 @@ pub struct ServerHandle {
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
     admin_addr: Option<SocketAddr>,
+    web_addr: Option<SocketAddr>,
+    browser_certificates: Option<Arc<BrowserCertificates>>,
     udp_sockets: usize,
 }
 
@@ -180,9 +197,33 @@ impl ServerHandle {
         self.admin_addr
     }
 
-    /// The SHA-256 fingerprint of the relay's certificate.
+    /// The `[web]` listener's address, if it runs.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// The SHA-256 fingerprint of the relay's certificate (the long-lived one native
+    /// clients pin; WebTransport clients may be served another, see
+    /// [`ServerHandle::browser_certificate_hashes`]).
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// The hashes a browser page passes as WebTransport's `serverCertificateHashes`: the
+    /// served browser certificate's, then the next one's while it is published. Empty with a
+    /// configured certificate (browsers verify that one through its CA). The web surface
+    /// reads the same list through [`web::WebSurface::browser_certificate_hashes`].
+    pub fn browser_certificate_hashes(&self) -> Vec<CertificateHash> {
+        self.browser_certificates
+            .as_ref()
+            .map(|c| c.hashes())
+            .unwrap_or_default()
+    }
+
+    /// The browser certificates (to drive a rotation with a given clock in tests); `None`
+    /// with a configured certificate.
+    pub fn browser_certificates(&self) -> Option<&Arc<BrowserCertificates>> {
+        self.browser_certificates.as_ref()
     }
 
     /// What the relay holds right now.
@@ -288,7 +329,7 @@ pub fn unapplied_fields(running: &Config, fresh: &Config) -> Vec<&'static str> {
     };
     let ((running_cert, running_key), (fresh_cert, fresh_key)) =
         (tls_files(&running.tls), tls_files(&fresh.tls));
-    let checks: [(&'static str, bool); 35] = [
+    let checks: [(&'static str, bool); 36] = [
         ("server.listen", running.listen != fresh.listen),
         ("server.tls_cert", running_cert != fresh_cert),
         ("server.tls_key", running_key != fresh_key),
@@ -324,6 +365,7 @@ pub fn unapplied_fields(running: &Config, fresh: &Config) -> Vec<&'static str> {
             running.audit.retention_days != fresh.audit.retention_days,
         ),
         ("admin.listen", running.admin.listen != fresh.admin.listen),
+        ("web", running.web != fresh.web),
         ("cluster", running.cluster != fresh.cluster),
         (
             "limits.max_control_message_bytes",
@@ -525,16 +567,24 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
             "sessions left open by the last run are closed (RELAY_RESTARTED) before any new session starts"
         );
     }
-    let identity = match &config.tls {
-        TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
-        TlsSource::SelfSigned => ServerIdentity::self_signed_in(
-            &config.state_dir,
-            vec!["localhost".into(), "remote-help-relay".into()],
-        )?,
+    let (identity, browser_certificates) = match &config.tls {
+        TlsSource::Files { cert, key } => (ServerIdentity::from_pem_files(cert, key)?, None),
+        TlsSource::SelfSigned => (
+            ServerIdentity::self_signed_in(
+                &config.state_dir,
+                vec!["localhost".into(), "remote-help-relay".into()],
+            )?,
+            // Browsers refuse the long-lived certificate; WebTransport clients get this one.
+            Some(BrowserCertificates::open(
+                &config.state_dir,
+                std::time::SystemTime::now(),
+            )?),
+        ),
     };
     let fingerprint = identity.fingerprint();
-    let mut server_config =
-        quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
+        identity.quic_server_config_with(browser_certificates.clone())?,
+    ));
     server_config.transport_config(crate::transport::server(
         &config.limits,
         config.idle_timeout,
@@ -624,14 +674,52 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     if let Some(addr) = admin_addr {
         info!(%addr, "admin and metrics listener (/metrics, /healthz, /readyz, /admin/sessions)");
     }
+    let web_listener = match &config.web {
+        None => None,
+        Some(web) => {
+            let acceptor = web
+                .tls
+                .as_ref()
+                .map(web::tls_acceptor)
+                .transpose()
+                .map_err(StartError::WebTls)?;
+            let addr = web.listen;
+            let std_listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| StartError::WebBind { addr, source })?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)
+                .map_err(|source| StartError::WebBind { addr, source })?;
+            Some((listener, acceptor))
+        }
+    };
+    let web_addr = web_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    if let Some(addr) = web_addr {
+        let scheme = match web_listener.as_ref().map(|(_, tls)| tls.is_some()) {
+            Some(true) => "https",
+            _ => "http",
+        };
+        info!(%addr, scheme, "web listener (/monitor/, /api/v1/reports/)");
+    }
+    if let Some(browser) = &browser_certificates {
+        let hashes: Vec<String> = browser.hashes().into_iter().map(|h| h.value).collect();
+        info!(hashes = %hashes.join(","), "WebTransport clients are served a short-lived browser certificate (serverCertificateHashes, sha-256)");
+    }
     let hub = Arc::new(Hub::new(config, audit));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let udp_sockets = endpoints.len();
+    let surface = web::WebSurface {
+        reports: reports::Reports::new(hub.clone()),
+        browser_certificates: browser_certificates.clone(),
+    };
     let task = tokio::spawn(run(
         endpoints,
         hub.clone(),
         shutdown.clone(),
-        admin_listener,
+        Listeners {
+            admin: admin_listener,
+            web: web_listener,
+            surface,
+        },
     ));
     Ok(ServerHandle {
         udp_sockets,
@@ -641,6 +729,8 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         shutdown,
         task,
         admin_addr,
+        web_addr,
+        browser_certificates,
     })
 }
 
@@ -683,16 +773,44 @@ fn incoming_connections(
     }))
 }
 
+/// The HTTP listeners [`run`] serves beside the QUIC endpoints.
+struct Listeners {
+    admin: Option<tokio::net::TcpListener>,
+    web: Option<(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    surface: web::WebSurface,
+}
+
 async fn run(
     endpoints: Vec<quinn::Endpoint>,
     hub: Arc<Hub>,
     shutdown: tokio_util::sync::CancellationToken,
-    admin_listener: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
 ) {
-    // The admin listener outlives the drain (so readiness reports it) and stops last.
+    // The HTTP listeners outlive the drain (so readiness reports it) and stop last; so does
+    // the browser certificates' rotation.
     let admin_stop = tokio_util::sync::CancellationToken::new();
-    let admin_task =
-        admin_listener.map(|l| tokio::spawn(admin::serve(l, hub.clone(), admin_stop.clone())));
+    let mut http_tasks = JoinSet::new();
+    let routes = web::web_routes(&listeners.surface);
+    if listeners.admin.is_some() || listeners.web.is_some() {
+        // Build or catch up the reports index in the background: the first query need not
+        // wait.
+        let reports = listeners.surface.reports.clone();
+        http_tasks.spawn(async move { reports.warm().await });
+    }
+    if let Some(listener) = listeners.admin {
+        http_tasks.spawn(admin::serve(
+            listener,
+            hub.clone(),
+            routes.clone(),
+            admin_stop.clone(),
+        ));
+    }
+    if let Some((listener, tls)) = listeners.web {
+        http_tasks.spawn(web::serve(listener, tls, routes, admin_stop.clone()));
+    }
+    if let Some(browser) = listeners.surface.browser_certificates.clone() {
+        http_tasks.spawn(browser.rotate_until(admin_stop.clone()));
+    }
     let mut incoming_connections = incoming_connections(&endpoints);
     let mut connections = JoinSet::new();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -787,8 +905,12 @@ async fn run(
         warn!("endpoint did not go idle in time");
     }
     admin_stop.cancel();
-    if let Some(admin_task) = admin_task {
-        let _ = tokio::time::timeout(CLOSE_GRACE, admin_task).await;
+    let http_stopped = async { while http_tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_GRACE, http_stopped)
+        .await
+        .is_err()
+    {
+        http_tasks.abort_all();
     }
     info!("relay stopped");
 }

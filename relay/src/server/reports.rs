@@ -47,6 +47,11 @@ pub struct Reports {
 }
 
 impl Reports {
+    /// The hub whose tenants and sessions these reports answer for.
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
+    }
+
     /// The reports of `hub`'s node; the index lives in the state folder.
     pub fn new(hub: Arc<Hub>) -> Reports {
         Reports {

@@ -1,6 +1,8 @@
 //! A minimal WebTransport client for tests: what a browser does, over
 //! `web_transport_quinn`'s client (ALPN `h3`, extended CONNECT), trusting the relay's
-//! certificate by its pinned fingerprint. It speaks the control protocol itself
+//! certificate as a browser given `serverCertificateHashes` does ([`BrowserTrust`]: one of
+//! the published hashes, ECDSA P-256, valid now for at most two weeks). It speaks the
+//! control protocol itself
 //! (length-prefixed protobuf on the first bidirectional stream), so the tests see exactly
 //! the bytes a browser page would send and receive.
 
@@ -12,7 +14,10 @@ use remote_help_proto::framing::{ControlCodec, DataCodec};
 use remote_help_proto::v1::{self, client_to_relay::Msg as Out, relay_to_client::Msg as In};
 use remote_help_proto::{ErrorCode, PROTOCOL_VERSION};
 use remote_help_relay::core::Role;
-use remote_help_relay::tls::{Fingerprint, RelayTrust};
+use remote_help_relay::tls::browser::CertificateHash;
+use remote_help_relay::tls::{Fingerprint, browser};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
@@ -21,23 +26,149 @@ use super::{TestRelay, within};
 /// The path the relay serves WebTransport on.
 pub const PATH: &str = "/remote-help/1";
 
-/// Opens a WebTransport session to `relay` at `path` (a CONNECT; no protocol messages yet).
+/// What a browser accepts for a `WebTransport` given `serverCertificateHashes` (W3C
+/// WebTransport, "custom certificate requirements"): a leaf whose SHA-256 is one of the
+/// hashes, whose public key is ECDSA P-256, and whose validity period covers now and lasts
+/// at most two weeks; the handshake signature is checked as usual.
+#[derive(Debug)]
+pub struct BrowserTrust {
+    hashes: Vec<[u8; 32]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl BrowserTrust {
+    /// Trusts exactly the certificates with these (published) hashes.
+    pub fn new(hashes: &[CertificateHash]) -> BrowserTrust {
+        BrowserTrust {
+            hashes: hashes
+                .iter()
+                .map(|h| {
+                    assert_eq!(h.algorithm, "sha-256");
+                    h.bytes().expect("a published hash is base64 of 32 bytes")
+                })
+                .collect(),
+            provider: remote_help_relay::tls::provider(),
+        }
+    }
+}
+
+/// Whether `der` meets a browser's rules for a certificate given by hash (apart from the
+/// hash itself): ECDSA on P-256, and valid now for a period of at most two weeks.
+pub fn browser_would_accept(der: &CertificateDer<'_>) -> Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(format!("public key {} is not EC", spki.algorithm.algorithm));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    if curve != Some(x509_parser::oid_registry::OID_EC_P256) {
+        return Err(format!("curve {curve:?} is not P-256"));
+    }
+    let validity = browser::validity_of(der).ok_or("no readable validity")?;
+    if !validity.accepted_at(std::time::SystemTime::now()) {
+        return Err(format!(
+            "validity {validity:?} is not accepted now (at most two weeks, covering now)"
+        ));
+    }
+    Ok(())
+}
+
+impl ServerCertVerifier for BrowserTrust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let refused = |reason: String| {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    std::io::Error::other(reason),
+                ))),
+            ))
+        };
+        if !self.hashes.contains(&Fingerprint::of(end_entity).0) {
+            return refused(format!(
+                "certificate {} is none of the published hashes",
+                Fingerprint::of(end_entity)
+            ));
+        }
+        match browser_would_accept(end_entity) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(reason) => refused(reason),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificate the relay presented on a session's connection.
+pub fn presented(session: &Session) -> Fingerprint {
+    let chain = session
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .expect("a QUIC connection has the server's certificates");
+    Fingerprint::of(&chain[0])
+}
+
+/// Opens a WebTransport session to `relay` at `path` (a CONNECT; no protocol messages yet),
+/// trusting the certificates whose `hashes` the relay publishes, as a browser page does.
 pub async fn session(
     relay: SocketAddr,
-    pin: Fingerprint,
+    hashes: &[CertificateHash],
     path: &str,
 ) -> Result<Session, web_transport_quinn::ClientError> {
-    session_with(relay, pin, path, None).await
+    session_with(relay, hashes, path, None).await
 }
 
 /// [`session`] with the client's own QUIC transport settings (windows), if given.
 pub async fn session_with(
     relay: SocketAddr,
-    pin: Fingerprint,
+    hashes: &[CertificateHash],
     path: &str,
     transport: Option<Arc<quinn::TransportConfig>>,
 ) -> Result<Session, web_transport_quinn::ClientError> {
-    let mut tls = RelayTrust::Pin(pin).rustls_client_config().unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(remote_help_relay::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(BrowserTrust::new(hashes)))
+        .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -89,7 +220,7 @@ impl WtClient {
     ) -> Result<WtClient, Refusal> {
         let session = within(session_with(
             relay.addr(),
-            relay.handle.fingerprint(),
+            &relay.handle.browser_certificate_hashes(),
             PATH,
             transport,
         ))
