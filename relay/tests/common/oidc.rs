@@ -543,7 +543,7 @@ fn packages_present(test: &str) -> bool {
 /// Writes a test CA (`ca.pem`) and a certificate for IP 127.0.0.1 signed by it (`cert.pem`,
 /// `key.pem`) into `dir`; returns the CA certificate (DER) and the base64 SHA-256 of the
 /// certificate's public key (SubjectPublicKeyInfo).
-fn write_test_pki(dir: &Path) -> (Vec<u8>, String) {
+pub fn write_test_pki(dir: &Path) -> (Vec<u8>, String) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -581,7 +581,7 @@ fn write_test_pki(dir: &Path) -> (Vec<u8>, String) {
 }
 
 /// An HTTPS client that trusts only the test CA, with rustls on ring (the relay's provider).
-fn https_client(ca_der: Vec<u8>) -> reqwest::Client {
+pub fn https_client(ca_der: Vec<u8>) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der.into()).unwrap();
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

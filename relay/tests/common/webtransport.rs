@@ -137,13 +137,14 @@ impl ServerCertVerifier for BrowserTrust {
     }
 }
 
-/// The certificate the relay presented on a session's connection.
-pub fn presented(session: &Session) -> Fingerprint {
-    let chain = session
+/// The certificate the relay presented on a connection (a WebTransport session derefs to
+/// its QUIC connection).
+pub fn presented(connection: &quinn::Connection) -> CertificateDer<'static> {
+    let chain = connection
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .expect("a QUIC connection has the server's certificates");
-    Fingerprint::of(&chain[0])
+    chain[0].clone()
 }
 
 /// Opens a WebTransport session to `relay` at `path` (a CONNECT; no protocol messages yet),
@@ -163,12 +164,23 @@ pub async fn session_with(
     path: &str,
     transport: Option<Arc<quinn::TransportConfig>>,
 ) -> Result<Session, web_transport_quinn::ClientError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(remote_help_relay::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(remote_help_relay::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(BrowserTrust::new(hashes)))
         .with_no_client_auth();
+    session_with_tls(relay, tls, path, transport).await
+}
+
+/// [`session_with`] trusting what `tls` trusts (a CA, for a relay with a configured
+/// certificate); its ALPN becomes `h3`.
+pub async fn session_with_tls(
+    relay: SocketAddr,
+    mut tls: rustls::ClientConfig,
+    path: &str,
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> Result<Session, web_transport_quinn::ClientError> {
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
