@@ -344,7 +344,8 @@ impl BrowserCertificates {
                 next = ?state.next.as_ref().map(|n| n.fingerprint().to_string()),
                 "browser (WebTransport) certificate rotated"
             );
-            metrics::counter!("relay_browser_certificate_rotations_total").increment(1);
+            metrics::counter!("relay_browser_certificate_rotations_total")
+                .increment(done.len() as u64);
             *self.published.write().unwrap_or_else(|p| p.into_inner()) = state;
         }
         Ok(done)
