@@ -421,3 +421,135 @@ fn check_config_refuses_plain_http_on_a_non_loopback_address() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("web.tls_cert: "), "{stderr}");
 }
+
+/// What a page in headless Chromium gets from `new WebTransport(relay, {
+/// serverCertificateHashes: hashes })` after sending `hello` (one framed `ClientToRelay`) on
+/// its first bidirectional stream: `Ok(bytes read back)` once a whole frame came, or
+/// `Err(the browser's error)` if the session never became ready.
+async fn from_chromium(
+    page: &mut common::browser::Browser,
+    relay: SocketAddr,
+    hashes: &[CertificateHash],
+    hello: &[u8],
+) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let script = format!(
+        r#"(async () => {{
+  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const serverCertificateHashes = {hashes}.map((h) => ({{ algorithm: h.algorithm, value: bytes(h.value) }}));
+  let transport;
+  try {{
+    transport = new WebTransport("https://{relay}/remote-help/1", {{ serverCertificateHashes }});
+    await transport.ready;
+  }} catch (e) {{
+    return {{ ok: false, error: String(e) }};
+  }}
+  const stream = await transport.createBidirectionalStream();
+  const writer = stream.writable.getWriter();
+  await writer.write(bytes("{hello}"));
+  const reader = stream.readable.getReader();
+  let got = new Uint8Array(0);
+  const whole = () => got.length >= 4 && got.length >= 4 + new DataView(got.buffer).getUint32(0);
+  while (!whole()) {{
+    const {{ value, done }} = await reader.read();
+    if (done) break;
+    const joined = new Uint8Array(got.length + value.length);
+    joined.set(got);
+    joined.set(value, got.length);
+    got = joined;
+  }}
+  transport.close({{ closeCode: 0, reason: "done" }});
+  return {{ ok: true, reply: btoa(String.fromCharCode(...got)) }};
+}})()"#,
+        hashes = serde_json::to_string(hashes).unwrap(),
+        hello = b64.encode(hello),
+    );
+    let answer = page.eval(&script).await;
+    if answer["ok"] == true {
+        Ok(b64.decode(answer["reply"].as_str().unwrap()).unwrap())
+    } else {
+        Err(answer["error"].to_string())
+    }
+}
+
+#[tokio::test]
+async fn chromium_accepts_the_browser_certificate_by_its_published_hash_and_refuses_the_long_lived_one()
+ {
+    use bytes::BytesMut;
+    use remote_help_proto::framing::ControlCodec;
+    use tokio_util::codec::{Decoder as _, Encoder as _};
+    if !common::skip::require_tools(
+        "chromium_accepts_the_browser_certificate_by_its_published_hash_and_refuses_the_long_lived_one",
+        &[("chromium", "chromium")],
+    ) {
+        return;
+    }
+    let relay = TestRelay::builder().plaintext_clients().start().await;
+    let mut codec = ControlCodec::<v1::RelayToClient, v1::ClientToRelay>::new(
+        remote_help_proto::framing::DEFAULT_MAX_CONTROL_MESSAGE,
+    );
+    let mut hello = BytesMut::new();
+    codec
+        .encode(
+            v1::ClientToRelay {
+                msg: Some(Out::Hello(v1::Hello {
+                    protocol_version: remote_help_proto::PROTOCOL_VERSION,
+                    token: relay.tenant("contoso").token(Persona::Helper),
+                    role: v1::Role::Helper as i32,
+                    client_name: "headless chromium".into(),
+                    e2e_suites: Vec::new(),
+                })),
+            },
+            &mut hello,
+        )
+        .unwrap();
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut page = common::browser::Browser::launch(log.path()).await;
+    // A page of the relay's own origin on loopback (a secure context; `/healthz` carries no
+    // Content-Security-Policy that would stop a connection to another port).
+    let admin = relay.handle.admin_addr().unwrap();
+    page.navigate(&format!("http://{admin}/healthz")).await;
+    page.wait_until("document.readyState === 'complete' && window.isSecureContext")
+        .await;
+
+    // The long-lived certificate's hash: Chromium refuses (valid for years, not two weeks),
+    // and the relay presents the browser certificate anyway.
+    let refused = from_chromium(
+        &mut page,
+        relay.addr(),
+        &[CertificateHash::of(relay.handle.fingerprint())],
+        &hello,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "Chromium accepted the long-lived certificate's hash"
+    );
+
+    // The published hash: the session is ready and the relay answers Hello with Welcome.
+    let reply = from_chromium(
+        &mut page,
+        relay.addr(),
+        &relay.handle.browser_certificate_hashes(),
+        &hello,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "Chromium refused the published hash: {e}\n{}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        )
+    });
+    let mut reply = BytesMut::from(&reply[..]);
+    match codec.decode(&mut reply).unwrap() {
+        Some(v1::RelayToClient {
+            msg: Some(In::Welcome(welcome)),
+        }) => assert!(welcome.you.is_some()),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    drop(page);
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}

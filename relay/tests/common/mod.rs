@@ -2,6 +2,7 @@
 //! files, real signed tokens) and real QUIC clients.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 pub mod oidc;
 pub mod skip;
