@@ -1566,6 +1566,8 @@ fn web_config(
             }
         },
     };
+    // Half the HTTPS files is reported as such, not also as plain HTTP.
+    let https_meant = raw.tls_cert.is_some() || raw.tls_key.is_some();
     let tls = match (raw.tls_cert, raw.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => {
@@ -1587,7 +1589,7 @@ fn web_config(
         }
     };
     let listen = listen?;
-    if tls.is_none() && !listen.ip().is_loopback() {
+    if !https_meant && !listen.ip().is_loopback() {
         problem(
             "web.listen",
             format!(
@@ -1598,6 +1600,7 @@ fn web_config(
         );
         return None;
     }
+    // With a half-given pair `tls` is None, but a problem is reported, so no config results.
     Some(WebConfig { listen, tls })
 }
 

@@ -344,7 +344,14 @@ async fn the_web_listener_serves_the_monitor_page_and_reports_api_over_https_but
             .0,
         200
     );
-    // Plain HTTP to the HTTPS port gets no page.
+    // Plain HTTP to the HTTPS port gets no page, and is counted as a failed handshake.
+    let handshake_failures = |metrics: &std::collections::HashMap<String, f64>| {
+        metrics
+            .get("relay_web_tls_failures_total{reason=\"handshake\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = handshake_failures(&common::metrics(admin).await);
     let mut plain = within(tokio::net::TcpStream::connect(web)).await.unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     within(plain.write_all(b"GET /monitor/ HTTP/1.1\r\nHost: relay\r\n\r\n"))
@@ -353,6 +360,12 @@ async fn the_web_listener_serves_the_monitor_page_and_reports_api_over_https_but
     let mut answer = Vec::new();
     let _ = within(plain.read_to_end(&mut answer)).await;
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    within(async {
+        while handshake_failures(&common::metrics(admin).await) <= before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     relay.stop().await;
 }
 

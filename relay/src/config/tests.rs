@@ -449,6 +449,89 @@ fn administration_audiences_default_to_the_session_audience_with_admin_and_must_
     assert_eq!(found[0].field, "tenants[0].admin_audience");
 }
 
+fn with_web(web_toml: &str) -> Result<Config, Vec<ConfigProblem>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"SBFl5yduT-rdvyyby_d17XNFWhBJz1LxU1-mpIRqp08","kid":"k"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("web.pem"), "placeholder").unwrap();
+    std::fs::write(dir.path().join("web.key"), "placeholder").unwrap();
+    let text = format!(
+        "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n[web]\n{web_toml}"
+    );
+    match Config::parse(&text, dir.path()) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Invalid(p)) => Err(p),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_web_listener_speaks_https_anywhere_and_plain_http_only_on_loopback() {
+    let https = with_web("listen = \"0.0.0.0:443\"\ntls_cert = \"web.pem\"\ntls_key = \"web.key\"")
+        .unwrap()
+        .web
+        .unwrap();
+    assert_eq!(https.listen, "0.0.0.0:443".parse().unwrap());
+    assert!(https.tls.unwrap().cert.ends_with("web.pem"));
+    for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+        let plain = with_web(&format!("listen = \"{loopback}\""))
+            .unwrap()
+            .web
+            .unwrap();
+        assert_eq!(plain.tls, None);
+    }
+    for open in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:80"] {
+        let found = with_web(&format!("listen = \"{open}\"")).unwrap_err();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "web.listen");
+        assert!(
+            found[0].reason.contains("only on a loopback address"),
+            "{found:?}"
+        );
+    }
+    // No [web] at all: no listener.
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        Config::parse("", dir.path()).map(|c| c.web).ok().flatten(),
+        None
+    );
+}
+
+#[test]
+fn web_listener_mistakes_are_reported_with_their_field() {
+    let fields = |toml: &str| -> Vec<String> {
+        with_web(toml)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields("tls_cert = \"web.pem\"\ntls_key = \"web.key\""),
+        ["web.listen"]
+    );
+    assert_eq!(fields("listen = \"nowhere\""), ["web.listen"]);
+    assert_eq!(
+        fields("listen = \"0.0.0.0:443\"\ntls_cert = \"web.pem\""),
+        ["web.tls_key"]
+    );
+    assert_eq!(
+        fields("listen = \"0.0.0.0:443\"\ntls_cert = \"missing.pem\"\ntls_key = \"web.key\""),
+        ["web.tls_cert"]
+    );
+    // An unknown key in [web] is refused as the rest of the file is.
+    assert!(matches!(
+        Config::parse(
+            "[web]\nlisten = \"127.0.0.1:80\"\nport = 80\n",
+            Path::new(".")
+        ),
+        Err(ConfigError::Syntax(_))
+    ));
+}
+
 #[test]
 fn a_web_sign_in_is_a_public_client_at_an_https_issuer_with_openid() {
     let dir = tempfile::tempdir().unwrap();

@@ -933,6 +933,10 @@ mod tests {
         fresh.admin.listen = None;
         fresh.limits.max_connections = 1;
         fresh.consent_timeout = Duration::from_secs(11);
+        fresh.web = Some(crate::config::WebConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            tls: None,
+        });
         assert_eq!(
             unapplied_fields(&running, &fresh),
             [
@@ -940,6 +944,7 @@ mod tests {
                 "server.consent_timeout_secs",
                 "audit.dir",
                 "admin.listen",
+                "web",
                 "limits.max_connections"
             ]
         );
