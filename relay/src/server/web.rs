@@ -58,7 +58,11 @@ impl WebSurface {
     }
 }
 
-/// The web surface's routes, for the admin listener and the web listener alike.
+/// The web surface's routes, for the admin listener and the web listener alike. A page that
+/// needs the WebTransport certificate hashes (the helper page's configuration) is merged
+/// here with a clone of `surface` as its state and calls
+/// [`WebSurface::browser_certificate_hashes`] per request, so a rotation shows at once;
+/// [`CertificateHash`] serialises as `serverCertificateHashes` wants it, base64-encoded.
 pub fn web_routes(surface: &WebSurface) -> Router {
     Router::new()
         .merge(super::reports::router(surface.reports.clone()))
