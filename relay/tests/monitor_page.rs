@@ -1,17 +1,14 @@
 //! The Monitor page in a real headless Chromium, against a real relay: real QUIC sessions,
 //! the real audit log, real signed administrator tokens. The browser is driven over the
-//! Chrome DevTools Protocol through `--remote-debugging-pipe` (file descriptors 3 and 4,
-//! NUL-separated JSON), so no extra crate or websocket is needed. Screenshots of each tab
-//! (desktop and 375 px wide) are kept in `target/test-artefacts/monitor/`.
+//! DevTools pipe (`common::chromium`). Screenshots of each tab (desktop and 375 px wide) are
+//! kept in `target/test-artefacts/monitor/`.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use common::browser::Browser;
-use common::skip::require_tools;
+use common::browser::{Browser, have_chromium};
 use common::{TestRelay, http, with_claims, within};
 use remote_help_proto::ErrorCode;
 use remote_help_relay::audit::{audit_files, read_events};
@@ -26,18 +23,8 @@ const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
 const OPERATOR_TOKEN: &str = "operator-token-0123456789";
 
 /// Where the screenshots go: `target/test-artefacts/monitor/` of the workspace.
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("test-artefacts").join("monitor");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Whether Chromium is here; if not, the test skips (a failure under CI).
-fn have_chromium(test: &str) -> bool {
-    require_tools(test, &[("chromium", "chromium")])
+fn artefacts() -> std::path::PathBuf {
+    common::browser::artefacts("monitor")
 }
 
 /// `report-readers` may read reports, `report-admins` also end sessions.

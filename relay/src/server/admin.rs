@@ -7,8 +7,8 @@
 //! - `POST /admin/sessions/{id}/end`: ends a session with `ADMIN_ENDED`, audited (bearer token);
 //! - `POST /admin/drain`: starts the drain SIGTERM starts, then the relay exits (bearer token);
 //! - the web surface ([`super::web::web_routes`]): the reports API (`/api/v1/reports/...`,
-//!   `docs/reports.md`) and the Monitor page (`/monitor/`), which the `[web]` listener also
-//!   serves.
+//!   `docs/reports.md`), the Monitor page (`/monitor/`) and the web helper page (`/helper/`,
+//!   `docs/web-helper.md`), which the `[web]` listener also serves.
 
 use std::sync::{Arc, OnceLock};
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod connection;
 pub mod forward;
+pub mod helper_page;
 pub mod hub;
 pub mod keys;
 pub mod monitor;
@@ -709,6 +710,12 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     let udp_sockets = endpoints.len();
     let surface = web::WebSurface {
         reports: reports::Reports::new(hub.clone()),
+        helper_page: helper_page::HelperPage::new(
+            local_addr.port(),
+            // Invariant: constructors refuse empty chains.
+            &identity.chain[0],
+            browser_certificates.clone(),
+        ),
         browser_certificates: browser_certificates.clone(),
     };
     let task = tokio::spawn(run(

@@ -23,6 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::transport::{BIDI_STREAMS, UNI_STREAMS};
 
+/// How long a closed WebTransport session is kept for its close capsule to reach the client
+/// (see [`Party::close`]).
+const WEB_CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// A party's connection: native QUIC or a WebTransport session (see the module docs).
 /// A clone is a handle to the same connection.
 #[derive(Clone, Debug)]
@@ -150,7 +154,20 @@ impl Party {
     pub fn close(&self, code: u32, reason: &[u8]) {
         match self {
             Party::Native(c) => c.close(code.into(), reason),
-            Party::Web(s) => s.close(code, reason),
+            Party::Web(s) => {
+                s.close(code, reason);
+                // The capsule goes out from a task of its own. Keep the session, and with it
+                // the client's HTTP/3 control streams, until the connection is closed: the
+                // connection's task drops its handle at once, and dropping the last one stops
+                // the browser's HTTP/3 control stream, which Chromium takes as a connection
+                // error (H3_CLOSED_CRITICAL_STREAM) before it reads the capsule, so a browser
+                // would see "connection lost" instead of the code. Bounded: the library
+                // force-closes after a few round trips.
+                let session = s.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(WEB_CLOSE_LINGER, session.closed()).await;
+                });
+            }
         }
     }
 

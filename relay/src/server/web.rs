@@ -1,7 +1,8 @@
 //! The web surface, and the `[web]` listener that serves it to people's browsers.
 //!
 //! The web surface is what a browser uses: the Monitor page (`/monitor/`, [`super::monitor`]),
-//! the reports API (`/api/v1/reports/...`, [`super::reports`]) and, later, the helper page.
+//! the reports API (`/api/v1/reports/...`, [`super::reports`]) and the web helper page
+//! (`/helper/`, [`super::helper_page`]).
 //! [`web_routes`] composes them once; the admin listener mounts them beside `/metrics` and
 //! `/admin/*`, and the `[web]` listener mounts them alone, so both serve one code path and
 //! the admin and metrics endpoints never reach the web listener.
@@ -42,6 +43,8 @@ pub struct WebSurface {
     /// The short-lived certificates browsers are served over WebTransport, on a relay that
     /// uses its self-signed development certificate; `None` with a configured certificate.
     pub browser_certificates: Option<Arc<BrowserCertificates>>,
+    /// The web helper page (`/helper/`).
+    pub helper_page: super::helper_page::HelperPage,
 }
 
 impl WebSurface {
@@ -67,6 +70,7 @@ pub fn web_routes(surface: &WebSurface) -> Router {
     Router::new()
         .merge(super::reports::router(surface.reports.clone()))
         .merge(super::monitor::router(surface.reports.hub()))
+        .merge(super::helper_page::routes(surface.helper_page.clone()))
 }
 
 /// The web listener's TLS: the configured chain and key, TLS 1.2 or 1.3 (browsers, and

@@ -7,13 +7,29 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+/// Whether Chromium is here; if not, `test` skips (a failure under CI, `super::skip`).
+pub fn have_chromium(test: &str) -> bool {
+    super::skip::require_tools(test, &[("chromium", "chromium")])
+}
+
+/// `target/test-artefacts/<name>/` of the workspace (made if missing): where a page test
+/// keeps its screenshots and the browser's log.
+pub fn artefacts(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artefacts").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// How long one browser step (a command, or a condition to become true) may take.
 const STEP: Duration = Duration::from_secs(30);
@@ -202,10 +218,10 @@ impl Browser {
         );
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
-            let params = json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
+            let params =
+                json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
             let answer =
-                tokio::time::timeout_at(deadline, self.try_call("Runtime.evaluate", params))
-                    .await;
+                tokio::time::timeout_at(deadline, self.try_call("Runtime.evaluate", params)).await;
             match answer {
                 Err(_) => panic!("the page did not come to `{condition}` within {STEP:?}"),
                 Ok(Ok(result)) if result["result"]["value"] == json!(true) => return,
@@ -213,6 +229,20 @@ impl Browser {
                 Ok(_) => tokio::task::yield_now().await,
             }
         }
+    }
+
+    /// Like [`Browser::wait_until`], but says whether `condition` came true in time, so the
+    /// caller can tell what the page shows instead.
+    pub async fn wait_for(&mut self, condition: &str) -> bool {
+        let expression = format!(
+            "new Promise(done => {{ const check = () => {{ let ok = false; \
+             try {{ ok = !!({condition}); }} catch (e) {{}} \
+             if (ok) done(true); else setTimeout(check, 25); }}; check(); }})"
+        );
+        // Shorter than the command's own bound, which would panic instead.
+        tokio::time::timeout(STEP - Duration::from_secs(2), self.eval(&expression))
+            .await
+            .is_ok()
     }
 
     /// The viewport: `width` × `height` CSS pixels, as a phone when `mobile`.
@@ -231,6 +261,31 @@ impl Browser {
     /// Types `text` into the focused element, as a keyboard or paste would.
     pub async fn type_text(&mut self, text: &str) {
         self.call("Input.insertText", json!({ "text": text })).await;
+    }
+
+    /// A mouse event at (`x`, `y`) CSS pixels of the viewport, as a real mouse makes it
+    /// (pointer events included): `kind` is `mouseMoved`, `mousePressed` or `mouseReleased`,
+    /// `button` `none`, `left`, `middle` or `right`.
+    pub async fn mouse(&mut self, kind: &str, x: f64, y: f64, button: &str) {
+        self.call(
+            "Input.dispatchMouseEvent",
+            json!({ "type": kind, "x": x, "y": y, "button": button, "clickCount": 1 }),
+        )
+        .await;
+    }
+
+    /// Presses (`down`) or releases a physical key, `code` as `KeyboardEvent.code` (`KeyA`),
+    /// `key` its value (`a`), to the focused element.
+    pub async fn key(&mut self, code: &str, key: &str, down: bool) {
+        let mut event = json!({
+            "type": if down { "keyDown" } else { "keyUp" },
+            "code": code,
+            "key": key,
+        });
+        if down && key.chars().count() == 1 {
+            event["text"] = key.into();
+        }
+        self.call("Input.dispatchKeyEvent", event).await;
     }
 
     /// Saves a PNG of the whole page to `path`.

@@ -1,0 +1,512 @@
+//! The web helper page (`/helper/`, docs/web-helper.md) in a real headless Chromium against
+//! a real relay: the page reaches the relay over WebTransport with the relay's short-lived
+//! ECDSA certificate accepted by hash (`serverCertificateHashes`), and a sharer on the Rust
+//! SDK joins with the code the page shows. The page's end-to-end protection (suite 2,
+//! WebCrypto) and content profile v1 meet the SDK's: the test reads the test card's frame
+//! counter back from the page's canvas, and checks the exact input events and chat the
+//! sharer receives. A screenshot of the session is kept in `target/test-artefacts/helper/`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::browser::{Browser, artefacts, have_chromium};
+use common::{TestRelay, http, within};
+use remote_help_proto::ErrorCode;
+use remote_help_relay::client::content::{
+    ChatMessage, Content, ContentError, ContentReceiver, ContentSender, ImageFormat, InputEvent,
+    Modifiers, ScreenFrame,
+};
+use remote_help_relay::client::secure;
+use remote_help_relay::client::test_card::TestCard;
+use remote_help_relay::client::{Client, ClientOptions};
+use remote_help_relay::config::TlsSource;
+use remote_help_relay::core::{Channel, Role};
+use remote_help_relay::dev::Persona;
+use remote_help_relay::issuer::TokenSigner;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// The test card's size: small, so the page shows it at its own size (one CSS pixel per
+/// screen pixel), which makes the expected normalised coordinates exact.
+const CARD: (u32, u32) = (320, 180);
+
+/// A self-signed ECDSA P-256 certificate for 127.0.0.1, valid for 10 days: one a browser
+/// accepts by its hash (WebTransport `serverCertificateHashes`). Returns (cert, key) files.
+fn browser_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = params.not_before + time::Duration::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.join("browser-cert.pem"), dir.join("browser-key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
+/// Contoso and Fabrikam, the relay presenting a browser certificate.
+async fn relay(dir: &Path) -> TestRelay {
+    let (cert, key) = browser_certificate(dir);
+    TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
+        .config(move |c| c.tls = TlsSource::Files { cert, key })
+        .start()
+        .await
+}
+
+/// A page with every Content-Security-Policy violation collected in `window.cspViolations`.
+async fn browser(log: &Path) -> Browser {
+    let mut page = Browser::launch(log).await;
+    page.viewport(1280, 1000, false).await;
+    page.call("Page.enable", json!({})).await;
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+            e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`))" }),
+    )
+    .await;
+    page
+}
+
+/// Opens the page and signs in with `token`, typed into the form.
+async fn sign_in(page: &mut Browser, admin: SocketAddr, token: &str) {
+    page.navigate(&format!("http://{admin}/helper/")).await;
+    page.wait_until("document.readyState === 'complete' && document.getElementById('token')")
+        .await;
+    page.eval("document.getElementById('token').focus()").await;
+    page.type_text(token).await;
+    page.eval("document.querySelector('#token-form button[type=submit]').click()")
+        .await;
+}
+
+/// Waits for `condition` in the page; on failure, says what the page shows.
+async fn wait(page: &mut Browser, condition: &str) {
+    if !page.wait_for(condition).await {
+        let state = page
+            .eval(
+                "JSON.stringify({state: document.body.dataset, error: document.getElementById('error').textContent, \
+                 status: document.getElementById('status').textContent})",
+            )
+            .await;
+        panic!("the page did not come to `{condition}`; it shows {state}");
+    }
+}
+
+/// The text of element `id`.
+async fn text(page: &mut Browser, id: &str) -> String {
+    page.eval(&format!("document.getElementById('{id}').textContent"))
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What the sharer saw.
+#[derive(Debug)]
+enum Seen {
+    Verification(String),
+    Input(InputEvent),
+    Chat(String),
+    Ended(ErrorCode),
+}
+
+/// A sharer on the SDK: joins `code`, consents, streams the test card (one frame every
+/// 50 ms, counting up, as `rhelp share --test-pattern` does), says hello on chat, and
+/// reports what arrives until the session ends.
+async fn share(options: ClientOptions, code: String, seen: mpsc::UnboundedSender<Seen>) {
+    let mut client = Client::connect(options).await.unwrap();
+    client.join(&code).await.unwrap();
+    let started = client.accept().await.unwrap();
+    let mut session = secure::channels(&client, &started, Role::Sharer)
+        .await
+        .unwrap();
+    let _ = seen.send(Seen::Verification(
+        session.verification_code().unwrap().to_string(),
+    ));
+    let card = TestCard::new(CARD.0, CARD.1).unwrap();
+    let mut screen = ContentSender::open(&session, Channel::Screen, "helper-page-test")
+        .await
+        .unwrap();
+    let mut chat_out = ContentSender::open(&session, Channel::Chat, "helper-page-test")
+        .await
+        .unwrap();
+    chat_out
+        .send(&Content::Chat(ChatMessage {
+            text: "hello from the sharer".into(),
+            sent_at_ms: 0,
+        }))
+        .await
+        .unwrap();
+    let first = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let mut frame_number = 0u64;
+    let (mut input, mut chat): (Option<ContentReceiver>, Option<ContentReceiver>) = (None, None);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let frame = ScreenFrame {
+                    frame_number,
+                    timestamp_us: first.elapsed().as_micros() as u64,
+                    width: card.width(),
+                    height: card.height(),
+                    format: ImageFormat::Png,
+                    data: card.png(frame_number).unwrap().into(),
+                };
+                if screen.send(&Content::Screen(frame)).await.is_err() {
+                    break;
+                }
+                frame_number += 1;
+            }
+            accepted = session.accept_channel() => match accepted {
+                Ok((channel @ Channel::Input, r)) => input = Some(ContentReceiver::new(channel, r)),
+                Ok((channel @ Channel::Chat, r)) => chat = Some(ContentReceiver::new(channel, r)),
+                Ok(_) => {}
+                Err(_) => break,
+            },
+            event = next(&mut input) => match event {
+                Ok(Some(Content::Input(e))) => { let _ = seen.send(Seen::Input(e)); }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => input = None,
+            },
+            message = next(&mut chat) => match message {
+                Ok(Some(Content::Chat(m))) => { let _ = seen.send(Seen::Chat(m.text)); }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => chat = None,
+            },
+            reason = client.wait_for_end() => {
+                let _ = seen.send(Seen::Ended(reason));
+                client.close().await;
+                return;
+            }
+        }
+    }
+    let reason = client.wait_for_end().await;
+    let _ = seen.send(Seen::Ended(reason));
+    client.close().await;
+}
+
+async fn next(receiver: &mut Option<ContentReceiver>) -> Result<Option<Content>, ContentError> {
+    match receiver {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next thing the sharer saw that is not a chat message or input (those are checked
+/// where expected).
+async fn next_seen(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    within(seen.recv()).await.expect("the sharer reports")
+}
+
+/// The page's canvas as RGB, and the frame number the page says it drew last.
+async fn canvas(page: &mut Browser) -> (Vec<u8>, u64) {
+    let value = page
+        .eval(
+            "(() => { const c = document.getElementById('screen'); \
+             const rgba = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             const rgb = new Uint8Array(c.width * c.height * 3); \
+             for (let i = 0, j = 0; i < rgba.length; i += 4) { rgb[j++] = rgba[i]; rgb[j++] = rgba[i + 1]; rgb[j++] = rgba[i + 2]; } \
+             let s = ''; for (let i = 0; i < rgb.length; i += 0x8000) s += String.fromCharCode(...rgb.subarray(i, i + 0x8000)); \
+             return { rgb: btoa(s), frame: Number(document.body.dataset.frameNumber), w: c.width, h: c.height }; })()",
+        )
+        .await;
+    assert_eq!(
+        (value["w"].as_u64(), value["h"].as_u64()),
+        (Some(CARD.0.into()), Some(CARD.1.into()))
+    );
+    let rgb = base64::engine::general_purpose::STANDARD
+        .decode(value["rgb"].as_str().unwrap())
+        .unwrap();
+    (rgb, value["frame"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_session() {
+    let test = "a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_session";
+    if !have_chromium(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts("helper");
+
+    // The page learns where the relay is and which certificate to accept.
+    let (status, body) = http(admin, "GET", "/helper/config.json", None).await;
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        config["webtransport_url"],
+        json!(format!(
+            "https://relay:{}/remote-help/1",
+            relay.addr().port()
+        ))
+    );
+    assert_eq!(
+        config["server_certificate_hashes"],
+        json!([{ "algorithm": "sha-256",
+                 "value": base64::engine::general_purpose::STANDARD.encode(relay.handle.fingerprint().0) }])
+    );
+
+    let mut page = browser(&out.join("chromium-session.log")).await;
+    sign_in(
+        &mut page,
+        admin,
+        &relay.tenant("contoso").token(Persona::Helper),
+    )
+    .await;
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
+    assert_eq!(
+        text(&mut page, "who").await,
+        "Signed in as Ada Lovelace (IT Support, Dev Org, verified dev.example) of contoso"
+    );
+
+    // Full control is the default; the page shows the code to read out.
+    page.eval("document.querySelector('#create-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.state === 'waiting'").await;
+    let code = text(&mut page, "code").await;
+    assert_eq!(code.len(), 11, "{code}");
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let options = relay.options(relay.tenant("contoso").token(Persona::Sharer), Role::Sharer);
+    let sharer = tokio::spawn(share(options, code, seen_tx));
+
+    // Consent given: both sides show the same verification code.
+    wait(&mut page, "document.body.dataset.state === 'active'").await;
+    let Seen::Verification(sharers_code) = next_seen(&mut seen).await else {
+        panic!("the sharer's first report is its verification code");
+    };
+    wait(
+        &mut page,
+        "document.getElementById('verification').textContent !== ''",
+    )
+    .await;
+    assert_eq!(text(&mut page, "verification").await, sharers_code);
+    assert!(
+        sharers_code.len() == 7 && sharers_code.as_bytes()[3] == b' ',
+        "{sharers_code}"
+    );
+
+    // The canvas shows the test card, and its counter advances.
+    wait(&mut page, "Number(document.body.dataset.frames) >= 1").await;
+    let card = TestCard::new(CARD.0, CARD.1).unwrap();
+    let (rgb, drawn) = canvas(&mut page).await;
+    let first = card.read_counter(&rgb).expect("a counter on the canvas");
+    assert_eq!(
+        first,
+        drawn % 1_000_000,
+        "the canvas shows the frame the page drew"
+    );
+    wait(
+        &mut page,
+        &format!("Number(document.body.dataset.frameNumber) > {drawn}"),
+    )
+    .await;
+    let (rgb, drawn) = canvas(&mut page).await;
+    let later = card.read_counter(&rgb).expect("a counter on the canvas");
+    assert_eq!(later, drawn % 1_000_000);
+    assert!(later > first, "the counter advances: {first} then {later}");
+
+    // The sharer's chat shows; the page's reaches the sharer.
+    wait(
+        &mut page,
+        "document.getElementById('chat-log').textContent.includes('hello from the sharer')",
+    )
+    .await;
+    wait(&mut page, "document.body.dataset.chat === 'ready'").await;
+    page.eval("document.getElementById('chat-text').focus()")
+        .await;
+    page.type_text("grüezi from the browser").await;
+    page.eval("document.querySelector('#chat-form button[type=submit]').click()")
+        .await;
+
+    // Input: a move, a click and a key on the canvas, a quarter of the way in each way.
+    wait(&mut page, "document.body.dataset.input === 'ready'").await;
+    let rect = page
+        .eval(
+            "(() => { const r = document.getElementById('screen').getBoundingClientRect(); \
+               return [r.left, r.top, r.width, r.height]; })()",
+        )
+        .await;
+    let rect: Vec<f64> = serde_json::from_value(rect).unwrap();
+    assert_eq!(
+        (rect[2], rect[3]),
+        (f64::from(CARD.0), f64::from(CARD.1)),
+        "drawn at its own size"
+    );
+    let (x, y) = (rect[0] + 80.0, rect[1] + 45.0);
+    let (nx, ny) = ((x - rect[0]) / rect[2], (y - rect[1]) / rect[3]);
+    page.mouse("mouseMoved", x, y, "none").await;
+    page.mouse("mousePressed", x, y, "left").await;
+    page.mouse("mouseReleased", x, y, "left").await;
+    page.key("KeyA", "a", true).await;
+    page.key("KeyA", "a", false).await;
+    let expected = vec![
+        InputEvent::PointerMove { x: nx, y: ny },
+        InputEvent::PointerButton {
+            button: 0,
+            down: true,
+            x: nx,
+            y: ny,
+        },
+        InputEvent::PointerButton {
+            button: 0,
+            down: false,
+            x: nx,
+            y: ny,
+        },
+        InputEvent::Key {
+            code: "KeyA".into(),
+            down: true,
+            modifiers: Modifiers::NONE,
+        },
+        InputEvent::Key {
+            code: "KeyA".into(),
+            down: false,
+            modifiers: Modifiers::NONE,
+        },
+    ];
+    let mut inputs = Vec::new();
+    let mut chats = Vec::new();
+    while inputs.len() < expected.len() || chats.is_empty() {
+        match next_seen(&mut seen).await {
+            Seen::Input(e) => inputs.push(e),
+            Seen::Chat(t) => chats.push(t),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(inputs, expected);
+    assert_eq!(chats, vec!["grüezi from the browser".to_string()]);
+    assert_eq!((nx, ny), (0.25, 0.25));
+
+    page.screenshot(&out.join("session.png")).await;
+
+    // Down to view only: the page closes its input side; no more events go out.
+    page.eval("document.getElementById('mode').value = '1'; document.getElementById('change-mode').click()")
+        .await;
+    wait(
+        &mut page,
+        "document.body.dataset.mode === '1' && document.body.dataset.input === undefined",
+    )
+    .await;
+
+    // The page ends the session: the sharer is told, the page says so.
+    page.eval("document.getElementById('end').click()").await;
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
+    assert_eq!(
+        text(&mut page, "status").await,
+        "Session ended: you ended the session (ENDED_BY_CLIENT)."
+    );
+    loop {
+        match next_seen(&mut seen).await {
+            Seen::Ended(reason) => {
+                assert_eq!(reason, ErrorCode::PeerEnded);
+                break;
+            }
+            Seen::Input(e) => panic!("input after view only: {e:?}"),
+            _ => {}
+        }
+    }
+    within(sharer).await.unwrap();
+
+    let violations = page.eval("window.cspViolations").await;
+    assert_eq!(violations, json!([]), "Content-Security-Policy violations");
+    drop(page);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_bad_token() {
+    let test = "the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_bad_token";
+    if !have_chromium(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts("helper");
+
+    // A device agent of Fabrikam waits for unattended help.
+    let fabrikam = relay.tenant("fabrikam");
+    let agent_claims = common::with_claims(
+        fabrikam.spec(Persona::Sharer),
+        json!({
+            "kind": "device", "licenses": [], "groups": [],
+            "device_id": "kiosk-7", "device_name": "KIOSK", "platform": "android-dedicated",
+            "manufacturer": "Zebra", "os_version": "14", "device_groups": ["kiosks"],
+        }),
+    );
+    let mut agent = relay
+        .connect(fabrikam.sign(&agent_claims), Role::Sharer)
+        .await
+        .unwrap();
+    within(agent.register_device()).await.unwrap();
+
+    // A Contoso helper in the browser asks for it: refused, the sentence on screen.
+    let mut page = browser(&out.join("chromium-refusals.log")).await;
+    sign_in(
+        &mut page,
+        admin,
+        &relay.tenant("contoso").token(Persona::Helper),
+    )
+    .await;
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
+    page.eval("document.getElementById('device-id').focus()")
+        .await;
+    page.type_text("kiosk-7").await;
+    page.eval("document.querySelector('#device-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.error === 'CROSS_TENANT'").await;
+    assert_eq!(
+        text(&mut page, "error").await,
+        format!("{} (CROSS_TENANT)", ErrorCode::CrossTenant.describe())
+    );
+    assert_eq!(
+        page.eval("document.body.dataset.state").await,
+        json!("idle"),
+        "a refused request changes nothing"
+    );
+    page.screenshot(&out.join("cross-tenant.png")).await;
+
+    // A token the relay cannot verify: the relay closes the WebTransport session with the
+    // code before Welcome, and the page shows its sentence.
+    let stranger = TokenSigner::generate_ed25519("contoso-1").unwrap();
+    let forged = stranger
+        .sign(&relay.tenant("contoso").spec(Persona::Helper).claims())
+        .unwrap();
+    page.eval("document.getElementById('sign-out').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.state === 'signed-out'").await;
+    page.eval("document.getElementById('token').focus()").await;
+    page.type_text(&forged).await;
+    page.eval("document.querySelector('#token-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.error === 'TOKEN_INVALID'").await;
+    assert_eq!(
+        text(&mut page, "error").await,
+        format!("{} (TOKEN_INVALID)", ErrorCode::TokenInvalid.describe())
+    );
+    assert_eq!(
+        page.eval("document.body.dataset.state").await,
+        json!("signed-out")
+    );
+
+    let violations = page.eval("window.cspViolations").await;
+    assert_eq!(violations, json!([]), "Content-Security-Policy violations");
+    drop(page);
+    drop(agent);
+    relay.stop().await;
+}
