@@ -510,3 +510,137 @@ async fn the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_
     drop(agent);
     relay.stop().await;
 }
+
+/// The `key = value` lines of the fenced block after `marker` in PROTOCOL.md, from the line
+/// `[section]` on (or from the start, for `None`) up to the next section.
+fn published(marker: &str, section: Option<&str>) -> std::collections::HashMap<String, String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md")).unwrap();
+    let block = doc.split(marker).nth(1).unwrap();
+    let block = block
+        .split("```text")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let mut inside = section.is_none();
+    let mut values = std::collections::HashMap::new();
+    for line in block.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = Some(line) == section;
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(" = ")
+            && inside
+        {
+            values.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+    }
+    values
+}
+
+/// The page's own modules (e2e.js, content.js), loaded in Chromium, compute the published
+/// test vectors of suite 2 (PROTOCOL.md §8.7.4) and the content worked examples (§8.8.7):
+/// its WebCrypto protection and hand-written protobuf are the protocol's.
+#[tokio::test]
+async fn the_pages_modules_compute_the_published_test_vectors() {
+    let test = "the_pages_modules_compute_the_published_test_vectors";
+    if !have_chromium(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let mut page = browser(&artefacts("helper").join("chromium-vectors.log")).await;
+    page.navigate(&format!("http://{admin}/helper/")).await;
+    page.wait_until("document.readyState === 'complete'").await;
+
+    let e2e = published("<!-- e2e-test-vectors -->", Some("[suite 2]"));
+    let common = published("<!-- e2e-test-vectors -->", None);
+    let list = |k: &str| format!("[{}]", e2e[k]);
+    let script = format!(
+        r#"(async () => {{
+        const e2e = await import('/helper/e2e.js');
+        const hex = (b) => [...b].map(x => x.toString(16).padStart(2, '0')).join('');
+        const bytes = (h) => Uint8Array.from(h.match(/../g).map(x => parseInt(x, 16)));
+        const text = (s) => new TextEncoder().encode(s);
+        const helperKey = bytes('{helper_public}'), sharerKey = bytes('{sharer_public}');
+        const transcript = await e2e.transcriptHash({{
+          sessionId: '{session_id}',
+          helper: {{ tenant: '{helper_tenant}', subject: '{helper_subject}' }},
+          sharer: {{ tenant: '{sharer_tenant}', subject: '{sharer_subject}' }},
+          helperSuites: {helper_suites}, sharerSuites: {sharer_suites},
+          suite: e2e.chooseSuite({helper_suites}, {sharer_suites}), helperKey, sharerKey }});
+        const keys = await e2e.deriveKeys(await e2e.importPrivateKey(bytes('{helper_private}')), sharerKey, transcript);
+        const h2s = await e2e.aesKey(keys.helperToSharer), s2h = await e2e.aesKey(keys.sharerToHelper);
+        const data = await e2e.sealFrame(h2s, e2e.DOMAIN.INPUT, 0, 0, text('click 10 20'), 0);
+        const end = await e2e.sealFrame(h2s, e2e.DOMAIN.INPUT, 0, 1, new Uint8Array(0), 1);
+        // The sharer's side opens the helper's frames with every check.
+        const opener = new e2e.StreamOpener(h2s, e2e.DOMAIN.INPUT, new Set());
+        const opened = new TextDecoder().decode(await opener.open(data));
+        const ended = await opener.open(end);
+        return {{
+          transcript_hash: hex(transcript),
+          helper_to_sharer_key: hex(keys.helperToSharer),
+          sharer_to_helper_key: hex(keys.sharerToHelper),
+          verification_code: keys.code,
+          data_frame: hex(data),
+          end_frame: hex(end),
+          second_stream_frame: hex(await e2e.sealFrame(h2s, e2e.DOMAIN.INPUT, 1, 0, text('key a'), 0)),
+          datagram: hex(await e2e.sealFrame(s2h, 0x80000001, 0, 0, text('frame 0'), 0)),
+          opened, ended,
+        }};
+      }})()"#,
+        helper_public = common["helper_public_key"],
+        sharer_public = common["sharer_public_key"],
+        helper_private = common["helper_private_key"],
+        session_id = common["session_id"],
+        helper_tenant = common["helper_tenant"],
+        helper_subject = common["helper_subject"],
+        sharer_tenant = common["sharer_tenant"],
+        sharer_subject = common["sharer_subject"],
+        helper_suites = list("helper_suites"),
+        sharer_suites = list("sharer_suites"),
+    );
+    let computed = page.eval(&script).await;
+    for name in [
+        "transcript_hash",
+        "helper_to_sharer_key",
+        "sharer_to_helper_key",
+        "verification_code",
+        "data_frame",
+        "end_frame",
+        "second_stream_frame",
+        "datagram",
+    ] {
+        assert_eq!(computed[name], json!(e2e[name]), "suite 2 {name}");
+    }
+    assert_eq!(computed["opened"], json!("click 10 20"));
+    assert_eq!(computed["ended"], Value::Null);
+
+    let examples = published("<!-- content-test-vectors -->", None);
+    let computed = page
+        .eval(
+            r#"(async () => {
+            const c = await import('/helper/content.js');
+            const hex = (b) => [...b].map(x => x.toString(16).padStart(2, '0')).join('');
+            return {
+              start: hex(c.start('rhelp/1')),
+              pointer_button: hex(c.input({ kind: 'button', button: 0, down: true, x: 0.5, y: 0.25 })),
+              key: hex(c.input({ kind: 'key', code: 'KeyA', down: true, modifiers: 1 })),
+              chat: hex(c.chat('hi', 0)),
+            };
+          })()"#,
+        )
+        .await;
+    for name in ["start", "pointer_button", "key", "chat"] {
+        assert_eq!(
+            computed[name],
+            json!(examples[name]),
+            "content example {name}"
+        );
+    }
+    drop(page);
+    relay.stop().await;
+}
