@@ -644,3 +644,47 @@ async fn the_pages_modules_compute_the_published_test_vectors() {
     drop(page);
     relay.stop().await;
 }
+
+/// The `Host` header goes into the page's Content-Security-Policy and WebTransport URL, so
+/// one that could add a directive is refused with 400 and counted; a plain one is echoed.
+#[tokio::test]
+async fn a_host_header_that_could_change_the_policy_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let get = |host: &'static str| async move {
+        let mut stream = within(tokio::net::TcpStream::connect(admin)).await.unwrap();
+        let request = format!(
+            "GET /helper/config.json HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        within(stream.write_all(request.as_bytes())).await.unwrap();
+        let mut response = String::new();
+        within(stream.read_to_string(&mut response)).await.unwrap();
+        response
+    };
+    let refused = |m: &std::collections::HashMap<String, f64>| {
+        m.get("relay_helper_page_refused_total{reason=\"host\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = refused(&common::metrics(admin).await);
+    let response = get("evil.example; script-src *").await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert_eq!(refused(&common::metrics(admin).await), before + 1.0);
+
+    let response = get("Relay.Example:9464").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(&format!(
+            "connect-src 'self' https://relay.example:{}",
+            relay.addr().port()
+        )),
+        "{response}"
+    );
+    assert!(response.contains(&format!(
+        "\"webtransport_url\":\"https://relay.example:{}/remote-help/1\"",
+        relay.addr().port()
+    )));
+    relay.stop().await;
+}
