@@ -688,3 +688,149 @@ async fn a_host_header_that_could_change_the_policy_is_refused() {
     )));
     relay.stop().await;
 }
+
+/// A child process, killed if the test ends first.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a child prints, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// README's "Try it in a browser", with the real binary: the page and `rhelp share
+/// --test-pattern`, which prints the verification code and every input event it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_rhelp_share_test_pattern_as_the_readme_runs_them() {
+    let test = "the_page_and_rhelp_share_test_pattern_as_the_readme_runs_them";
+    if !have_chromium(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let mut page = browser(&artefacts("helper").join("chromium-rhelp.log")).await;
+    sign_in(
+        &mut page,
+        admin,
+        &relay.tenant("contoso").token(Persona::Helper),
+    )
+    .await;
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
+    page.eval("document.querySelector('#create-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.state === 'waiting'").await;
+    let code = text(&mut page, "code").await;
+
+    let token = dir.path().join("sharer.jwt");
+    std::fs::write(&token, relay.tenant("contoso").token(Persona::Sharer)).unwrap();
+    let (width, height) = (CARD.0.to_string(), CARD.1.to_string());
+    let share = std::process::Command::new(env!("CARGO_BIN_EXE_rhelp"))
+        .args(["share", "--relay", &relay.addr().to_string()])
+        .args(["--pin", &relay.handle.fingerprint().to_string()])
+        .args(["--test-pattern", "--yes", "--fps", "20", "--code", &code])
+        .args(["--width", &width, "--height", &height])
+        .arg("--token")
+        .arg(&token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut share = Running(share);
+    let mut out = lines_of(share.0.stdout.take().unwrap());
+    let sharers_code = loop {
+        let line = within(out.recv()).await.expect("rhelp share exited");
+        if let Some(code) = line.strip_prefix("Verification code: ") {
+            break code.to_string();
+        }
+    };
+    wait(
+        &mut page,
+        "document.getElementById('verification').textContent !== ''",
+    )
+    .await;
+    assert_eq!(text(&mut page, "verification").await, sharers_code);
+
+    wait(&mut page, "Number(document.body.dataset.frames) >= 1").await;
+    let card = TestCard::new(CARD.0, CARD.1).unwrap();
+    let (rgb, drawn) = canvas(&mut page).await;
+    assert_eq!(card.read_counter(&rgb), Some(drawn % 1_000_000));
+    wait(
+        &mut page,
+        &format!("Number(document.body.dataset.frameNumber) > {drawn}"),
+    )
+    .await;
+    let (rgb, later) = canvas(&mut page).await;
+    assert_eq!(card.read_counter(&rgb), Some(later % 1_000_000));
+    assert!(later > drawn);
+
+    wait(&mut page, "document.body.dataset.input === 'ready'").await;
+    let rect = page
+        .eval(
+            "(() => { const r = document.getElementById('screen').getBoundingClientRect(); \
+               return [r.left, r.top]; })()",
+        )
+        .await;
+    let rect: Vec<f64> = serde_json::from_value(rect).unwrap();
+    let (x, y) = (rect[0] + 240.0, rect[1] + 135.0);
+    page.mouse("mouseMoved", x, y, "none").await;
+    page.mouse("mousePressed", x, y, "right").await;
+    page.mouse("mouseReleased", x, y, "right").await;
+    page.key("Digit7", "7", true).await;
+    page.key("Digit7", "7", false).await;
+    let expected = [
+        "pointer-move 0.75 0.75",
+        "pointer-button 2 down 0.75 0.75",
+        "pointer-button 2 up 0.75 0.75",
+        "key Digit7 down none",
+        "key Digit7 up none",
+    ];
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let line = within(out.recv()).await.expect("rhelp share exited");
+        assert!(!line.starts_with("skipped"), "{line}");
+        if let Some(rest) = line.strip_prefix("input ") {
+            let (index, event) = rest.split_once(' ').unwrap();
+            assert_eq!(index.parse::<usize>().unwrap(), received.len(), "{line}");
+            received.push(event.parse::<InputEvent>().unwrap());
+        }
+    }
+    let expected: Vec<InputEvent> = expected.iter().map(|e| e.parse().unwrap()).collect();
+    assert_eq!(received, expected);
+
+    // The page ends the session; `rhelp share` stops and exits 0 (the helper ending it is an
+    // ordinary end for the sharer). Its last lines are read to the end of its output.
+    page.eval("document.getElementById('end').click()").await;
+    let mut rest = Vec::new();
+    while let Some(line) = within(out.recv()).await {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("Received 5 input events")),
+        "{rest:?}"
+    );
+    let status = within(tokio::task::spawn_blocking(move || share.0.wait().unwrap()))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    drop(page);
+    relay.stop().await;
+}
