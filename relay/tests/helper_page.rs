@@ -119,13 +119,20 @@ enum Seen {
     Verification(String),
     Input(InputEvent),
     Chat(String),
+    Raised(Option<remote_help_relay::core::Mode>),
     Ended(ErrorCode),
 }
 
 /// A sharer on the SDK: joins `code`, consents, streams the test card (one frame every
 /// 50 ms, counting up, as `rhelp share --test-pattern` does), says hello on chat, and
-/// reports what arrives until the session ends.
-async fn share(options: ClientOptions, code: String, seen: mpsc::UnboundedSender<Seen>) {
+/// reports what arrives until the session ends. On a word on `raise`, it accepts the
+/// helper's next request to raise the mode.
+async fn share(
+    options: ClientOptions,
+    code: String,
+    seen: mpsc::UnboundedSender<Seen>,
+    mut raise: mpsc::UnboundedReceiver<()>,
+) {
     let mut client = Client::connect(options).await.unwrap();
     client.join(&code).await.unwrap();
     let started = client.accept().await.unwrap();
@@ -185,6 +192,20 @@ async fn share(options: ClientOptions, code: String, seen: mpsc::UnboundedSender
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => chat = None,
             },
+            Some(()) = raise.recv() => {
+                // A ModeChanged of an earlier lowering may come first.
+                let request = loop {
+                    match client.wait_for_consent_request().await {
+                        Ok(request) => break request,
+                        Err(remote_help_relay::client::ClientError::Unexpected(m))
+                            if m.starts_with("ModeChanged") => continue,
+                        Err(e) => panic!("waiting for the raise: {e}"),
+                    }
+                };
+                assert!(request.mode_change);
+                let raised = client.answer_mode_change(true).await.unwrap();
+                let _ = seen.send(Seen::Raised(raised));
+            }
             reason = client.wait_for_end() => {
                 let _ = seen.send(Seen::Ended(reason));
                 client.close().await;
@@ -282,7 +303,8 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let options = relay.options(relay.tenant("contoso").token(Persona::Sharer), Role::Sharer);
-    let sharer = tokio::spawn(share(options, code, seen_tx));
+    let (raise, raise_rx) = mpsc::unbounded_channel();
+    let sharer = tokio::spawn(share(options, code, seen_tx, raise_rx));
 
     // Consent given: both sides show the same verification code.
     wait(&mut page, "document.body.dataset.state === 'active'").await;
@@ -402,6 +424,40 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
         "document.body.dataset.mode === '1' && document.body.dataset.input === undefined",
     )
     .await;
+    page.eval("document.getElementById('screen').focus()").await;
+    page.key("KeyB", "b", true).await;
+    page.key("KeyB", "b", false).await;
+
+    // Back up to full control, with the sharer's consent: the page opens a new input stream
+    // (the channel's stream 1, sealed under a fresh stream number: the sharer's SDK refuses a
+    // replayed one), and the next events are the new key's, none from view only.
+    raise.send(()).unwrap();
+    page.eval("document.getElementById('mode').value = '2'; document.getElementById('change-mode').click()")
+        .await;
+    let Seen::Raised(raised) = next_seen(&mut seen).await else {
+        panic!("the sharer accepts the raise first");
+    };
+    assert_eq!(raised, Some(remote_help_relay::core::Mode::FullControl));
+    wait(
+        &mut page,
+        "document.body.dataset.mode === '2' && document.body.dataset.input === 'ready'",
+    )
+    .await;
+    page.key("KeyC", "c", true).await;
+    page.key("KeyC", "c", false).await;
+    for down in [true, false] {
+        match next_seen(&mut seen).await {
+            Seen::Input(e) => assert_eq!(
+                e,
+                InputEvent::Key {
+                    code: "KeyC".into(),
+                    down,
+                    modifiers: Modifiers::NONE
+                }
+            ),
+            other => panic!("expected KeyC, got {other:?}"),
+        }
+    }
 
     // The page ends the session: the sharer is told, the page says so.
     page.eval("document.getElementById('end').click()").await;
@@ -416,7 +472,7 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
                 assert_eq!(reason, ErrorCode::PeerEnded);
                 break;
             }
-            Seen::Input(e) => panic!("input after view only: {e:?}"),
+            Seen::Input(e) => panic!("input after the last key: {e:?}"),
             _ => {}
         }
     }
