@@ -415,6 +415,15 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
     assert_eq!((nx, ny), (0.25, 0.25));
 
     page.screenshot(&out.join("session.png")).await;
+    // On a phone the picture shrinks to the width, never wider than the screen.
+    page.viewport(375, 800, true).await;
+    wait(
+        &mut page,
+        "document.getElementById('screen').getBoundingClientRect().right <= window.innerWidth",
+    )
+    .await;
+    page.screenshot(&out.join("session-phone.png")).await;
+    page.viewport(1280, 1000, false).await;
 
     // Down to view only: the page closes its input side; no more events go out.
     page.eval("document.getElementById('mode').value = '1'; document.getElementById('change-mode').click()")
@@ -887,6 +896,80 @@ async fn the_page_and_rhelp_share_test_pattern_as_the_readme_runs_them() {
         .await
         .unwrap();
     assert!(status.success(), "{status}");
+    drop(page);
+    relay.stop().await;
+}
+
+/// A sharer whose device is not compliant: the page shows the warning, the helper continues
+/// past it, the sharer is asked and declines, and the page shows the protocol's sentence.
+#[tokio::test]
+async fn the_page_confirms_a_compliance_warning_and_shows_a_decline() {
+    let test = "the_page_confirms_a_compliance_warning_and_shows_a_decline";
+    if !have_chromium(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let mut page = browser(&artefacts("helper").join("chromium-compliance.log")).await;
+    sign_in(
+        &mut page,
+        admin,
+        &relay.tenant("contoso").token(Persona::Helper),
+    )
+    .await;
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
+    page.eval("document.querySelector('#create-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.state === 'waiting'").await;
+    let code = text(&mut page, "code").await;
+
+    let contoso = relay.tenant("contoso");
+    let token = contoso.sign(&common::with_claims(
+        contoso.spec(Persona::Sharer),
+        json!({ "compliant": false }),
+    ));
+    let mut sharer = relay.connect(token, Role::Sharer).await.unwrap();
+    // The sharer is asked only once the helper has continued past the warning.
+    let joined = tokio::spawn(async move {
+        let request = sharer.join(&code).await.unwrap();
+        (sharer, request)
+    });
+    wait(
+        &mut page,
+        "document.body.dataset.state === 'joined' && !document.getElementById('compliance').hidden",
+    )
+    .await;
+    assert!(
+        text(&mut page, "peer").await.starts_with("Grace Hopper"),
+        "the sharer is named"
+    );
+    // Nothing of an active session shows yet.
+    assert_eq!(
+        page.eval(
+            "['controls', 'screen', 'chat', 'verification-box'].filter(id => \
+             document.getElementById(id).getClientRects().length > 0)"
+        )
+        .await,
+        json!([])
+    );
+    page.screenshot(&artefacts("helper").join("compliance.png"))
+        .await;
+    page.eval("document.getElementById('compliance-proceed').click()")
+        .await;
+    let (mut sharer, request) = within(joined).await.unwrap();
+    assert!(!request.mode_change);
+    within(sharer.decline()).await.unwrap();
+
+    wait(&mut page, "document.body.dataset.error === 'DECLINED'").await;
+    assert_eq!(
+        text(&mut page, "error").await,
+        format!("{} (DECLINED)", ErrorCode::Declined.describe())
+    );
+    assert_eq!(
+        page.eval("document.body.dataset.state").await,
+        json!("idle")
+    );
     drop(page);
     relay.stop().await;
 }

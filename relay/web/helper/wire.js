@@ -190,7 +190,8 @@ export class Message {
     }
     return out;
   }
-  /** The one member of a `oneof` set (the last one present), as [field number, bytes]. */
+  /** The one member of a `oneof` set (the last one present), as [field number, bytes].
+   * @returns {[number, Uint8Array] | undefined} */
   oneof() {
     for (let k = this.list.length - 1; k >= 0; k--) {
       const x = this.list[k];
