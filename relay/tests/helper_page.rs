@@ -494,8 +494,9 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
 }
 
 #[tokio::test]
-async fn the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_bad_token() {
-    let test = "the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_bad_token";
+async fn the_page_connects_to_its_tenants_unattended_device_refuses_another_tenants_and_a_bad_token()
+ {
+    let test = "the_page_connects_to_its_tenants_unattended_device_refuses_another_tenants_and_a_bad_token";
     if !have_chromium(test) {
         return;
     }
@@ -545,6 +546,54 @@ async fn the_page_shows_the_protocols_sentence_for_a_cross_tenant_connect_and_a_
         "a refused request changes nothing"
     );
     page.screenshot(&out.join("cross-tenant.png")).await;
+
+    // Contoso's own agent is connected to at once, unattended: no code, no consent; the
+    // page names the agent (from SessionStarted.peer) and shows its verification code.
+    let contoso = relay.tenant("contoso");
+    let mut ours = relay
+        .connect(
+            contoso.sign(&common::with_claims(
+                contoso.spec(Persona::Sharer),
+                json!({
+                    "kind": "device", "licenses": [], "groups": [],
+                    "device_id": "kiosk-9", "device_name": "LOBBY", "platform": "android-dedicated",
+                    "manufacturer": "Zebra", "os_version": "14", "device_groups": ["kiosks"],
+                }),
+            )),
+            Role::Sharer,
+        )
+        .await
+        .unwrap();
+    within(ours.register_device()).await.unwrap();
+    page.eval(
+        "document.getElementById('device-id').value = 'kiosk-9'; \
+               document.querySelector('#device-form button[type=submit]').click()",
+    )
+    .await;
+    let start = within(ours.wait_for_start()).await.unwrap();
+    let agent_session = within(secure::channels(&ours, &start, Role::Sharer))
+        .await
+        .unwrap();
+    wait(
+        &mut page,
+        "document.getElementById('verification').textContent !== ''",
+    )
+    .await;
+    assert_eq!(
+        text(&mut page, "verification").await,
+        agent_session.verification_code().unwrap()
+    );
+    // The agent's profile, from its token (the persona's names over the device claims).
+    assert!(
+        text(&mut page, "peer")
+            .await
+            .starts_with("Connected to Grace Hopper")
+    );
+    assert_eq!(page.eval("document.body.dataset.mode").await, json!("4"));
+    assert!(page.eval("document.body.dataset.error").await.is_null());
+    page.eval("document.getElementById('end').click()").await;
+    assert_eq!(within(ours.wait_for_end()).await, ErrorCode::PeerEnded);
+    wait(&mut page, "document.body.dataset.state === 'idle'").await;
 
     // A token the relay cannot verify: the relay closes the WebTransport session with the
     // code before Welcome, and the page shows its sentence.
