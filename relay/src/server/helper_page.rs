@@ -147,9 +147,11 @@ async fn config_json(State(page): State<HelperPage>, headers: HeaderMap) -> Resp
         "webtransport_url": format!("https://{host}:{}/remote-help/1", page.webtransport_port),
         "server_certificate_hashes": hashes,
     });
-    let mut response = file("", "application/json", &csp(&host, page.webtransport_port));
-    *response.body_mut() = body.to_string().into();
-    response
+    with_headers(
+        body.to_string().into_response(),
+        "application/json",
+        &csp(&host, page.webtransport_port),
+    )
 }
 
 /// The host (no port) of the request's `Host` header, when it is a plain DNS name, IPv4
@@ -202,7 +204,10 @@ pub fn csp(host: &str, webtransport_port: u16) -> String {
 /// One file with the page's headers (as the Monitor page's, `no-cache` for the same reason:
 /// the files change with the relay's version).
 fn file(body: &'static str, content_type: &'static str, csp: &str) -> Response {
-    let mut response = body.into_response();
+    with_headers(body.into_response(), content_type, csp)
+}
+
+fn with_headers(mut response: Response, content_type: &'static str, csp: &str) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(value) = HeaderValue::from_str(csp) {

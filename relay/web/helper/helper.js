@@ -282,6 +282,7 @@ async function handle(m) {
       await started(m);
       break;
     case "modeChanged":
+      status("");
       if (session) await modeChanged(session, m.mode, m.channels);
       break;
     case "sessionEnded":
@@ -299,6 +300,7 @@ async function handle(m) {
       // Fatal or not, the sentence is what the user sees; a fatal one is followed by the
       // session's close with the same code.
       // A refused request changed nothing (§7.1), so the page stays where it was.
+      status("");
       showCode(m.code);
       break;
     default:
