@@ -66,6 +66,23 @@ async fn relay(dir: &Path) -> TestRelay {
         .await
 }
 
+/// Contoso and Fabrikam on a relay as development runs it (no certificate configured): its
+/// long-lived self-signed certificate for native clients, which pin it, and its rotating
+/// browser certificate for WebTransport clients, published in `config.json`.
+async fn development_relay() -> TestRelay {
+    TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .tenant(
+            "fabrikam",
+            TokenSigner::generate_ed25519("fabrikam-1").unwrap(),
+        )
+        .start()
+        .await
+}
+
 /// A page with every Content-Security-Policy violation collected in `window.cspViolations`.
 async fn browser(log: &Path) -> Browser {
     let mut page = Browser::launch(log).await;
@@ -259,8 +276,7 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
     if !have_chromium(test) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
+    let relay = development_relay().await;
     let admin = relay.handle.admin_addr().unwrap();
     let out = artefacts("helper");
 
@@ -275,11 +291,16 @@ async fn a_browser_helper_sees_the_sharers_screen_drives_it_chats_and_ends_the_s
             relay.addr().port()
         ))
     );
+    // The development relay's browser certificate, not the long-lived one native clients
+    // pin (which a browser refuses).
+    let published = relay.handle.browser_certificate_hashes();
+    assert!(!published.is_empty());
     assert_eq!(
         config["server_certificate_hashes"],
-        json!([{ "algorithm": "sha-256",
-                 "value": base64::engine::general_purpose::STANDARD.encode(relay.handle.fingerprint().0) }])
+        serde_json::to_value(&published).unwrap()
     );
+    let long_lived = base64::engine::general_purpose::STANDARD.encode(relay.handle.fingerprint().0);
+    assert!(published.iter().all(|h| h.value != long_lived));
 
     let mut page = browser(&out.join("chromium-session.log")).await;
     sign_in(
@@ -839,7 +860,8 @@ async fn the_page_and_rhelp_share_test_pattern_as_the_readme_runs_them() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
+    // As README runs it: the development relay, nothing configured for browsers.
+    let relay = development_relay().await;
     let admin = relay.handle.admin_addr().unwrap();
     let mut page = browser(&artefacts("helper").join("chromium-rhelp.log")).await;
     sign_in(

@@ -1,6 +1,6 @@
 //! The Monitor page in a real headless Chromium, against a real relay: real QUIC sessions,
 //! the real audit log, real signed administrator tokens. The browser is driven over the
-//! DevTools pipe (`common::chromium`). Screenshots of each tab (desktop and 375 px wide) are
+//! DevTools pipe (`common::browser`). Screenshots of each tab (desktop and 375 px wide) are
 //! kept in `target/test-artefacts/monitor/`.
 
 mod common;
