@@ -118,6 +118,13 @@ pub struct RawCluster {
     pub node_address_template: Option<String>,
     /// With `node_address_template`: how many nodes there are.
     pub size: Option<u64>,
+    /// Every node's admin listener (`host:port`, or `http://` / `https://` followed by
+    /// one), in node id order: where the reports API asks the other nodes (fan-out).
+    pub admin_nodes: Option<Vec<String>>,
+    /// Instead of `admin_nodes`: one admin address with `{id}` in it, expanded for every node.
+    pub admin_address_template: Option<String>,
+    /// Limit on one reports request to another node, ms (default 5000).
+    pub fanout_timeout_ms: Option<u64>,
 }
 
 /// A node id as written: a number, or the name of where to find it.
@@ -130,6 +137,9 @@ pub enum RawNodeId {
     From(String),
 }
 
+/// The default limit on one reports request to another node.
+pub const DEFAULT_FANOUT_TIMEOUT: Duration = Duration::from_millis(5_000);
+
 /// This node's place in a cluster of relays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -137,9 +147,35 @@ pub struct ClusterConfig {
     pub node: NodeId,
     /// Every node's public `host:port` (what clients are redirected to), by node id.
     pub nodes: Vec<String>,
+    /// Every node's admin listener as a base URL (`http://host:port`), by node id; empty
+    /// when not configured, and then each node's reports API answers for itself only.
+    pub admin_nodes: Vec<String>,
+    /// Limit on one reports request to another node (connection and answer).
+    pub fanout_timeout: Duration,
 }
 
 impl ClusterConfig {
+    /// A cluster of `nodes` (public addresses) seen from `node`, without admin addresses:
+    /// each node's reports API answers for itself.
+    pub fn new(node: NodeId, nodes: Vec<String>) -> ClusterConfig {
+        ClusterConfig {
+            node,
+            nodes,
+            admin_nodes: Vec::new(),
+            fanout_timeout: DEFAULT_FANOUT_TIMEOUT,
+        }
+    }
+
+    /// The other nodes' admin base URLs, with their ids: whom the reports API asks. Empty
+    /// without `admin_nodes` / `admin_address_template`.
+    pub fn admin_peers(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.admin_nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, url)| Some((NodeId::new(u8::try_from(i).ok()?)?, url.as_str())))
+            .filter(|(id, _)| *id != self.node)
+    }
+
     /// The public address of `node`, if the cluster has it.
     pub fn address_of(&self, node: NodeId) -> Option<&str> {
         self.nodes.get(usize::from(node.get())).map(String::as_str)
@@ -172,6 +208,18 @@ fn is_host_port(text: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// The base URL of an admin address as written: `host:port` means plain HTTP; `http://`
+/// and `https://` may be given. `None`: not an address.
+fn admin_base_url(text: &str) -> Option<String> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => return None,
+        None => ("http", text),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    is_host_port(rest).then(|| format!("{scheme}://{rest}"))
 }
 
 /// `[audit]` as written.
@@ -1426,6 +1474,62 @@ impl Config {
                     "a cluster needs server.tls_cert and server.tls_key (one certificate every node presents, or each node's own from a CA the clients trust)".into(),
                 );
             }
+            let admin_nodes: Vec<String> = match (c.admin_nodes, c.admin_address_template) {
+                (None, None) => Vec::new(),
+                (Some(list), None) => list,
+                (None, Some(template)) if template.contains("{id}") => (0..nodes.len())
+                    .map(|id| template.replace("{id}", &id.to_string()))
+                    .collect(),
+                (None, Some(_)) => {
+                    problem(
+                        "cluster.admin_address_template",
+                        "must contain {id}".into(),
+                    );
+                    Vec::new()
+                }
+                (Some(_), Some(_)) => {
+                    problem(
+                        "cluster",
+                        "give either `admin_nodes` or `admin_address_template`, not both".into(),
+                    );
+                    Vec::new()
+                }
+            };
+            if !admin_nodes.is_empty() && admin_nodes.len() != nodes.len() {
+                problem(
+                    "cluster.admin_nodes",
+                    format!(
+                        "lists {} admin addresses for {} nodes: give one per node, in node id order",
+                        admin_nodes.len(),
+                        nodes.len()
+                    ),
+                );
+            }
+            let mut admin_urls = Vec::new();
+            for (i, address) in admin_nodes.iter().enumerate() {
+                match admin_base_url(address) {
+                    None => problem(
+                        &format!("cluster.admin_nodes[{i}]"),
+                        format!("{address:?} is not a host:port address (http:// or https:// may precede it)"),
+                    ),
+                    Some(url) if admin_urls.contains(&url) => problem(
+                        &format!("cluster.admin_nodes[{i}]"),
+                        format!("{address:?} is listed twice: every node needs its own admin address"),
+                    ),
+                    Some(url) => admin_urls.push(url),
+                }
+            }
+            let fanout_timeout = match c.fanout_timeout_ms {
+                None => DEFAULT_FANOUT_TIMEOUT,
+                Some(ms) if (100..=60_000).contains(&ms) => Duration::from_millis(ms),
+                Some(ms) => {
+                    problem(
+                        "cluster.fanout_timeout_ms",
+                        format!("{ms}: give 100 to 60000"),
+                    );
+                    DEFAULT_FANOUT_TIMEOUT
+                }
+            };
             let node = match c.node_id {
                 None => {
                     problem("cluster.node_id", "is required".into());
@@ -1455,9 +1559,12 @@ impl Config {
                 }
             };
             match node {
-                Some(node) if usize::from(node.get()) < nodes.len() => {
-                    Some(ClusterConfig { node, nodes })
-                }
+                Some(node) if usize::from(node.get()) < nodes.len() => Some(ClusterConfig {
+                    node,
+                    nodes,
+                    admin_nodes: admin_urls,
+                    fanout_timeout,
+                }),
                 _ => {
                     problem(
                         "cluster.node_id",

@@ -128,10 +128,10 @@ async fn connections_that_change_address_still_reach_their_node() {
             .config(move |c| {
                 c.listen = addrs[id];
                 c.tls = tls;
-                c.cluster = Some(ClusterConfig {
-                    node: NodeId::new(id as u8).unwrap(),
-                    nodes: addrs.iter().map(|a| a.to_string()).collect(),
-                });
+                c.cluster = Some(ClusterConfig::new(
+                    NodeId::new(id as u8).unwrap(),
+                    addrs.iter().map(|a| a.to_string()).collect(),
+                ));
                 // Every node trusts the first node's tenant keys: one tenant, three nodes.
                 if let Some(tenants) = tenants_now {
                     c.tenants = tenants;

@@ -57,10 +57,7 @@ async fn two_nodes_with(
                 tweak(id, c);
                 c.listen = listen;
                 c.tls = tls;
-                c.cluster = Some(ClusterConfig {
-                    node: NodeId::new(id as u8).unwrap(),
-                    nodes: list,
-                });
+                c.cluster = Some(ClusterConfig::new(NodeId::new(id as u8).unwrap(), list));
                 // One tenant, the same keys on both nodes.
                 if let Some(tenants) = tenants {
                     c.tenants = tenants;

@@ -318,6 +318,86 @@ fn cluster_mistakes_are_reported_with_their_field() {
 }
 
 #[test]
+fn a_cluster_lists_its_admin_addresses_or_expands_a_template() {
+    let none = with_cluster("node_id = 0\nnodes = [\"a:1\", \"b:1\"]\n")
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert!(none.admin_nodes.is_empty(), "no fan-out unless configured");
+    assert_eq!(none.fanout_timeout, crate::config::DEFAULT_FANOUT_TIMEOUT);
+    let listed = with_cluster(
+        "node_id = 1\nnodes = [\"a:1\", \"b:1\"]\n\
+         admin_nodes = [\"10.0.0.1:9464\", \"https://admin-b.example:9090/\"]\nfanout_timeout_ms = 750\n",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        listed.admin_nodes,
+        ["http://10.0.0.1:9464", "https://admin-b.example:9090"]
+    );
+    assert_eq!(listed.fanout_timeout, Duration::from_millis(750));
+    assert_eq!(
+        listed
+            .admin_peers()
+            .map(|(id, url)| (id.get(), url.to_string()))
+            .collect::<Vec<_>>(),
+        [(0, "http://10.0.0.1:9464".to_string())],
+        "a node never asks itself"
+    );
+    let templated = with_cluster(
+        "node_id = 0\nnode_address_template = \"relay-{id}.example:443\"\nsize = 3\n\
+         admin_address_template = \"relay-{id}.remote-help-admin.example:9090\"\n",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        templated.admin_nodes,
+        [
+            "http://relay-0.remote-help-admin.example:9090",
+            "http://relay-1.remote-help-admin.example:9090",
+            "http://relay-2.remote-help-admin.example:9090"
+        ]
+    );
+}
+
+#[test]
+fn admin_address_mistakes_are_reported_with_their_field() {
+    let fields = |toml: &str| -> Vec<String> {
+        with_cluster(&format!("node_id = 0\nnodes = [\"a:1\", \"b:1\"]\n{toml}"))
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields("admin_nodes = [\"a:9464\"]\n"),
+        ["cluster.admin_nodes"]
+    );
+    assert_eq!(
+        fields("admin_nodes = [\"a:9464\", \"ftp://b:21\"]\n"),
+        ["cluster.admin_nodes[1]"]
+    );
+    assert_eq!(
+        fields("admin_nodes = [\"a:9464\", \"http://a:9464\"]\n"),
+        ["cluster.admin_nodes[1]"]
+    );
+    assert_eq!(
+        fields("admin_address_template = \"admin:9464\"\n"),
+        ["cluster.admin_address_template"]
+    );
+    assert_eq!(
+        fields("admin_nodes = [\"a:1\", \"b:1\"]\nadmin_address_template = \"r-{id}:1\"\n"),
+        ["cluster"]
+    );
+    assert_eq!(
+        fields("admin_nodes = [\"a:2\", \"b:2\"]\nfanout_timeout_ms = 0\n"),
+        ["cluster.fanout_timeout_ms"]
+    );
+}
+
+#[test]
 fn a_cluster_needs_certificate_files() {
     // Self-signed per node, no client could follow a redirect to another node.
     let text = "[[tenants]]\nid = \"t\"\nissuer = \"i\"\njwks_file = \"k.json\"\n\
