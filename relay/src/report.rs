@@ -3,6 +3,7 @@
 //! returns rows; `relay sessions` does the reading and printing.
 
 pub mod index;
+pub mod merge;
 pub mod synth;
 
 use std::collections::BTreeMap;

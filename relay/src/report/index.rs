@@ -674,6 +674,31 @@ impl ReportIndex {
         Ok(summary)
     }
 
+    /// The durations of the ended sessions of `tenant` (all: `None`) that started in
+    /// `[since_ms, until_ms)`, ascending: a node's raw material for a cluster-wide median
+    /// and p90 (`report::merge`), which cannot be computed from each node's own.
+    pub fn durations(
+        &self,
+        tenant: Option<&str>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<f64>, IndexError> {
+        let range = if tenant.is_some() {
+            "tenant = ?1 AND start_ms >= ?2 AND start_ms < ?3"
+        } else {
+            "?1 IS NULL AND start_ms >= ?2 AND start_ms < ?3"
+        };
+        // Running sessions have `dur_key` -1.
+        let mut stmt = self.db.prepare_cached(&format!(
+            "SELECT dur_key FROM sessions INDEXED BY sessions_by_duration WHERE {range} \
+             AND dur_key >= 0 ORDER BY dur_key"
+        ))?;
+        let durations = stmt
+            .query_map(params![tenant, since_ms, until_ms], |r| r.get::<_, f64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(durations)
+    }
+
     /// Bytes the index takes on disk (database and write-ahead log).
     pub fn size_on_disk(&self) -> u64 {
         ["", "-wal"]
