@@ -10,6 +10,14 @@
 //!
 //! Past sessions come from the [`ReportIndex`] (caught up with the audit files before
 //! every query); active sessions come from the hub, as `/admin/sessions` does.
+//!
+//! In a cluster with admin addresses, every endpoint but `me` answers for the whole
+//! cluster: it asks the other nodes with the caller's own token and `scope=node`
+//! ([`fanout`]) and merges their answers (`report::merge`); a node that does not answer is
+//! named in `missing_nodes` with `partial: true`.
+
+mod cluster;
+pub mod fanout;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,13 +33,20 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use self::cluster::{
+    Missing, answer_json, authorization, cluster_export, cluster_sessions, fan_out, first_hit,
+    forwarded, not_found_in, parse_answer, url_segment,
+};
+use self::fanout::{Peers, SCOPE, SCOPE_NODE};
 use super::hub::Hub;
 use crate::auth::Audience;
 use crate::core::SessionId;
+use crate::core::cluster::NodeId;
 use crate::core::policy::Permission;
 use crate::report::index::{
     Cursor, IndexError, IndexedSession, ReportIndex, SessionQuery, SortKey, unix_ms,
 };
+use crate::report::merge::{NodeSummary, merge_summaries};
 
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -44,6 +59,8 @@ pub struct Reports {
     hub: Arc<Hub>,
     /// Opened on first use (or at start by [`Reports::warm`]); reopened after an error.
     index: Arc<Mutex<Option<ReportIndex>>>,
+    /// The other nodes, in a cluster with admin addresses.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Reports {
@@ -54,9 +71,11 @@ impl Reports {
 
     /// The reports of `hub`'s node; the index lives in the state folder.
     pub fn new(hub: Arc<Hub>) -> Reports {
+        let peers = Peers::from_config(hub.config.cluster.as_ref()).map(Arc::new);
         Reports {
             hub,
             index: Arc::new(Mutex::new(None)),
+            peers,
         }
     }
 
@@ -118,6 +137,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     reason: Option<&'static str>,
+    /// In a cluster answer: the nodes that did not answer (`partial`, `missing_nodes`).
+    missing: Option<Vec<u8>>,
 }
 
 impl ApiError {
@@ -127,6 +148,7 @@ impl ApiError {
             code,
             message: message.into(),
             reason: None,
+            missing: None,
         }
     }
 
@@ -147,11 +169,12 @@ impl IntoResponse for ApiError {
         if let Some(reason) = self.reason {
             body["reason"] = reason.into();
         }
-        (
-            self.status,
-            axum::Json(serde_json::json!({ "error": body })),
-        )
-            .into_response()
+        let mut answer = serde_json::json!({ "error": body });
+        if let Some(missing) = self.missing {
+            answer["partial"] = (!missing.is_empty()).into();
+            answer["missing_nodes"] = missing.into();
+        }
+        (self.status, axum::Json(answer)).into_response()
     }
 }
 
@@ -415,12 +438,61 @@ async fn active(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
-    let params = Params::checked(raw, &["tenant"])?;
+    let params = Params::checked(raw, &["tenant", SCOPE])?;
     let sessions = match caller.tenant_filter(params.text("tenant")) {
         Ok(tenant) => reports.hub.active_sessions(tenant.as_deref()),
         Err(()) => Vec::new(),
     };
-    Ok(axum::Json(ActiveList { sessions }).into_response())
+    let Some(peers) = fan_out(&reports, &params)? else {
+        return Ok(axum::Json(ActiveList { sessions }).into_response());
+    };
+    // Each row names its node: that is where `end` goes.
+    let tagged = |node: NodeId, rows: Vec<serde_json::Value>| {
+        rows.into_iter().map(move |mut row| {
+            row["relay_node"] = node.get().into();
+            row
+        })
+    };
+    let mut rows: Vec<serde_json::Value> = tagged(
+        peers.node(),
+        sessions
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect(),
+    )
+    .collect();
+    let mut missing = Missing::default();
+    let query = forwarded(&params, &[]);
+    for (node, answer) in peers
+        .ask_all(
+            reqwest::Method::GET,
+            "/api/v1/reports/active",
+            &query,
+            &authorization(&headers),
+        )
+        .await
+    {
+        #[derive(serde::Deserialize)]
+        struct Remote {
+            sessions: Vec<serde_json::Value>,
+        }
+        match parse_answer::<Remote>(answer) {
+            Ok(remote) => rows.extend(tagged(node, remote.sessions)),
+            Err(why) => missing.add(node, "active", &why),
+        }
+    }
+    // Oldest first across nodes (RFC 3339 UTC times of one format sort as text).
+    let key = |row: &serde_json::Value| {
+        (
+            row["start_time"].as_str().unwrap_or("").to_string(),
+            row["session_id"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    rows.sort_by_key(key);
+    Ok(answer_json(
+        serde_json::json!({ "sessions": rows }),
+        Some(missing),
+    ))
 }
 
 #[derive(Serialize)]
@@ -434,20 +506,21 @@ fn encode_cursor(cursor: &Cursor) -> String {
         .encode(serde_json::to_vec(cursor).unwrap_or_default())
 }
 
+fn bad_cursor() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_cursor",
+        "cursor is not one this API gave for this sort",
+    )
+}
+
 fn decode_cursor(text: &str, sort: SortKey, desc: bool) -> Result<Cursor, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_cursor",
-            "cursor is not one this API gave for this sort",
-        )
-    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
-        .map_err(|_| bad())?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        .map_err(|_| bad_cursor())?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad_cursor())?;
     if cursor.sort != sort || cursor.desc != desc {
-        return Err(bad());
+        return Err(bad_cursor());
     }
     Ok(cursor)
 }
@@ -459,8 +532,9 @@ async fn sessions(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
     let mut allowed = FILTERS.to_vec();
-    allowed.extend(["sort", "order", "limit", "cursor"]);
+    allowed.extend(["sort", "order", "limit", "cursor", SCOPE]);
     let params = Params::checked(raw, &allowed)?;
+    let peers = fan_out(&reports, &params)?;
     let sort = match params.text("sort") {
         None => SortKey::StartTime,
         Some(s) => SortKey::parse(&s).ok_or_else(|| {
@@ -486,6 +560,12 @@ async fn sessions(
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| ApiError::bad_request(format!("limit: {l:?}; 1 to {MAX_LIMIT}")))?,
     };
+    if let Some(peers) = peers {
+        return cluster_sessions(
+            &reports, peers, &headers, &caller, &params, sort, desc, limit,
+        )
+        .await;
+    }
     let cursor = params
         .text("cursor")
         .map(|c| decode_cursor(&c, sort, desc))
@@ -595,7 +675,12 @@ async fn export(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
-    let params = Params::checked(raw, FILTERS)?;
+    let mut allowed = FILTERS.to_vec();
+    allowed.push(SCOPE);
+    let params = Params::checked(raw, &allowed)?;
+    if let Some(peers) = fan_out(&reports, &params)? {
+        return cluster_export(&reports, peers, &headers, &caller, &params).await;
+    }
     let mut body = CSV_COLUMNS.join(",");
     body.push_str("\r\n");
     // Formatted on the blocking thread too: a large tenant's month is a quarter of a
@@ -631,22 +716,60 @@ async fn summary(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
-    let params = Params::checked(raw, &["tenant", "since", "until"])?;
+    let params = Params::checked(raw, &["tenant", "since", "until", SCOPE])?;
     let since = params
         .time("since")?
         .unwrap_or(i64::MIN)
         .max(retention_floor(&reports.hub));
     let until = params.time("until")?.unwrap_or(i64::MAX);
-    let summary = match caller.tenant_filter(params.text("tenant")) {
+    let peers = fan_out(&reports, &params)?;
+    let forwarded_here = params.text(SCOPE).as_deref() == Some(SCOPE_NODE);
+    if peers.is_none() && !forwarded_here {
+        let summary = match caller.tenant_filter(params.text("tenant")) {
+            Ok(tenant) => {
+                run(&reports, "summary", move |index| {
+                    index.summary(tenant.as_deref(), since, until)
+                })
+                .await?
+            }
+            Err(()) => Default::default(),
+        };
+        return Ok(axum::Json(summary).into_response());
+    }
+    // This node's part with its raw material: its durations, for percentiles over the
+    // union (they do not add up as counts do).
+    let own: NodeSummary = match caller.tenant_filter(params.text("tenant")) {
         Ok(tenant) => {
             run(&reports, "summary", move |index| {
-                index.summary(tenant.as_deref(), since, until)
+                Ok(NodeSummary {
+                    summary: index.summary(tenant.as_deref(), since, until)?,
+                    durations: index.durations(tenant.as_deref(), since, until)?,
+                })
             })
             .await?
         }
         Err(()) => Default::default(),
     };
-    Ok(axum::Json(summary).into_response())
+    let Some(peers) = peers else {
+        return Ok(axum::Json(own).into_response());
+    };
+    let mut parts = vec![own];
+    let mut missing = Missing::default();
+    for (node, answer) in peers
+        .ask_all(
+            reqwest::Method::GET,
+            "/api/v1/reports/summary",
+            &forwarded(&params, &[]),
+            &authorization(&headers),
+        )
+        .await
+    {
+        match parse_answer::<NodeSummary>(answer) {
+            Ok(part) => parts.push(part),
+            Err(why) => missing.add(node, "summary", &why),
+        }
+    }
+    Ok(answer_json(merge_summaries(parts), Some(missing)))
 }
 
 #[derive(Serialize)]
@@ -664,9 +787,10 @@ async fn detail(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
-    let params = Params::checked(raw, &["tenant"])?;
+    let params = Params::checked(raw, &["tenant", SCOPE])?;
+    let peers = fan_out(&reports, &params)?;
     let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
-        return Err(ApiError::not_found());
+        return Err(not_found_in(peers));
     };
     let floor = retention_floor(&reports.hub);
     let lookup = (tenant.clone(), id.clone());
@@ -675,7 +799,20 @@ async fn detail(
     })
     .await?;
     let Some((session, changes)) = found else {
-        return Err(ApiError::not_found());
+        return match peers {
+            None => Err(ApiError::not_found()),
+            Some(peers) => {
+                first_hit(
+                    peers,
+                    reqwest::Method::GET,
+                    &format!("/api/v1/reports/sessions/{}", url_segment(&id)),
+                    &params,
+                    &headers,
+                    "detail",
+                )
+                .await
+            }
+        };
     };
     let active = reports
         .hub
@@ -704,9 +841,10 @@ async fn end(
             "the tenant's role assignments do not grant end_sessions to this administrator",
         ));
     }
-    let params = Params::checked(raw, &["tenant"])?;
+    let params = Params::checked(raw, &["tenant", SCOPE])?;
+    let peers = fan_out(&reports, &params)?;
     let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
-        return Err(ApiError::not_found());
+        return Err(not_found_in(peers));
     };
     let Some(session) = reports
         .hub
@@ -714,7 +852,22 @@ async fn end(
         .into_iter()
         .find(|s| s.session_id == id)
     else {
-        return Err(ApiError::not_found());
+        // Running on another node, if anywhere: the one that holds it ends it (the others
+        // answer 404), under the same token's permission and name.
+        return match peers {
+            None => Err(ApiError::not_found()),
+            Some(peers) => {
+                first_hit(
+                    peers,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/reports/sessions/{}/end", url_segment(&id)),
+                    &params,
+                    &headers,
+                    "end",
+                )
+                .await
+            }
+        };
     };
     let administrator = caller.administrator();
     let sid = SessionId::from_wire(&session.session_id);
@@ -724,7 +877,7 @@ async fn end(
         .await
         .is_none()
     {
-        return Err(ApiError::not_found());
+        return Err(not_found_in(peers));
     }
     info!(session = %sid, tenant = %session.tenant, %administrator, "session ended by an administrator through the reports API");
     Ok(axum::Json(serde_json::json!({ "session_id": id, "ended": true })).into_response())

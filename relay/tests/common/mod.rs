@@ -395,6 +395,18 @@ pub async fn http(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, body) = http_with_head(addr, method, path, token).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request; returns the status, the response's head (status line and
+/// headers, as sent) and the body.
+pub async fn http_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -407,7 +419,7 @@ pub async fn http(
     within(stream.read_to_string(&mut response)).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
 /// The relay's metrics now, by series (`name{labels}` as exposed) to value.
