@@ -301,6 +301,28 @@ async fn a_tenant_administrator_asking_one_node_gets_the_whole_clusters_report()
         own["sessions"].as_array().unwrap().len() < expected.len(),
         "scope=node is this node's part only"
     );
+    // A cluster's cursor is not a node's, and neither is valid for the other.
+    let (_, first) = get_json(node0, "/api/v1/reports/sessions?limit=3", &reader).await;
+    let cluster_cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let (_, own_first) = get_json(
+        node0,
+        "/api/v1/reports/sessions?limit=3&scope=node",
+        &reader,
+    )
+    .await;
+    let node_cursor = own_first["next_cursor"].as_str().unwrap().to_string();
+    for path in [
+        format!("/api/v1/reports/sessions?limit=3&cursor={node_cursor}"),
+        format!("/api/v1/reports/sessions?limit=3&scope=node&cursor={cluster_cursor}"),
+        format!("/api/v1/reports/sessions?limit=3&order=asc&cursor={cluster_cursor}"),
+    ] {
+        let (status, body) = get_json(node0, &path, &reader).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("bad_cursor")),
+            "{path}"
+        );
+    }
     for (sort, order) in [
         ("duration", "desc"),
         ("helper", "asc"),
@@ -516,4 +538,48 @@ async fn a_node_that_does_not_answer_is_named_and_the_answer_is_flagged_partial(
         "each node that did not answer is counted"
     );
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_accepts_but_never_answers_is_named_once_the_fanout_timeout_passes() {
+    // Node 1's admin address accepts connections and never answers (a hung process).
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = hung.accept().await {
+            open.push(stream);
+        }
+    });
+    let tenant = "fan-hung";
+    let relay = TestRelay::builder()
+        .tenant(tenant, TokenSigner::generate_ed25519("h-1").unwrap())
+        .policy(tenant, report_roles)
+        .config(move |c| {
+            let mut cluster = ClusterConfig::new(
+                NodeId::new(0).unwrap(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            );
+            cluster.admin_nodes = vec!["http://127.0.0.1:3".into(), format!("http://{hung_addr}")];
+            cluster.fanout_timeout = Duration::from_millis(300);
+            c.cluster = Some(cluster);
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let t = relay.tenant(tenant);
+    let mut spec = with_claims(
+        t.spec(Persona::Helper),
+        json!({ "groups": ["report-readers"] }),
+    );
+    spec.audience = ADMIN_AUDIENCE.into();
+    let token = t.sign(&spec);
+    let (status, summary) = get_json(admin, "/api/v1/reports/summary", &token).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        (&summary["partial"], &summary["missing_nodes"]),
+        (&json!(true), &json!([1]))
+    );
+    held.abort();
+    relay.stop().await;
 }

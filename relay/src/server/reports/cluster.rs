@@ -60,7 +60,8 @@ impl Missing {
     }
 }
 
-/// The body of a node's answer, or why it is not usable (`what`: the kind of answer).
+/// The body of a node's `200` answer, or why it is not usable (another status, a body
+/// that is not the expected JSON, no answer at all).
 pub(super) fn parse_answer<T: serde::de::DeserializeOwned>(
     answer: Result<fanout::Answer, String>,
 ) -> Result<T, String> {
