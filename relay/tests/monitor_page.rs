@@ -415,6 +415,63 @@ async fn a_reader_sees_no_end_button_and_a_helper_token_is_refused_with_a_senten
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn in_a_cluster_whose_other_node_does_not_answer_the_page_says_which_node_is_missing() {
+    let test = "in_a_cluster_whose_other_node_does_not_answer_the_page_says_which_node_is_missing";
+    if !have_chromium(test) {
+        return;
+    }
+    // Node 1's admin address refuses connections (a stopped node).
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let relay = TestRelay::builder()
+        .tenant(
+            "contoso",
+            TokenSigner::generate_ed25519("contoso-1").unwrap(),
+        )
+        .policy("contoso", |policy| {
+            policy.assignments.push(Assignment {
+                permissions: PermissionSet::granting([Permission::ReadReports]),
+                role: "readers".into(),
+                members: ["report-readers".to_string()].into(),
+                scope: Scope::from_entries(["all_users"]),
+            });
+        })
+        .config(move |c| {
+            let mut cluster = remote_help_relay::config::ClusterConfig::new(
+                remote_help_relay::core::cluster::NodeId::new(0).unwrap(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            );
+            cluster.admin_nodes = vec!["http://127.0.0.1:3".into(), format!("http://{gone_addr}")];
+            c.cluster = Some(cluster);
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let mut page = Browser::launch(&artefacts().join("chromium-partial.log")).await;
+    page.viewport(1280, 900, false).await;
+    sign_in(
+        &mut page,
+        admin,
+        &admin_token(&relay, "contoso", &["report-readers"]),
+    )
+    .await;
+    page.wait_until("document.body.dataset.monitorLoaded === 'true'")
+        .await;
+    page.wait_until("!document.getElementById('partial').hidden")
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('partial').textContent")
+            .await,
+        json!(
+            "Relay node 1 did not answer: what is shown lacks their sessions. Refresh to ask again."
+        )
+    );
+    drop(page);
+    relay.stop().await;
+}
+
 /// One GET; the status line and headers (lower-cased names) and the body.
 async fn get_with_headers(addr: SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

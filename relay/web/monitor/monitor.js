@@ -95,8 +95,27 @@ async function api(path, init = {}) {
   return response;
 }
 
+/**
+ * Shows, or clears, that some relay nodes did not answer: in a cluster the API flags such
+ * an answer `partial` with the `missing_nodes` (docs/reports.md, "In a cluster"), and the
+ * page must not pass a smaller report off as the whole.
+ * @param {boolean} partial @param {number[]} nodes
+ */
+function showPartial(partial, nodes) {
+  const el = $("partial");
+  el.textContent = partial
+    ? `Relay node${nodes.length === 1 ? "" : "s"} ${nodes.join(", ")} did not answer: ` +
+      "what is shown lacks their sessions. Refresh to ask again."
+    : "";
+  el.hidden = !partial;
+}
+
 /** @param {string} path @returns {Promise<any>} */
-const json = async (path) => (await api(path)).json();
+const json = async (path) => {
+  const body = await (await api(path)).json();
+  if (body && typeof body.partial === "boolean") showPartial(body.partial, body.missing_nodes ?? []);
+  return body;
+};
 
 /** @param {number|null|undefined} secs @returns {string} */
 function duration(secs) {
@@ -422,8 +441,15 @@ for (const th of document.querySelectorAll("th[data-sort]")) {
 // offer it as a blob link (and click it, which downloads it).
 $("csv").addEventListener("click", async () => {
   try {
-    const blob = await (await api(`/api/v1/reports/sessions.csv?${filterParams()}`)).blob();
+    const response = await api(`/api/v1/reports/sessions.csv?${filterParams()}`);
+    const missing = response.headers.get("Relay-Report-Missing-Nodes");
+    const partial = response.headers.get("Relay-Report-Partial") === "true";
+    if (response.headers.has("Relay-Report-Partial")) {
+      showPartial(partial, missing ? missing.split(",").map(Number) : []);
+    }
+    const blob = await response.blob();
     const link = /** @type {HTMLAnchorElement} */ ($("csv-link"));
+    link.download = partial ? "sessions-partial.csv" : "sessions.csv";
     if (link.href) URL.revokeObjectURL(link.href);
     link.href = URL.createObjectURL(blob);
     link.hidden = false;
