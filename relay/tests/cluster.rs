@@ -1,7 +1,8 @@
 //! Three relay processes on loopback as one cluster: a sharer who lands on another node is
 //! redirected to the node holding the session; device agents live on their home node; a
 //! drained node refuses new sessions while the others serve them; a killed node ends only
-//! its own sessions, which its next start records as ended.
+//! its own sessions, which its next start records as ended. Any node's reports API answers
+//! for the cluster (a draining node still answers its part; a killed one is named missing).
 
 mod common;
 
@@ -67,6 +68,20 @@ impl Cluster {
         .unwrap();
         let trust = RelayTrust::Pin(identity.fingerprint());
         let ports = free_ports();
+        let admin_ports: Vec<u16> = {
+            let listeners: Vec<std::net::TcpListener> = (0..NODES)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            listeners
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect()
+        };
+        let admin_list = admin_ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let nodes_list = ports
             .iter()
             .map(|p| format!("\"127.0.0.1:{p}\""))
@@ -85,12 +100,13 @@ impl Cluster {
                 format!(
                     "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = {state:?}\n\
                      tls_cert = {cert:?}\ntls_key = {key:?}\ndrain_timeout_ms = 120000\n\
-                     [audit]\ndir = {audit:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n\
-                     [cluster]\nnode_id = {id}\nnodes = [{nodes_list}]\n\
+                     [audit]\ndir = {audit:?}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = {token:?}\n\
+                     [cluster]\nnode_id = {id}\nnodes = [{nodes_list}]\nadmin_nodes = [{admin_list}]\n\
                      [[tenants]]\nid = \"dev\"\nissuer = {issuer:?}\njwks_file = {jwks:?}\nenabled = true\n\
                      require_end_to_end = false\n\
                      [[tenants.assignments]]\nrole = \"Help Desk Operator\"\nmembers = [\"helpdesk\"]\n\
                      scope = [\"all_users\", \"all_devices\"]\n",
+                    admin_port = admin_ports[id],
                     state = node_dir.join("state").display().to_string(),
                     cert = dir.path().join("tls/relay-cert.pem").display().to_string(),
                     key = dir.path().join("tls/relay-key.pem").display().to_string(),
@@ -218,6 +234,35 @@ impl Session {
     }
 }
 
+const OPERATOR_TOKEN: &str = "cluster-test-admin-token-0123456789";
+
+/// The active sessions `node`'s reports API lists for the cluster: (session id, node) pairs,
+/// and the `missing_nodes`.
+async fn active_through(cluster: &Cluster, node: usize) -> (Vec<(String, u64)>, serde_json::Value) {
+    let (status, body) = http(
+        cluster.nodes[node].admin,
+        "GET",
+        "/api/v1/reports/active",
+        Some(OPERATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut rows: Vec<(String, u64)> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["session_id"].as_str().unwrap().to_string(),
+                r["relay_node"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    (rows, body["missing_nodes"].clone())
+}
+
 fn ended_reason(audit: &Path, session: &str) -> Option<String> {
     read_events(&audit_files(audit))
         .into_iter()
@@ -245,6 +290,19 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     let mut on_c = cluster.session(2, 0, "c").await;
     assert!(on_c.code.starts_with('2'));
     assert_eq!(on_c.sharer.relay_addr(), addr(&cluster, 2));
+    // Any node's reports API lists the whole cluster's sessions, each with its node.
+    let mut everywhere = vec![
+        (on_a.id.clone(), 0),
+        (on_b.id.clone(), 1),
+        (on_c.id.clone(), 2),
+    ];
+    everywhere.sort();
+    for node in 0..NODES {
+        assert_eq!(
+            active_through(&cluster, node).await,
+            (everywhere.clone(), serde_json::json!([]))
+        );
+    }
 
     // A device agent registers through node 0 and ends up on its home node; a helper on
     // any node reaches it there.
@@ -315,12 +373,22 @@ async fn three_nodes_pair_across_nodes_drain_and_lose_a_node_independently() {
     let refused = within(cluster.connect(0, token, Role::Helper)).await;
     assert!(refused.is_err(), "a draining node takes no new connections");
     on_a.input_flows().await;
+    // A draining node still answers its part of a report.
+    let (rows, missing) = active_through(&cluster, 1).await;
+    assert!(rows.contains(&(on_a.id.clone(), 0)), "{rows:?}");
+    assert_eq!(missing, serde_json::json!([]));
     let mut fresh = cluster.session(1, 2, "fresh").await;
     fresh.input_flows().await;
 
     // Kill C: its sessions end with RELAY_LOST at the clients; A's and B's carry on.
     cluster.nodes[2].signal(libc::SIGKILL);
     assert!(!cluster.nodes[2].daemon.0.wait().unwrap().success());
+    // While C is down, B answers for A and B and names C as missing, in its log too.
+    let (rows, missing) = active_through(&cluster, 1).await;
+    assert!(rows.iter().all(|(_, node)| *node != 2), "{rows:?}");
+    assert!(rows.contains(&(on_b.id.clone(), 1)), "{rows:?}");
+    assert_eq!(missing, serde_json::json!([2]));
+    cluster.nodes[1].wait_for_log("reports fan-out: a node did not answer");
     // Restarted on its port and state, C records the end of the session it lost, and its
     // stateless resets tell the old clients at once.
     let (config, audit) = (
