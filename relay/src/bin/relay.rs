@@ -454,7 +454,14 @@ fn check_config(file: &Path, fetch: bool) -> ExitCode {
             let cluster = config
                 .cluster
                 .as_ref()
-                .map(|c| format!(", cluster node {} of {}", c.node, c.nodes.len()))
+                .map(|c| {
+                    let reports = if c.admin_nodes.is_empty() {
+                        ""
+                    } else {
+                        ", reports answered for the whole cluster"
+                    };
+                    format!(", cluster node {} of {}{reports}", c.node, c.nodes.len())
+                })
                 .unwrap_or_default();
             println!(
                 "{}: OK ({} tenant(s), listen {}{cluster})",
