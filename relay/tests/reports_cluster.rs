@@ -583,3 +583,47 @@ async fn a_node_that_accepts_but_never_answers_is_named_once_the_fanout_timeout_
     held.abort();
     relay.stop().await;
 }
+
+/// What answering for the cluster costs over answering for one node, on loopback: the
+/// median of 30 requests each, printed. Not a test of speed (no threshold); run with
+/// `cargo test -p remote-help-relay --all-features --test reports_cluster -- --ignored
+/// --nocapture bench`.
+#[tokio::test]
+#[ignore = "a measurement; run by hand"]
+async fn bench_cluster_fanout_against_one_node() {
+    let events: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(40_000);
+    let cluster = cluster("fan-bench", events).await;
+    let a = cluster.a.clone();
+    let node0 = cluster.admin[0];
+    let reader = cluster.admin_token(&a, &["report-readers"]);
+    // Warm both indexes.
+    for path in [
+        "/api/v1/reports/summary",
+        "/api/v1/reports/summary?scope=node",
+    ] {
+        get_json(node0, path, &reader).await;
+    }
+    println!("{events} events per node, 2 nodes, tenant {a}");
+    for path in [
+        "/api/v1/reports/sessions?limit=100&scope=node",
+        "/api/v1/reports/sessions?limit=100",
+        "/api/v1/reports/summary?scope=node",
+        "/api/v1/reports/summary",
+        "/api/v1/reports/active?scope=node",
+        "/api/v1/reports/active",
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            let started = std::time::Instant::now();
+            let (status, _) = get_json(node0, path, &reader).await;
+            times.push(started.elapsed());
+            assert_eq!(status, 200);
+        }
+        times.sort();
+        println!("{path}: median {:?}", times[times.len() / 2]);
+    }
+    cluster.stop().await;
+}

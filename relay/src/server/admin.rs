@@ -17,6 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,14 @@ pub async fn serve(
         .route("/admin/drain", post(drain))
         .with_state(hub)
         .merge(web);
+    // No Nagle delay on answers: a response written in more than one piece would otherwise
+    // wait for the client's delayed ACK (about 40 ms), which the reports fan-out pays on
+    // every node-to-node request.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "admin connection: TCP_NODELAY refused");
+        }
+    });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -738,32 +738,38 @@ async fn summary(
     }
     // This node's part with its raw material: its durations, for percentiles over the
     // union (they do not add up as counts do).
-    let own: NodeSummary = match caller.tenant_filter(params.text("tenant")) {
-        Ok(tenant) => {
-            run(&reports, "summary", move |index| {
-                Ok(NodeSummary {
-                    summary: index.summary(tenant.as_deref(), since, until)?,
-                    durations: index.durations(tenant.as_deref(), since, until)?,
+    let tenant = caller.tenant_filter(params.text("tenant"));
+    let own = async {
+        match tenant {
+            Ok(tenant) => {
+                run(&reports, "summary", move |index| {
+                    Ok(NodeSummary {
+                        summary: index.summary(tenant.as_deref(), since, until)?,
+                        durations: index.durations(tenant.as_deref(), since, until)?,
+                    })
                 })
-            })
-            .await?
+                .await
+            }
+            Err(()) => Ok(NodeSummary::default()),
         }
-        Err(()) => Default::default(),
     };
     let Some(peers) = peers else {
-        return Ok(axum::Json(own).into_response());
+        return Ok(axum::Json(own.await?).into_response());
     };
-    let mut parts = vec![own];
-    let mut missing = Missing::default();
-    for (node, answer) in peers
-        .ask_all(
+    // This node's part is read while the other nodes are asked.
+    let (query, authorization) = (forwarded(&params, &[]), authorization(&headers));
+    let (own, answers) = tokio::join!(
+        own,
+        peers.ask_all(
             reqwest::Method::GET,
             "/api/v1/reports/summary",
-            &forwarded(&params, &[]),
-            &authorization(&headers),
+            &query,
+            &authorization,
         )
-        .await
-    {
+    );
+    let mut parts = vec![own?];
+    let mut missing = Missing::default();
+    for (node, answer) in answers {
         match parse_answer::<NodeSummary>(answer) {
             Ok(part) => parts.push(part),
             Err(why) => missing.add(node, "summary", &why),

@@ -169,22 +169,25 @@ pub(super) async fn cluster_sessions(
         return Ok(answer_json(empty, Some(missing)));
     };
     let position = |node: NodeId| cursor.nodes.get(usize::from(node.get()));
-    let local = match position(peers.node()) {
-        Some(NodePosition::Done) | None => None,
-        Some(p) => {
-            let after = match p {
-                NodePosition::After(c) => Some(c.clone()),
-                _ => None,
-            };
-            let query = query.clone();
-            let (rows, next) = run(reports, "sessions", move |index| {
-                index.sessions(&query, sort, desc, after.as_ref(), limit)
-            })
-            .await?;
-            Some(NodePage {
-                rows,
-                more: next.is_some(),
-            })
+    // This node's page, read while the other nodes are asked (below).
+    let local = async {
+        match position(peers.node()) {
+            Some(NodePosition::Done) | None => Ok(None),
+            Some(p) => {
+                let after = match p {
+                    NodePosition::After(c) => Some(c.clone()),
+                    _ => None,
+                };
+                let query = query.clone();
+                let (rows, next) = run(reports, "sessions", move |index| {
+                    index.sessions(&query, sort, desc, after.as_ref(), limit)
+                })
+                .await?;
+                Ok::<_, ApiError>(Some(NodePage {
+                    rows,
+                    more: next.is_some(),
+                }))
+            }
         }
     };
     let authorization = authorization(headers);
@@ -200,7 +203,7 @@ pub(super) async fn cluster_sessions(
             Some((node, query))
         }
     });
-    let answers = futures_util::future::join_all(asked.map(|(node, query)| {
+    let remote = futures_util::future::join_all(asked.map(|(node, query)| {
         let authorization = &authorization;
         async move {
             let answer = peers
@@ -214,8 +217,9 @@ pub(super) async fn cluster_sessions(
                 .await;
             (node, answer)
         }
-    }))
-    .await;
+    }));
+    let (local, answers) = tokio::join!(local, remote);
+    let local = local?;
     let mut pages: Vec<Option<NodePage>> = vec![None; peers.size()];
     if let Some(page) = pages.get_mut(usize::from(peers.node().get())) {
         *page = local;
@@ -311,14 +315,15 @@ pub(super) async fn cluster_export(
     let mut missing = Missing::default();
     let mut parts = Vec::new();
     if let Some(query) = session_query(&reports.hub, caller, params)? {
-        parts.push(run(reports, "export", move |index| index.all_sessions(&query)).await?);
         let authorization = authorization(headers);
         let base = forwarded(params, &[]);
-        let answers = futures_util::future::join_all(peers.others().map(|node| {
+        let local = run(reports, "export", move |index| index.all_sessions(&query));
+        let remote = futures_util::future::join_all(peers.others().map(|node| {
             let (base, authorization) = (&base, &authorization);
             async move { (node, node_export(peers, node, base, authorization).await) }
-        }))
-        .await;
+        }));
+        let (local, answers) = tokio::join!(local, remote);
+        parts.push(local?);
         for (node, answer) in answers {
             match answer {
                 Ok(rows) => parts.push(rows),
