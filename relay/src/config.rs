@@ -125,6 +125,8 @@ pub struct RawCluster {
     pub admin_address_template: Option<String>,
     /// Limit on one reports request to another node, ms (default 5000).
     pub fanout_timeout_ms: Option<u64>,
+    /// PEM CA certificates trusted for `https://` admin addresses, besides the system's.
+    pub admin_ca_file: Option<PathBuf>,
 }
 
 /// A node id as written: a number, or the name of where to find it.
@@ -152,6 +154,8 @@ pub struct ClusterConfig {
     pub admin_nodes: Vec<String>,
     /// Limit on one reports request to another node (connection and answer).
     pub fanout_timeout: Duration,
+    /// CA certificates (PEM) trusted for `https://` admin addresses besides the system's.
+    pub admin_ca_file: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -163,6 +167,7 @@ impl ClusterConfig {
             nodes,
             admin_nodes: Vec::new(),
             fanout_timeout: DEFAULT_FANOUT_TIMEOUT,
+            admin_ca_file: None,
         }
     }
 
@@ -1530,6 +1535,12 @@ impl Config {
                     DEFAULT_FANOUT_TIMEOUT
                 }
             };
+            let admin_ca_file = c.admin_ca_file.map(|path| resolve(&path));
+            if let Some(path) = &admin_ca_file
+                && let Err(reason) = crate::tls::read_ca_certificates(path)
+            {
+                problem("cluster.admin_ca_file", reason);
+            }
             let node = match c.node_id {
                 None => {
                     problem("cluster.node_id", "is required".into());
@@ -1564,6 +1575,7 @@ impl Config {
                     nodes,
                     admin_nodes: admin_urls,
                     fanout_timeout,
+                    admin_ca_file,
                 }),
                 _ => {
                     problem(

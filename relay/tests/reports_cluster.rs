@@ -627,3 +627,95 @@ async fn bench_cluster_fanout_against_one_node() {
     }
     cluster.stop().await;
 }
+
+/// A TLS-terminating proxy on 127.0.0.1 in front of `backend` (plain HTTP), with a
+/// certificate from a test CA; returns its address and the CA's PEM file.
+async fn tls_proxy(backend: SocketAddr, dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    common::oidc::write_test_pki(dir);
+    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, dir.join("ca.pem"))
+}
+
+#[tokio::test]
+async fn a_node_behind_https_is_asked_over_tls_trusting_the_configured_ca() {
+    let tenant = "fan-https";
+    let tls = tempfile::tempdir().unwrap();
+    // Node 1, plain HTTP on its admin listener, with a live session.
+    let node1 = TestRelay::builder()
+        .tenant(tenant, TokenSigner::generate_ed25519("s-1").unwrap())
+        .policy(tenant, report_roles)
+        .config(|c| {
+            c.cluster = Some(ClusterConfig::new(
+                NodeId::new(1).unwrap(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            ));
+        })
+        .start()
+        .await;
+    let (_helper, _sharer) = node1.paired(tenant, Mode::ViewOnly).await;
+    let (proxy, ca) = tls_proxy(node1.handle.admin_addr().unwrap(), tls.path()).await;
+    // Node 0 reaches node 1 only through the proxy, over https, trusting the test CA.
+    let shared = node1.tenant(tenant).config();
+    let node0 = TestRelay::builder()
+        .tenant(tenant, TokenSigner::generate_ed25519("s-0").unwrap())
+        .config(move |c| {
+            c.tenants = vec![shared];
+            let mut cluster = ClusterConfig::new(
+                NodeId::new(0).unwrap(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            );
+            cluster.admin_nodes = vec!["http://127.0.0.1:3".into(), format!("https://{proxy}")];
+            cluster.admin_ca_file = Some(ca);
+            c.cluster = Some(cluster);
+        })
+        .policy(tenant, report_roles)
+        .start()
+        .await;
+    let t = node1.tenant(tenant);
+    let mut spec = with_claims(
+        t.spec(Persona::Helper),
+        json!({ "groups": ["report-readers"] }),
+    );
+    spec.audience = ADMIN_AUDIENCE.into();
+    let token = t.sign(&spec);
+    let admin = node0.handle.admin_addr().unwrap();
+    let (status, active) = get_json(admin, "/api/v1/reports/active", &token).await;
+    assert_eq!(status, 200, "{active}");
+    assert_eq!(active["partial"], false, "{active}");
+    let rows = active["sessions"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{active}");
+    assert_eq!(rows[0]["relay_node"], 1);
+    node0.stop().await;
+    node1.stop().await;
+}

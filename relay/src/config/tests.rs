@@ -395,6 +395,12 @@ fn admin_address_mistakes_are_reported_with_their_field() {
         fields("admin_nodes = [\"a:2\", \"b:2\"]\nfanout_timeout_ms = 0\n"),
         ["cluster.fanout_timeout_ms"]
     );
+    assert_eq!(
+        fields(
+            "admin_nodes = [\"https://a:2\", \"https://b:2\"]\nadmin_ca_file = \"missing-ca.pem\"\n"
+        ),
+        ["cluster.admin_ca_file"]
+    );
 }
 
 #[test]

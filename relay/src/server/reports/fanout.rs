@@ -12,6 +12,7 @@
 //! `relay_reports_fanout_failures_total{node}` and logged; the answer is never silently
 //! smaller.
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -56,7 +57,7 @@ impl Peers {
         if cluster.admin_nodes.is_empty() {
             return None;
         }
-        let client = build_client(cluster.fanout_timeout);
+        let client = build_client(cluster.fanout_timeout, cluster.admin_ca_file.as_deref());
         if let Err(e) = &client {
             warn!(error = %e, "reports fan-out: no HTTP client; other nodes will be reported missing");
         }
@@ -154,10 +155,14 @@ pub fn missing(node: NodeId, endpoint: &'static str, why: &str) {
     warn!(node = %node, endpoint, reason = why, "reports fan-out: a node did not answer; the answer is partial");
 }
 
-/// Plain HTTP or HTTPS (system roots) with the fan-out's timeout and no redirects: a
-/// node's answer is where its address says.
-fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let tls = crate::tls::https_client_config(Vec::new()).map_err(|e| e.to_string())?;
+/// Plain HTTP or HTTPS (system roots, plus `ca_file`'s) with the fan-out's timeout and no
+/// redirects: a node's answer is where its address says.
+fn build_client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let extra = match ca_file {
+        Some(path) => crate::tls::read_ca_certificates(path)?,
+        None => Vec::new(),
+    };
+    let tls = crate::tls::https_client_config(extra).map_err(|e| e.to_string())?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
