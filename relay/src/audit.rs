@@ -290,6 +290,9 @@ pub struct AuditLog {
     tx: mpsc::Sender<Submit>,
     available: Arc<AtomicBool>,
     changes: tokio::sync::watch::Receiver<bool>,
+    /// Becomes true (or its sender is dropped) once the writer thread has ended: its last
+    /// attempt and last checkpoint are on disk (or failed).
+    finished: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -308,13 +311,22 @@ impl AuditLog {
     /// In a cluster, `node` is stamped on every event as `relay_node`. Returns the number of
     /// sessions found open.
     pub fn open(config: AuditConfig, node: Option<u8>) -> Result<(AuditLog, usize), AuditError> {
+        AuditLog::open_on(config, node, Box::new(disk::RealDisk))
+    }
+
+    /// [`AuditLog::open`] on `disk` (a faulty one in unit tests).
+    fn open_on(
+        config: AuditConfig,
+        node: Option<u8>,
+        disk: Box<dyn disk::Disk>,
+    ) -> Result<(AuditLog, usize), AuditError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| io_error(&config.dir, e))?;
         let key = config
             .key_file
             .as_deref()
             .map(AuditKey::load_or_create)
             .transpose()?;
-        let mut files = Files::with(config.clone(), Box::new(disk::RealDisk), key);
+        let mut files = Files::with(config.clone(), disk, key);
         files.node = node;
         files.prune(SystemTime::now());
         let endings = recover(&config.dir);
@@ -325,18 +337,38 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let available = writer.available.clone();
         let changes = writer.publish.subscribe();
+        let (done, finished) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+                // Dropped without a send if `run` panics: waiters return either way.
+                let _ = done.send(true);
+            })
             .map_err(|e| io_error(&config.dir, e))?;
         Ok((
             AuditLog {
                 tx,
                 available,
                 changes,
+                finished,
             },
             recovered,
         ))
+    }
+
+    /// Stops the writer and waits until it has ended: everything queued before this call is
+    /// written (or held), held events have had a last attempt, and the last checkpoint is
+    /// fsynced. The relay calls it as the last step of a stop, so that a stopped relay (or
+    /// the process exiting right after) never has a writer still appending to the files;
+    /// a relay started next on the same folder is then their only writer. Events recorded
+    /// after it fail with [`AuditError::Stopped`]. Returns at once when already closed.
+    pub async fn close(&self) {
+        // A send error means the writer is already stopping (or gone): just wait for it.
+        let _ = self.tx.send(Submit::Close).await;
+        let mut finished = self.finished.clone();
+        // Err: the thread ended without saying so (a panic); nothing is left to wait for.
+        let _ = finished.wait_for(|done| *done).await;
     }
 
     /// Whether the log is writable with its reserve intact. While false, the relay refuses
@@ -563,7 +595,7 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::disk::{Fault, FaultPlan, FaultyDisk};
+    use super::disk::{Fault, FaultPlan, FaultyDisk, Pause};
     use super::writer::HELD_LIMIT;
     use super::*;
 
@@ -1026,5 +1058,67 @@ mod tests {
         assert_eq!(events.len(), HELD_LIMIT + 1);
         assert_eq!(events.last().unwrap().session_id, "b", "in order, end last");
         assert!(!events.iter().any(|e| e.session_id == "a"));
+    }
+
+    /// A stop waits for the writer's last checkpoint. When `close` returns, a checkpoint
+    /// covers every line and the writer thread has ended, although another handle is
+    /// still alive (the server's shared state outlives its stop). Before, the thread ended
+    /// only when the last handle was dropped and nothing waited for it: a relay started
+    /// right after a stop (or the process exiting) raced the old writer's last checkpoint,
+    /// which could land after the files had changed (`line N differs from the checkpoint`).
+    #[tokio::test]
+    async fn close_returns_only_once_the_last_checkpoint_is_written() {
+        // Only so that a broken writer fails the test rather than hanging it.
+        async fn within<F: std::future::Future>(
+            f: F,
+        ) -> Result<F::Output, tokio::time::error::Elapsed> {
+            tokio::time::timeout(Duration::from_secs(60), f).await
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit");
+        let mut config = config(&audit, 1 << 20);
+        config.key_file = Some(dir.path().join(KEY_FILE));
+        let plan = Arc::new(Mutex::new(FaultPlan::default()));
+        let disk = Box::new(FaultyDisk(plan.clone()));
+        let (log, _) = AuditLog::open_on(config, None, disk).unwrap();
+        let other = log.clone();
+        log.record_start(started("s")).await.unwrap();
+        // No tick has written a checkpoint: the last one opens the checkpoint file. Hold
+        // the writer there.
+        let (reached, at_checkpoint) = oneshot::channel();
+        let (release, paused) = std::sync::mpsc::channel();
+        plan.lock().unwrap().pause_next_open = Some(Pause {
+            reached,
+            release: paused,
+        });
+        let closing = tokio::spawn(async move { log.close().await });
+        within(at_checkpoint)
+            .await
+            .expect("close makes the writer write its last checkpoint")
+            .unwrap();
+        assert!(
+            !closing.is_finished(),
+            "close returned while the last checkpoint was still being written"
+        );
+        release.send(()).unwrap();
+        within(closing).await.unwrap().unwrap();
+
+        let key = AuditKey::load(&dir.path().join(KEY_FILE)).unwrap();
+        let path = audit_files(&audit).pop().unwrap();
+        let found = chain::verify(&path, Some(&key)).unwrap();
+        assert_eq!((found.events, found.macs_checked), (1, 1));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let verified = BTreeMap::from([(name, found)]);
+        assert_eq!(
+            chain::verify_checkpoints(&audit, Some(&key), &verified),
+            Ok(1)
+        );
+        // The writer is gone: the handle left over writes nothing more.
+        let late = within(other.record(ended("s", "PEER_ENDED")))
+            .await
+            .unwrap();
+        assert!(matches!(late, Err(AuditError::Stopped)), "{late:?}");
+        within(other.close()).await.unwrap();
+        assert_eq!(read_events(&audit_files(&audit)).len(), 1);
     }
 }

@@ -111,6 +111,16 @@ fn events(dir: &Path) -> Vec<AuditEvent> {
     read_events(&audit_files(dir))
 }
 
+/// The newest checkpoint in `dir`.
+fn last_checkpoint(dir: &Path) -> chain::Checkpoint {
+    let path = chain::checkpoint_files(dir)
+        .pop()
+        .expect("a checkpoint file");
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().last().expect("a checkpoint");
+    serde_json::from_str(line).unwrap()
+}
+
 /// Each session in `expected` has exactly one start and one end with the given reason;
 /// the sessions in `never` appear nowhere.
 fn assert_ends(dir: &Path, expected: &[(&str, &str)], never: &[&str]) {
@@ -315,6 +325,10 @@ async fn a_restart_on_a_full_disk_after_a_crash_comes_up_not_ready_and_closes_th
     let file = audit_files(&audit).pop().unwrap();
     let at_kill = std::fs::read(&file).unwrap();
     relay.stop().await;
+    // A clean stop returns once its writer has written the last checkpoint and ended: the
+    // checkpoint covers every line, and nothing of that run writes here any more (before,
+    // a late checkpoint of this run could land after the rewrite below and disagree).
+    assert_eq!(last_checkpoint(&audit).lines, events(&audit).len() as u64);
     // A killed relay writes no final checkpoint (and no end).
     for path in chain::checkpoint_files(&audit) {
         std::fs::remove_file(path).unwrap();

@@ -123,7 +123,7 @@ impl DiskFile for RealFile {
 }
 
 #[cfg(test)]
-pub(crate) use faults::{Fault, FaultPlan, FaultyDisk};
+pub(crate) use faults::{Fault, FaultPlan, FaultyDisk, Pause};
 
 #[cfg(test)]
 mod faults {
@@ -158,6 +158,17 @@ mod faults {
         pub(crate) free: Option<u64>,
         /// The file system is read-only.
         pub(crate) read_only: bool,
+        /// The next file opened waits here first (once): to catch the writer in the
+        /// middle of something, e.g. its last checkpoint at a stop.
+        pub(crate) pause_next_open: Option<Pause>,
+    }
+
+    /// Where the paused operation stops: it says so on `reached`, then waits until the
+    /// test sends on (or drops) the sender of `release`.
+    #[derive(Debug)]
+    pub(crate) struct Pause {
+        pub(crate) reached: tokio::sync::oneshot::Sender<()>,
+        pub(crate) release: std::sync::mpsc::Receiver<()>,
     }
 
     impl FaultPlan {
@@ -219,6 +230,11 @@ mod faults {
 
     impl FaultyDisk {
         fn open(&self) -> io::Result<()> {
+            let pause = self.0.lock().unwrap().pause_next_open.take();
+            if let Some(Pause { reached, release }) = pause {
+                let _ = reached.send(());
+                let _ = release.recv();
+            }
             let mut plan = self.0.lock().unwrap();
             plan.begin();
             plan.check_writable()

@@ -52,6 +52,11 @@ pub(super) enum Submit {
     },
     /// Time passed: probe the disk, retry held events, write a checkpoint if one is due.
     Tick,
+    /// The relay is stopping: write what is queued, make a last attempt at held events,
+    /// write the last checkpoint, and end the thread, even though handles remain (the
+    /// server's shared state outlives its stop). Events sent after it are refused
+    /// ([`AuditError::Stopped`]).
+    Close,
 }
 
 /// An I/O failure with the file it happened on.
@@ -526,7 +531,9 @@ impl Writer {
     }
 
     /// The thread's loop: batches, writes, acknowledges; on each tick probes and
-    /// checkpoints. When every handle is gone, makes a last attempt and a last checkpoint.
+    /// checkpoints. On [`Submit::Close`], or when every handle is gone, writes what is still
+    /// queued, makes a last attempt at held events and writes a last checkpoint. The caller
+    /// learns that all of it is done when this returns (`AuditLog::close` waits for it).
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Submit>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -542,6 +549,9 @@ impl Writer {
                 match submit {
                     Submit::Event { event, ack, start } => events.push((*event, ack, start)),
                     Submit::Tick => tick = true,
+                    // No new submissions; those already queued are still received (in
+                    // order) before `blocking_recv` says the channel is done.
+                    Submit::Close => rx.close(),
                 }
             }
             if !events.is_empty() {

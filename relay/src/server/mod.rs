@@ -919,6 +919,10 @@ async fn run(
     {
         http_tasks.abort_all();
     }
+    // Last: the audit writer writes what is queued and its final checkpoint, and ends. A
+    // stop returns only after that, so the process may exit at once, and a relay started
+    // next on the same folder is its only writer (docs/audit.md, Tamper evidence).
+    hub.audit.close().await;
     info!("relay stopped");
 }
 
