@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use remote_help_relay::client::{ClientOptions, Protection};
-use remote_help_relay::core::Role;
-use remote_help_relay::e2e::Suite;
 use remote_help_relay::server::admin::ProcessUsage;
-use remote_help_relay::tls::{Fingerprint, RelayTrust};
+use remote_help_relay::tls::RelayIdentity as _;
+use remote_help_sdk::client::{ClientOptions, Protection};
+use remote_help_sdk::e2e::Suite;
+use remote_help_sdk::session::Role;
+use remote_help_sdk::tls::{Fingerprint, RelayTrust};
 use serde::Serialize;
 
 use spawned::{RelayProbe, SpawnedRelay};
@@ -349,10 +350,10 @@ async fn run(args: Args) -> Result<u64> {
     let Some(screen_bits_per_sec) = args.screen_kbit.checked_mul(1000) else {
         bail!("--screen-kbit is too large");
     };
-    if args.frame_bytes > remote_help_relay::client::MAX_DATA_FRAME {
+    if args.frame_bytes > remote_help_sdk::client::MAX_DATA_FRAME {
         bail!(
             "--frame-bytes must be at most {} (the SDK's largest data frame)",
-            remote_help_relay::client::MAX_DATA_FRAME
+            remote_help_sdk::client::MAX_DATA_FRAME
         );
     }
     let protection = match (args.no_e2e, args.e2e_suite) {
@@ -800,16 +801,16 @@ fn client_endpoints(count: usize) -> Result<Vec<quinn::Endpoint>> {
 /// helper pins it. Same windows as the SDK's client transport.
 fn direct_endpoints() -> Result<(quinn::Endpoint, SocketAddr, quinn::Endpoint)> {
     let identity = remote_help_relay::tls::ServerIdentity::self_signed(vec!["localhost".into()])?;
-    let settings = remote_help_relay::transport::ClientTransport::default();
+    let settings = remote_help_sdk::transport::ClientTransport::default();
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-    server.transport_config(remote_help_relay::transport::client(&settings));
+    server.transport_config(remote_help_sdk::transport::client(&settings));
     let sharer = quinn::Endpoint::server(server, "127.0.0.1:0".parse().context("address")?)?;
     let sharer_addr = sharer.local_addr()?;
     let mut helper = quinn::Endpoint::client("127.0.0.1:0".parse().context("address")?)?;
     let mut client = quinn::ClientConfig::new(Arc::new(
         RelayTrust::Pin(identity.fingerprint()).quic_client_config()?,
     ));
-    client.transport_config(remote_help_relay::transport::client(&settings));
+    client.transport_config(remote_help_sdk::transport::client(&settings));
     helper.set_default_client_config(client);
     Ok((sharer, sharer_addr, helper))
 }

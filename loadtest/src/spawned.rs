@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use remote_help_relay::dev::{self, Persona};
 use remote_help_relay::server::admin::ProcessUsage;
-use remote_help_relay::tls::Fingerprint;
+use remote_help_relay::tls::RelayIdentity as _;
+use remote_help_sdk::tls::Fingerprint;
 
 /// A relay process `loadtest` started, killed when dropped.
 pub struct SpawnedRelay {

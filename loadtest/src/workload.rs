@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use remote_help_relay::client::secure::{self, Receiver, SecureSession, Sender, SessionChannels};
-use remote_help_relay::client::{
+use remote_help_sdk::client::secure::{self, Receiver, SecureSession, Sender, SessionChannels};
+use remote_help_sdk::client::{
     Client, ClientError, ClientOptions, DirectOutcome, UnsealedChannels,
 };
-use remote_help_relay::core::{Channel, Mode, Role};
-use remote_help_relay::e2e::Suite;
+use remote_help_sdk::e2e::Suite;
+use remote_help_sdk::session::{Channel, Mode, Role};
 
 /// What each session does once it is up.
 #[derive(Debug, Clone, Copy)]
@@ -411,12 +411,12 @@ fn local_keys(
     suite: Suite,
 ) -> Result<
     (
-        remote_help_relay::e2e::SessionKeys,
-        remote_help_relay::e2e::SessionKeys,
+        remote_help_sdk::e2e::SessionKeys,
+        remote_help_sdk::e2e::SessionKeys,
     ),
     ClientError,
 > {
-    use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
+    use remote_help_sdk::e2e::{KeyExchange, Party, Transcript};
     let (h, s) = (KeyExchange::start()?, KeyExchange::start()?);
     let party = |subject: &str| Party {
         tenant: "loadtest".into(),

@@ -11,10 +11,11 @@
 //! - [`auth`]: tenant-issued JWT verification; [`issuer`] mints tokens (dev tenant, tests).
 //! - [`config`]: the TOML config, parsed into a typed [`config::Config`] in one step.
 //! - [`tls`] and [`transport`]: TLS 1.3 identity and trust, QUIC windows and timeouts.
-//! - [`client`]: the reference client SDK, used by the `rhelp` CLI, the tests and `loadtest`.
+//! - [`client`]: the reference client SDK (the `remote-help-sdk` crate, re-exported), used
+//!   by the `rhelp` CLI, the tests and `loadtest`.
 //! - [`dev`]: the development tenant used when `relay` runs without a config.
-//! - [`e2e`]: end-to-end encryption between the parties (the relay sees only sealed bytes);
-//!   [`client::secure`] runs it in the SDK.
+//! - [`e2e`]: end-to-end encryption between the parties (the relay sees only sealed bytes),
+//!   from the SDK; [`client::secure`] runs it.
 //! - [`probe`]: a whole measured session in one process (`rhelp probe`, `relay demo`).
 //! - [`hostile`]: the hostile-client campaign (`rhelp hostile`, the hostile tests).
 //!
@@ -26,11 +27,14 @@
 pub mod audit;
 pub mod auth;
 pub mod claim_map;
-pub mod client;
+/// The client SDK (the `remote-help-sdk` crate), re-exported: the `rhelp` CLI, the tests and
+/// `loadtest` reach it here as before.
+pub use remote_help_sdk::client;
 pub mod config;
 pub mod core;
 pub mod dev;
-pub mod e2e;
+/// End-to-end protection, from the client SDK: the relay only ever sees its sealed bytes.
+pub use remote_help_sdk::e2e;
 pub mod hostile;
 pub mod issuer;
 pub mod logging;

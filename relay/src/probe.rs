@@ -472,9 +472,12 @@ pub async fn e2e_bench(
             elapsed
         } else {
             // The measurement's baseline: the same kind of session, its synthetic frames
-            // unsealed. The crate's own transport, not the public unsealed API, so the
-            // baseline runs against relays that require protection too.
-            let mut out = sharer.transport().open_channel(Channel::Screen).await?;
+            // unsealed. The SDK's measurement transport, not the public unsealed API, so
+            // the baseline runs against relays that require protection too.
+            let mut out = sharer
+                .insecure_transport_for_measurement()
+                .open_channel(Channel::Screen)
+                .await?;
             let start = Instant::now();
             let sender = tokio::spawn(async move {
                 for _ in 0..frames {
@@ -482,7 +485,10 @@ pub async fn e2e_bench(
                 }
                 Ok::<_, ClientError>(out)
             });
-            let (_, mut input) = helper.transport().accept_channel().await?;
+            let (_, mut input) = helper
+                .insecure_transport_for_measurement()
+                .accept_channel()
+                .await?;
             for _ in 0..frames {
                 expect_frame(&mut input).await?;
             }

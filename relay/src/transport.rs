@@ -1,4 +1,4 @@
-//! QUIC transport settings for both ends, derived from the configured limits.
+//! QUIC transport settings of the relay, derived from the configured limits.
 //!
 //! quinn's defaults suit a general-purpose endpoint with generous (for the connection-level
 //! receive window: unbounded) buffers. A relay must bound what one peer can make it hold,
@@ -14,10 +14,9 @@ use crate::core::cluster::{
     CID_LEN, MAX_SOCKETS, NodeId, STEERING_OCTET, SocketSteering, node_of_cid, routable_cid,
 };
 
-/// Control stream plus nothing: clients get one bidirectional stream.
-pub const BIDI_STREAMS: u32 = 1;
-/// Screen, input and chat, plus headroom for a stream still closing.
-pub const UNI_STREAMS: u32 = 6;
+/// The client's side (its windows, the stream counts both ends agree on) lives in the
+/// client SDK; re-exported so `transport::ClientTransport` names the same type everywhere.
+pub use remote_help_sdk::transport::{BIDI_STREAMS, ClientTransport, UNI_STREAMS, client, direct};
 
 fn varint(value: u64) -> VarInt {
     VarInt::from_u64(value).unwrap_or(VarInt::MAX)
@@ -40,63 +39,6 @@ pub fn server(
         .max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok())
         .keep_alive_interval(Some(keep_alive));
     Arc::new(t)
-}
-
-/// Client-side windows, idle timeout and keep-alive.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientTransport {
-    /// Per-stream receive window, bytes.
-    pub stream_receive_window: u64,
-    /// Per-connection receive window, bytes.
-    pub connection_receive_window: u64,
-    /// Per-connection send window, bytes.
-    pub send_window: u64,
-    /// Idle timeout.
-    pub idle_timeout: Duration,
-    /// Keep-alive interval.
-    pub keep_alive: Duration,
-}
-
-impl Default for ClientTransport {
-    fn default() -> ClientTransport {
-        ClientTransport {
-            stream_receive_window: 1024 * 1024,
-            connection_receive_window: 4 * 1024 * 1024,
-            send_window: 4 * 1024 * 1024,
-            idle_timeout: Duration::from_secs(6),
-            keep_alive: Duration::from_millis(1500),
-        }
-    }
-}
-
-/// Transport settings for a client's connection to the relay.
-pub fn client(settings: &ClientTransport) -> Arc<TransportConfig> {
-    // The relay opens one data stream per channel towards each client.
-    Arc::new(client_base(settings))
-}
-
-/// A direct peer-to-peer connection's transport (either side): the client's windows and
-/// timeouts, one bidirectional stream for the path check, one unidirectional stream per
-/// channel each way, and loss recovery starting from `initial_rtt` (the relay's estimate of
-/// the path) so that a handshake packet lost to a NAT not yet open is resent quickly.
-pub fn direct(settings: &ClientTransport, initial_rtt: Duration) -> Arc<TransportConfig> {
-    let mut t = client_base(settings);
-    t.max_concurrent_bidi_streams(1u32.into())
-        .initial_rtt(initial_rtt);
-    Arc::new(t)
-}
-
-/// A client's windows, timeouts and unidirectional streams; no bidirectional streams.
-fn client_base(settings: &ClientTransport) -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(UNI_STREAMS.into())
-        .stream_receive_window(varint(settings.stream_receive_window))
-        .receive_window(varint(settings.connection_receive_window))
-        .send_window(settings.send_window)
-        .max_idle_timeout(IdleTimeout::try_from(settings.idle_timeout).ok())
-        .keep_alive_interval(Some(settings.keep_alive));
-    t
 }
 
 /// quinn's connection id source for the relay: every id routes to `node` (QUIC-LB

@@ -22,7 +22,7 @@ use remote_help_relay::core::cluster::device_home;
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::{Persona, mint, persona_claims};
 use remote_help_relay::issuer::{TokenSigner, TokenSpec};
-use remote_help_relay::tls::RelayTrust;
+use remote_help_relay::tls::{RelayIdentity as _, RelayTrust};
 
 const NODES: usize = 3;
 

@@ -450,7 +450,7 @@ async fn peer_to_peer() -> (
     quinn::Connection,
 ) {
     use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
-    use remote_help_relay::tls::{RelayTrust, ServerIdentity};
+    use remote_help_relay::tls::{RelayIdentity as _, RelayTrust, ServerIdentity};
     use remote_help_relay::transport::{ClientTransport, client};
     use std::sync::Arc;
     let identity = ServerIdentity::self_signed(vec!["localhost".into()]).unwrap();

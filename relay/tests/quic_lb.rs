@@ -18,7 +18,7 @@ use remote_help_relay::core::cluster::{CID_LEN, NodeId, node_of_cid};
 use remote_help_relay::core::{Channel, Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::TokenSigner;
-use remote_help_relay::tls::{RelayTrust, ServerIdentity};
+use remote_help_relay::tls::{RelayIdentity as _, RelayTrust, ServerIdentity};
 use tokio::net::UdpSocket;
 
 const NODES: usize = 3;

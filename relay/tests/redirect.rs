@@ -15,7 +15,7 @@ use remote_help_relay::core::cluster::NodeId;
 use remote_help_relay::core::{Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::TokenSigner;
-use remote_help_relay::tls::{RelayTrust, ServerIdentity};
+use remote_help_relay::tls::{RelayIdentity as _, RelayTrust, ServerIdentity};
 
 struct TwoNodes {
     nodes: Vec<TestRelay>,

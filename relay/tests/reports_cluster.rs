@@ -25,6 +25,7 @@ use remote_help_relay::issuer::TokenSigner;
 use remote_help_relay::report::index::IndexedSession;
 use remote_help_relay::report::synth::{Spec, history};
 use remote_help_relay::report::{self, Filter, SessionRow};
+use remote_help_relay::tls::RelayIdentity as _;
 use serde_json::{Value, json};
 
 const OPERATOR_TOKEN: &str = "operator-token-0123456789";

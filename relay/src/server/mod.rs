@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, TlsSource};
 use crate::core::cluster::SocketSteering;
 use crate::tls::browser::{BrowserCertificates, CertificateHash};
-use crate::tls::{Fingerprint, ServerIdentity, TlsError};
+use crate::tls::{Fingerprint, RelayIdentity as _, ServerIdentity, TlsError};
 use hub::Hub;
 
 /// How often unused codes are swept for expiry.

@@ -23,8 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{ClientError, Writer};
-use crate::core::path::{MAX_CANDIDATES, canonical, dialable};
-use crate::core::{Channel, Mode, Role, may_send};
+use crate::path::{MAX_CANDIDATES, canonical, dialable};
+use crate::session::{Channel, Mode, Role, may_send};
 use crate::tls::{Fingerprint, ServerIdentity};
 
 /// The TLS name a direct dialler uses (the certificate is pinned, so the name is not checked).
@@ -819,7 +819,7 @@ mod tests {
             // Whatever this machine's interfaces, the relay accepts the offer.
             let offered: Vec<String> = any.iter().map(ToString::to_string).collect();
             assert!(
-                crate::core::path::Candidates::parse(&offered, &[0; 32]).is_ok(),
+                crate::path::Candidates::parse(&offered, &[0; 32]).is_ok(),
                 "{offered:?}"
             );
         }

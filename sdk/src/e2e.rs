@@ -35,7 +35,7 @@ use ring::hkdf::{self, HKDF_SHA256, KeyType};
 use ring::rand::SystemRandom;
 use std::sync::Arc;
 
-use crate::core::{Channel, Role};
+use crate::session::{Channel, Role};
 
 /// Length of an X25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -100,7 +100,7 @@ impl Suite {
     }
 }
 
-pub use crate::core::choose_suite;
+pub use crate::session::choose_suite;
 
 /// Why end-to-end protection failed. Every variant means the frame (or the session) must
 /// not be used.

@@ -2,10 +2,10 @@
 //! then sealed channels and datagrams (see [`crate::e2e`] for the construction).
 //!
 //! ```no_run
-//! # async fn demo(helper: &remote_help_relay::client::Client, start: &remote_help_relay::client::SessionStart)
-//! #     -> Result<(), remote_help_relay::client::ClientError> {
-//! use remote_help_relay::client::secure;
-//! use remote_help_relay::core::{Channel, Role};
+//! # async fn demo(helper: &remote_help_sdk::client::Client, start: &remote_help_sdk::client::SessionStart)
+//! #     -> Result<(), remote_help_sdk::client::ClientError> {
+//! use remote_help_sdk::client::secure;
+//! use remote_help_sdk::session::{Channel, Role};
 //! let mut session = secure::establish(helper, start, Role::Helper).await?;
 //! println!("verification code: {}", session.verification_code()); // compare with the sharer
 //! let mut input = session.open_channel(Channel::Input).await?;
@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::{ChannelReceiver, ChannelSender, Client, ClientError, SessionStart, UnsealedChannels};
-use crate::core::{Channel, Role};
 use crate::e2e::{
     DatagramOpener, E2eError, KeyExchange, PUBLIC_KEY_LEN, Party, Sealer, SessionKeys,
     StreamOpener, Suite, Transcript, choose_suite, datagram_sealer, stream_domain,
 };
+use crate::session::{Channel, Role};
 
 /// An active session whose channels are sealed end to end.
 pub struct SecureSession {
@@ -325,10 +325,10 @@ impl SealedReceiver {
 /// [`ClientOptions::insecure_plaintext_for_measurement`](crate::client::ClientOptions::insecure_plaintext_for_measurement).
 ///
 /// ```no_run
-/// # async fn demo(sharer: &remote_help_relay::client::Client, start: &remote_help_relay::client::SessionStart)
-/// #     -> Result<(), remote_help_relay::client::ClientError> {
-/// use remote_help_relay::client::secure;
-/// use remote_help_relay::core::{Channel, Role};
+/// # async fn demo(sharer: &remote_help_sdk::client::Client, start: &remote_help_sdk::client::SessionStart)
+/// #     -> Result<(), remote_help_sdk::client::ClientError> {
+/// use remote_help_sdk::client::secure;
+/// use remote_help_sdk::session::{Channel, Role};
 /// let channels = secure::channels(sharer, start, Role::Sharer).await?;
 /// if let Some(code) = channels.verification_code() {
 ///     println!("verification code: {code}"); // the helper must see the same

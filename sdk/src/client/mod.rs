@@ -7,10 +7,10 @@
 //! tasks.
 //!
 //! ```no_run
-//! # async fn demo(helper_opts: remote_help_relay::client::ClientOptions,
-//! #               sharer_opts: remote_help_relay::client::ClientOptions) -> Result<(), remote_help_relay::client::ClientError> {
-//! use remote_help_relay::client::{Client, secure};
-//! use remote_help_relay::core::{Channel, Mode, Role};
+//! # async fn demo(helper_opts: remote_help_sdk::client::ClientOptions,
+//! #               sharer_opts: remote_help_sdk::client::ClientOptions) -> Result<(), remote_help_sdk::client::ClientError> {
+//! use remote_help_sdk::client::{Client, secure};
+//! use remote_help_sdk::session::{Channel, Mode, Role};
 //! let mut helper = Client::connect(helper_opts).await?;
 //! let created = helper.create_session(Mode::FullControl).await?;
 //! let mut sharer = Client::connect(sharer_opts).await?;
@@ -61,7 +61,7 @@ mod unsealed;
 pub use direct::{DirectOutcome, DirectState};
 pub use unsealed::{ChannelReceiver, ChannelSender, UnsealedChannels};
 
-use crate::core::{Channel, Mode, Role};
+use crate::session::{Channel, Mode, Role};
 use crate::tls::{RelayTrust, TlsError};
 use crate::transport::ClientTransport;
 
@@ -577,10 +577,10 @@ impl Client {
     }
 
     /// Which way the current session's data goes now.
-    pub fn path(&self) -> crate::core::path::Path {
+    pub fn path(&self) -> crate::path::Path {
         match self.direct.as_ref().map(|d| d.usable()) {
-            Some(Some(_)) => crate::core::path::Path::Direct,
-            _ => crate::core::path::Path::Relayed,
+            Some(Some(_)) => crate::path::Path::Direct,
+            _ => crate::path::Path::Relayed,
         }
     }
 
@@ -624,7 +624,7 @@ impl Client {
     /// Waits until the current session's data goes `path` — for `Direct`, until the attempt
     /// is over either way; for `Relayed`, until no direct path is up (never offered, failed,
     /// or lost) — and says how the direct attempt stands.
-    pub async fn wait_for_path(&self, path: crate::core::path::Path) -> DirectOutcome {
+    pub async fn wait_for_path(&self, path: crate::path::Path) -> DirectOutcome {
         let Some(setup) = &self.direct else {
             return DirectOutcome::NotOffered;
         };
@@ -632,8 +632,8 @@ impl Client {
         // Waiting for "direct" ends too when the attempt is over without it.
         let _ = state
             .wait_for(|s| match path {
-                crate::core::path::Path::Direct => !matches!(s, DirectState::Trying),
-                crate::core::path::Path::Relayed => {
+                crate::path::Path::Direct => !matches!(s, DirectState::Trying),
+                crate::path::Path::Relayed => {
                     !matches!(s, DirectState::Up { .. } | DirectState::Trying)
                 }
             })
@@ -875,6 +875,15 @@ impl Client {
             Protection::PlaintextForMeasurement => Ok(self.transport()),
             Protection::EndToEnd(_) => Err(crate::e2e::E2eError::UnsealedWhileProtected.into()),
         }
+    }
+
+    /// The data plane whatever the protection, unsealed even while this client protects:
+    /// the baseline of `rhelp e2e-bench` (the relay crate's `probe::e2e_bench`), which
+    /// measures what sealing costs against relays that require protection too. Not for
+    /// applications, hence hidden and named for what it is; they use [`secure::channels`].
+    #[doc(hidden)]
+    pub fn insecure_transport_for_measurement(&self) -> UnsealedChannels {
+        self.transport()
     }
 
     /// The data plane whatever the protection: what the sealed layer ([`secure`]) and the

@@ -16,11 +16,11 @@
 //! on with the next frame.
 //!
 //! ```no_run
-//! # async fn demo(helper: remote_help_relay::client::secure::SessionChannels,
-//! #               mut sharer: remote_help_relay::client::secure::SessionChannels)
-//! #               -> Result<(), remote_help_relay::client::content::ContentError> {
-//! use remote_help_relay::client::content::{Content, ContentReceiver, ContentSender, InputEvent};
-//! use remote_help_relay::core::Channel;
+//! # async fn demo(helper: remote_help_sdk::client::secure::SessionChannels,
+//! #               mut sharer: remote_help_sdk::client::secure::SessionChannels)
+//! #               -> Result<(), remote_help_sdk::client::content::ContentError> {
+//! use remote_help_sdk::client::content::{Content, ContentReceiver, ContentSender, InputEvent};
+//! use remote_help_sdk::session::Channel;
 //! let mut input = ContentSender::open(&helper, Channel::Input, "demo/1").await?;
 //! input.send(&Content::Input(InputEvent::PointerMove { x: 0.5, y: 0.25 })).await?;
 //! let (channel, receiver) = sharer.accept_channel().await?;
@@ -40,7 +40,7 @@ use remote_help_proto::v1;
 
 use super::ClientError;
 use super::secure::{Receiver, Sender, SessionChannels};
-use crate::core::Channel;
+use crate::session::Channel;
 
 /// The content profile this SDK speaks, as `ContentStart.profile` names it.
 pub const PROFILE: u32 = 1;
