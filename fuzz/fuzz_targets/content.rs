@@ -13,8 +13,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remote_help_relay::client::content::{ContentDecoder, ContentEncoder};
-use remote_help_relay::core::Channel;
+use remote_help_sdk::client::content::{ContentDecoder, ContentEncoder};
+use remote_help_sdk::session::Channel;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, mut rest)) = data.split_first() else {

@@ -25,8 +25,8 @@ use remote_help_proto::framing::{
     CONTINUATION, DataCodec, FrameError, LENGTH_PREFIX, channel_from_tag, channel_tag,
 };
 use remote_help_proto::v1;
-use remote_help_relay::core::{Channel, Mode, Role, may_send, session_channels};
-use remote_help_relay::e2e::{self, E2eError, OVERHEAD};
+use remote_help_sdk::session::{Channel, Mode, Role, may_send, session_channels};
+use remote_help_sdk::e2e::{self, E2eError, OVERHEAD};
 use tokio_util::codec::Encoder;
 
 const ROLES: [Role; 2] = [Role::Helper, Role::Sharer];

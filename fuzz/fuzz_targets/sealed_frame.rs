@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use remote_help_fuzz::session_keys;
-use remote_help_relay::e2e::{self, DATAGRAM_DOMAIN, E2eError, OVERHEAD};
+use remote_help_sdk::e2e::{self, DATAGRAM_DOMAIN, E2eError, OVERHEAD};
 
 /// Most frames per stream, to keep an execution short.
 const MAX_FRAMES: usize = 32;
@@ -76,10 +76,10 @@ fuzz_target!(|input: Input| {
 fn stream(input: &Input) {
     let keys = session_keys();
     let domain = e2e::stream_domain(match input.domain % 4 {
-        0 => remote_help_relay::core::Channel::Screen,
-        1 => remote_help_relay::core::Channel::Input,
-        2 => remote_help_relay::core::Channel::Chat,
-        _ => remote_help_relay::core::Channel::Keys,
+        0 => remote_help_sdk::session::Channel::Screen,
+        1 => remote_help_sdk::session::Channel::Input,
+        2 => remote_help_sdk::session::Channel::Chat,
+        _ => remote_help_sdk::session::Channel::Keys,
     });
     let other_domain = domain % 4 + 1;
     let plaintexts: Vec<&[u8]> = input

@@ -130,15 +130,15 @@ where
 /// per process from fresh X25519 keys; both sides agree, which is checked).
 pub struct SessionPair {
     /// The helper's keys.
-    pub helper: remote_help_relay::e2e::SessionKeys,
+    pub helper: remote_help_sdk::e2e::SessionKeys,
     /// The sharer's keys.
-    pub sharer: remote_help_relay::e2e::SessionKeys,
+    pub sharer: remote_help_sdk::e2e::SessionKeys,
 }
 
 /// The process-wide key pair of a fake session.
 pub fn session_keys() -> &'static SessionPair {
-    use remote_help_relay::core::Role;
-    use remote_help_relay::e2e::{KeyExchange, Party, Transcript};
+    use remote_help_sdk::session::Role;
+    use remote_help_sdk::e2e::{KeyExchange, Party, Transcript};
     static KEYS: std::sync::OnceLock<SessionPair> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
         let helper = KeyExchange::start().expect("helper key");
@@ -155,7 +155,7 @@ pub fn session_keys() -> &'static SessionPair {
             },
             helper_suites: vec![1, 2],
             sharer_suites: vec![1, 2],
-            suite: remote_help_relay::e2e::Suite::X25519ChaCha20Poly1305,
+            suite: remote_help_sdk::e2e::Suite::X25519ChaCha20Poly1305,
             helper_key: helper.public_key(),
             sharer_key: sharer.public_key(),
         };
