@@ -143,15 +143,10 @@ mod tests {
         second.quic_server_config().unwrap();
     }
 
+    /// The client's side is the SDK's to test (`remote_help_sdk::tls`).
     #[test]
-    fn server_and_client_configs_build() {
+    fn the_server_config_builds() {
         let id = ServerIdentity::self_signed(vec!["localhost".into()]).unwrap();
         id.quic_server_config().unwrap();
-        RelayTrust::Pin(id.fingerprint())
-            .quic_client_config()
-            .unwrap();
-        RelayTrust::CaCerts(id.chain.clone())
-            .quic_client_config()
-            .unwrap();
     }
 }
