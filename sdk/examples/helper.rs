@@ -1,7 +1,8 @@
 //! The helper's side of a session, in one small program: connect to a relay with a token and
 //! the relay's pinned certificate fingerprint, create a session, print its code for the
 //! person being helped, and once they have joined and consented, print the verification
-//! code both must compare, send one pointer move, and count the screen frames that arrive.
+//! code both must compare, count the screen frames that arrive and, after the first few,
+//! send one pointer move; it runs until the session ends.
 //!
 //! ```text
 //! cargo run -p remote-help-sdk --example helper -- RELAY FINGERPRINT TOKEN_FILE [FRAMES]
@@ -11,7 +12,7 @@
 //! `REMOTE_HELP_PIN` (the relay certificate's SHA-256, as `relay` logs it and writes to
 //! `relay-dev-state/relay-cert.sha256`), `REMOTE_HELP_TOKEN_FILE` (a helper token, e.g.
 //! from `relay dev-token --role helper --out helper.jwt`), `REMOTE_HELP_FRAMES` (how many
-//! frames to receive before ending the session; 0 or absent: until the sharer ends it).
+//! frames to receive before sending the pointer move; default 3).
 //! The sharer's side is `examples/share_test_card.rs`.
 
 use std::error::Error;
@@ -33,7 +34,8 @@ pub struct HelperReport {
 }
 
 /// Runs one session as the helper: `show_code` gets the session code to pass on to the
-/// sharer; the session ends after `frames` screen frames (0: when the sharer ends it).
+/// sharer; after `frames` screen frames it sends one pointer move (in a mode that allows
+/// input), and it returns when the session ends (the sharer ends it, or the connection goes).
 pub async fn run(
     options: ClientOptions,
     frames: u64,
@@ -57,12 +59,11 @@ pub async fn run(
         session.verification_code().unwrap_or("none: not protected")
     );
     // Input flows helper to sharer, in modes that allow it.
-    if started.mode.allows_input() {
-        let mut input = ContentSender::open(&session, Channel::Input, "sdk-example-helper").await?;
-        input
-            .send(&Content::Input(InputEvent::PointerMove { x: 0.5, y: 0.5 }))
-            .await?;
-    }
+    let mut input = if started.mode.allows_input() {
+        Some(ContentSender::open(&session, Channel::Input, "sdk-example-helper").await?)
+    } else {
+        None
+    };
     let mut report = HelperReport {
         frames: 0,
         bytes: 0,
@@ -77,8 +78,8 @@ pub async fn run(
     };
     loop {
         tokio::select! {
-            content = screen.recv() => match content? {
-                Some(Content::Screen(frame)) => {
+            content = screen.recv() => match content {
+                Ok(Some(Content::Screen(frame))) => {
                     report.frames += 1;
                     report.bytes += frame.data.len() as u64;
                     println!(
@@ -89,13 +90,22 @@ pub async fn run(
                         frame.format.extension(),
                         frame.data.len()
                     );
-                    if report.frames == frames {
-                        client.end_session().await?;
-                        break;
+                    if report.frames == frames.max(1)
+                        && let Some(input) = input.as_mut()
+                    {
+                        input
+                            .send(&Content::Input(InputEvent::PointerMove { x: 0.5, y: 0.5 }))
+                            .await?;
                     }
                 }
-                Some(_) => {}
-                None => break,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.is_skipped() => println!("skipped frame: {e}"),
+                // The session's end cuts the stream: the control stream says why.
+                Err(_) => {
+                    println!("session ended: {}", client.wait_for_end().await);
+                    break;
+                }
             },
             reason = client.wait_for_end() => {
                 println!("session ended: {reason}");
@@ -125,7 +135,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let frames: u64 = arg(4, "REMOTE_HELP_FRAMES")
         .map(|n| n.parse())
         .transpose()?
-        .unwrap_or(0);
+        .unwrap_or(3);
     let relay = tokio::net::lookup_host(&relay)
         .await?
         .next()

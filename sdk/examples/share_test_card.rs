@@ -10,9 +10,10 @@
 //! Each argument may come from the environment instead: `REMOTE_HELP_RELAY` (`host:port`),
 //! `REMOTE_HELP_PIN` (the relay certificate's SHA-256), `REMOTE_HELP_TOKEN_FILE` (a sharer
 //! token, e.g. from `relay dev-token --role sharer --out sharer.jwt`), `REMOTE_HELP_CODE`
-//! (the session code). Consent is given without asking: a real sharer asks its user first
-//! (and calls `Client::decline` on a no). Runs until the helper ends the session; the
-//! helper's side is `examples/helper.rs`.
+//! (the session code), `REMOTE_HELP_INPUTS` (end the session after this many input events;
+//! 0 or absent: run until the helper ends it). Consent is given without asking: a real
+//! sharer asks its user first (and calls `Client::decline` on a no). The helper's side is
+//! `examples/helper.rs`.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -38,11 +39,13 @@ pub struct SharerReport {
 }
 
 /// Runs one session as the sharer of `code`, sending `fps` test-card frames a second until
-/// the helper ends the session.
+/// the helper ends the session, or until `end_after_inputs` input events have arrived
+/// (0: never), when the sharer ends it.
 pub async fn run(
     options: ClientOptions,
     code: &str,
     fps: u32,
+    end_after_inputs: usize,
 ) -> Result<SharerReport, Box<dyn Error>> {
     let card = TestCard::new(640, 360)?;
     let mut client = Client::connect(options).await?;
@@ -106,6 +109,11 @@ pub async fn run(
                 Ok(Some(Content::Input(event))) => {
                     println!("input {event}");
                     report.input_events.push(event.to_string());
+                    if report.input_events.len() == end_after_inputs {
+                        client.end_session().await?;
+                        println!("session ended by the sharer");
+                        break;
+                    }
                 }
                 // Key-frame requests and other content: the next tick sends a whole frame
                 // anyway (every frame of this profile is whole).
@@ -153,6 +161,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let pin = arg(2, "REMOTE_HELP_PIN").ok_or(USAGE)?;
     let token_file = arg(3, "REMOTE_HELP_TOKEN_FILE").ok_or(USAGE)?;
     let code = arg(4, "REMOTE_HELP_CODE").ok_or(USAGE)?;
+    let end_after_inputs: usize = std::env::var("REMOTE_HELP_INPUTS")
+        .ok()
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(0);
     let relay = tokio::net::lookup_host(&relay)
         .await?
         .next()
@@ -160,6 +173,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let pin = Fingerprint::parse(&pin).ok_or("FINGERPRINT: 64 hex digits expected")?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
     let options = ClientOptions::new(relay, RelayTrust::Pin(pin), token, Role::Sharer);
-    run(options, &code, 10).await?;
+    run(options, &code, 10, end_after_inputs).await?;
     Ok(())
 }

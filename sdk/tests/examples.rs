@@ -51,7 +51,9 @@ async fn the_examples_hold_a_protected_session_through_a_relay() {
     });
     let code = tokio::time::timeout(LIMIT, code_rx).await.unwrap().unwrap();
     let sharer = tokio::spawn(async move {
-        share_test_card::run(sharer_options, &code, 50)
+        // The sharer ends the session once the helper's pointer move has arrived, which the
+        // helper sends after its third frame: both counts are certain when it ends.
+        share_test_card::run(sharer_options, &code, 50, 1)
             .await
             .map_err(|e| e.to_string())
     });
@@ -59,11 +61,12 @@ async fn the_examples_hold_a_protected_session_through_a_relay() {
     let helper = tokio::time::timeout(LIMIT, helper).await.unwrap().unwrap();
     let sharer = tokio::time::timeout(LIMIT, sharer).await.unwrap().unwrap();
     let (helper, sharer) = (helper.unwrap(), sharer.unwrap());
-    assert_eq!(
-        helper.frames, 3,
-        "the helper ends the session at its third frame"
+    assert!(helper.frames >= 3, "received {} frames", helper.frames);
+    assert!(
+        sharer.frames >= helper.frames,
+        "sent {} frames",
+        sharer.frames
     );
-    assert!(sharer.frames >= 3, "sent {} frames", sharer.frames);
     assert_eq!(sharer.input_events, ["pointer-move 0.5 0.5"]);
     assert!(!helper.verification_code.is_empty());
     assert_eq!(helper.verification_code, sharer.verification_code);
