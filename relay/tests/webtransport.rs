@@ -470,3 +470,54 @@ async fn a_webtransport_helper_may_not_send_input_in_view_only_mode() {
     assert_eq!(within(sharer.wait_for_end()).await, ErrorCode::PeerLost);
     relay.stop().await;
 }
+
+/// A WebTransport client that leaves its control stream before a `Hello` (finishes it
+/// after the stream's header, or resets it) is closed by the relay, and stops counting
+/// against the connection limits, even when it never closes anything itself.
+/// `web_transport_quinn` keeps a session's connection in a task of its own for as long as
+/// the client keeps its CONNECT stream open, and the relay's keep-alive keeps it from
+/// idling out: without an explicit close such a client could hold live connections the
+/// relay had already stopped counting.
+#[tokio::test]
+async fn a_webtransport_client_that_leaves_its_control_stream_before_hello_is_closed() {
+    let relay = TestRelay::builder()
+        .config(|c| c.auth_timeout = std::time::Duration::from_millis(500))
+        .start()
+        .await;
+    for reset in [false, true] {
+        let raw = webtransport::RawSession::open(&relay).await;
+        within(relay.handle.wait_for(|s| s.connections == 1)).await;
+        // The relay takes this stream as the control stream; it ends without a byte of
+        // `Hello`.
+        let (mut send, _recv) = within(raw.connection.open_bi()).await.unwrap();
+        within(send.write_all(&webtransport::RawSession::bidi_header()))
+            .await
+            .unwrap();
+        if reset {
+            send.reset(1u32.into()).unwrap();
+        } else {
+            send.finish().unwrap();
+        }
+        // The relay closes the connection: the client never does.
+        match within(raw.connection.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                let code =
+                    web_transport_quinn::proto::error_from_http3(close.error_code.into_inner());
+                if reset {
+                    // A reset may discard the header unsent; then the relay never sees a
+                    // control stream and closes at the authentication deadline instead.
+                    assert!(
+                        code == Some(0) || code == Some(ErrorCode::AuthTimeout.to_quic()),
+                        "reset: {close:?}"
+                    );
+                } else {
+                    assert_eq!(code, Some(0), "a lost connection is closed with code 0");
+                }
+            }
+            other => panic!("reset: {reset}: not closed by the relay: {other}"),
+        }
+        // The connection's limit slot is given back once it is closed.
+        within(relay.handle.wait_for(|s| s.connections == 0)).await;
+    }
+    relay.stop().await;
+}

@@ -82,7 +82,7 @@ impl From<FrameError> for Close {
 pub async fn serve(
     hub: Arc<Hub>,
     incoming: Box<quinn::Incoming>,
-    mut open: super::hub::OpenConnection,
+    open: super::hub::OpenConnection,
 ) {
     let remote = incoming.remote_address();
     let connection = match Box::pin((*incoming).into_future()).await {
@@ -110,6 +110,10 @@ pub async fn serve(
     let id = hub.next_conn_id();
     let span = info_span!("conn", id = id.0, %remote, transport = transport.as_str());
     async move {
+        // Declared after `open`, so dropped before it: the connection is closed, however
+        // this task ends, before its limit slot is given back.
+        let mut open = open;
+        let _closer = connection.close_on_drop();
         let (reader, writer, principal, role, welcomed, e2e_suites) =
             // Boxed: the handshake phase's state would otherwise stay inline in every
             // connection task for its whole life.
@@ -121,6 +125,11 @@ pub async fn serve(
             {
                 Ok(Ok(authenticated)) => authenticated,
                 Ok(Err(close)) => {
+                    if matches!(close, Close::Lost(_)) {
+                        // Closed or reset its control stream, or left, before a Hello.
+                        metrics::counter!("relay_auth_failures_total", "reason" => "lost")
+                            .increment(1);
+                    }
                     Box::pin(finish(&connection, None, close)).await;
                     return;
                 }
@@ -1385,6 +1394,12 @@ async fn finish(connection: &Party, writer: Option<&mut Writer>, close: Close) {
     let (code, message) = match close {
         Close::Lost(reason) => {
             debug!(%reason, "connection lost");
+            // Nothing to tell a native client: its connection closes with its last
+            // handle. A WebTransport session stays open as long as the client keeps its
+            // CONNECT stream (see `party::CloseOnDrop`): close it, with code 0.
+            if matches!(connection, Party::Web(_)) {
+                connection.close(0, b"").await;
+            }
             return;
         }
         Close::Refuse(code, message) => {
@@ -1426,7 +1441,9 @@ async fn finish(connection: &Party, writer: Option<&mut Writer>, close: Close) {
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    connection.close(code.to_quic(), &message.as_bytes()[..end]);
+    connection
+        .close(code.to_quic(), &message.as_bytes()[..end])
+        .await;
 }
 
 fn unix_now() -> u64 {

@@ -148,27 +148,43 @@ impl Party {
         }
     }
 
-    /// Closes with one of our codes and a reason: a QUIC application close for a native
-    /// party; for WebTransport a `CLOSE_WEBTRANSPORT_SESSION` capsule with the code and
-    /// reason, then the connection's close (with the code mapped into HTTP/3's range).
-    pub fn close(&self, code: u32, reason: &[u8]) {
+    /// Closes with one of our codes and a reason, and returns once the connection is
+    /// closed: a QUIC application close for a native party, at once. For WebTransport a
+    /// `CLOSE_WEBTRANSPORT_SESSION` capsule with the code and reason, then a wait of at most
+    /// [`WEB_CLOSE_LINGER`] for the client to close the connection, then the connection's
+    /// own close (the code mapped into HTTP/3's range).
+    ///
+    /// The wait keeps this handle, and with it the client's HTTP/3 control streams: dropping
+    /// the last handle stops the browser's HTTP/3 control stream, which Chromium takes as a
+    /// connection error (H3_CLOSED_CRITICAL_STREAM) before it reads the capsule, so a
+    /// browser would see "connection lost" instead of the code. The wait is ours and
+    /// bounded, not the library's (three round trips, which a client can stretch by
+    /// delaying its ACKs), and the caller holds the connection's limit slot until this
+    /// returns: a closing connection still counts against the connection limits.
+    pub async fn close(&self, code: u32, reason: &[u8]) {
         match self {
             Party::Native(c) => c.close(code.into(), reason),
             Party::Web(s) => {
                 s.close(code, reason);
-                // The capsule goes out from a task of its own. Keep the session, and with it
-                // the client's HTTP/3 control streams, until the connection is closed: the
-                // connection's task drops its handle at once, and dropping the last one stops
-                // the browser's HTTP/3 control stream, which Chromium takes as a connection
-                // error (H3_CLOSED_CRITICAL_STREAM) before it reads the capsule, so a browser
-                // would see "connection lost" instead of the code. Bounded: the library
-                // force-closes after a few round trips.
-                let session = s.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(WEB_CLOSE_LINGER, session.closed()).await;
-                });
+                if tokio::time::timeout(WEB_CLOSE_LINGER, s.closed())
+                    .await
+                    .is_err()
+                {
+                    metrics::counter!("relay_webtransport_failures_total", "reason" => "close_timeout")
+                        .increment(1);
+                    tracing::info!(
+                        code,
+                        "WebTransport client did not close its session in time; connection closed"
+                    );
+                    self.quic().close(web_code(code), reason);
+                }
             }
         }
+    }
+
+    /// A guard that closes this party's connection when dropped (see [`CloseOnDrop`]).
+    pub fn close_on_drop(&self) -> CloseOnDrop {
+        CloseOnDrop(self.clone())
     }
 
     /// The QUIC connection underneath (address, RTT).
@@ -189,6 +205,37 @@ impl Party {
     pub fn rtt(&self) -> Duration {
         self.quic().rtt()
     }
+}
+
+/// Closes its party's connection when dropped, with code 0 (for WebTransport mapped into
+/// HTTP/3's range), unless it was closed already: however a connection's task ends —
+/// returned, failed or aborted — the connection ends with it. A native connection would
+/// close anyway once its last handle is gone; a WebTransport session would not:
+/// `web_transport_quinn` keeps the connection in a task of its own for as long as the
+/// client keeps its CONNECT stream open, and the relay's keep-alive keeps it from idling
+/// out, so without this a client could hold connections the relay no longer counts.
+#[derive(Debug)]
+pub struct CloseOnDrop(Party);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let quic = self.0.quic();
+        if quic.close_reason().is_none() {
+            let code = match &self.0 {
+                Party::Native(_) => 0u32.into(),
+                Party::Web(_) => web_code(0),
+            };
+            quic.close(code, b"");
+        }
+    }
+}
+
+/// One of our codes as WebTransport carries it in a QUIC close: in HTTP/3's range.
+fn web_code(code: u32) -> quinn::VarInt {
+    // Below 2^62 for every u32 (the mapping spreads 2^32 codes over less than 2^33
+    // values from 0x52e4a40fa8db), so the fallback is never taken.
+    quinn::VarInt::from_u64(web_transport_quinn::proto::error_to_http3(code))
+        .unwrap_or(quinn::VarInt::from_u32(H3_NO_ERROR))
 }
 
 /// A stream from a party.

@@ -312,3 +312,76 @@ impl WtClient {
         (tag[0], FramedRead::new(stream, DataCodec::new(1 << 20)))
     }
 }
+
+/// A WebTransport session opened by hand, as a hostile client would: HTTP/3 SETTINGS and
+/// the CONNECT to `path`, with none of `web_transport_quinn`'s client behaviour after it (a
+/// well-behaved client closes its connection when the relay ends the CONNECT stream; this
+/// one never closes anything itself). The streams are returned so they stay open.
+pub struct RawSession {
+    pub endpoint: quinn::Endpoint,
+    pub connection: quinn::Connection,
+    /// The client's HTTP/3 control stream.
+    pub control: quinn::SendStream,
+    /// The CONNECT request's stream, both halves.
+    pub connect: (quinn::SendStream, quinn::RecvStream),
+}
+
+impl RawSession {
+    /// Opens a session to `relay` at [`PATH`] and waits for its 200.
+    pub async fn open(relay: &TestRelay) -> RawSession {
+        use web_transport_quinn::proto::{ConnectRequest, ConnectResponse, Settings};
+        let mut tls =
+            rustls::ClientConfig::builder_with_provider(remote_help_relay::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(BrowserTrust::new(
+                    &relay.handle.browser_certificate_hashes(),
+                )))
+                .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint =
+            quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connection = within(endpoint.connect(relay.addr(), "localhost").unwrap())
+            .await
+            .unwrap();
+        let mut control = within(connection.open_uni()).await.unwrap();
+        let mut settings = Settings::default();
+        settings.enable_webtransport(1);
+        within(settings.write(&mut control)).await.unwrap();
+        let (mut send, mut recv) = within(connection.open_bi()).await.unwrap();
+        let url = url::Url::parse(&format!("https://{}{PATH}", relay.addr())).unwrap();
+        within(ConnectRequest::new(url).write(&mut send))
+            .await
+            .unwrap();
+        let response = within(ConnectResponse::read(&mut recv)).await.unwrap();
+        assert_eq!(response.status, 200);
+        RawSession {
+            endpoint,
+            connection,
+            control,
+            connect: (send, recv),
+        }
+    }
+
+    /// The header of a WebTransport bidirectional stream of this session (the session is
+    /// named by its CONNECT stream's id, 0).
+    pub fn bidi_header() -> Vec<u8> {
+        use web_transport_quinn::proto::{Frame, VarInt};
+        let mut header = Vec::new();
+        Frame::WEBTRANSPORT.encode(&mut header);
+        VarInt::from_u32(0).encode(&mut header);
+        header
+    }
+
+    /// The header of a WebTransport unidirectional stream of this session.
+    pub fn uni_header() -> Vec<u8> {
+        use web_transport_quinn::proto::{StreamUni, VarInt};
+        let mut header = Vec::new();
+        StreamUni::WEBTRANSPORT.encode(&mut header);
+        VarInt::from_u32(0).encode(&mut header);
+        header
+    }
+}
