@@ -521,3 +521,54 @@ async fn a_webtransport_client_that_leaves_its_control_stream_before_hello_is_cl
     }
     relay.stop().await;
 }
+
+/// When the relay stops forwarding a WebTransport party's data stream because the session
+/// ended (the forwarder is aborted and the stream dropped, PROTOCOL.md §8.5), the sender
+/// sees STOP_SENDING with our code 0, mapped as WebTransport maps every code (§2a): a raw 0
+/// lies outside WebTransport's range, and its library would report no code at all.
+#[tokio::test]
+async fn a_webtransport_sender_whose_stream_the_relay_drops_sees_code_0() {
+    let relay = TestRelay::builder().plaintext_clients().start().await;
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let mut helper = WtClient::connect(&relay, token, Role::Helper)
+        .await
+        .unwrap();
+    helper
+        .send(Out::CreateSession(v1::CreateSession {
+            mode: v1::Mode::FullControl as i32,
+            reason: String::new(),
+        }))
+        .await;
+    let created = match helper.recv().await.unwrap() {
+        In::SessionCreated(c) => c,
+        other => panic!("expected SessionCreated, got {other:?}"),
+    };
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&created.code)).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    loop {
+        if let In::SessionStarted(_) = helper.recv().await.unwrap() {
+            break;
+        }
+    }
+    // A chat stream being forwarded: its first message reached the sharer.
+    let mut chat = helper.open_channel(channel_tag(v1::Channel::Chat)).await;
+    within(chat.send(Bytes::from_static(b"still typing")))
+        .await
+        .unwrap();
+    let (channel, mut said) = within(sharer.accept_unsealed_channel()).await.unwrap();
+    assert_eq!(channel, Channel::Chat);
+    within(said.recv()).await.unwrap().unwrap();
+    // The session ends with the stream still open: the relay drops it.
+    helper.send(Out::EndSession(v1::EndSession {})).await;
+    let stopped = within(chat.get_ref().stopped()).await.unwrap();
+    assert_eq!(
+        stopped,
+        Some(0),
+        "STOP_SENDING 0, as WebTransport carries it"
+    );
+    drop(helper);
+    sharer.close().await;
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}

@@ -290,6 +290,21 @@ impl PartyRecv {
     }
 }
 
+/// A stream dropped unread is stopped with code 0 (PROTOCOL.md §8.5: an aborted forwarder,
+/// a session that ended, a stream refused by returning early). quinn does that on drop,
+/// but with the raw code, and `web_transport_quinn` adds no drop of its own: a raw 0 lies
+/// outside WebTransport's range in HTTP/3, so the sender's library would report no code.
+/// A WebTransport stream is stopped here through the mapping first; quinn's own drop then
+/// has nothing left to stop. (On a stream already read to its end, or stopped, this does
+/// nothing.)
+impl Drop for PartyRecv {
+    fn drop(&mut self) {
+        if let PartyRecv::Web(r) = self {
+            let _ = r.stop(0);
+        }
+    }
+}
+
 impl AsyncRead for PartyRecv {
     fn poll_read(
         self: Pin<&mut Self>,
