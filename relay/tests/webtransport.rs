@@ -572,3 +572,60 @@ async fn a_webtransport_sender_whose_stream_the_relay_drops_sees_code_0() {
     relay.wait_until_empty().await;
     relay.stop().await;
 }
+
+/// A WebTransport client has no more data streams than a native one (6, PROTOCOL.md §2).
+/// QUIC grants it 3 more, for the HTTP/3 streams a browser opens (control, QPACK encoder and
+/// decoder); `web_transport_quinn`'s client opens only the control stream, so it could
+/// open 8 data streams at once. The relay holds it to 6: the streams beyond them are
+/// refused alone, STOP_SENDING `LIMIT_EXCEEDED`, and the connection lives.
+#[tokio::test]
+async fn a_webtransport_client_cannot_hold_more_data_streams_than_a_native_one() {
+    use futures_util::stream::FuturesUnordered;
+    let relay = TestRelay::builder().plaintext_clients().start().await;
+    let token = relay.tenant("contoso").token(Persona::Helper);
+    let mut helper = WtClient::connect(&relay, token, Role::Helper)
+        .await
+        .unwrap();
+    helper
+        .send(Out::CreateSession(v1::CreateSession {
+            mode: v1::Mode::FullControl as i32,
+            reason: String::new(),
+        }))
+        .await;
+    let created = match helper.recv().await.unwrap() {
+        In::SessionCreated(c) => c,
+        other => panic!("expected SessionCreated, got {other:?}"),
+    };
+    let mut sharer = relay.sharer("contoso").await;
+    within(sharer.join(&created.code)).await.unwrap();
+    within(sharer.accept()).await.unwrap();
+    loop {
+        if let In::SessionStarted(_) = helper.recv().await.unwrap() {
+            break;
+        }
+    }
+    // Eight data streams, each no more than its WebTransport header (no tag byte yet): the
+    // relay holds every one it admits, waiting for its tag.
+    let native = remote_help_relay::transport::UNI_STREAMS as usize;
+    let mut streams = Vec::new();
+    for _ in 0..native + 2 {
+        streams.push(within(helper.session.open_uni()).await.unwrap());
+    }
+    let mut stopped: FuturesUnordered<_> = streams.iter().map(|s| s.stopped()).collect();
+    for _ in 0..2 {
+        let code = within(stopped.next()).await.unwrap().unwrap();
+        assert_eq!(code, Some(ErrorCode::LimitExceeded.to_quic()));
+    }
+    drop(stopped);
+    // The connection lives, and still serves its control stream.
+    helper.send(Out::Ping(v1::Ping { nonce: 9 })).await;
+    match helper.recv().await.unwrap() {
+        In::Pong(pong) => assert_eq!(pong.nonce, 9),
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    drop(streams);
+    drop(helper);
+    sharer.close().await;
+    relay.wait_until_empty().await;
+    relay.stop().await;
+}

@@ -173,6 +173,7 @@ pub async fn serve(
             session: None,
             tag_readers: JoinSet::new(),
             forwarders: JoinSet::new(),
+            data_streams: party::DataStreams::default(),
             failed_joins: 0,
             device_registered: false,
             prompt_lapsed: false,
@@ -331,6 +332,8 @@ struct Conn {
     tag_readers: JoinSet<TaggedStream>,
     /// Data streams being forwarded to the peer.
     forwarders: JoinSet<()>,
+    /// The party's data streams in the relay's hands, held to the native limit.
+    data_streams: party::DataStreams,
     failed_joins: u32,
     /// This device agent is registered for unattended sessions.
     device_registered: bool,
@@ -1236,6 +1239,16 @@ impl Conn {
             stream.stop(ErrorCode::ProtocolViolation.to_quic());
             return;
         };
+        if !self.data_streams.admit(&mut stream) {
+            metrics::counter!("relay_refusals_total", "code" => ErrorCode::LimitExceeded.as_str_name())
+                .increment(1);
+            debug!(
+                limit = crate::transport::UNI_STREAMS,
+                "data stream over the per-connection limit refused"
+            );
+            stream.stop(ErrorCode::LimitExceeded.to_quic());
+            return;
+        }
         let session = session.id.clone();
         self.tag_readers.spawn(self.hub.tracked(async move {
             let mut tag = [0u8; 1];

@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -95,7 +96,7 @@ impl Party {
             }
             Party::Web(s) => {
                 let (send, recv) = s.accept_bi().await?;
-                Ok((PartySend::Web(send), PartyRecv::Web(recv)))
+                Ok((PartySend::Web(send), PartyRecv::Web(recv, None)))
             }
         }
     }
@@ -104,7 +105,7 @@ impl Party {
     pub async fn accept_uni(&self) -> Result<PartyRecv, PartyError> {
         match self {
             Party::Native(c) => Ok(PartyRecv::Native(c.accept_uni().await?)),
-            Party::Web(s) => Ok(PartyRecv::Web(s.accept_uni().await?)),
+            Party::Web(s) => Ok(PartyRecv::Web(s.accept_uni().await?, None)),
         }
     }
 
@@ -243,8 +244,49 @@ fn web_code(code: u32) -> quinn::VarInt {
 pub enum PartyRecv {
     /// Native QUIC.
     Native(quinn::RecvStream),
-    /// WebTransport.
-    Web(web_transport_quinn::RecvStream),
+    /// WebTransport; with its place in [`DataStreams`] once admitted there.
+    Web(web_transport_quinn::RecvStream, Option<DataStreamSlot>),
+}
+
+/// The data streams a party has in the relay's hands at once (being read for their tag
+/// byte, or forwarded), held to the native limit of [`UNI_STREAMS`] for every transport.
+///
+/// A native client cannot open more: QUIC's stream credit stops it. A WebTransport client
+/// is granted [`H3_UNI_STREAMS`] more credit, for the HTTP/3 streams a browser opens
+/// (control, QPACK encoder and decoder), but the relay cannot see which of them a client
+/// really opened (`web_transport_quinn` takes them in), and one that skips the QPACK
+/// streams, as `web_transport_quinn`'s own client does, would have 2 more data streams
+/// than a native client. Those are refused here: STOP_SENDING `LIMIT_EXCEEDED`.
+#[derive(Debug, Default)]
+pub struct DataStreams(Arc<AtomicUsize>);
+
+/// A data stream's place in its party's [`DataStreams`], given back when the stream is
+/// dropped.
+#[derive(Debug)]
+pub struct DataStreamSlot(Arc<AtomicUsize>);
+
+impl Drop for DataStreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl DataStreams {
+    /// Takes a newly accepted data stream into the count; false (the stream is to be
+    /// refused) if the party already has [`UNI_STREAMS`] in the relay's hands. Native
+    /// streams are not counted: QUIC holds them to the same limit.
+    pub fn admit(&self, stream: &mut PartyRecv) -> bool {
+        let PartyRecv::Web(_, slot) = stream else {
+            return true;
+        };
+        // Only the connection's own task admits, so load-then-add cannot race past the limit.
+        if self.0.load(Ordering::Relaxed) >= UNI_STREAMS as usize {
+            return false;
+        }
+        self.0.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(DataStreamSlot(self.0.clone()));
+        true
+    }
 }
 
 impl PartyRecv {
@@ -259,7 +301,7 @@ impl PartyRecv {
                 quinn::ReadError::Reset(code) => native_code(code),
                 e => StreamError::Other(e.to_string()),
             }),
-            PartyRecv::Web(r) => r.read_chunk(max, ordered).await.map_err(|e| match e {
+            PartyRecv::Web(r, _) => r.read_chunk(max, ordered).await.map_err(|e| match e {
                 web_transport_quinn::ReadError::Reset(code) => StreamError::Code(code),
                 e => StreamError::Other(e.to_string()),
             }),
@@ -273,7 +315,7 @@ impl PartyRecv {
                 .read_exact(buf)
                 .await
                 .map_err(|e| StreamError::Other(e.to_string())),
-            PartyRecv::Web(r) => r
+            PartyRecv::Web(r, _) => r
                 .read_exact(buf)
                 .await
                 .map_err(|e| StreamError::Other(e.to_string())),
@@ -285,7 +327,7 @@ impl PartyRecv {
         // Err only when the stream is already gone: nothing left to stop.
         let _ = match self {
             PartyRecv::Native(r) => r.stop(code.into()),
-            PartyRecv::Web(r) => r.stop(code),
+            PartyRecv::Web(r, _) => r.stop(code),
         };
     }
 }
@@ -299,7 +341,7 @@ impl PartyRecv {
 /// nothing.)
 impl Drop for PartyRecv {
     fn drop(&mut self) {
-        if let PartyRecv::Web(r) = self {
+        if let PartyRecv::Web(r, _) = self {
             let _ = r.stop(0);
         }
     }
@@ -313,7 +355,7 @@ impl AsyncRead for PartyRecv {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PartyRecv::Native(r) => AsyncRead::poll_read(Pin::new(r), cx, buf),
-            PartyRecv::Web(r) => AsyncRead::poll_read(Pin::new(r), cx, buf),
+            PartyRecv::Web(r, _) => AsyncRead::poll_read(Pin::new(r), cx, buf),
         }
     }
 }
@@ -434,7 +476,8 @@ pub const WEBTRANSPORT_PATH: &str = "/remote-help/1";
 /// Bidirectional streams HTTP/3 itself takes from a WebTransport client: the CONNECT.
 const H3_BIDI_STREAMS: u32 = 1;
 /// Unidirectional streams HTTP/3 itself takes from a WebTransport client: its control
-/// stream and the QPACK encoder and decoder streams (browsers open all three).
+/// stream and the QPACK encoder and decoder streams (browsers open all three; a client
+/// that does not is still held to [`UNI_STREAMS`] data streams by [`DataStreams`]).
 const H3_UNI_STREAMS: u32 = 3;
 
 /// Longest wait, after a 404, for the client to read it and close.
