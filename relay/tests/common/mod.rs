@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod csv;
 pub mod daemon;
 pub mod oidc;
 pub mod skip;
