@@ -608,6 +608,38 @@ async fn an_index_deleted_under_a_running_relay_is_rebuilt_and_answers_the_same(
 }
 
 #[tokio::test]
+async fn an_index_that_cannot_be_rebuilt_answers_503_until_the_fault_is_gone_then_recovers_without_a_restart()
+ {
+    let relay = relay_with_history(1_000).await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = admin_token(&relay, "contoso", &["report-readers"]);
+    let path = "/api/v1/reports/sessions?limit=1000";
+    let before = http(admin, "GET", path, Some(&token)).await;
+    assert_eq!(before.0, 200, "{}", before.1);
+
+    // The fault, one root cannot write through either: a file where the state folder (the
+    // index's parent) was. The index is gone from its place, so the next query rebuilds
+    // it, and the rebuild cannot create a file there.
+    let state = relay.audit_dir().parent().unwrap().join("state");
+    let aside = state.with_file_name("state-aside");
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::write(&state, "not a folder").unwrap();
+    for _ in 0..2 {
+        let (status, body) = http(admin, "GET", path, Some(&token)).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("index_unavailable"), "{body}");
+    }
+
+    // The fault removed (space freed, permissions fixed): the next query answers, as
+    // before, without a restart.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
+    let after = http(admin, "GET", path, Some(&token)).await;
+    assert_eq!(after, before);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_deleted_or_mismatched_index_is_rebuilt_with_identical_answers() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");

@@ -309,14 +309,7 @@ impl ReportIndex {
     }
 
     fn create(path: &Path, audit_dir: &Path) -> Result<ReportIndex, IndexError> {
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&file, e)),
-            }
-        }
+        remove_database(path)?;
         metrics::counter!("relay_report_index_rebuilds_total").increment(1);
         let db = Self::connect(path)?;
         db.execute_batch(CREATE)?;
@@ -337,15 +330,27 @@ impl ReportIndex {
         self.catch_up().map(drop)
     }
 
-    /// Closes the connection, then deletes and creates the database. Closing first matters:
-    /// SQLite removes the write-ahead log by name when its last connection closes, and an
-    /// old connection closing after the new files exist would remove the new log.
+    /// Builds an empty database beside this one, then puts it in this one's place. Built
+    /// first, so a failure there (a full disk, a refused folder) leaves this index as it
+    /// was rather than half replaced; the caller drops an index that answered an error
+    /// (`server::reports`), so the next query opens afresh either way.
+    ///
+    /// The old connection is closed before its files are removed, and the new one before
+    /// it is renamed: SQLite removes a write-ahead log by name when its last connection
+    /// closes, and a connection closing after the files were swapped would remove the
+    /// other database's log.
     fn recreate(&mut self) -> Result<(), IndexError> {
+        let fresh = PathBuf::from(format!("{}.new", self.path.display()));
+        let built = Self::create(&fresh, &self.audit_dir)?;
+        // Closing the only connection checkpoints its log into the file and removes it.
+        built.db.close().map_err(|(_, e)| e)?;
         drop(std::mem::replace(
             &mut self.db,
             Connection::open_in_memory()?,
         ));
-        *self = Self::create(&self.path, &self.audit_dir)?;
+        remove_database(&self.path)?;
+        std::fs::rename(&fresh, &self.path).map_err(|e| io_error(&self.path, e))?;
+        self.db = Self::connect(&self.path)?;
         Ok(())
     }
 
@@ -707,6 +712,19 @@ impl ReportIndex {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// Removes the database at `path` and its write-ahead log and shared memory, where present.
+fn remove_database(path: &Path) -> Result<(), IndexError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&file, e)),
+        }
+    }
+    Ok(())
 }
 
 /// The bytes of `file` from `offset` to its end.

@@ -88,13 +88,18 @@ impl Reports {
         }
     }
 
+    /// Runs `query` on the index, caught up first (opened first if there is none). Any
+    /// error, from opening, catching up or the query, drops the index: the next query
+    /// opens it afresh (a rebuild if it cannot be read), so a passing fault (a full disk,
+    /// a refused folder) ends with the fault instead of lasting until a restart.
     fn with_index<T>(
         &self,
         query: impl FnOnce(&ReportIndex) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        let index = match guard.as_mut() {
-            Some(index) => {
+        // Taken out while it is caught up: on an error it is not put back.
+        let index = match guard.take() {
+            Some(mut index) => {
                 index.catch_up()?;
                 index
             }
@@ -104,13 +109,12 @@ impl Reports {
                     .config
                     .state_dir
                     .join(crate::report::index::INDEX_FILE);
-                guard.insert(ReportIndex::open(&path, &self.hub.config.audit.dir)?)
+                ReportIndex::open(&path, &self.hub.config.audit.dir)?
             }
         };
-        let answer = query(index);
-        if answer.is_err() {
-            // Open afresh next time (a rebuild if it cannot be read).
-            *guard = None;
+        let answer = query(&index);
+        if answer.is_ok() {
+            *guard = Some(index);
         }
         answer
     }
