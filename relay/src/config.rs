@@ -247,6 +247,10 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     /// File holding the bearer token for the session endpoints.
     pub token_file: Option<PathBuf>,
+    /// Report queries one tenant (or the operator) may run at once (default 4).
+    pub reports_queries_per_tenant: Option<u64>,
+    /// Report queries of one tenant that may wait for a slot; more are refused (default 32).
+    pub reports_queued_per_tenant: Option<u64>,
 }
 
 /// The admin/metrics HTTP listener.
@@ -256,7 +260,19 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token for `/admin/*`; without one those endpoints answer 403.
     pub token: Option<String>,
+    /// Report queries one tenant's administrators (or the operator) may run at once.
+    pub reports_queries_per_tenant: usize,
+    /// Report queries of one tenant that may wait for a running one to finish; beyond
+    /// them a query is refused (`429 too_many_queries`).
+    pub reports_queued_per_tenant: usize,
 }
+
+/// Default of `[admin] reports_queries_per_tenant`: the index answers one query at a
+/// time, so more running at once only wait for it; a few keep a tenant's page responsive.
+pub const DEFAULT_REPORTS_QUERIES_PER_TENANT: usize = 4;
+/// Default of `[admin] reports_queued_per_tenant`: room for the Monitor page's burst (one
+/// summary per day of the month at once) without refusing it.
+pub const DEFAULT_REPORTS_QUEUED_PER_TENANT: usize = 32;
 
 /// `[server]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -828,6 +844,8 @@ impl Config {
             admin: AdminConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 token: None,
+                reports_queries_per_tenant: DEFAULT_REPORTS_QUERIES_PER_TENANT,
+                reports_queued_per_tenant: DEFAULT_REPORTS_QUEUED_PER_TENANT,
             },
             cluster: None,
             key_fetch: FetchSettings::default(),
@@ -1624,6 +1642,29 @@ impl Config {
             },
         };
 
+        let reports_queries_per_tenant = match raw_admin.reports_queries_per_tenant {
+            None => DEFAULT_REPORTS_QUERIES_PER_TENANT,
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(n) => {
+                problem(
+                    "admin.reports_queries_per_tenant",
+                    format!("{n} is out of range; 1 to 1024"),
+                );
+                DEFAULT_REPORTS_QUERIES_PER_TENANT
+            }
+        };
+        let reports_queued_per_tenant = match raw_admin.reports_queued_per_tenant {
+            None => DEFAULT_REPORTS_QUEUED_PER_TENANT,
+            Some(n) if n <= 65_536 => n as usize,
+            Some(n) => {
+                problem(
+                    "admin.reports_queued_per_tenant",
+                    format!("{n} is out of range; 0 to 65536"),
+                );
+                DEFAULT_REPORTS_QUEUED_PER_TENANT
+            }
+        };
+
         let key_fetch = key_fetch_settings(&raw.key_fetch, &mut problem);
         let web = raw
             .web
@@ -1640,6 +1681,8 @@ impl Config {
             admin: AdminConfig {
                 listen: admin_listen,
                 token: admin_token,
+                reports_queries_per_tenant,
+                reports_queued_per_tenant,
             },
             listen,
             audience,

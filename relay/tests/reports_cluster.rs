@@ -580,6 +580,128 @@ async fn a_node_that_accepts_but_never_answers_is_named_once_the_fanout_timeout_
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn a_tenant_past_its_concurrent_report_queries_gets_429_while_another_tenant_is_answered() {
+    // Node 1's admin address takes requests and never answers until told: a query of
+    // node 0 waits on it while holding its slot, so the slots in use are known exactly.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let (asked, mut requests) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut open = Vec::new();
+        let accept = async {
+            loop {
+                let (mut stream, _) = hung.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                asked.send(()).unwrap();
+                open.push(stream);
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = released => {}
+        }
+        // Dropping the streams answers every waiting request with a closed connection.
+    });
+    let (busy, other) = ("throttle-busy", "throttle-other");
+    let relay = TestRelay::builder()
+        .tenant(busy, TokenSigner::generate_ed25519("tb-1").unwrap())
+        .tenant(other, TokenSigner::generate_ed25519("to-1").unwrap())
+        .policy(busy, report_roles)
+        .policy(other, report_roles)
+        .config(move |c| {
+            let mut cluster = ClusterConfig::new(
+                NodeId::new(0).unwrap(),
+                vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            );
+            cluster.admin_nodes = vec!["http://127.0.0.1:3".into(), format!("http://{hung_addr}")];
+            // Longer than the test: the held queries end when node 1's streams close.
+            cluster.fanout_timeout = Duration::from_secs(600);
+            c.cluster = Some(cluster);
+            c.admin.reports_queries_per_tenant = 2;
+            c.admin.reports_queued_per_tenant = 0;
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let token = |tenant: &str| {
+        let t = relay.tenant(tenant);
+        let mut spec = with_claims(
+            t.spec(Persona::Helper),
+            json!({ "groups": ["report-readers"] }),
+        );
+        spec.audience = ADMIN_AUDIENCE.into();
+        t.sign(&spec)
+    };
+    let (busy_token, other_token) = (token(busy), token(other));
+
+    // Two summaries of the busy tenant hold its two slots (both reached node 1).
+    let holding: Vec<_> = (0..2)
+        .map(|_| {
+            let token = busy_token.clone();
+            tokio::spawn(async move { get_json(admin, "/api/v1/reports/summary", &token).await })
+        })
+        .collect();
+    for _ in 0..2 {
+        within(requests.recv()).await.unwrap();
+    }
+
+    // A third query of the busy tenant, even one for this node only, is refused at once.
+    let (status, head, body) = http_with_head(
+        admin,
+        "GET",
+        "/api/v1/reports/sessions?scope=node",
+        Some(&busy_token),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nretry-after: 1"),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "too_many_queries");
+    let (status, _) = get_json(admin, "/api/v1/reports/summary", &busy_token).await;
+    assert_eq!(status, 429);
+    let throttled = metrics(admin).await;
+    assert!(
+        throttled
+            .get("relay_reports_throttled_total{reason=\"queue_full\"}")
+            .is_some_and(|n| *n >= 2.0),
+        "{throttled:?}"
+    );
+
+    // Another tenant's queries are answered meanwhile.
+    let (status, page) = get_json(admin, "/api/v1/reports/sessions?scope=node", &other_token).await;
+    assert_eq!(status, 200, "{page}");
+    let (status, _, csv) = http_with_head(
+        admin,
+        "GET",
+        "/api/v1/reports/sessions.csv?scope=node",
+        Some(&other_token),
+    )
+    .await;
+    assert_eq!(status, 200, "{csv}");
+
+    // Node 1 gives up: the held queries end (partial), and their slots are free again.
+    release.send(()).unwrap();
+    held.await.unwrap();
+    for query in holding {
+        let (status, summary) = within(query).await.unwrap();
+        assert_eq!(status, 200, "{summary}");
+        assert_eq!(summary["missing_nodes"], json!([1]));
+    }
+    let (status, page) = get_json(admin, "/api/v1/reports/sessions?scope=node", &busy_token).await;
+    assert_eq!(status, 200, "{page}");
+    relay.stop().await;
+}
+
 /// What answering for the cluster costs over answering for one node, on loopback: the
 /// median of 30 requests each, printed. Not a test of speed (no threshold); run with
 /// `cargo test -p remote-help-relay --all-features --test reports_cluster -- --ignored

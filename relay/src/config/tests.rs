@@ -692,3 +692,49 @@ fn a_web_sign_in_is_a_public_client_at_an_https_issuer_with_openid() {
     .unwrap_err();
     assert!(err.to_string().contains("client_secret"), "{err}");
 }
+
+#[test]
+fn report_query_limits_default_and_are_checked() {
+    let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"https://idp.example\"\n";
+    let config = Config::parse(tenant, Path::new(".")).unwrap();
+    assert_eq!(
+        (
+            config.admin.reports_queries_per_tenant,
+            config.admin.reports_queued_per_tenant
+        ),
+        (
+            DEFAULT_REPORTS_QUERIES_PER_TENANT,
+            DEFAULT_REPORTS_QUEUED_PER_TENANT
+        )
+    );
+    let config = Config::parse(
+        &format!(
+            "[admin]\nreports_queries_per_tenant = 2\nreports_queued_per_tenant = 0\n{tenant}"
+        ),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config.admin.reports_queries_per_tenant,
+            config.admin.reports_queued_per_tenant
+        ),
+        (2, 0)
+    );
+    let fields: Vec<String> = problems(
+        &format!(
+            "[admin]\nreports_queries_per_tenant = 0\nreports_queued_per_tenant = 100000\n{tenant}"
+        ),
+        Path::new("."),
+    )
+    .into_iter()
+    .map(|p| p.field)
+    .collect();
+    assert_eq!(
+        fields,
+        [
+            "admin.reports_queries_per_tenant",
+            "admin.reports_queued_per_tenant"
+        ]
+    );
+}

@@ -18,6 +18,7 @@
 
 mod cluster;
 pub mod fanout;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use self::cluster::{
     forwarded, not_found_in, parse_answer, url_segment,
 };
 use self::fanout::{Peers, SCOPE, SCOPE_NODE};
+use self::throttle::{Bucket, Slot, Throttle};
 use super::hub::Hub;
 use crate::auth::Audience;
 use crate::core::SessionId;
@@ -61,6 +63,9 @@ pub struct Reports {
     index: Arc<Mutex<Option<ReportIndex>>>,
     /// The other nodes, in a cluster with admin addresses.
     peers: Option<Arc<Peers>>,
+    /// The per-tenant bound on queries running at once (`[admin]
+    /// reports_queries_per_tenant`, `reports_queued_per_tenant`).
+    throttle: Arc<Throttle>,
 }
 
 impl Reports {
@@ -72,10 +77,15 @@ impl Reports {
     /// The reports of `hub`'s node; the index lives in the state folder.
     pub fn new(hub: Arc<Hub>) -> Reports {
         let peers = Peers::from_config(hub.config.cluster.as_ref()).map(Arc::new);
+        let throttle = Arc::new(Throttle::new(
+            hub.config.admin.reports_queries_per_tenant,
+            hub.config.admin.reports_queued_per_tenant,
+        ));
         Reports {
             hub,
             index: Arc::new(Mutex::new(None)),
             peers,
+            throttle,
         }
     }
 
@@ -143,6 +153,8 @@ pub struct ApiError {
     reason: Option<&'static str>,
     /// In a cluster answer: the nodes that did not answer (`partial`, `missing_nodes`).
     missing: Option<Vec<u8>>,
+    /// Seconds for `Retry-After` (a throttled query).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -153,6 +165,7 @@ impl ApiError {
             message: message.into(),
             reason: None,
             missing: None,
+            retry_after: None,
         }
     }
 
@@ -178,7 +191,13 @@ impl IntoResponse for ApiError {
             answer["partial"] = (!missing.is_empty()).into();
             answer["missing_nodes"] = missing.into();
         }
-        (self.status, axum::Json(answer)).into_response()
+        let mut response = (self.status, axum::Json(answer)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -226,6 +245,45 @@ impl Caller {
             Caller::Operator => super::admin::OPERATOR.into(),
             Caller::Tenant { subject, .. } => format!("tenant:{subject}"),
         }
+    }
+}
+
+/// How long a throttled caller is told to wait (`Retry-After`): a typical query is over
+/// by then.
+const RETRY_AFTER_SECS: u64 = 1;
+
+impl Reports {
+    /// A query slot of `caller`'s tenant (the operator has its own): at once, after a
+    /// wait in the tenant's queue, or refused with `429 too_many_queries` when the queue
+    /// is full. Held until the answer is complete.
+    async fn admit(&self, caller: &Caller) -> Result<Slot, ApiError> {
+        let bucket = match caller {
+            Caller::Operator => Bucket::Operator,
+            Caller::Tenant { tenant, .. } => Bucket::Tenant(tenant.clone()),
+        };
+        self.throttle.admit(&bucket).await.map_err(|refused| {
+            metrics::counter!("relay_reports_throttled_total", "reason" => refused.reason())
+                .increment(1);
+            let who = match &bucket {
+                Bucket::Operator => "the operator",
+                Bucket::Tenant(_) => "this tenant",
+            };
+            warn!(
+                ?bucket,
+                reason = refused.reason(),
+                "report query refused: too many at once"
+            );
+            ApiError {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_queries",
+                    format!(
+                        "{who} has too many report queries running and waiting; try again shortly"
+                    ),
+                )
+            }
+        })
     }
 }
 
@@ -539,6 +597,7 @@ async fn sessions(
     allowed.extend(["sort", "order", "limit", "cursor", SCOPE]);
     let params = Params::checked(raw, &allowed)?;
     let peers = fan_out(&reports, &params)?;
+    let _slot = reports.admit(&caller).await?;
     let sort = match params.text("sort") {
         None => SortKey::StartTime,
         Some(s) => SortKey::parse(&s).ok_or_else(|| {
@@ -667,6 +726,53 @@ fn csv_row(s: &IndexedSession) -> String {
     text
 }
 
+/// Rows per page of a CSV export: the index is locked for one page at a time, so other
+/// queries (other tenants') are answered between pages, and memory holds one page.
+pub const EXPORT_PAGE_ROWS: usize = 1000;
+
+/// One page of an export: its CSV lines, and where the next starts (`None`: the last).
+struct ExportPage {
+    csv: String,
+    next: Option<Cursor>,
+}
+
+/// The export's page after `after`, oldest first (start, tenant, session id: the order
+/// of [`ReportIndex::all_sessions`]), formatted on the blocking thread: a large tenant's
+/// month is a quarter of a million rows, CPU the runtime's workers (which forward session
+/// data) must not spend.
+async fn export_page(
+    reports: &Reports,
+    query: &SessionQuery,
+    after: Option<Cursor>,
+) -> Result<ExportPage, ApiError> {
+    let query = query.clone();
+    run(reports, "export", move |index| {
+        let (rows, next) = index.sessions(
+            &query,
+            SortKey::StartTime,
+            false,
+            after.as_ref(),
+            EXPORT_PAGE_ROWS,
+        )?;
+        let mut csv = String::new();
+        for row in &rows {
+            csv.push_str(&csv_row(row));
+        }
+        Ok(ExportPage { csv, next })
+    })
+    .await
+}
+
+/// Where a streamed export stands.
+enum ExportStep {
+    /// A page read, to send; then the next, if any.
+    Send(ExportPage),
+    /// The page after this cursor is to be read.
+    Read(Cursor),
+    /// Sent completely, or failed.
+    Done,
+}
+
 async fn export(
     State(reports): State<Reports>,
     headers: HeaderMap,
@@ -676,36 +782,66 @@ async fn export(
     let mut allowed = FILTERS.to_vec();
     allowed.push(SCOPE);
     let params = Params::checked(raw, &allowed)?;
+    let slot = reports.admit(&caller).await?;
     if let Some(peers) = fan_out(&reports, &params)? {
         return cluster_export(&reports, peers, &headers, &caller, &params).await;
     }
-    let mut body = CSV_COLUMNS.join(",");
-    body.push_str("\r\n");
-    // Formatted on the blocking thread too: a large tenant's month is a quarter of a
-    // million rows, CPU the runtime's workers (which forward session data) must not spend.
-    let body = match session_query(&reports.hub, &caller, &params)? {
+    let mut header_line = CSV_COLUMNS.join(",");
+    header_line.push_str("\r\n");
+    let first = match session_query(&reports.hub, &caller, &params)? {
+        // The first page before answering: an index that cannot answer is still a 503.
         Some(query) => {
-            run(&reports, "export", move |index| {
-                for row in index.all_sessions(&query)? {
-                    body.push_str(&csv_row(&row));
-                }
-                Ok(body)
-            })
-            .await?
+            let mut page = export_page(&reports, &query, None).await?;
+            page.csv.insert_str(0, &header_line);
+            Some((page, query))
         }
-        None => body,
+        None => None,
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"sessions.csv\"",
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    let attachment = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"sessions.csv\"",
+        ),
+    ];
+    let Some((first, query)) = first else {
+        return Ok((attachment, header_line).into_response());
+    };
+    // The rest page by page as the client reads: the slot is held until the last page
+    // is sent (or the client goes away). An index failure after the first page ends the
+    // response without its last chunk, so the client sees an incomplete transfer, never a
+    // shorter file that looks complete.
+    let body = futures_util::stream::unfold(
+        (ExportStep::Send(first), reports, query, slot),
+        |(step, reports, query, slot)| async move {
+            match step {
+                ExportStep::Done => None,
+                ExportStep::Send(page) => {
+                    let following = page.next.map_or(ExportStep::Done, ExportStep::Read);
+                    let chunk = axum::body::Bytes::from(page.csv);
+                    Some((Ok(chunk), (following, reports, query, slot)))
+                }
+                ExportStep::Read(after) => match export_page(&reports, &query, Some(after)).await {
+                    Ok(page) => {
+                        let following = page.next.map_or(ExportStep::Done, ExportStep::Read);
+                        let chunk = axum::body::Bytes::from(page.csv);
+                        Some((Ok(chunk), (following, reports, query, slot)))
+                    }
+                    Err(e) => {
+                        metrics::counter!("relay_report_errors_total", "code" => "export_interrupted")
+                                .increment(1);
+                        warn!(
+                            code = e.code,
+                            "CSV export interrupted after its first page; the response ends incomplete"
+                        );
+                        let error = std::io::Error::other(e.message);
+                        Some((Err(error), (ExportStep::Done, reports, query, slot)))
+                    }
+                },
+            }
+        },
+    );
+    Ok((attachment, axum::body::Body::from_stream(body)).into_response())
 }
 
 async fn summary(
@@ -715,6 +851,7 @@ async fn summary(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, &["tenant", "since", "until", SCOPE])?;
+    let _slot = reports.admit(&caller).await?;
     let since = params
         .time("since")?
         .unwrap_or(i64::MIN)
@@ -793,6 +930,7 @@ async fn detail(
     let caller = authenticate(&reports.hub, &headers).await?;
     let params = Params::checked(raw, &["tenant", SCOPE])?;
     let peers = fan_out(&reports, &params)?;
+    let _slot = reports.admit(&caller).await?;
     let Ok(tenant) = caller.tenant_filter(params.text("tenant")) else {
         return Err(not_found_in(peers));
     };

@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use super::fanout::{self, Peers, SCOPE, SCOPE_NODE};
 use super::{
-    ApiError, CSV_COLUMNS, Caller, MAX_LIMIT, Page, Params, Reports, bad_cursor, csv_row,
-    encode_cursor, run, session_query,
+    ApiError, CSV_COLUMNS, Caller, EXPORT_PAGE_ROWS, MAX_LIMIT, Page, Params, Reports, bad_cursor,
+    csv_row, encode_cursor, run, session_query,
 };
 use crate::core::cluster::NodeId;
-use crate::report::index::{IndexedSession, SortKey};
+use crate::report::index::{Cursor, IndexedSession, SessionQuery, SortKey};
 use crate::report::merge::{ClusterCursor, NodePage, NodePosition, merge_page, merge_sorted};
 
 /// The `Authorization` header as the caller sent it: forwarded unchanged to the other
@@ -302,6 +302,34 @@ pub(super) async fn node_export(
     }
 }
 
+/// This node's rows of a cluster export, oldest first, read a page at a time (the index
+/// is locked for one page, not the whole export, so other tenants' queries run between).
+async fn local_export(
+    reports: &Reports,
+    query: SessionQuery,
+) -> Result<Vec<IndexedSession>, ApiError> {
+    let mut rows = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let query = query.clone();
+        let (page, next) = run(reports, "export", move |index| {
+            index.sessions(
+                &query,
+                SortKey::StartTime,
+                false,
+                after.as_ref(),
+                EXPORT_PAGE_ROWS,
+            )
+        })
+        .await?;
+        rows.extend(page);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(rows),
+        }
+    }
+}
+
 /// The cluster's CSV: every node's rows merged in the export's order (start, tenant,
 /// session id). A node that did not answer is named in the `Relay-Report-Missing-Nodes`
 /// header (`Relay-Report-Partial: true`) and the file is offered as `sessions-partial.csv`.
@@ -317,7 +345,7 @@ pub(super) async fn cluster_export(
     if let Some(query) = session_query(&reports.hub, caller, params)? {
         let authorization = authorization(headers);
         let base = forwarded(params, &[]);
-        let local = run(reports, "export", move |index| index.all_sessions(&query));
+        let local = local_export(reports, query);
         let remote = futures_util::future::join_all(peers.others().map(|node| {
             let (base, authorization) = (&base, &authorization);
             async move { (node, node_export(peers, node, base, authorization).await) }
