@@ -23,6 +23,7 @@ const SENTENCES = {
   bad_request: "The relay did not understand the request",
   bad_cursor: "The list changed shape; reload it.",
   not_found: "There is no such session (or it is no longer running).",
+  too_many_queries: "Too many reports are being read for your organisation right now; try again in a moment.",
   index_unavailable: "The reports are not available right now; try again in a moment.",
   internal: "The relay failed to answer; try again, and tell the operator if it persists.",
 };
