@@ -414,6 +414,9 @@ pub struct RawWebSignIn {
     pub scopes: Option<Vec<String>>,
     /// The RFC 8707 `resource` parameter sent with the requests, if the provider needs one.
     pub resource: Option<String>,
+    /// The `resource` parameter of the web helper page's sign-in (tokens for the session
+    /// audience); none by default.
+    pub helper_resource: Option<String>,
     /// The name the page shows for the tenant (default: its id).
     pub display_name: Option<String>,
 }
@@ -470,8 +473,15 @@ pub struct WebSignIn {
     pub client_id: String,
     /// The scopes asked for; `openid` among them, for the ID token whose nonce the page checks.
     pub scopes: Vec<String>,
-    /// The `resource` parameter (RFC 8707) for providers that pick the token's audience by it.
+    /// The `resource` parameter (RFC 8707) for providers that pick the token's audience by it:
+    /// the Monitor page's, for a token of the tenant's administration audience.
     pub resource: Option<String>,
+    /// The `resource` parameter of the web helper page's sign-in (docs/web-helper.md), whose
+    /// token must carry the tenant's session audience (`audience`), never the administration
+    /// one. `None` sends no `resource`: the provider then issues its default audience, which
+    /// must be the tenant's `audience`. A separate field because one indicator cannot name
+    /// both audiences, and the two must differ.
+    pub helper_resource: Option<String>,
     /// The tenant's name on the page (default: its id).
     pub display_name: Option<String>,
 }
@@ -548,9 +558,11 @@ fn parse_web_sign_in(
         );
         fine = false;
     }
-    let resource = raw.resource;
-    if let Some(resource) = &resource {
-        // RFC 8707: an absolute URI without a fragment.
+    // RFC 8707: an absolute URI without a fragment.
+    let mut check_resource = |field: &str, resource: &Option<String>| {
+        let Some(resource) = resource else {
+            return true;
+        };
         let scheme = resource.split(':').next().unwrap_or_default();
         let absolute = resource.contains(':')
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -559,12 +571,17 @@ fn parse_web_sign_in(
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if !absolute || resource.contains('#') || resource.chars().any(char::is_whitespace) {
             problem(
-                "web_sign_in.resource",
+                field,
                 format!("{resource:?} is not an absolute URI without a fragment (RFC 8707)"),
             );
-            fine = false;
+            return false;
         }
-    }
+        true
+    };
+    let resource = raw.resource;
+    fine &= check_resource("web_sign_in.resource", &resource);
+    let helper_resource = raw.helper_resource;
+    fine &= check_resource("web_sign_in.helper_resource", &helper_resource);
     let display_name = raw.display_name;
     if let Some(name) = &display_name
         && (name.trim().is_empty() || name.chars().count() > 100)
@@ -579,6 +596,7 @@ fn parse_web_sign_in(
         client_id,
         scopes,
         resource,
+        helper_resource,
         display_name,
     })
 }

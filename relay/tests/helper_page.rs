@@ -1044,3 +1044,225 @@ async fn the_page_confirms_a_compliance_warning_and_shows_a_decline() {
     drop(page);
     relay.stop().await;
 }
+
+/// The administration audience of the tenant whose helpers sign in at its provider: the
+/// Monitor page's `resource`, which the helper page must never ask for.
+const SSO_ADMIN_AUDIENCE: &str = "urn:contoso-sso:remote-help-reports";
+
+#[tokio::test]
+async fn a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_of_that_tenant() {
+    use common::oidc::{OidcProvider, ProviderOptions};
+    use remote_help_relay::auth::KeySet;
+    use remote_help_relay::claim_map::{ClaimMapping, Preset};
+    use remote_help_relay::config::{DEFAULT_AUDIENCE, WebSignIn};
+    use remote_help_relay::tenant_keys::{KeySource, ProviderKeys};
+
+    let test =
+        "a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_of_that_tenant";
+    if !have_chromium(test) {
+        return;
+    }
+    // Keycloak-shaped claims: realm roles are the groups role assignments name.
+    let Some(provider) = OidcProvider::start(
+        ProviderOptions::new(test)
+            .client(
+                "sharer-app",
+                json!({
+                    "realm_access": {"roles": ["remote-help"]}, "name": "Grace Hopper",
+                    "device_id": "d-1", "device_name": "GRACE-LAPTOP", "platform": "windows",
+                    "enrolled": true, "compliant": true
+                }),
+            )
+            .account(
+                "ada",
+                json!({"realm_access": {"roles": ["remote-help", "helpdesk"]}, "name": "Ada Lovelace"}),
+            )
+            .resource(SSO_ADMIN_AUDIENCE),
+    )
+    .await
+    else {
+        return;
+    };
+    let issuer = provider.issuer().to_string();
+    let ca = provider.ca_pem_path();
+    let relay = TestRelay::builder()
+        .provider_tenant(
+            "contoso-sso",
+            // Signs nothing the tenant accepts: its keys come from the provider.
+            TokenSigner::generate_es256("unused").unwrap(),
+            &issuer,
+            None,
+            ClaimMapping::preset(Preset::Keycloak),
+        )
+        .config({
+            let issuer = issuer.clone();
+            move |c| {
+                let tenant = c
+                    .tenants
+                    .iter_mut()
+                    .find(|t| t.trust.id.as_str() == "contoso-sso")
+                    .unwrap();
+                tenant.trust.keys = KeySet::empty();
+                tenant.keys_from = KeySource::Provider(ProviderKeys {
+                    issuer,
+                    jwks_uri: None,
+                    ca_file: Some(ca),
+                });
+                // The Monitor page's sign-in asks for the administration audience; the
+                // helper page's must not.
+                tenant.admin_audience = Some(SSO_ADMIN_AUDIENCE.into());
+                tenant.web_sign_in = Some(WebSignIn {
+                    client_id: "remote-help-web".into(),
+                    scopes: vec!["openid".into()],
+                    resource: Some(SSO_ADMIN_AUDIENCE.into()),
+                    helper_resource: None,
+                    display_name: Some("Contoso (single sign-on)".into()),
+                });
+            }
+        })
+        .start()
+        .await;
+    let admin = relay.handle.admin_addr().unwrap();
+    let out = artefacts("helper");
+
+    // What the page is offered, without a token: the tenant's public sign-in, for the
+    // session audience, with no resource indicator.
+    let (status, body) = http(admin, "GET", "/helper/sign-in.json", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!([{
+            "tenant": "contoso-sso", "display_name": "Contoso (single sign-on)",
+            "issuer": issuer, "client_id": "remote-help-web", "scopes": ["openid"],
+            "resource": null, "audience": DEFAULT_AUDIENCE
+        }])
+    );
+
+    let page_url = format!("http://{admin}/helper/");
+    provider
+        .add_public_client("remote-help-web", &page_url)
+        .await;
+    let mut page = Browser::launch_with(
+        &out.join("chromium-sso.log"),
+        &[format!(
+            "--ignore-certificate-errors-spki-list={}",
+            provider.leaf_spki_sha256()
+        )],
+    )
+    .await;
+    page.viewport(1280, 1000, false).await;
+    page.call("Page.enable", json!({})).await;
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+            e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`))" }),
+    )
+    .await;
+    page.navigate(&page_url).await;
+    wait(
+        &mut page,
+        "document.body.dataset.choices === '1' && !document.getElementById('provider-form').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('tenant-choice').selectedOptions[0].textContent")
+            .await,
+        json!("Contoso (single sign-on)")
+    );
+    // The page may reach exactly the issuer's origin besides its own and the relay's
+    // WebTransport endpoint.
+    let policy = page
+        .eval("fetch('/helper/').then(r => r.headers.get('content-security-policy'))")
+        .await;
+    let origin = WebSignIn::origin_of(&issuer).unwrap();
+    assert!(
+        policy.as_str().unwrap().contains(&format!(
+            "connect-src 'self' https://127.0.0.1:{} {origin};",
+            relay.addr().port()
+        )),
+        "{policy}"
+    );
+
+    // The helper picks the tenant, signs in at the provider (login and consent forms) and
+    // comes back signed in.
+    page.eval("document.querySelector('#provider-form button[type=submit]').click()")
+        .await;
+    page.wait_across_navigation(&format!(
+        "location.origin === '{issuer}' && document.querySelector('input[name=login]')"
+    ))
+    .await;
+    page.eval(
+        "document.querySelector('input[name=login]').value = 'ada'; \
+         document.querySelector('input[name=password]').value = 'any password'; \
+         document.querySelector('button[type=submit]').click()",
+    )
+    .await;
+    page.wait_across_navigation("document.querySelector('input[name=prompt][value=consent]')")
+        .await;
+    page.eval("document.querySelector('button[type=submit]').click()")
+        .await;
+    page.wait_across_navigation(&format!(
+        "location.origin === 'http://{admin}' && document.body.dataset.state === 'idle'"
+    ))
+    .await;
+    assert_eq!(
+        text(&mut page, "who").await,
+        "Signed in as Ada Lovelace of contoso-sso"
+    );
+    // The answer is gone from the address bar; the token is in this tab's session storage
+    // (and nowhere else), issued by the tenant's provider for the session audience.
+    assert_eq!(
+        page.eval("[location.href, localStorage.length, document.cookie]")
+            .await,
+        json!([page_url, 0, ""])
+    );
+    let token = page
+        .eval("sessionStorage.getItem('rhr-helper-token')")
+        .await;
+    let claims = jwt_claims(token.as_str().unwrap());
+    assert_eq!(claims["aud"], DEFAULT_AUDIENCE, "{claims}");
+    assert_eq!(claims["iss"], issuer.as_str(), "{claims}");
+    assert_eq!(claims["sub"], "ada", "{claims}");
+
+    // A session with a sharer of the same tenant, whose token the provider issued too.
+    page.eval("document.querySelector('#create-form button[type=submit]').click()")
+        .await;
+    wait(&mut page, "document.body.dataset.state === 'waiting'").await;
+    let code = text(&mut page, "code").await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let options = relay.options(provider.token("sharer-app").await, Role::Sharer);
+    let (_raise, raise_rx) = mpsc::unbounded_channel();
+    let sharer = tokio::spawn(share(options, code, seen_tx, raise_rx));
+    wait(&mut page, "document.body.dataset.state === 'active'").await;
+    let Seen::Verification(sharers_code) = next_seen(&mut seen).await else {
+        panic!("the sharer's first report is its verification code");
+    };
+    wait(
+        &mut page,
+        "document.getElementById('verification').textContent !== ''",
+    )
+    .await;
+    assert_eq!(text(&mut page, "verification").await, sharers_code);
+    page.screenshot(&out.join("signed-in-at-provider.png"))
+        .await;
+    assert_eq!(
+        page.eval("window.cspViolations").await,
+        json!([]),
+        "the page breaks its own Content-Security-Policy"
+    );
+    page.eval("document.getElementById('end').click()").await;
+    within(sharer).await.unwrap();
+    drop(page);
+    relay.stop().await;
+}
+
+/// The claims of a JWT (not verified: the relay did that).
+fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}

@@ -563,6 +563,7 @@ async fn the_page_is_served_with_strict_headers_and_me_says_who_may_end_sessions
         client_id: "monitor".into(),
         scopes: vec!["openid".into(), "api://reports/Reports.Read".into()],
         resource: None,
+        helper_resource: None,
         display_name: None,
     });
     relay
@@ -672,6 +673,7 @@ async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_s
                     client_id: "monitor".into(),
                     scopes: vec!["openid".into()],
                     resource: Some(SSO_ADMIN_AUDIENCE.into()),
+                    helper_resource: None,
                     display_name: Some("Contoso (single sign-on)".into()),
                 });
             }

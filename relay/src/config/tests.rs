@@ -647,6 +647,7 @@ fn a_web_sign_in_is_a_public_client_at_an_https_issuer_with_openid() {
             client_id: "monitor".into(),
             scopes: vec!["openid".into()],
             resource: None,
+            helper_resource: None,
             display_name: None,
         }
     );
@@ -671,13 +672,15 @@ fn a_web_sign_in_is_a_public_client_at_an_https_issuer_with_openid() {
     assert_eq!(
         fields(
             "https://login.t.example",
-            "scopes = [\"profile\", \"two words\"]\nresource = \"not a uri\"\ndisplay_name = \" \"\n"
+            "scopes = [\"profile\", \"two words\"]\nresource = \"not a uri\"\n\
+             helper_resource = \"urn:x#frag\"\ndisplay_name = \" \"\n"
         ),
         [
             "tenants[0].web_sign_in.client_id",
             "tenants[0].web_sign_in.scopes[1]",
             "tenants[0].web_sign_in.scopes",
             "tenants[0].web_sign_in.resource",
+            "tenants[0].web_sign_in.helper_resource",
             "tenants[0].web_sign_in.display_name",
         ]
     );

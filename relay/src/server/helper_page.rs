@@ -7,6 +7,12 @@
 //!
 //! The routes live here and join the web surface ([`super::web::web_routes`]), which both
 //! the admin listener and the `[web]` HTTPS listener serve.
+//!
+//! Besides a pasted token, the page signs in at a tenant's OpenID Connect provider where the
+//! tenant has `[tenants.web_sign_in]` (`GET /helper/sign-in.json`; authorization code with
+//! PKCE by the Monitor page's module, served here as `/helper/oidc.js`), for a token of the
+//! tenant's session audience; the page's Content-Security-Policy then lets it reach exactly
+//! those issuers' origins.
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +23,7 @@ use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 
+use super::hub::Hub;
 use crate::tls::browser::BrowserCertificates;
 
 /// The page's files: name under `/helper/`, content, media type.
@@ -37,6 +44,7 @@ const FILES: &[(&str, &str, &str)] = &[
         JS,
     ),
     ("errors.js", include_str!("../../web/helper/errors.js"), JS),
+    ("oidc.js", super::monitor::OIDC_JS, JS),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -98,34 +106,69 @@ pub fn qualifies_for_certificate_hashes(leaf: &CertificateDer<'_>) -> bool {
     ecdsa && (0..=MAX_HASHED_CERTIFICATE_VALIDITY_SECS).contains(&span)
 }
 
-/// The helper page's routes (`/helper`, `/helper/`, its files and `/helper/config.json`),
-/// to merge into a listener's router.
-pub fn routes(page: HelperPage) -> Router {
+/// What the page's routes share: the page, and the hub whose current configuration says
+/// which tenants it offers to sign in with (a reload changes them).
+#[derive(Clone)]
+struct PageState {
+    page: HelperPage,
+    hub: Arc<Hub>,
+}
+
+impl PageState {
+    /// The policy for a page loaded from `host`: the WebTransport origin and the sign-in
+    /// issuers' origins.
+    fn csp(&self, host: &str) -> String {
+        let policies = self.hub.policies();
+        csp_with_sign_in(
+            host,
+            self.page.webtransport_port,
+            policies.helper_sign_in.iter().map(|c| c.origin.as_str()),
+        )
+    }
+}
+
+/// The helper page's routes (`/helper`, `/helper/`, its files, `/helper/config.json` and
+/// `/helper/sign-in.json`), to merge into a listener's router.
+pub fn routes(page: HelperPage, hub: Arc<Hub>) -> Router {
     let mut router = Router::new()
         .route("/helper", get(|| async { Redirect::permanent("/helper/") }))
-        .route("/helper/config.json", get(config_json));
+        .route("/helper/config.json", get(config_json))
+        .route("/helper/sign-in.json", get(sign_in_choices));
     for &(name, body, content_type) in FILES {
         router = router.route(
             &format!("/helper/{name}"),
             get(
-                move |State(page): State<HelperPage>, headers: HeaderMap| async move {
+                move |State(state): State<PageState>, headers: HeaderMap| async move {
                     match host_of(&headers) {
-                        Some(host) => file(body, content_type, &csp(&host, page.webtransport_port)),
+                        Some(host) => file(body, content_type, &state.csp(&host)),
                         None => bad_host(),
                     }
                 },
             ),
         );
     }
-    router.with_state(page)
+    router.with_state(PageState { page, hub })
+}
+
+/// `GET /helper/sign-in.json`: the tenants the page offers to sign in with at their
+/// provider, each for a token of the tenant's session audience. No token: the page needs it
+/// before anyone has signed in, and nothing in it is secret.
+async fn sign_in_choices(State(state): State<PageState>, headers: HeaderMap) -> Response {
+    let Some(host) = host_of(&headers) else {
+        return bad_host();
+    };
+    let choices = state.hub.policies().helper_sign_in.clone();
+    let body = serde_json::to_string(&choices).unwrap_or_else(|_| "[]".into());
+    with_headers(body.into_response(), "application/json", &state.csp(&host))
 }
 
 /// `GET /helper/config.json`: the WebTransport URL on the host the page was loaded from, and
 /// the certificate hashes a browser may accept.
-async fn config_json(State(page): State<HelperPage>, headers: HeaderMap) -> Response {
+async fn config_json(State(state): State<PageState>, headers: HeaderMap) -> Response {
     let Some(host) = host_of(&headers) else {
         return bad_host();
     };
+    let page = &state.page;
     let hashes: Vec<serde_json::Value> = match &page.browser_certificates {
         Some(browser) => browser
             .hashes()
@@ -150,7 +193,7 @@ async fn config_json(State(page): State<HelperPage>, headers: HeaderMap) -> Resp
     with_headers(
         body.to_string().into_response(),
         "application/json",
-        &csp(&host, page.webtransport_port),
+        &state.csp(&host),
     )
 }
 
@@ -194,9 +237,27 @@ fn bad_host() -> Response {
 /// script or style, no frames, no forms), plus the relay's WebTransport origin for
 /// `connect-src`, which governs `new WebTransport(...)`.
 pub fn csp(host: &str, webtransport_port: u16) -> String {
+    csp_with_sign_in(host, webtransport_port, std::iter::empty())
+}
+
+/// [`csp`] when the page may sign in at `origins` (the configured issuers' origins): exactly
+/// those join `connect-src`, for the discovery document and the token endpoint. The sign-in
+/// itself is a top-level navigation to the provider, which no directive governs;
+/// `form-action` stays `'none'`.
+pub fn csp_with_sign_in<'a>(
+    host: &str,
+    webtransport_port: u16,
+    origins: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let origins: std::collections::BTreeSet<&str> = origins.into_iter().collect();
+    let mut connect = format!("'self' https://{host}:{webtransport_port}");
+    for origin in origins {
+        connect.push(' ');
+        connect.push_str(origin);
+    }
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; \
-         connect-src 'self' https://{host}:{webtransport_port}; img-src 'self'; base-uri 'none'; \
+         connect-src {connect}; img-src 'self'; base-uri 'none'; \
          form-action 'none'; frame-ancestors 'none'"
     )
 }
@@ -235,6 +296,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
         h
+    }
+
+    #[test]
+    fn the_policy_adds_exactly_the_issuers_origins_to_connect_src() {
+        assert_eq!(
+            csp("127.0.0.1", 4433),
+            "default-src 'none'; script-src 'self'; style-src 'self'; \
+             connect-src 'self' https://127.0.0.1:4433; img-src 'self'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        );
+        let policy = csp_with_sign_in(
+            "relay.example",
+            443,
+            [
+                "https://login.b.example",
+                "https://login.a.example:8443",
+                "https://login.b.example",
+            ],
+        );
+        assert!(
+            policy.contains(
+                "connect-src 'self' https://relay.example:443 https://login.a.example:8443 \
+                 https://login.b.example;"
+            ),
+            "{policy}"
+        );
+        assert!(policy.contains("form-action 'none'"), "{policy}");
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub struct Policies {
     tenants: HashMap<TenantId, TenantPolicy>,
     /// The browser sign-ins the Monitor page offers (tenants with `web_sign_in`).
     pub sign_in: Vec<super::monitor::SignInChoice>,
+    /// The browser sign-ins the web helper page offers: the same tenants, for tokens of
+    /// their session audience.
+    pub helper_sign_in: Vec<super::monitor::SignInChoice>,
 }
 
 impl Policies {
@@ -174,6 +177,7 @@ impl Policies {
                 .map(|t| (t.trust.id.clone(), t.policy.clone()))
                 .collect(),
             sign_in: super::monitor::SignInChoice::from_config(config),
+            helper_sign_in: super::monitor::SignInChoice::for_helpers(config),
         }
     }
 

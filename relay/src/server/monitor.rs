@@ -19,12 +19,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::hub::Hub;
-use crate::config::{Config, WebSignIn};
+use crate::config::{Config, Tenant, WebSignIn};
 
 const INDEX_HTML: &str = include_str!("../../web/monitor/index.html");
 const MONITOR_JS: &str = include_str!("../../web/monitor/monitor.js");
 const MONITOR_CSS: &str = include_str!("../../web/monitor/monitor.css");
-const OIDC_JS: &str = include_str!("../../web/shared/oidc.js");
+/// The shared sign-in module, served to the Monitor and helper pages alike.
+pub(crate) const OIDC_JS: &str = include_str!("../../web/shared/oidc.js");
 
 /// The page's Content-Security-Policy without browser sign-in: scripts, styles and requests
 /// from this origin only, no inline script or style, no frames, no forms posted anywhere.
@@ -69,7 +70,8 @@ pub struct SignInChoice {
     /// The `resource` parameter to send, if any (RFC 8707).
     pub resource: Option<String>,
     /// The audience the relay requires of the resulting token (the tenant's administration
-    /// audience), so the page can say what the provider must issue.
+    /// audience for the Monitor page, its session audience for the helper page), so the
+    /// page can say what the provider must issue.
     pub audience: String,
     /// The issuer's origin, which the page's Content-Security-Policy allows.
     #[serde(skip)]
@@ -77,13 +79,49 @@ pub struct SignInChoice {
 }
 
 impl SignInChoice {
-    /// The choices of `config`'s tenants with `web_sign_in`, in the config's order.
+    /// The Monitor page's choices: `config`'s tenants with `web_sign_in`, in the config's
+    /// order, each for a token of the tenant's administration audience (`resource`).
     pub fn from_config(config: &Config) -> Vec<SignInChoice> {
+        Self::choices(config, |tenant, sign_in| {
+            (
+                sign_in.resource.clone(),
+                tenant
+                    .admin_audience
+                    .clone()
+                    .unwrap_or_else(|| config.admin_audience.clone()),
+            )
+        })
+    }
+
+    /// The web helper page's choices (`GET /helper/sign-in.json`, docs/web-helper.md): the
+    /// same tenants and public client, each for a token of the tenant's session audience
+    /// (the one helpers' tokens carry), asked for with `helper_resource` (none by default),
+    /// never with the administration `resource`.
+    pub fn for_helpers(config: &Config) -> Vec<SignInChoice> {
+        Self::choices(config, |tenant, sign_in| {
+            (
+                sign_in.helper_resource.clone(),
+                tenant
+                    .trust
+                    .audience
+                    .clone()
+                    .unwrap_or_else(|| config.audience.clone()),
+            )
+        })
+    }
+
+    /// The choices of `config`'s tenants with `web_sign_in`, in the config's order, with
+    /// the `resource` and the audience `target` picks for each.
+    fn choices(
+        config: &Config,
+        target: impl Fn(&Tenant, &WebSignIn) -> (Option<String>, String),
+    ) -> Vec<SignInChoice> {
         config
             .tenants
             .iter()
             .filter_map(|t| {
                 let sign_in: &WebSignIn = t.web_sign_in.as_ref()?;
+                let (resource, audience) = target(t, sign_in);
                 Some(SignInChoice {
                     tenant: t.trust.id.as_str().to_string(),
                     display_name: sign_in
@@ -93,11 +131,8 @@ impl SignInChoice {
                     issuer: t.trust.issuer.clone(),
                     client_id: sign_in.client_id.clone(),
                     scopes: sign_in.scopes.clone(),
-                    resource: sign_in.resource.clone(),
-                    audience: t
-                        .admin_audience
-                        .clone()
-                        .unwrap_or_else(|| config.admin_audience.clone()),
+                    resource,
+                    audience,
                     // Checked at load: a tenant with web_sign_in has an https issuer.
                     origin: WebSignIn::origin_of(&t.trust.issuer)?,
                 })

@@ -70,7 +70,10 @@ pub fn web_routes(surface: &WebSurface) -> Router {
     Router::new()
         .merge(super::reports::router(surface.reports.clone()))
         .merge(super::monitor::router(surface.reports.hub()))
-        .merge(super::helper_page::routes(surface.helper_page.clone()))
+        .merge(super::helper_page::routes(
+            surface.helper_page.clone(),
+            surface.reports.hub(),
+        ))
 }
 
 /// The web listener's TLS: the configured chain and key, TLS 1.2 or 1.3 (browsers, and

@@ -1,4 +1,5 @@
-// The web helper page (docs/web-helper.md): sign in with a helper token, create a session
+// The web helper page (docs/web-helper.md): sign in with a helper token or at the tenant's
+// provider (PKCE, ./oidc.js, where the relay offers it in sign-in.json), create a session
 // and read its code to the user, wait for consent, then see the sharer's screen, drive it
 // in full control, chat, change mode and end. Everything travels over one WebTransport
 // session to the relay (relay.js), protected end to end with suite 2 (e2e.js), in content
@@ -12,6 +13,7 @@
 import * as content from "./content.js";
 import { DOMAIN, SUITE_AES_256_GCM, StreamOpener, StreamSealer, aesKey, chooseSuite, deriveKeys, generateKeyPair, transcriptHash } from "./e2e.js";
 import { codeName, describe } from "./errors.js";
+import { beginSignIn, completeSignIn, SignInError } from "./oidc.js";
 import { RelayConnection } from "./relay.js";
 import { Channel, MODE_NAMES, Mode, Role, out } from "./wire.js";
 
@@ -209,9 +211,14 @@ async function loadConfig() {
   };
 }
 
+/** The sessionStorage key of the token a sign-in at the tenant's provider issued (this tab
+ * only; a pasted token is kept nowhere). */
+const TOKEN_KEY = "rhr-helper-token";
+
 /** @param {string} token */
 async function signIn(token) {
   clearError();
+  me = undefined;
   setState("connecting");
   status("Connecting to the relay…");
   signingOut = false;
@@ -219,7 +226,23 @@ async function signIn(token) {
     endpoint ??= await loadConfig();
     relay = await RelayConnection.connect(endpoint);
   } catch (e) {
-    setState("signed-out");
+    /** On load: finish a sign-in the provider sent the browser back from, then sign in with the
+ * token it issued (or one kept from earlier in this tab). */
+async function start() {
+  setState("signed-out");
+  try {
+    const done = await completeSignIn(new URL(location.href));
+    if (done) sessionStorage.setItem(TOKEN_KEY, done.accessToken);
+  } catch (e) {
+    showError(e instanceof Error ? e.message : String(e));
+    body.dataset.signInFailed = e instanceof SignInError ? e.code : "unknown";
+  }
+  await loadChoices();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) await signIn(token);
+}
+
+start();
     status("");
     showError(`Cannot reach the relay: ${e instanceof Error ? e.message : e}`);
     return;
@@ -242,9 +265,27 @@ function onClosed(connection, closed) {
   if (connection !== relay) return;
   relay = undefined;
   endSessionState();
+  /** On load: finish a sign-in the provider sent the browser back from, then sign in with the
+ * token it issued (or one kept from earlier in this tab). */
+async function start() {
   setState("signed-out");
+  try {
+    const done = await completeSignIn(new URL(location.href));
+    if (done) sessionStorage.setItem(TOKEN_KEY, done.accessToken);
+  } catch (e) {
+    showError(e instanceof Error ? e.message : String(e));
+    body.dataset.signInFailed = e instanceof SignInError ? e.code : "unknown";
+  }
+  await loadChoices();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) await signIn(token);
+}
+
+start();
   status("");
   $("who").textContent = "";
+  // A provider's token the relay refused (expired, say) is of no further use.
+  if (signingOut || (closed.closeCode > 0 && !me)) sessionStorage.removeItem(TOKEN_KEY);
   if (signingOut) return;
   if (closed.closeCode > 0) {
     if (!body.dataset.error || body.dataset.error !== codeName(closed.closeCode)) showCode(closed.closeCode);
@@ -636,6 +677,45 @@ $("token-form").addEventListener("submit", (e) => {
   if (token) signIn(token);
 });
 
+/** @type {import("./oidc.js").SignInChoice[]} */
+let choices = [];
+
+/** Offers the tenants whose helpers sign in at their provider (if any). */
+async function loadChoices() {
+  try {
+    const response = await fetch("/helper/sign-in.json", { cache: "no-store", credentials: "omit" });
+    choices = response.ok ? await response.json() : [];
+  } catch {
+    choices = [];
+  }
+  const select = /** @type {HTMLSelectElement} */ ($("tenant-choice"));
+  select.replaceChildren(...choices.map((c) => {
+    const option = document.createElement("option");
+    option.textContent = c.display_name;
+    option.value = c.tenant;
+    return option;
+  }));
+  $("provider-form").hidden = choices.length === 0;
+  body.dataset.choices = String(choices.length);
+}
+
+$("provider-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const tenant = /** @type {HTMLSelectElement} */ ($("tenant-choice")).value;
+  const choice = choices.find((c) => c.tenant === tenant);
+  if (!choice) return;
+  const button = /** @type {HTMLButtonElement} */ ($("provider-form").querySelector("button"));
+  button.disabled = true;
+  clearError();
+  try {
+    // The page's own address is the redirect URI the tenant registered.
+    await beginSignIn(choice, `${location.origin}${location.pathname}`);
+  } catch (err) {
+    button.disabled = false;
+    showError(err instanceof Error ? err.message : String(err));
+  }
+});
+
 $("sign-out").addEventListener("click", () => {
   signingOut = true;
   relay?.close();
@@ -694,4 +774,20 @@ $("chat-form").addEventListener("submit", async (e) => {
   await session.chat.send(content.chat(text, Date.now()));
 });
 
-setState("signed-out");
+/** On load: finish a sign-in the provider sent the browser back from, then sign in with the
+ * token it issued (or one kept from earlier in this tab). */
+async function start() {
+  setState("signed-out");
+  try {
+    const done = await completeSignIn(new URL(location.href));
+    if (done) sessionStorage.setItem(TOKEN_KEY, done.accessToken);
+  } catch (e) {
+    showError(e instanceof Error ? e.message : String(e));
+    body.dataset.signInFailed = e instanceof SignInError ? e.code : "unknown";
+  }
+  await loadChoices();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) await signIn(token);
+}
+
+start();
