@@ -1183,14 +1183,38 @@ async fn a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_
         "{policy}"
     );
 
-    // The helper picks the tenant, signs in at the provider (login and consent forms) and
-    // comes back signed in.
-    page.eval("document.querySelector('#provider-form button[type=submit]').click()")
+    // An answer carrying another sign-in's state is refused, in words, and leaves no token
+    // and no answer in the address bar.
+    let to_provider = "document.querySelector('#provider-form button[type=submit]').click()";
+    let at_login =
+        format!("location.origin === '{issuer}' && document.querySelector('input[name=login]')");
+    page.eval(to_provider).await;
+    page.wait_across_navigation(&at_login).await;
+    page.navigate(&format!("{page_url}?code=forged-code&state=tampered"))
         .await;
     page.wait_across_navigation(&format!(
-        "location.origin === '{issuer}' && document.querySelector('input[name=login]')"
+        "location.origin === 'http://{admin}' && document.body.dataset.signInFailed && document.body.dataset.choices"
     ))
     .await;
+    assert_eq!(
+        page.eval(
+            "[document.body.dataset.signInFailed, document.getElementById('error').textContent, \
+             location.search, sessionStorage.getItem('rhr-helper-token'), document.body.dataset.state]"
+        )
+        .await,
+        json!([
+            "state",
+            "The sign-in answer does not belong to a sign-in started in this tab (state mismatch); sign in again.",
+            "",
+            null,
+            "signed-out"
+        ])
+    );
+
+    // The helper picks the tenant, signs in at the provider (login and consent forms) and
+    // comes back signed in.
+    page.eval(to_provider).await;
+    page.wait_across_navigation(&at_login).await;
     page.eval(
         "document.querySelector('input[name=login]').value = 'ada'; \
          document.querySelector('input[name=password]').value = 'any password'; \

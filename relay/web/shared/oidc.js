@@ -1,7 +1,8 @@
 // Browser sign-in at a tenant's OpenID Connect provider: the authorization code flow with
 // PKCE (S256) for a public client, as RFC 9700 and the OAuth 2.0 for Browser-Based Apps
 // draft recommend. A small ES module, no libraries, no build step; any page of the relay
-// imports it (the Monitor page: docs/reports.md, "Signing in with the tenant's provider").
+// imports it (the Monitor page: docs/reports.md, "Signing in with the tenant's provider"; the
+// web helper page: docs/web-helper.md, served there as /helper/oidc.js).
 //
 // beginSignIn() fetches the provider's discovery document, keeps a fresh state, nonce and
 // code verifier in sessionStorage (this tab only) and goes to the authorization endpoint;
@@ -10,7 +11,7 @@
 // token. Nothing goes to localStorage or cookies.
 
 /**
- * A tenant's sign-in as the relay offers it (GET /monitor/sign-in.json).
+ * A tenant's sign-in as the relay offers it (GET /monitor/sign-in.json, /helper/sign-in.json).
  * @typedef {{tenant: string, display_name: string, issuer: string, client_id: string,
  *   scopes: string[], resource: string|null, audience: string}} SignInChoice
  */
