@@ -142,6 +142,12 @@ impl Browser {
         browser
     }
 
+    /// The browser's process id (its renderer, network and GPU processes are its children):
+    /// what a measurement reads CPU time for.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One DevTools command (to the page once attached); its result, or a panic with
     /// the browser's error.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
