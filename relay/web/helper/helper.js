@@ -402,8 +402,16 @@ async function started(m) {
     $("verification").textContent = raw.code;
     $("verification-box").hidden = false;
     s.keys.resolve(keys);
-    if (s.channels.includes(Channel.CHAT)) {
-      s.chat = await ContentSender.open(connection, Channel.CHAT, keys.send, 0);
+    // The session may end at any await below (the page's own End, or the peer's): a stream
+    // opened for it after that would reach the relay as a stream of whatever session this
+    // connection holds next, so each step checks first and drops what came too late.
+    if (s.channels.includes(Channel.CHAT) && !s.over) {
+      const chat = await ContentSender.open(connection, Channel.CHAT, keys.send, 0);
+      if (s.over) {
+        chat.abort();
+        return;
+      }
+      s.chat = chat;
       body.dataset.chat = "ready";
     }
     if (s.channels.includes(Channel.INPUT)) await openInput(s);
@@ -418,9 +426,16 @@ async function started(m) {
 
 /** Opens this side's input stream, numbered after any earlier one. @param {Session} s */
 async function openInput(s) {
-  if (!relay || s.input) return;
+  if (!relay || s.input || s.over) return;
   const keys = await s.keys.promise;
-  s.input = await ContentSender.open(relay, Channel.INPUT, keys.send, s.inputStreams++);
+  if (s.over) return;
+  const input = await ContentSender.open(relay, Channel.INPUT, keys.send, s.inputStreams++);
+  if (s.over) {
+    // Ended while the stream opened (see the key exchange above).
+    input.abort();
+    return;
+  }
+  s.input = input;
   body.dataset.input = "ready";
 }
 
