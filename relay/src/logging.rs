@@ -23,7 +23,7 @@ pub fn init(json: bool, default_level: &str) {
 }
 
 /// The filter in force: the operator's (`RUST_LOG`) if it is a valid filter, else
-/// `default_level`; plus a directive for each of [`QUIET_LIBRARIES`] the filter does not
+/// `default_level`; plus a directive for each of `QUIET_LIBRARIES` the filter does not
 /// name (a directive naming one, `web_transport_quinn=debug` say, is the operator's choice
 /// and kept as it is).
 pub fn directives(operator: Option<&str>, default_level: &str) -> String {

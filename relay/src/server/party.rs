@@ -152,7 +152,7 @@ impl Party {
     /// Closes with one of our codes and a reason, and returns once the connection is
     /// closed: a QUIC application close for a native party, at once. For WebTransport a
     /// `CLOSE_WEBTRANSPORT_SESSION` capsule with the code and reason, then a wait of at most
-    /// [`WEB_CLOSE_LINGER`] for the client to close the connection, then the connection's
+    /// `WEB_CLOSE_LINGER` (2 s) for the client to close the connection, then the connection's
     /// own close (the code mapped into HTTP/3's range).
     ///
     /// The wait keeps this handle, and with it the client's HTTP/3 control streams: dropping
@@ -252,7 +252,7 @@ pub enum PartyRecv {
 /// byte, or forwarded), held to the native limit of [`UNI_STREAMS`] for every transport.
 ///
 /// A native client cannot open more: QUIC's stream credit stops it. A WebTransport client
-/// is granted [`H3_UNI_STREAMS`] more credit, for the HTTP/3 streams a browser opens
+/// is granted `H3_UNI_STREAMS` more credit, for the HTTP/3 streams a browser opens
 /// (control, QPACK encoder and decoder), but the relay cannot see which of them a client
 /// really opened (`web_transport_quinn` takes them in), and one that skips the QPACK
 /// streams, as `web_transport_quinn`'s own client does, would have 2 more data streams
