@@ -1052,10 +1052,10 @@ const SSO_ADMIN_AUDIENCE: &str = "urn:contoso-sso:remote-help-reports";
 #[tokio::test]
 async fn a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_of_that_tenant() {
     use common::oidc::{OidcProvider, ProviderOptions};
-    use remote_help_relay::auth::KeySet;
+
     use remote_help_relay::claim_map::{ClaimMapping, Preset};
     use remote_help_relay::config::{DEFAULT_AUDIENCE, WebSignIn};
-    use remote_help_relay::tenant_keys::{KeySource, ProviderKeys};
+    use remote_help_relay::tenant_keys::ProviderKeys;
 
     let test =
         "a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_of_that_tenant";
@@ -1097,17 +1097,12 @@ async fn a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_
         .config({
             let issuer = issuer.clone();
             move |c| {
-                let tenant = c
-                    .tenants
-                    .iter_mut()
-                    .find(|t| t.trust.id.as_str() == "contoso-sso")
-                    .unwrap();
-                tenant.trust.keys = KeySet::empty();
-                tenant.keys_from = KeySource::Provider(ProviderKeys {
+                let source = ProviderKeys {
                     issuer,
                     jwks_uri: None,
                     ca_file: Some(ca),
-                });
+                };
+                let tenant = common::keys_from_provider(c, "contoso-sso", source);
                 // The Monitor page's sign-in asks for the administration audience; the
                 // helper page's must not.
                 tenant.admin_audience = Some(SSO_ADMIN_AUDIENCE.into());
@@ -1215,16 +1210,7 @@ async fn a_helper_signs_in_at_the_tenants_provider_with_pkce_and_helps_a_sharer_
     // comes back signed in.
     page.eval(to_provider).await;
     page.wait_across_navigation(&at_login).await;
-    page.eval(
-        "document.querySelector('input[name=login]').value = 'ada'; \
-         document.querySelector('input[name=password]').value = 'any password'; \
-         document.querySelector('button[type=submit]').click()",
-    )
-    .await;
-    page.wait_across_navigation("document.querySelector('input[name=prompt][value=consent]')")
-        .await;
-    page.eval("document.querySelector('button[type=submit]').click()")
-        .await;
+    page.log_in_at_test_provider("ada").await;
     page.wait_across_navigation(&format!(
         "location.origin === 'http://{admin}' && document.body.dataset.state === 'idle'"
     ))

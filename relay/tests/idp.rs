@@ -16,12 +16,11 @@ use std::time::Duration;
 use common::oidc::{BadJwks, OidcProvider, ProviderOptions};
 use common::{TestRelay, TestRelayBuilder, join_and_consent, metrics, within};
 use remote_help_proto::ErrorCode;
-use remote_help_relay::auth::KeySet;
 use remote_help_relay::claim_map::{ClaimMapping, Preset};
 use remote_help_relay::config::Config;
 use remote_help_relay::core::{Mode, Role, TenantId};
 use remote_help_relay::issuer::TokenSigner;
-use remote_help_relay::tenant_keys::{FetchSettings, KeySource, ProviderKeys};
+use remote_help_relay::tenant_keys::{FetchSettings, ProviderKeys};
 use serde_json::{Value, json};
 
 /// A Keycloak-style access token's own claims, as the provider adds them for each client:
@@ -80,17 +79,12 @@ fn relay_for(
 
 /// Makes tenant `id` of `config` take its keys from `issuer` by discovery.
 fn by_url(config: &mut Config, id: &str, issuer: &str, ca_file: Option<PathBuf>) {
-    let tenant = config
-        .tenants
-        .iter_mut()
-        .find(|t| t.trust.id.as_str() == id)
-        .unwrap();
-    tenant.trust.keys = KeySet::empty();
-    tenant.keys_from = KeySource::Provider(ProviderKeys {
+    let source = ProviderKeys {
         issuer: issuer.to_string(),
         jwks_uri: None,
         ca_file,
-    });
+    };
+    common::keys_from_provider(config, id, source);
 }
 
 /// Waits until `count` more fetches of `tenant`'s keys have finished (successful or not).

@@ -602,11 +602,11 @@ const STATE_MISMATCH: &str = "The sign-in answer does not belong to a sign-in st
 async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_sees_only_their_sessions()
  {
     use common::oidc::{OidcProvider, ProviderOptions};
-    use remote_help_relay::auth::KeySet;
+
     use remote_help_relay::claim_map::{ClaimMapping, Preset};
     use remote_help_relay::config::WebSignIn;
     use remote_help_relay::core::Role;
-    use remote_help_relay::tenant_keys::{KeySource, ProviderKeys};
+    use remote_help_relay::tenant_keys::ProviderKeys;
 
     let test = "a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_sees_only_their_sessions";
     if !have_chromium(test) {
@@ -657,17 +657,12 @@ async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_s
         .config({
             let issuer = issuer.clone();
             move |c| {
-                let tenant = c
-                    .tenants
-                    .iter_mut()
-                    .find(|t| t.trust.id.as_str() == "contoso-sso")
-                    .unwrap();
-                tenant.trust.keys = KeySet::empty();
-                tenant.keys_from = KeySource::Provider(ProviderKeys {
+                let source = ProviderKeys {
                     issuer,
                     jwks_uri: None,
                     ca_file: Some(ca),
-                });
+                };
+                let tenant = common::keys_from_provider(c, "contoso-sso", source);
                 tenant.admin_audience = Some(SSO_ADMIN_AUDIENCE.into());
                 tenant.web_sign_in = Some(WebSignIn {
                     client_id: "monitor".into(),
@@ -832,16 +827,7 @@ async fn a_tenant_administrator_signs_in_at_the_tenants_provider_with_pkce_and_s
     page.eval(to_provider).await;
     page.wait_across_navigation(&at_login).await;
     page.screenshot(&out.join("provider-login.png")).await;
-    page.eval(
-        "document.querySelector('input[name=login]').value = 'alice'; \
-         document.querySelector('input[name=password]').value = 'any password'; \
-         document.querySelector('button[type=submit]').click()",
-    )
-    .await;
-    page.wait_across_navigation("document.querySelector('input[name=prompt][value=consent]')")
-        .await;
-    page.eval("document.querySelector('button[type=submit]').click()")
-        .await;
+    page.log_in_at_test_provider("alice").await;
     page.wait_across_navigation(&format!(
         "location.origin === 'http://{admin}' && document.body.dataset.monitorLoaded === 'true' \
          && document.body.dataset.sessionsLoaded"

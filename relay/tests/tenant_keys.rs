@@ -11,14 +11,11 @@ use std::path::Path;
 
 use common::{TestRelay, join_and_consent, metrics, within};
 use remote_help_proto::ErrorCode;
-use remote_help_relay::auth::KeySet;
 use remote_help_relay::claim_map::ClaimMapping;
 use remote_help_relay::core::{Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::{TokenSigner, jwks_of};
-use remote_help_relay::tenant_keys::{
-    CACHE_DIR, CachedKeySet, KeySource, ProviderKeys, cache_file_name,
-};
+use remote_help_relay::tenant_keys::{CACHE_DIR, CachedKeySet, ProviderKeys, cache_file_name};
 
 /// An `https://` issuer on a loopback port nothing listens on.
 fn unreachable_issuer() -> String {
@@ -63,13 +60,7 @@ async fn relay_with_source(
             if let Some(ms) = timeout_ms {
                 c.key_fetch.timeout = std::time::Duration::from_millis(ms);
             }
-            let tenant = c
-                .tenants
-                .iter_mut()
-                .find(|t| t.trust.id.as_str() == tenant_id)
-                .unwrap();
-            tenant.trust.keys = KeySet::empty();
-            tenant.keys_from = KeySource::Provider(source);
+            common::keys_from_provider(c, &tenant_id, source);
             prepare(&c.state_dir);
         })
         .start()

@@ -294,6 +294,22 @@ impl Browser {
         self.call("Input.dispatchKeyEvent", event).await;
     }
 
+    /// On the test OpenID provider's login page (relay/tests/oidc-provider, its development
+    /// forms): logs in as `login` with any password and gives consent; the provider then
+    /// sends the browser back to the page that asked.
+    pub async fn log_in_at_test_provider(&mut self, login: &str) {
+        self.eval(&format!(
+            "document.querySelector('input[name=login]').value = '{login}'; \
+             document.querySelector('input[name=password]').value = 'any password'; \
+             document.querySelector('button[type=submit]').click()"
+        ))
+        .await;
+        self.wait_across_navigation("document.querySelector('input[name=prompt][value=consent]')")
+            .await;
+        self.eval("document.querySelector('button[type=submit]').click()")
+            .await;
+    }
+
     /// Saves a PNG of the whole page to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
         let shot = self

@@ -28,7 +28,7 @@ use remote_help_relay::core::{Mode, Role, TenantId};
 use remote_help_relay::dev::{Persona, persona_claims};
 use remote_help_relay::issuer::{TokenSigner, TokenSpec, jwks_of};
 use remote_help_relay::server::{self, ServerHandle};
-use remote_help_relay::tenant_keys::KeySource;
+use remote_help_relay::tenant_keys::{KeySource, ProviderKeys};
 use remote_help_relay::tls::RelayTrust;
 use serde_json::{Map, Value};
 
@@ -527,4 +527,21 @@ pub async fn started_with(
     let sharer_start = within(sharer.accept()).await.unwrap();
     let helper_start = within(helper.wait_for_start()).await.unwrap();
     (helper, sharer, helper_start, sharer_start)
+}
+
+/// Makes tenant `id` of `config` take its keys from an identity provider (`source`: by
+/// discovery or `jwks_uri`) instead of its file, and returns it for further settings.
+pub fn keys_from_provider<'a>(
+    config: &'a mut Config,
+    id: &str,
+    source: ProviderKeys,
+) -> &'a mut Tenant {
+    let tenant = config
+        .tenants
+        .iter_mut()
+        .find(|t| t.trust.id.as_str() == id)
+        .unwrap_or_else(|| panic!("no tenant {id} in the test config"));
+    tenant.trust.keys = remote_help_relay::auth::KeySet::empty();
+    tenant.keys_from = KeySource::Provider(source);
+    tenant
 }
