@@ -15,7 +15,6 @@ use remote_help_relay::audit::{
 };
 use remote_help_relay::config::DEFAULT_AUDIENCE;
 use remote_help_relay::core::Mode;
-use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::TokenSigner;
 use remote_help_relay::report::index::{IndexedSession, ReportIndex};
@@ -23,23 +22,7 @@ use remote_help_relay::report::synth::{Spec, history};
 use remote_help_relay::report::{self, Filter, SessionRow};
 use serde_json::{Value, json};
 
-const OPERATOR_TOKEN: &str = "operator-token-0123456789";
-const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
-
-/// Grants `read_reports` to `report-readers` and `end_sessions` to `report-admins`.
-fn report_roles(policy: &mut remote_help_relay::core::policy::TenantPolicy) {
-    for (group, permission) in [
-        ("report-readers", Permission::ReadReports),
-        ("report-admins", Permission::EndSessions),
-    ] {
-        policy.assignments.push(Assignment {
-            permissions: PermissionSet::granting([permission]),
-            role: format!("{group} role"),
-            members: [group.to_string()].into(),
-            scope: Scope::from_entries(["all_users"]),
-        });
-    }
-}
+use common::{ADMIN_AUDIENCE, OPERATOR_TOKEN, report_roles};
 
 /// Contoso and Fabrikam, 29 days of generated history (about `events` events) in the
 /// audit folder before the relay opens it, report roles, and the operator token.

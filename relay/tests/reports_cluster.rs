@@ -18,7 +18,6 @@ use remote_help_relay::audit::{
 use remote_help_relay::client::Client;
 use remote_help_relay::config::{ClusterConfig, TlsSource};
 use remote_help_relay::core::cluster::NodeId;
-use remote_help_relay::core::policy::{Assignment, Permission, PermissionSet, Scope};
 use remote_help_relay::core::{Mode, Role};
 use remote_help_relay::dev::Persona;
 use remote_help_relay::issuer::TokenSigner;
@@ -28,23 +27,7 @@ use remote_help_relay::report::{self, Filter, SessionRow};
 use remote_help_relay::tls::RelayIdentity as _;
 use serde_json::{Value, json};
 
-const OPERATOR_TOKEN: &str = "operator-token-0123456789";
-const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
-
-/// Grants `read_reports` to `report-readers` and `end_sessions` to `report-admins`.
-fn report_roles(policy: &mut remote_help_relay::core::policy::TenantPolicy) {
-    for (group, permission) in [
-        ("report-readers", Permission::ReadReports),
-        ("report-admins", Permission::EndSessions),
-    ] {
-        policy.assignments.push(Assignment {
-            permissions: PermissionSet::granting([permission]),
-            role: format!("{group} role"),
-            members: [group.to_string()].into(),
-            scope: Scope::from_entries(["all_users"]),
-        });
-    }
-}
+use common::{ADMIN_AUDIENCE, OPERATOR_TOKEN, report_roles};
 
 struct Cluster {
     nodes: Vec<Option<TestRelay>>,

@@ -545,3 +545,29 @@ pub fn keys_from_provider<'a>(
     tenant.keys_from = KeySource::Provider(source);
     tenant
 }
+
+/// The operator's bearer token of the reports tests' relays.
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+/// The administration audience of the default audience (`<aud>/admin`).
+pub const ADMIN_AUDIENCE: &str = "remote-help-relay/admin";
+
+/// Grants `read_reports` to `report-readers` and `end_sessions` to `report-admins`.
+pub fn report_roles(policy: &mut remote_help_relay::core::policy::TenantPolicy) {
+    for (group, permission) in [
+        (
+            "report-readers",
+            remote_help_relay::core::policy::Permission::ReadReports,
+        ),
+        (
+            "report-admins",
+            remote_help_relay::core::policy::Permission::EndSessions,
+        ),
+    ] {
+        policy.assignments.push(Assignment {
+            permissions: remote_help_relay::core::policy::PermissionSet::granting([permission]),
+            role: format!("{group} role"),
+            members: [group.to_string()].into(),
+            scope: Scope::from_entries(["all_users"]),
+        });
+    }
+}
