@@ -220,6 +220,7 @@ mod tests {
                 role: Role::Helper as i32,
                 client_name: "test".into(),
                 e2e_suites: vec![1, 2],
+                ..Default::default()
             })),
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! - [`v1`]: the protobuf control messages and the [`v1::ErrorCode`] list, generated from
 //!   `proto/remote_help.proto` at build time by prost (compiled with protox, no system `protoc`);
+//! - [`forwarded`]: the packet forwarder's datagram header (the packet path);
 //! - [`framing`]: how control messages are framed on the QUIC control stream (a 4-byte
 //!   big-endian length prefix, then the protobuf bytes) and how data streams are tagged;
 //! - [`ALPN`] and [`PROTOCOL_VERSION`]: what a client must announce.
@@ -11,6 +12,7 @@
 //! Everything here is plain data and codecs: no sockets, no clocks.
 #![deny(missing_docs)]
 
+pub mod forwarded;
 pub mod framing;
 
 /// Generated protobuf types of protocol version 1.

@@ -152,6 +152,7 @@ pub fn hello(token: &str, role: v1::Role, version: u32) -> v1::ClientToRelay {
             role: role as i32,
             client_name: "hostile".into(),
             e2e_suites: crate::client::Protection::default().announced(),
+            ..Default::default()
         })),
     }
 }

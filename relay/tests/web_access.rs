@@ -512,6 +512,7 @@ async fn chromium_accepts_the_browser_certificate_by_its_published_hash_and_refu
                     role: v1::Role::Helper as i32,
                     client_name: "headless chromium".into(),
                     e2e_suites: Vec::new(),
+                    ..Default::default()
                 })),
             },
             &mut hello,

@@ -1060,6 +1060,7 @@ impl Conn {
             direct_path_offered: direct.is_some(),
             e2e_suite: e2e.suite,
             peer_e2e_suites: e2e.peer_suites.to_vec(),
+            packet_path: None,
         }))
         .await?;
         match direct {

@@ -256,6 +256,7 @@ impl WtClient {
                 } as i32,
                 client_name: "webtransport test client".into(),
                 e2e_suites: Vec::new(),
+                ..Default::default()
             }))
             .await;
         match client.recv().await? {

@@ -451,6 +451,7 @@ impl Client {
                 role: role as i32,
                 client_name: options.client_name,
                 e2e_suites: options.protection.announced(),
+                ..Default::default()
             }))
             .await?;
         match client.recv().await? {
