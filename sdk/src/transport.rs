@@ -62,6 +62,35 @@ pub fn direct(settings: &ClientTransport, initial_rtt: Duration) -> Arc<Transpor
     Arc::new(t)
 }
 
+/// The packet path's peer connection (either side): the client's windows and timeouts,
+/// one unidirectional stream per channel each way, loss recovery from `initial_rtt`, and
+/// UDP payloads of at most `max_udp_payload` bytes (the relay's forwarder adds its header
+/// and refuses larger datagrams; path MTU discovery stays under it on a direct path too).
+pub fn peer(
+    settings: &ClientTransport,
+    initial_rtt: Duration,
+    max_udp_payload: usize,
+) -> Arc<TransportConfig> {
+    let mut t = client_base(settings);
+    let upper = u16::try_from(max_udp_payload)
+        .unwrap_or(u16::MAX)
+        .max(MIN_QUIC_PAYLOAD);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(upper);
+    t.initial_rtt(initial_rtt.clamp(MIN_PEER_RTT, MAX_PEER_RTT))
+        .initial_mtu(MIN_QUIC_PAYLOAD)
+        .min_mtu(MIN_QUIC_PAYLOAD)
+        .mtu_discovery_config(Some(mtu));
+    Arc::new(t)
+}
+
+/// The smallest UDP payload QUIC allows a path (RFC 9000 §14).
+const MIN_QUIC_PAYLOAD: u16 = 1200;
+/// Bounds of the peer connection's starting RTT estimate: never zero (a loopback relay),
+/// never over quinn's default.
+const MIN_PEER_RTT: Duration = Duration::from_millis(10);
+const MAX_PEER_RTT: Duration = Duration::from_millis(333);
+
 /// A client's windows, timeouts and unidirectional streams; no bidirectional streams.
 fn client_base(settings: &ClientTransport) -> TransportConfig {
     let mut t = TransportConfig::default();

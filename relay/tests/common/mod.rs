@@ -156,6 +156,8 @@ pub struct TestRelay {
     pub tenants: Vec<TestTenant>,
     /// See [`TestRelayBuilder::plaintext_clients`].
     plaintext_clients: bool,
+    /// See [`TestRelayBuilder::packet_path_clients`].
+    packet_path_clients: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -167,6 +169,7 @@ pub struct TestRelayBuilder {
     tenants: Vec<TestTenant>,
     tweak: Vec<ConfigTweak>,
     plaintext_clients: bool,
+    packet_path_clients: bool,
 }
 
 impl TestRelay {
@@ -176,6 +179,7 @@ impl TestRelay {
             tenants: Vec::new(),
             tweak: Vec::new(),
             plaintext_clients: false,
+            packet_path_clients: false,
         }
     }
 
@@ -199,12 +203,13 @@ impl TestRelay {
     /// Options for a client of this relay: protecting (the SDK's default), or opted out
     /// when the relay was built with [`TestRelayBuilder::plaintext_clients`].
     pub fn options(&self, token: String, role: Role) -> ClientOptions {
-        let options = ClientOptions::new(
+        let mut options = ClientOptions::new(
             self.addr(),
             RelayTrust::Pin(self.handle.fingerprint()),
             token,
             role,
         );
+        options.packet_path = self.packet_path_clients;
         if self.plaintext_clients {
             options.insecure_plaintext_for_measurement()
         } else {
@@ -313,6 +318,14 @@ impl TestRelayBuilder {
         self
     }
 
+    /// Clients announce the packet path (the SDK's default; relay/tests/packet_path.rs).
+    /// Without it the clients [`TestRelay::options`] makes use the stream path, which the
+    /// tests of the relay's stream forwarding and of sealed channels are about.
+    pub fn packet_path_clients(mut self) -> Self {
+        self.packet_path_clients = true;
+        self
+    }
+
     pub async fn start(mut self) -> TestRelay {
         if self.tenants.is_empty() {
             self = self.tenant(
@@ -340,6 +353,7 @@ impl TestRelayBuilder {
             handle,
             tenants: self.tenants,
             plaintext_clients: self.plaintext_clients,
+            packet_path_clients: self.packet_path_clients,
             _dir: self.dir,
         }
     }

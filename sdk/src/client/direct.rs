@@ -255,6 +255,13 @@ impl Inbox {
         }
     }
 
+    /// The connection the streams came on closed with `why`: whoever waits for a channel
+    /// hears it.
+    pub(crate) fn close(&self, why: quinn::ConnectionError) {
+        self.lock().relay_closed.get_or_insert(why);
+        self.notify.notify_waiters();
+    }
+
     /// Forgets continuations of an ended session and wakes whoever waits for one.
     fn end_session(&self) {
         {
@@ -435,6 +442,7 @@ impl DirectSetup {
         endpoint: quinn::Endpoint,
         writer: Weak<tokio::sync::Mutex<Writer>>,
         transport: &crate::transport::ClientTransport,
+        packet: Option<Arc<super::peer::PeerRoutes>>,
     ) {
         self.stop_attempt();
         let peer_fingerprint = <[u8; 32]>::try_from(offer.peer_certificate_sha256.as_slice()).ok();
@@ -459,6 +467,7 @@ impl DirectSetup {
             inbox: self.inbox.clone(),
             writer,
             transport: *transport,
+            packet,
         };
         self.state.send_replace(DirectState::Trying);
         self.attempt = Some(AbortOnDrop(tokio::spawn(attempt.run())));
@@ -515,6 +524,9 @@ struct Attempt {
     inbox: Arc<Inbox>,
     writer: Weak<tokio::sync::Mutex<Writer>>,
     transport: crate::transport::ClientTransport,
+    /// The session runs on the packet path: the attempt only finds the peer's address, and
+    /// the peer connection migrates there (it carries no channels itself).
+    packet: Option<Arc<super::peer::PeerRoutes>>,
 }
 
 impl Attempt {
@@ -548,6 +560,9 @@ impl Attempt {
             }
         };
         let took = self.received.elapsed();
+        if let Some(routes) = self.packet.clone() {
+            return self.migrate(routes, connection, peer, took).await;
+        }
         tracing::info!(%peer, took_ms = took.as_millis() as u64, "direct path up");
         self.state.send_replace(DirectState::Up {
             connection: connection.clone(),
@@ -572,6 +587,63 @@ impl Attempt {
         };
         let (_, why) = tokio::join!(accepting, ended);
         tracing::info!(reason = %why, "direct path lost; channels fall back to the relay");
+        self.state
+            .send_replace(DirectState::Lost(format!("direct path lost: {why}")));
+        self.report(false, None).await;
+    }
+
+    /// The packet path's use of a found direct path. The attempt's connection only proved
+    /// that the path carries data both ways; the dialler (helper) closes it once its path
+    /// check passed, and the listener (sharer, the peer connection's dialling side) waits
+    /// for that close, then sends the peer connection straight to the helper's address, which
+    /// the helper's connection migrates to with QUIC's path validation. When nothing comes
+    /// from that address for [`super::peer::DIRECT_SILENCE`], the sharer sends through the
+    /// relay again and the helper's connection migrates back.
+    async fn migrate(
+        self,
+        routes: Arc<super::peer::PeerRoutes>,
+        connection: quinn::Connection,
+        peer: SocketAddr,
+        took: Duration,
+    ) {
+        if self.offer.dial {
+            connection.close(0u32.into(), b"path checked");
+        } else {
+            // The helper closes after reading the path check's answer: closing first could
+            // lose that answer. Bounded: a close that never comes is as good.
+            let _ = tokio::time::timeout(PATH_CHECK_TIMEOUT, connection.closed()).await;
+            connection.close(0u32.into(), b"path checked");
+            routes.set_direct(Some(peer));
+        }
+        tracing::info!(%peer, took_ms = took.as_millis() as u64, "direct path up; the peer connection migrates to it");
+        self.state.send_replace(DirectState::Up {
+            connection,
+            peer,
+            took,
+        });
+        self.report(true, Some(peer)).await;
+        if self.offer.dial {
+            return;
+        }
+        let mut check = tokio::time::interval(super::peer::DIRECT_SILENCE / 6);
+        loop {
+            tokio::select! {
+                _ = check.tick() => {}
+                _ = self.relay.closed() => return,
+            }
+            if routes
+                .direct_silent_for()
+                .is_some_and(|silent| silent >= super::peer::DIRECT_SILENCE)
+            {
+                break;
+            }
+        }
+        routes.set_direct(None);
+        let why = format!(
+            "nothing came on the direct path for {} s",
+            super::peer::DIRECT_SILENCE.as_secs()
+        );
+        tracing::info!(reason = %why, "direct path lost; the peer connection goes through the relay again");
         self.state
             .send_replace(DirectState::Lost(format!("direct path lost: {why}")));
         self.report(false, None).await;

@@ -54,11 +54,13 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub mod content;
 pub mod direct;
+pub mod peer;
 pub mod secure;
 pub mod test_card;
 mod unsealed;
 
 pub use direct::{DirectOutcome, DirectState};
+pub use peer::PeerSession;
 pub use unsealed::{ChannelReceiver, ChannelSender, UnsealedChannels};
 
 use crate::session::{Channel, Mode, Role};
@@ -96,6 +98,12 @@ pub struct ClientOptions {
     /// too and the tenant allows it (off by default). Needs the client's own socket
     /// ([`Client::connect`] or [`Client::connect_on`]), not a shared endpoint.
     pub direct_path: bool,
+    /// Carry sessions on the packet path (PROTOCOL.md §8a) when the peer and the relay can:
+    /// the session's data as this client's own QUIC connection to the peer, through the
+    /// relay's forwarder and then direct, protected by that connection's TLS (on by
+    /// default). Off: the stream path, where the relay forwards the channels' streams and
+    /// the SDK seals them ([`secure`]). Needs the client's own socket, like `direct_path`.
+    pub packet_path: bool,
     /// End-to-end protection: on by default ([`Protection::default`]).
     pub protection: Protection,
 }
@@ -146,6 +154,7 @@ impl ClientOptions {
             bind,
             transport: ClientTransport::default(),
             direct_path: false,
+            packet_path: true,
             protection: Protection::default(),
         }
     }
@@ -308,6 +317,9 @@ pub struct SessionStart {
     pub e2e_suite: u32,
     /// The suites the relay says the peer announced, in the peer's order.
     pub peer_e2e_suites: Vec<u32>,
+    /// The session's data goes the packet path (PROTOCOL.md §8a): [`secure::channels`]
+    /// opens the peer connection.
+    pub packet_path: bool,
 }
 
 type Reader = FramedRead<quinn::RecvStream, ControlCodec<v1::RelayToClient, v1::ClientToRelay>>;
@@ -334,6 +346,9 @@ pub struct Client {
     /// This client protects and the current session's peer announced no suite: the data
     /// plane sends it nothing (PROTOCOL.md §8.7.1).
     peer_unprotected: Arc<std::sync::atomic::AtomicBool>,
+    /// The packet path, when `ClientOptions::packet_path` is on and this client has its
+    /// own socket.
+    packet: Option<peer::PacketPath>,
 }
 
 /// Opens a bare QUIC connection to the relay (no `Hello`): for tools and tests that
@@ -359,13 +374,43 @@ pub async fn connect_quic_on(
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+    let endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, runtime)
         .map_err(ClientError::Socket)?;
     let connection = endpoint
         .connect_with(quic_config(options)?, options.relay, &options.server_name)?
         .await
         .map_err(ClientError::from_handshake)?;
     Ok((endpoint, connection))
+}
+
+/// A client endpoint's settings: quinn's, except that it never announces `grease_quic_bit`
+/// (RFC 9287), so every QUIC packet to and from it has the fixed bit set and a forwarded
+/// datagram (fixed bit clear, PROTOCOL.md §8a) cannot be mistaken for one.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    config
+}
+
+/// Like [`connect_quic_on`], with the endpoint on a [`peer::PeerSocket`] so that the packet
+/// path can route the peer connection through the relay (and then direct).
+async fn connect_quic_routed(
+    options: &ClientOptions,
+    socket: std::net::UdpSocket,
+) -> Result<(quinn::Endpoint, quinn::Connection, Arc<peer::PeerRoutes>), ClientError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
+    let local = socket.local_addr().map_err(ClientError::Socket)?;
+    let routes = Arc::new(peer::PeerRoutes::new(options.relay, local));
+    let socket = peer::PeerSocket::wrap(socket, routes.clone()).map_err(ClientError::Socket)?;
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config(), None, socket, runtime)
+            .map_err(ClientError::Socket)?;
+    let connection = endpoint
+        .connect_with(quic_config(options)?, options.relay, &options.server_name)?
+        .await
+        .map_err(ClientError::from_handshake)?;
+    Ok((endpoint, connection, routes))
 }
 
 impl std::fmt::Debug for Client {
@@ -396,8 +441,13 @@ impl Client {
         } else {
             None
         };
+        if options.packet_path {
+            let (endpoint, connection, routes) = connect_quic_routed(&options, socket).await?;
+            let packet = peer::PacketPath::new(routes)?;
+            return Client::hello(options, endpoint, connection, true, raw, Some(packet)).await;
+        }
         let (endpoint, connection) = connect_quic_on(&options, socket).await?;
-        Client::hello(options, endpoint, connection, true, raw).await
+        Client::hello(options, endpoint, connection, true, raw, None).await
     }
 
     /// Like [`Client::connect`], from an endpoint the caller already has, which may carry
@@ -410,7 +460,7 @@ impl Client {
             .connect_with(quic_config(&options)?, options.relay, &options.server_name)?
             .await
             .map_err(ClientError::from_handshake)?;
-        Client::hello(options, endpoint.clone(), connection, false, None).await
+        Client::hello(options, endpoint.clone(), connection, false, None, None).await
     }
 
     async fn hello(
@@ -419,6 +469,7 @@ impl Client {
         connection: quinn::Connection,
         owns_endpoint: bool,
         raw: Option<Arc<std::net::UdpSocket>>,
+        packet: Option<peer::PacketPath>,
     ) -> Result<Client, ClientError> {
         let (send, recv) = connection
             .open_bi()
@@ -439,6 +490,7 @@ impl Client {
             next_nonce: 1,
             peer: None,
             peer_unprotected: Arc::default(),
+            packet,
         };
         let role = match options.role {
             Role::Helper => v1::Role::Helper,
@@ -451,7 +503,12 @@ impl Client {
                 role: role as i32,
                 client_name: options.client_name,
                 e2e_suites: options.protection.announced(),
-                ..Default::default()
+                packet_path: client.packet.is_some(),
+                peer_certificate_sha256: client
+                    .packet
+                    .as_ref()
+                    .map(|p| p.fingerprint().0.to_vec())
+                    .unwrap_or_default(),
             }))
             .await?;
         match client.recv().await? {
@@ -538,12 +595,17 @@ impl Client {
             .connect_with(quic_config(&options)?, target, &options.server_name)?
             .await
             .map_err(ClientError::from_handshake)?;
+        let packet = self.packet.take();
+        if let Some(packet) = &packet {
+            packet.routes.set_relay(target);
+        }
         let next = Client::hello(
             options,
             self.endpoint.clone(),
             connection,
             self.owns_endpoint,
             self.direct.as_ref().map(|d| d.socket()),
+            packet,
         )
         .await?;
         let previous = std::mem::replace(self, next);
@@ -579,6 +641,13 @@ impl Client {
 
     /// Which way the current session's data goes now.
     pub fn path(&self) -> crate::path::Path {
+        if let Some(packet) = self.packet.as_ref().filter(|p| p.active()) {
+            return if packet.is_direct() {
+                crate::path::Path::Direct
+            } else {
+                crate::path::Path::Relayed
+            };
+        }
         match self.direct.as_ref().map(|d| d.usable()) {
             Some(Some(_)) => crate::path::Path::Direct,
             _ => crate::path::Path::Relayed,
@@ -597,6 +666,14 @@ impl Client {
     pub fn rebind(&mut self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
         if let Some(direct) = self.direct.as_mut() {
             direct.set_socket(Arc::new(socket.try_clone().map_err(ClientError::Socket)?));
+        }
+        if let Some(packet) = &self.packet {
+            let routed = peer::PeerSocket::wrap(socket, packet.routes.clone())
+                .map_err(ClientError::Socket)?;
+            return self
+                .endpoint
+                .rebind_abstract(routed)
+                .map_err(ClientError::Socket);
         }
         self.endpoint.rebind(socket).map_err(ClientError::Socket)
     }
@@ -646,20 +723,49 @@ impl Client {
     /// the attempt runs in the background (the session is usable on the relay meanwhile).
     async fn started(&mut self, started: v1::SessionStarted) -> Result<SessionStart, ClientError> {
         let offered = started.direct_path_offered;
+        let packet_path = started.packet_path.clone();
         let start = session_start(started)?;
+        if let Some(path) = packet_path {
+            let rtt = self.connection.rtt();
+            let Some(packet) = self.packet.as_mut() else {
+                return Err(ClientError::Unexpected(
+                    "the relay put the session on the packet path, which this client did not announce"
+                        .into(),
+                ));
+            };
+            packet.start(path, &self.endpoint, &self.options.transport, rtt)?;
+        }
         if offered {
             match self.recv().await? {
                 In::DirectPathOffer(offer) => {
                     let writer = Arc::downgrade(&self.writer);
                     let endpoint = self.endpoint.clone();
+                    let routes = self
+                        .packet
+                        .as_ref()
+                        .filter(|p| p.active())
+                        .map(|p| p.routes.clone());
                     if let Some(setup) = self.direct.as_mut() {
-                        setup.start(offer, endpoint, writer, &self.options.transport);
+                        setup.start(offer, endpoint, writer, &self.options.transport, routes);
                     }
                 }
                 other => return Err(unexpected(other)),
             }
         }
         Ok(start)
+    }
+
+    /// What opening the current session's peer connection needs (packet path only).
+    pub(crate) fn peer_opener(&self, session_id: &str) -> Result<peer::PeerOpener, ClientError> {
+        let packet = self.packet.as_ref().ok_or_else(|| {
+            ClientError::Unexpected("this client does not run the packet path".into())
+        })?;
+        packet.opener(
+            &self.endpoint,
+            session_id,
+            &self.options.transport,
+            self.connection.rtt(),
+        )
     }
 
     /// The underlying QUIC connection.
@@ -932,6 +1038,9 @@ impl Client {
         ClientError,
     > {
         self.direct = None;
+        if let Some(packet) = self.packet.as_mut() {
+            packet.end_session();
+        }
         let writer = Arc::try_unwrap(self.writer)
             .map_err(|_| ClientError::Unexpected("the control stream is in use".into()))?
             .into_inner();
@@ -947,6 +1056,9 @@ impl Client {
     pub async fn close(mut self) {
         if let Some(direct) = self.direct.as_mut() {
             direct.end_session();
+        }
+        if let Some(packet) = self.packet.as_mut() {
+            packet.end_session();
         }
         self.connection.close(0u32.into(), b"bye");
         // A shared endpoint's driver sends the close; waiting for it to be idle would wait
@@ -1015,6 +1127,9 @@ impl Client {
                     if let Some(direct) = self.direct.as_mut() {
                         direct.end_session();
                     }
+                    if let Some(packet) = self.packet.as_mut() {
+                        packet.end_session();
+                    }
                 }
                 // What the session allows, for the checks on a direct path.
                 In::SessionStarted(started) => {
@@ -1026,21 +1141,28 @@ impl Client {
                         protects && started.peer_e2e_suites.is_empty(),
                         std::sync::atomic::Ordering::SeqCst,
                     );
-                    if let (Some(direct), Some(mode)) =
-                        (self.direct.as_ref(), Mode::from_wire(started.mode))
-                    {
-                        direct.set_view(direct::SessionView {
+                    if let Some(mode) = Mode::from_wire(started.mode) {
+                        let view = direct::SessionView {
                             mode,
                             chat_allowed: !started.chat_disabled,
                             role: self.options.role,
-                        });
+                        };
+                        if let Some(direct) = self.direct.as_ref() {
+                            direct.set_view(view);
+                        }
+                        if let Some(packet) = self.packet.as_ref() {
+                            packet.set_view(view);
+                        }
                     }
                 }
                 In::ModeChanged(changed) => {
-                    if let (Some(direct), Some(mode)) =
-                        (self.direct.as_ref(), Mode::from_wire(changed.mode))
-                    {
-                        direct.set_mode(mode);
+                    if let Some(mode) = Mode::from_wire(changed.mode) {
+                        if let Some(direct) = self.direct.as_ref() {
+                            direct.set_mode(mode);
+                        }
+                        if let Some(packet) = self.packet.as_ref() {
+                            packet.set_mode(mode);
+                        }
                     }
                 }
                 In::PeerJoined(joined) => self.peer = joined.sharer.clone(),
@@ -1117,6 +1239,7 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
         peer: started.peer,
         e2e_suite: started.e2e_suite,
         peer_e2e_suites: started.peer_e2e_suites,
+        packet_path: started.packet_path.is_some(),
     })
 }
 

@@ -338,7 +338,11 @@ impl SealedReceiver {
 /// # Ok(()) }
 /// ```
 pub enum SessionChannels {
-    /// Sealed end to end (the default).
+    /// The packet path (PROTOCOL.md §8a): the peer connection's streams, protected by its
+    /// TLS 1.3 end to end, whatever the client's `Protection` (there is no plaintext
+    /// packet path).
+    Peer(super::PeerSession),
+    /// Sealed end to end (the default on the stream path).
     Protected(SecureSession),
     /// In the clear, for measurements only.
     PlaintextForMeasurement(super::UnsealedChannels),
@@ -347,6 +351,7 @@ pub enum SessionChannels {
 impl std::fmt::Debug for SessionChannels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SessionChannels::Peer(s) => f.debug_tuple("Peer").field(s).finish(),
             SessionChannels::Protected(s) => f.debug_tuple("Protected").field(s).finish(),
             SessionChannels::PlaintextForMeasurement(_) => f.write_str("PlaintextForMeasurement"),
         }
@@ -364,12 +369,21 @@ pub fn channels(
     start: &SessionStart,
     role: Role,
 ) -> impl std::future::Future<Output = Result<SessionChannels, ClientError>> + Send + 'static {
+    let peer = if start.packet_path {
+        Some(client.peer_opener(&start.session_id))
+    } else {
+        None
+    };
     let protected = match client.protection() {
+        _ if peer.is_some() => None,
         crate::client::Protection::EndToEnd(_) => Some(establish(client, start, role)),
         crate::client::Protection::PlaintextForMeasurement => None,
     };
     let data = client.transport();
     async move {
+        if let Some(opener) = peer {
+            return Ok(SessionChannels::Peer(super::peer::connect(opener?).await?));
+        }
         Ok(match protected {
             Some(exchange) => SessionChannels::Protected(exchange.await?),
             None => SessionChannels::PlaintextForMeasurement(data),
@@ -381,6 +395,7 @@ impl SessionChannels {
     /// The code both users compare; `None` without protection.
     pub fn verification_code(&self) -> Option<&str> {
         match self {
+            SessionChannels::Peer(s) => Some(s.verification_code()),
             SessionChannels::Protected(s) => Some(s.verification_code()),
             SessionChannels::PlaintextForMeasurement(_) => None,
         }
@@ -390,13 +405,14 @@ impl SessionChannels {
     pub fn suite(&self) -> Option<Suite> {
         match self {
             SessionChannels::Protected(s) => Some(s.suite()),
-            SessionChannels::PlaintextForMeasurement(_) => None,
+            SessionChannels::Peer(_) | SessionChannels::PlaintextForMeasurement(_) => None,
         }
     }
 
     /// Opens this side's channel.
     pub async fn open_channel(&self, channel: Channel) -> Result<Sender, ClientError> {
         Ok(match self {
+            SessionChannels::Peer(s) => Sender::Plain(s.data().open_channel(channel).await?),
             SessionChannels::Protected(s) => Sender::Sealed(s.open_channel(channel).await?),
             SessionChannels::PlaintextForMeasurement(d) => {
                 Sender::Plain(d.open_channel(channel).await?)
@@ -415,6 +431,10 @@ impl SessionChannels {
                 let (channel, receiver) = d.accept_channel().await?;
                 (channel, Receiver::Plain(receiver))
             }
+            SessionChannels::Peer(s) => {
+                let (channel, receiver) = s.data().accept_channel().await?;
+                (channel, Receiver::Plain(receiver))
+            }
         })
     }
 
@@ -422,6 +442,7 @@ impl SessionChannels {
     pub fn send_datagram(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         match self {
             SessionChannels::Protected(s) => s.send_datagram(frame),
+            SessionChannels::Peer(s) => s.data().send_datagram(Bytes::copy_from_slice(frame)),
             SessionChannels::PlaintextForMeasurement(d) => {
                 d.send_datagram(Bytes::copy_from_slice(frame))
             }
@@ -433,6 +454,7 @@ impl SessionChannels {
         match self {
             SessionChannels::Protected(s) => Ok(Bytes::from(s.read_datagram().await?)),
             SessionChannels::PlaintextForMeasurement(d) => d.read_datagram().await,
+            SessionChannels::Peer(s) => s.data().read_datagram().await,
         }
     }
 }

@@ -1,0 +1,837 @@
+//! The packet path (PROTOCOL.md §8a): the session's data as one QUIC connection between the
+//! two clients, whose UDP datagrams go through the relay's packet forwarder first and, once
+//! a direct path is found, straight to the peer.
+//!
+//! The relay never holds this connection's keys: it forwards datagrams by the routing key it
+//! assigned to the session. End-to-end protection is the peer connection's own TLS 1.3 with
+//! both certificates pinned (their hashes came through the relay's authenticated control
+//! stream), and the verification code both users compare comes from its exporter
+//! (RFC 8446 §7.5), so a relay that substitutes a certificate and sits in the middle ends up
+//! with two different codes on the two screens.
+//!
+//! How the datagrams find their way: the client's endpoint runs on a [`PeerSocket`], a thin
+//! [`quinn::AsyncUdpSocket`] over the client's one UDP socket (the one its relay connection
+//! uses, so the relay sees the forwarded datagrams from the authenticated address). The peer
+//! connection is addressed to a *virtual* peer address that no real host has; the socket
+//! sends what quinn addresses there to the relay, behind the forwarder header, or, once the
+//! direct attempt found the peer, to the peer's address as it is. What arrives from the
+//! relay with the session's routing key is handed to quinn, header removed, as from the
+//! virtual address.
+//!
+//! Who dials: the sharer opens the peer connection (QUIC client), the helper accepts it. The
+//! sharer's socket decides the path (a QUIC client's peer address never changes); the
+//! helper's quinn sees the sharer's datagrams arrive from a new address and migrates the
+//! connection there with QUIC's own path validation (RFC 9000 §9), and back to the relay
+//! when the sharer's datagrams come through the forwarder again.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use remote_help_proto::forwarded;
+use remote_help_proto::v1;
+use tokio::sync::watch;
+
+use super::direct::{DirectLink, DirectState, Inbox, SessionView};
+use super::{ClientError, UnsealedChannels};
+use crate::session::Channel;
+use crate::tls::{Fingerprint, ServerIdentity};
+
+/// The TLS name the dialling side uses (the certificate is pinned, so it is not checked).
+const PEER_NAME: &str = "remote-help-peer";
+/// The exporter label of the verification code (RFC 8446 §7.5).
+pub const CODE_EXPORTER_LABEL: &[u8] = b"EXPORTER-remote-help verification code";
+/// Longest wait for the peer connection to come up through the relay.
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive of the peer connection: frequent enough that a silent direct path is noticed
+/// within [`DIRECT_SILENCE`].
+const PEER_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A direct path from which nothing arrived for this long is given up: the sharer's socket
+/// sends through the relay again, and the helper's connection migrates back.
+pub(crate) const DIRECT_SILENCE: Duration = Duration::from_secs(3);
+/// Most datagrams one forwarded send may carry (GSO): 40 full-size datagrams with their
+/// headers stay under the 64 KiB a UDP send can take.
+const MAX_FORWARDED_SEGMENTS: usize = 40;
+
+/// The peer connection's routing, shared by the client's [`PeerSocket`] (and the one that
+/// replaces it after a rebind) and the client.
+#[derive(Debug)]
+pub(crate) struct PeerRoutes {
+    /// The address quinn knows the peer by: never a real host's.
+    virtual_peer: SocketAddr,
+    state: Mutex<RouteState>,
+}
+
+#[derive(Debug)]
+struct RouteState {
+    /// The relay's address (changes with a redirect).
+    relay: SocketAddr,
+    /// The current session's routing key.
+    key: Option<u64>,
+    /// The peer's address on a working direct path (the dialling side only).
+    direct: Option<SocketAddr>,
+    /// When something last came from `direct`.
+    last_direct: Option<Instant>,
+}
+
+impl PeerRoutes {
+    /// Routing for a socket bound to `local`, towards the relay at `relay`.
+    pub(crate) fn new(relay: SocketAddr, local: SocketAddr) -> PeerRoutes {
+        // 240.0.0.0/4 is reserved: no host answers there, so no real datagram comes from it.
+        let reserved = Ipv4Addr::new(240, 0, 0, 1);
+        let virtual_peer = if local.is_ipv6() {
+            SocketAddr::from((reserved.to_ipv6_mapped(), 1))
+        } else {
+            SocketAddr::from((reserved, 1))
+        };
+        PeerRoutes {
+            virtual_peer,
+            state: Mutex::new(RouteState {
+                relay,
+                key: None,
+                direct: None,
+                last_direct: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The address the peer connection is addressed to.
+    pub(crate) fn virtual_peer(&self) -> SocketAddr {
+        self.virtual_peer
+    }
+
+    /// The client moved to another relay node.
+    pub(crate) fn set_relay(&self, relay: SocketAddr) {
+        self.lock().relay = relay;
+    }
+
+    /// A session on the packet path started (`Some`) or ended (`None`).
+    pub(crate) fn set_key(&self, key: Option<u64>) {
+        let mut state = self.lock();
+        state.key = key;
+        state.direct = None;
+        state.last_direct = None;
+    }
+
+    /// Sends straight to `peer` from now on (`None`: through the relay again).
+    pub(crate) fn set_direct(&self, peer: Option<SocketAddr>) {
+        let mut state = self.lock();
+        state.direct = peer;
+        state.last_direct = peer.map(|_| Instant::now());
+    }
+
+    /// The direct peer address in use, if any.
+    pub(crate) fn direct(&self) -> Option<SocketAddr> {
+        self.lock().direct
+    }
+
+    /// How long nothing has come on the direct path (`None`: no direct path in use).
+    pub(crate) fn direct_silent_for(&self) -> Option<Duration> {
+        self.lock().last_direct.map(|t| t.elapsed())
+    }
+}
+
+/// The client's UDP socket as its endpoint sees it: datagrams for the virtual peer go
+/// through the relay's forwarder (or the direct path), forwarded datagrams from the relay
+/// come back as the virtual peer's; everything else passes as it is.
+#[derive(Debug)]
+pub(crate) struct PeerSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    routes: Arc<PeerRoutes>,
+    /// Where a forwarded send is assembled (headers between the segments).
+    scratch: Mutex<Vec<u8>>,
+}
+
+impl PeerSocket {
+    /// `socket` (wrapped for the runtime) under `routes`.
+    pub(crate) fn wrap(
+        socket: std::net::UdpSocket,
+        routes: Arc<PeerRoutes>,
+    ) -> io::Result<Arc<PeerSocket>> {
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
+        Ok(Arc::new(PeerSocket {
+            inner: runtime.wrap_udp_socket(socket)?,
+            routes,
+            scratch: Mutex::new(Vec::with_capacity(64 * 1024)),
+        }))
+    }
+
+    /// Rewrites what was received in place: forwarded datagrams of the session lose their
+    /// header and come from the virtual peer, the dialler's direct datagrams too; forwarded
+    /// datagrams of no session are dropped. Returns how many entries remain at the front.
+    fn rewrite_received(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut state = self.routes.lock();
+        let mut kept = 0;
+        for i in 0..meta.len() {
+            let m = meta[i];
+            let keep = if m.addr == state.relay && forwarded::is_forwarded(&bufs[i][..m.len]) {
+                match state.key {
+                    Some(key) => strip_headers(&mut bufs[i], &mut meta[i], key).then(|| {
+                        meta[i].addr = self.routes.virtual_peer;
+                    }),
+                    None => None,
+                }
+                .is_some()
+            } else {
+                if state.direct == Some(m.addr) {
+                    meta[i].addr = self.routes.virtual_peer;
+                    state.last_direct = Some(Instant::now());
+                }
+                true
+            };
+            if keep {
+                if kept != i {
+                    let len = meta[i].len;
+                    let (front, back) = bufs.split_at_mut(i);
+                    front[kept][..len].copy_from_slice(&back[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                kept += 1;
+            }
+        }
+        kept
+    }
+}
+
+/// Removes the forwarder header from every segment of `meta` (a GRO batch of equal
+/// `stride`), keeping only the segments of `key`, packed. False when none remain.
+fn strip_headers(buf: &mut [u8], meta: &mut RecvMeta, key: u64) -> bool {
+    let stride = meta.stride.max(1);
+    let (mut read, mut written, mut segments) = (0, 0, 0);
+    while read < meta.len {
+        let end = (read + stride).min(meta.len);
+        let ours = matches!(forwarded::parse(&buf[read..end]), Some((k, _)) if k == key);
+        if ours {
+            let payload = read + forwarded::HEADER_LEN..end;
+            let len = payload.len();
+            buf.copy_within(payload, written);
+            written += len;
+            segments += 1;
+        }
+        read = end;
+    }
+    meta.len = written;
+    meta.stride = if segments > 1 {
+        stride - forwarded::HEADER_LEN
+    } else {
+        written
+    };
+    written > 0
+}
+
+impl AsyncUdpSocket for PeerSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if transmit.destination != self.routes.virtual_peer {
+            return self.inner.try_send(transmit);
+        }
+        let (relay, key, direct) = {
+            let state = self.routes.lock();
+            (state.relay, state.key, state.direct)
+        };
+        if let Some(peer) = direct {
+            return self.inner.try_send(&Transmit {
+                destination: peer,
+                ecn: transmit.ecn,
+                contents: transmit.contents,
+                segment_size: transmit.segment_size,
+                src_ip: transmit.src_ip,
+            });
+        }
+        // No session (it ended under the connection): the datagram is lost, as on a path
+        // that went away; QUIC's loss recovery and idle timeout deal with it.
+        let Some(key) = key else {
+            return Ok(());
+        };
+        let header = forwarded::header(key);
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        scratch.clear();
+        for datagram in transmit.contents.chunks(segment) {
+            scratch.extend_from_slice(&header);
+            scratch.extend_from_slice(datagram);
+        }
+        let segment_size = (transmit.contents.len() > segment).then_some(segment + header.len());
+        self.inner.try_send(&Transmit {
+            destination: relay,
+            ecn: transmit.ecn,
+            contents: &scratch,
+            segment_size,
+            src_ip: transmit.src_ip,
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let received = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            // Never report an empty batch: poll again until something is for quinn.
+            let kept = self.rewrite_received(&mut bufs[..received], &mut meta[..received]);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner
+            .max_transmit_segments()
+            .min(MAX_FORWARDED_SEGMENTS)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// A client's packet-path machinery: its peer certificate, the routing its socket follows,
+/// what the session allows (for checking what the peer sends), and the current session's
+/// peer connection.
+pub(crate) struct PacketPath {
+    pub(crate) identity: Arc<ServerIdentity>,
+    pub(crate) routes: Arc<PeerRoutes>,
+    view: watch::Sender<Option<SessionView>>,
+    /// The current session's routing, as `SessionStarted` gave it.
+    session: Option<v1::PacketPath>,
+    /// The current session's peer connection, once up (closed when the session ends).
+    connection: Arc<Mutex<Option<quinn::Connection>>>,
+}
+
+impl PacketPath {
+    /// The packet path for a client whose endpoint runs on a socket routed by `routes`.
+    pub(crate) fn new(routes: Arc<PeerRoutes>) -> Result<PacketPath, ClientError> {
+        Ok(PacketPath {
+            identity: Arc::new(ServerIdentity::self_signed(vec![PEER_NAME.into()])?),
+            routes,
+            view: watch::Sender::new(None),
+            session: None,
+            connection: Arc::default(),
+        })
+    }
+
+    /// The hash `Hello.peer_certificate_sha256` announces.
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// The session started on the packet path: route its datagrams, and (on the accepting
+    /// side) accept the peer's connection from now on, before the peer can dial.
+    pub(crate) fn start(
+        &mut self,
+        path: v1::PacketPath,
+        endpoint: &quinn::Endpoint,
+        transport: &crate::transport::ClientTransport,
+        relay_rtt: Duration,
+    ) -> Result<(), ClientError> {
+        self.end_session();
+        let peer = peer_fingerprint(&path)?;
+        if !path.dial {
+            let crypto = self.identity.direct_server_config(peer)?;
+            let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            config.transport_config(peer_transport(transport, relay_rtt, &path));
+            // The peer's datagrams arrive from the virtual address and, after a direct path
+            // is found, from the peer's own: the connection follows them.
+            config.migration(true);
+            endpoint.set_server_config(Some(config));
+        }
+        self.routes.set_key(Some(path.routing_key));
+        self.session = Some(path);
+        Ok(())
+    }
+
+    /// The session ended: no more routing, no peer connection, nothing allowed.
+    pub(crate) fn end_session(&mut self) {
+        self.session = None;
+        self.routes.set_key(None);
+        self.view.send_replace(None);
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(connection) = connection {
+            connection.close(0u32.into(), b"session ended");
+        }
+    }
+
+    /// Whether the current session runs on the packet path.
+    pub(crate) fn active(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The session (re)started or changed mode: what it allows now.
+    pub(crate) fn set_view(&self, view: SessionView) {
+        self.view.send_replace(Some(view));
+    }
+
+    /// Changes the mode of the current session's view.
+    pub(crate) fn set_mode(&self, mode: crate::session::Mode) {
+        self.view.send_modify(|v| {
+            if let Some(v) = v {
+                v.mode = mode;
+            }
+        });
+    }
+
+    /// Whether the session's data goes straight to the peer now (else through the relay).
+    pub(crate) fn is_direct(&self) -> bool {
+        if self.routes.direct().is_some() {
+            return true;
+        }
+        // The accepting side: its connection migrated to the peer's own address.
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .as_ref()
+            .is_some_and(|c| c.remote_address() != self.routes.virtual_peer())
+    }
+
+    /// What opening the peer connection needs, detached from the client (so the future of
+    /// [`connect`] borrows nothing).
+    pub(crate) fn opener(
+        &self,
+        endpoint: &quinn::Endpoint,
+        session_id: &str,
+        transport: &crate::transport::ClientTransport,
+        relay_rtt: Duration,
+    ) -> Result<PeerOpener, ClientError> {
+        let path = self.session.clone().ok_or_else(|| {
+            ClientError::Unexpected("the session does not run on the packet path".into())
+        })?;
+        Ok(PeerOpener {
+            peer: peer_fingerprint(&path)?,
+            transport: peer_transport(transport, relay_rtt, &path),
+            path,
+            endpoint: endpoint.clone(),
+            identity: self.identity.clone(),
+            virtual_peer: self.routes.virtual_peer(),
+            view: self.view.subscribe(),
+            slot: self.connection.clone(),
+            session_id: session_id.to_string(),
+        })
+    }
+}
+
+/// The peer's pinned certificate hash from `path`.
+fn peer_fingerprint(path: &v1::PacketPath) -> Result<Fingerprint, ClientError> {
+    <[u8; 32]>::try_from(path.peer_certificate_sha256.as_slice())
+        .map(Fingerprint)
+        .map_err(|_| {
+            ClientError::Unexpected(
+                "the relay's packet path names no SHA-256 peer certificate hash".into(),
+            )
+        })
+}
+
+/// The peer connection's transport: the client's windows (so flow control, and with it
+/// backpressure, runs end to end between the two clients), a keep-alive that keeps a direct
+/// path's silence meaningful, loss recovery from the relay's round trip, and datagrams that
+/// fit the forwarder with its header.
+fn peer_transport(
+    settings: &crate::transport::ClientTransport,
+    relay_rtt: Duration,
+    path: &v1::PacketPath,
+) -> Arc<quinn::TransportConfig> {
+    let settings = crate::transport::ClientTransport {
+        keep_alive: settings.keep_alive.min(PEER_KEEP_ALIVE),
+        ..*settings
+    };
+    let max_payload = (path.max_packet_size as usize).saturating_sub(forwarded::HEADER_LEN);
+    crate::transport::peer(&settings, relay_rtt * 2, max_payload)
+}
+
+/// Everything [`connect`] needs, taken from the client.
+pub(crate) struct PeerOpener {
+    path: v1::PacketPath,
+    peer: Fingerprint,
+    transport: Arc<quinn::TransportConfig>,
+    endpoint: quinn::Endpoint,
+    identity: Arc<ServerIdentity>,
+    virtual_peer: SocketAddr,
+    view: watch::Receiver<Option<SessionView>>,
+    slot: Arc<Mutex<Option<quinn::Connection>>>,
+    session_id: String,
+}
+
+/// A started session's channels on the packet path: streams and datagrams of the peer
+/// connection, protected by its TLS; the verification code from its exporter.
+pub struct PeerSession {
+    data: UnsealedChannels,
+    code: String,
+    connection: quinn::Connection,
+}
+
+impl std::fmt::Debug for PeerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSession")
+            .field("verification_code", &self.code)
+            .field("peer", &self.connection.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSession {
+    /// The code both users compare.
+    pub fn verification_code(&self) -> &str {
+        &self.code
+    }
+
+    /// The peer connection (for diagnostics: its RTT, its path statistics).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// The channels, framed as on every path (PROTOCOL.md §8).
+    pub(crate) fn data(&self) -> &UnsealedChannels {
+        &self.data
+    }
+}
+
+/// Opens (sharer) or accepts (helper) the session's peer connection through the relay's
+/// forwarder, and derives the verification code.
+pub(crate) async fn connect(opener: PeerOpener) -> Result<PeerSession, ClientError> {
+    let started = Instant::now();
+    let connection = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, open(&opener))
+        .await
+        .map_err(|_| {
+            ClientError::Unexpected(format!(
+                "the peer connection through the relay did not come up within {} s",
+                PEER_HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        })??;
+    if !opener.path.dial {
+        // The one connection this session accepts is up: accept nothing more.
+        opener.endpoint.set_server_config(None);
+    }
+    let code = verification_code(&connection, &opener.session_id)?;
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "peer connection up through the relay's forwarder"
+    );
+    *opener.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
+    let inbox = Arc::new(Inbox::default());
+    let accepting = inbox
+        .clone()
+        .accept_from(connection.clone(), Some(opener.view.clone()));
+    let closing = {
+        let inbox = inbox.clone();
+        let connection = connection.clone();
+        async move {
+            accepting.await;
+            inbox.close(
+                connection
+                    .close_reason()
+                    .unwrap_or(quinn::ConnectionError::LocallyClosed),
+            );
+        }
+    };
+    tokio::spawn(closing);
+    let (_, state) = watch::channel(DirectState::Up {
+        connection: connection.clone(),
+        peer: opener.virtual_peer,
+        took: started.elapsed(),
+    });
+    Ok(PeerSession {
+        data: UnsealedChannels {
+            // Every channel of the session lives on the peer connection: none moves, and
+            // none falls back to the relay's streams (the relay forwards none for it).
+            connection: connection.clone(),
+            direct: Some(DirectLink {
+                state,
+                inbox,
+                view: opener.view.clone(),
+            }),
+            peer_unprotected: None,
+        },
+        code,
+        connection,
+    })
+}
+
+async fn open(opener: &PeerOpener) -> Result<quinn::Connection, ClientError> {
+    if opener.path.dial {
+        let crypto = opener.identity.direct_client_config(opener.peer)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(opener.transport.clone());
+        return opener
+            .endpoint
+            .connect_with(config, opener.virtual_peer, PEER_NAME)?
+            .await
+            .map_err(ClientError::from_handshake);
+    }
+    loop {
+        let incoming = opener.endpoint.accept().await.ok_or_else(|| {
+            ClientError::Unexpected("the endpoint closed before the peer connected".into())
+        })?;
+        // Only what came through the session's route: the peer, authenticated by the relay.
+        if incoming.remote_address() != opener.virtual_peer {
+            tracing::debug!(from = %incoming.remote_address(), "connection from a stranger refused");
+            incoming.refuse();
+            continue;
+        }
+        return incoming
+            .accept()
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?
+            .await
+            .map_err(ClientError::from_handshake);
+    }
+}
+
+/// The six-digit code both users compare, from the peer connection's TLS exporter with the
+/// session id as context, shown as `"123 456"`.
+pub fn verification_code(
+    connection: &quinn::Connection,
+    session_id: &str,
+) -> Result<String, ClientError> {
+    let mut out = [0u8; 4];
+    connection
+        .export_keying_material(&mut out, CODE_EXPORTER_LABEL, session_id.as_bytes())
+        .map_err(|_| ClientError::Unexpected("the TLS exporter is unavailable".into()))?;
+    let code = u32::from_be_bytes(out) % 1_000_000;
+    Ok(format!("{:03} {:03}", code / 1000, code % 1000))
+}
+
+impl PeerSession {
+    /// Opens this side's channel.
+    pub async fn open_channel(
+        &self,
+        channel: Channel,
+    ) -> Result<super::ChannelSender, ClientError> {
+        self.data.open_channel(channel).await
+    }
+
+    /// Sends one lossy screen datagram.
+    pub fn send_datagram(&self, frame: Bytes) -> Result<(), ClientError> {
+        self.data.send_datagram(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(addr: SocketAddr, len: usize, stride: usize) -> RecvMeta {
+        RecvMeta {
+            addr,
+            len,
+            stride,
+            ..RecvMeta::default()
+        }
+    }
+
+    fn batch(segments: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut batch = Vec::new();
+        for (key, body) in segments {
+            batch.extend_from_slice(&forwarded::header(*key));
+            batch.extend_from_slice(body);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_gro_batch_of_forwarded_datagrams_loses_its_headers_and_other_sessions() {
+        let relay: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        // Stride 13 (9 + 4); another session's segment in the middle; the last one shorter.
+        let mut data = batch(&[(7, b"aaaa"), (8, b"bbbb"), (7, b"cc")]);
+        let mut m = meta(relay, data.len(), 13);
+        assert!(strip_headers(&mut data, &mut m, 7));
+        assert_eq!(&data[..m.len], b"aaaacc");
+        assert_eq!(m.stride, 4);
+        // One segment: stride is its length.
+        let mut data = batch(&[(7, b"dddddd")]);
+        let mut m = meta(relay, data.len(), data.len());
+        assert!(strip_headers(&mut data, &mut m, 7));
+        assert_eq!((&data[..m.len], m.stride), (&b"dddddd"[..], 6));
+        // Nothing of this session.
+        let mut data = batch(&[(8, b"aaaa"), (8, b"bbbb")]);
+        let mut m = meta(relay, data.len(), 13);
+        assert!(!strip_headers(&mut data, &mut m, 7));
+    }
+
+    async fn within<T>(
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, tokio::time::error::Elapsed> {
+        tokio::time::timeout(Duration::from_secs(20), f).await
+    }
+
+    /// A forwarder as small as the relay's rule: datagrams with `key` from one of the two
+    /// addresses go, unchanged, to the other.
+    async fn forward(socket: tokio::net::UdpSocket, key: u64, parties: [SocketAddr; 2]) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let to = match forwarded::parse(&buf[..len]) {
+                Some((k, _)) if k == key && from == parties[0] => parties[1],
+                Some((k, _)) if k == key && from == parties[1] => parties[0],
+                _ => continue,
+            };
+            let _ = socket.send_to(&buf[..len], to).await;
+        }
+    }
+
+    fn endpoint(
+        socket: std::net::UdpSocket,
+        routes: Arc<PeerRoutes>,
+        server: Option<quinn::ServerConfig>,
+    ) -> quinn::Endpoint {
+        let runtime = quinn::default_runtime().unwrap();
+        let socket = PeerSocket::wrap(socket, routes).unwrap();
+        quinn::Endpoint::new_with_abstract_socket(
+            super::super::endpoint_config(),
+            server,
+            socket,
+            runtime,
+        )
+        .unwrap()
+    }
+
+    /// Sends `len` bytes on a fresh stream of `from` and reads them at `to`.
+    async fn carry(from: &quinn::Connection, to: &quinn::Connection, len: usize) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut send = from.open_uni().await.unwrap();
+        let writing = async {
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+        };
+        let reading = async {
+            let mut recv = to.accept_uni().await.unwrap();
+            recv.read_to_end(len + 1).await.unwrap()
+        };
+        let ((), got) = tokio::join!(writing, reading);
+        assert!(got == data, "the stream arrived changed");
+    }
+
+    /// The client side of the packet path over real UDP on loopback: the peer connection
+    /// comes up through a forwarder, both ends derive the same code, data flows both ways;
+    /// a direct path makes the accepting side's connection migrate to the dialler's own
+    /// address, and giving it up migrates it back through the forwarder.
+    #[tokio::test]
+    async fn the_peer_connection_goes_through_the_forwarder_and_migrates_to_direct_and_back() {
+        let forwarder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = forwarder.local_addr().unwrap();
+        let (dial_socket, accept_socket) = (
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        let (dialler_addr, acceptor_addr) = (
+            dial_socket.local_addr().unwrap(),
+            accept_socket.local_addr().unwrap(),
+        );
+        const KEY: u64 = 0x5EED_0000_0000_0001;
+        let forwarding = tokio::spawn(forward(forwarder, KEY, [dialler_addr, acceptor_addr]));
+
+        let (dialler_id, acceptor_id) = (
+            ServerIdentity::self_signed(vec![PEER_NAME.into()]).unwrap(),
+            ServerIdentity::self_signed(vec![PEER_NAME.into()]).unwrap(),
+        );
+        let path = v1::PacketPath {
+            routing_key: KEY,
+            dial: false,
+            peer_certificate_sha256: dialler_id.fingerprint().0.to_vec(),
+            max_packet_size: 1472,
+        };
+        let transport = peer_transport(
+            &crate::transport::ClientTransport::default(),
+            Duration::from_millis(1),
+            &path,
+        );
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            acceptor_id
+                .direct_server_config(dialler_id.fingerprint())
+                .unwrap(),
+        ));
+        server.transport_config(transport.clone());
+        let dial_routes = Arc::new(PeerRoutes::new(relay, dialler_addr));
+        let accept_routes = Arc::new(PeerRoutes::new(relay, acceptor_addr));
+        dial_routes.set_key(Some(KEY));
+        accept_routes.set_key(Some(KEY));
+        let dialler = endpoint(dial_socket, dial_routes.clone(), None);
+        let acceptor = endpoint(accept_socket, accept_routes.clone(), Some(server));
+
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            dialler_id
+                .direct_client_config(acceptor_id.fingerprint())
+                .unwrap(),
+        ));
+        client.transport_config(transport);
+        let virtual_peer = dial_routes.virtual_peer();
+        let (dialled, accepted) = within(async {
+            tokio::join!(
+                async {
+                    dialler
+                        .connect_with(client, virtual_peer, PEER_NAME)
+                        .unwrap()
+                        .await
+                        .unwrap()
+                },
+                async { acceptor.accept().await.unwrap().await.unwrap() }
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(accepted.remote_address(), accept_routes.virtual_peer());
+        let code = verification_code(&dialled, "session-1").unwrap();
+        assert_eq!(code, verification_code(&accepted, "session-1").unwrap());
+        assert_ne!(code, verification_code(&accepted, "session-2").unwrap());
+        within(carry(&dialled, &accepted, 3 << 20)).await.unwrap();
+        within(carry(&accepted, &dialled, 1 << 20)).await.unwrap();
+
+        // Direct: the dialler sends to the acceptor's own address; the acceptor's connection
+        // validates the new path and moves there.
+        dial_routes.set_direct(Some(acceptor_addr));
+        within(async {
+            while accepted.remote_address() != dialler_addr {
+                carry(&dialled, &accepted, 10_000).await;
+            }
+        })
+        .await
+        .unwrap();
+        within(carry(&accepted, &dialled, 1 << 20)).await.unwrap();
+        assert!(dial_routes.direct_silent_for().is_some());
+
+        // Back through the forwarder.
+        dial_routes.set_direct(None);
+        within(async {
+            while accepted.remote_address() != accept_routes.virtual_peer() {
+                carry(&dialled, &accepted, 10_000).await;
+            }
+        })
+        .await
+        .unwrap();
+        within(carry(&accepted, &dialled, 1 << 20)).await.unwrap();
+        forwarding.abort();
+    }
+}
