@@ -123,6 +123,12 @@ struct Args {
     /// starts once the attempt is over and goes direct where the path came up.
     #[arg(long)]
     direct_path: bool,
+    /// How relayed sessions carry their data: `packet` (the SDK's default: each client's own
+    /// QUIC connection to its peer through the relay's packet forwarder; every client gets
+    /// its own UDP socket, as the packet path needs) or `stream` (the relay forwards the
+    /// channels' streams; clients share --client-sockets endpoints).
+    #[arg(long, value_enum, default_value_t = DataPath::Packet)]
+    data_path: DataPath,
     /// Measure without end-to-end protection (the clients announce no suite, the relay
     /// sees the content), to compare with the default; a spawned relay's tenant then does
     /// not require protection.
@@ -144,6 +150,13 @@ struct Args {
     /// No progress bar (logs and CI).
     #[arg(long)]
     no_progress: bool,
+}
+
+/// `--data-path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataPath {
+    Packet,
+    Stream,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -193,6 +206,8 @@ struct Settings {
     idle: bool,
     stalled: usize,
     direct_path: bool,
+    /// `packet` or `stream` (`--data-path`).
+    data_path: String,
     /// End-to-end protection: the suite's name, or `off` (`--no-e2e`).
     e2e: String,
     relay: String,
@@ -369,6 +384,7 @@ async fn run(args: Args) -> Result<u64> {
         idle: args.idle,
         stalled_sessions: args.stalled,
         direct_path: args.direct_path,
+        packet_path: args.data_path == DataPath::Packet,
         e2e: protection_suite(&protection),
     };
 
@@ -461,6 +477,7 @@ async fn run(args: Args) -> Result<u64> {
         idle: args.idle,
         stalled: args.stalled,
         direct_path: args.direct_path,
+        data_path: format!("{:?}", args.data_path).to_lowercase(),
         e2e: workload
             .e2e
             .map_or_else(|| "off".to_string(), |s| s.as_str().to_string()),
@@ -695,9 +712,10 @@ fn tick(bar: &indicatif::ProgressBar, rec: &Recorder, last: &mut Instant, last_b
 fn print_summary(report: &Report) {
     let s = &report.settings;
     println!(
-        "\n{} sessions against {} (ramp {}/s, {} s steady, screen {} kbit/s in {} B frames, input {}/s, chat {}, idle {})",
+        "\n{} sessions against {} on the {} path (ramp {}/s, {} s steady, screen {} kbit/s in {} B frames, input {}/s, chat {}, idle {})",
         s.sessions,
         s.relay,
+        s.data_path,
         s.ramp_per_sec,
         s.duration_secs,
         s.screen_kbit,

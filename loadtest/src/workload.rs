@@ -41,6 +41,9 @@ pub struct Workload {
     /// Relayed sessions ask for a direct peer-to-peer path (each client then has its own
     /// UDP socket, as a direct path needs); traffic goes direct where it comes up.
     pub direct_path: bool,
+    /// Relayed sessions take the packet path (each client then has its own UDP socket, as
+    /// the packet path needs); else the stream path, on shared endpoints.
+    pub packet_path: bool,
     /// End-to-end protection of the direct baseline (relayed sessions protect as their
     /// client options say): the suite, or `None` for plaintext (`--no-e2e`).
     pub e2e: Option<Suite>,
@@ -306,11 +309,14 @@ async fn relayed(
     rec: &Arc<Recorder>,
 ) -> Result<bool, ClientError> {
     let started = Instant::now();
-    let (mut helper, mut sharer) = if plan.workload.direct_path {
-        // A direct path needs the client's own socket (the one its relay connection uses).
-        let (mut helper_options, mut sharer_options) = (helper_options, sharer_options);
-        helper_options.direct_path = true;
-        sharer_options.direct_path = true;
+    let (mut helper_options, mut sharer_options) = (helper_options, sharer_options);
+    helper_options.packet_path = plan.workload.packet_path;
+    sharer_options.packet_path = plan.workload.packet_path;
+    let (mut helper, mut sharer) = if plan.workload.direct_path || plan.workload.packet_path {
+        // A direct path and the packet path need the client's own socket (the one its
+        // relay connection uses).
+        helper_options.direct_path = plan.workload.direct_path;
+        sharer_options.direct_path = plan.workload.direct_path;
         (
             Client::connect(helper_options).await?,
             Client::connect(sharer_options).await?,
