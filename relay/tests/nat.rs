@@ -30,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{TestRelay, join_and_consent, skip, within};
 use futures_util::StreamExt;
+use remote_help_relay::client::secure;
 use remote_help_relay::client::{Client, ClientOptions, DirectOutcome};
 use remote_help_relay::core::path::Path;
 use remote_help_relay::core::{Channel, Mode, Role};
@@ -321,6 +322,7 @@ impl Tally {
 async fn trial(
     topology: &Topology,
     options: &impl Fn(&str, Persona, Role) -> ClientOptions,
+    packet: bool,
 ) -> (DirectOutcome, Option<Duration>) {
     let mut helper = within(Client::connect_on(
         options("192.0.2.1", Persona::Helper, Role::Helper),
@@ -348,7 +350,22 @@ async fn trial(
     let created = within(helper.create_session(Mode::FullControl))
         .await
         .unwrap();
-    join_and_consent(&mut helper, &mut sharer, &created.code).await;
+    let (helper_start, sharer_start) =
+        join_and_consent(&mut helper, &mut sharer, &created.code).await;
+    assert_eq!(helper_start.packet_path, packet);
+    // On the packet path the peer connection comes up through the forwarder first.
+    let peer_channels = if packet {
+        let (h, s) = within(async {
+            tokio::join!(
+                secure::channels(&helper, &helper_start, Role::Helper),
+                secure::channels(&sharer, &sharer_start, Role::Sharer)
+            )
+        })
+        .await;
+        Some((h.unwrap(), s.unwrap()))
+    } else {
+        None
+    };
     let (helper_outcome, sharer_outcome) =
         within(async { tokio::join!(helper.direct_outcome(), sharer.direct_outcome()) }).await;
     let took = match (&helper_outcome, &sharer_outcome) {
@@ -361,6 +378,46 @@ async fn trial(
         | (DirectOutcome::Relayed(_), DirectOutcome::Relayed(_)) => None,
         other => panic!("the two sides disagree: {other:?}"),
     };
+    let expected = match helper_outcome {
+        DirectOutcome::Direct { .. } => Path::Direct,
+        _ => Path::Relayed,
+    };
+    if let Some((h, mut s)) = peer_channels {
+        assert_eq!(h.verification_code(), s.verification_code());
+        // Whatever the path, input arrives, in order; on a direct path the helper's peer
+        // connection migrates to the sharer's address as soon as the sharer's packets come
+        // from there (its acknowledgements of this input).
+        let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+        let receiving = async {
+            let (_, mut input_in) = s.accept_channel().await.unwrap();
+            let mut next = 0u32;
+            while let Some(frame) = input_in.recv().await.unwrap() {
+                assert_eq!(frame[..4], next.to_be_bytes(), "input lost or reordered");
+                next += 1;
+            }
+            next
+        };
+        let sending = async {
+            let mut sent = 0u32;
+            while sent < 20 || helper.path() != expected || sharer.path() != expected {
+                input.send(&sent.to_be_bytes()).await.unwrap();
+                sent += 1;
+            }
+            input.finish().await.unwrap();
+            sent
+        };
+        let (sent, received) = within(async { tokio::join!(sending, receiving) }).await;
+        assert_eq!(sent, received);
+        if expected == Path::Direct {
+            // The sharer sends to the helper's NAT's public address.
+            assert!(matches!(sharer_outcome, DirectOutcome::Direct { .. }));
+        }
+        within(helper.end_session()).await.unwrap();
+        within(sharer.wait_for_end()).await;
+        helper.close().await;
+        sharer.close().await;
+        return (helper_outcome, took);
+    }
     // Whatever the path, input arrives, in order.
     let mut input = within(helper.open_unsealed_channel(Channel::Input))
         .await
@@ -373,10 +430,6 @@ async fn trial(
         let frame = within(input_in.recv()).await.unwrap().unwrap();
         assert_eq!(frame[0], i);
     }
-    let expected = match helper_outcome {
-        DirectOutcome::Direct { .. } => Path::Direct,
-        _ => Path::Relayed,
-    };
     assert_eq!(helper.path(), expected);
     within(helper.end_session()).await.unwrap();
     within(sharer.wait_for_end()).await;
@@ -391,6 +444,7 @@ async fn trials(
     nat_b: NatKind,
     relay_only: bool,
     concurrency: usize,
+    packet: bool,
 ) -> Option<Tally> {
     let topology = build(test, case, nat_b)?;
     let public = topology.namespaces[0].clone();
@@ -422,11 +476,16 @@ async fn trials(
             role,
         );
         options.direct_path = true;
+        options.packet_path = packet;
+        if packet {
+            // The peer connection's own TLS protects; nothing to opt out of.
+            return options;
+        }
         // The trial reads its input frames as sent (the relay's tenant allows it).
         options.insecure_plaintext_for_measurement()
     };
     let outcomes: Vec<(DirectOutcome, Option<Duration>)> = futures_util::stream::iter(0..TRIALS)
-        .map(|_| trial(&topology, &options))
+        .map(|_| trial(&topology, &options, packet))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -456,6 +515,7 @@ async fn both_behind_endpoint_independent_nats_go_direct() {
         NatKind::EndpointIndependent,
         false,
         1,
+        false,
     )
     .await
     else {
@@ -472,6 +532,7 @@ async fn a_symmetric_nat_falls_back_to_the_relay() {
         NatKind::Symmetric,
         false,
         TRIALS,
+        false,
     )
     .await
     else {
@@ -491,6 +552,7 @@ async fn relay_only_makes_no_direct_attempt() {
         NatKind::EndpointIndependent,
         true,
         5,
+        false,
     )
     .await
     else {
@@ -499,5 +561,50 @@ async fn relay_only_makes_no_direct_attempt() {
     assert_eq!(
         tally.not_offered, TRIALS,
         "no trial may be offered a direct path"
+    );
+}
+
+/// The packet path between two endpoint-independent NATs: the peer connection comes up
+/// through the relay's forwarder, then migrates to the direct path in every trial, with no
+/// input lost or reordered across the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packet_path_migrates_to_direct_between_endpoint_independent_nats() {
+    let Some(tally) = trials(
+        "nat::the_packet_path_migrates_to_direct_between_endpoint_independent_nats",
+        "peim",
+        NatKind::EndpointIndependent,
+        false,
+        1,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        tally.direct, TRIALS,
+        "every trial must migrate to the direct path"
+    );
+}
+
+/// The packet path behind a symmetric NAT: no direct path, so the relay forwards the peer
+/// connection's packets for the whole session, and input arrives complete and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packet_path_is_relayed_behind_a_symmetric_nat() {
+    let Some(tally) = trials(
+        "nat::the_packet_path_is_relayed_behind_a_symmetric_nat",
+        "psym",
+        NatKind::Symmetric,
+        false,
+        TRIALS,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        tally.relayed, TRIALS,
+        "every trial must stay relayed (and work)"
     );
 }
