@@ -49,7 +49,10 @@ mod tests {
         datagram.extend_from_slice(b"inner");
         assert_eq!(datagram[..HEADER_LEN], [0x2A, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(is_forwarded(&datagram));
-        assert_eq!(parse(&datagram), Some((0x0102_0304_0506_0708, &b"inner"[..])));
+        assert_eq!(
+            parse(&datagram),
+            Some((0x0102_0304_0506_0708, &b"inner"[..]))
+        );
         // A QUIC short header (0b01xx_xxxx) and a long header (0b11xx_xxxx).
         assert!(!is_forwarded(&[0x41, 0, 0]));
         assert!(!is_forwarded(&[0xC3, 0, 0]));
