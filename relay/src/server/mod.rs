@@ -678,6 +678,20 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     info!(%local_addr, %fingerprint, udp_sockets = endpoints.len(), "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
+    for (name, value) in [
+        (
+            "forwarder_max_packet_bytes",
+            config.forwarder.max_packet_bytes as f64,
+        ),
+        (
+            "forwarder_session_bytes_per_sec",
+            config.forwarder.session_bytes_per_sec as f64,
+        ),
+        ("forwarder_burst_bytes", config.forwarder.burst_bytes as f64),
+        ("forwarder_max_routes", config.forwarder.max_routes as f64),
+    ] {
+        metrics::gauge!("relay_limit", "name" => name).set(value);
+    }
     if let Some(cluster) = &config.cluster {
         metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
         metrics::gauge!("relay_cluster_nodes").set(cluster.nodes.len() as f64);
