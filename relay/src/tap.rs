@@ -91,3 +91,26 @@ pub fn announcement(
         None => truth,
     }
 }
+
+static PEER_CERT_HELPER: Mutex<Option<[u8; 32]>> = Mutex::new(None);
+static PEER_CERT_SHARER: Mutex<Option<[u8; 32]>> = Mutex::new(None);
+
+/// Makes the relay lie to `role` about its peer's certificate on the packet path (a
+/// man-in-the-middle attempt): from now on that side's `SessionStarted.packet_path` names
+/// `hash` as the peer's certificate (`None`: the truth again).
+pub fn substitute_peer_certificate(role: crate::core::Role, hash: Option<[u8; 32]>) {
+    let slot = match role {
+        crate::core::Role::Helper => &PEER_CERT_HELPER,
+        crate::core::Role::Sharer => &PEER_CERT_SHARER,
+    };
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = hash;
+}
+
+/// The peer certificate hash to tell `role` instead of the truth, if one is set.
+pub fn peer_certificate(role: crate::core::Role) -> Option<[u8; 32]> {
+    let slot = match role {
+        crate::core::Role::Helper => &PEER_CERT_HELPER,
+        crate::core::Role::Sharer => &PEER_CERT_SHARER,
+    };
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -463,8 +463,14 @@ fn check_config(file: &Path, fetch: bool) -> ExitCode {
                     format!(", cluster node {} of {}{reports}", c.node, c.nodes.len())
                 })
                 .unwrap_or_default();
+            // Said only when off: the packet path is the default for clients that ask.
+            let forwarder = if config.forwarder.enabled {
+                ""
+            } else {
+                ", packet path off: every session takes the stream path"
+            };
             println!(
-                "{}: OK ({} tenant(s), listen {}{cluster})",
+                "{}: OK ({} tenant(s), listen {}{cluster}{forwarder})",
                 file.display(),
                 config.tenants.len(),
                 config.listen

@@ -741,3 +741,41 @@ fn report_query_limits_default_and_are_checked() {
         ]
     );
 }
+
+#[test]
+fn forwarder_settings_are_checked_with_their_field_paths() {
+    let tenant = "[[tenants]]\nid = \"t\"\nissuer = \"https://idp.example\"\n";
+    let fields = |section: &str| -> Vec<String> {
+        problems(&format!("{section}\n{tenant}"), Path::new("."))
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(
+        fields(
+            "[forwarder]\nmax_packet_bytes = 100\nsession_bytes_per_sec = 0\nmax_routes = 20000000"
+        ),
+        [
+            "forwarder.max_packet_bytes",
+            "forwarder.session_bytes_per_sec",
+            "forwarder.max_routes"
+        ]
+    );
+    assert_eq!(
+        fields("[forwarder]\nburst_bytes = 1000"),
+        ["forwarder.burst_bytes"]
+    );
+    assert!(matches!(
+        Config::parse(&format!("[forwarder]\nport = 1\n{tenant}"), Path::new(".")),
+        Err(ConfigError::Syntax(_))
+    ));
+    let config = Config::parse(
+        &format!("[forwarder]\nenabled = false\nsession_bytes_per_sec = 1000000\n{tenant}"),
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(!config.forwarder.enabled);
+    assert_eq!(config.forwarder.max_packet_bytes, 1472);
+    // The burst follows the rate when not given: a tenth of a second, at least 64 KiB.
+    assert_eq!(config.forwarder.burst_bytes, 100_000);
+}

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod code;
+pub mod forwarding;
 pub mod limits;
 pub mod policy;
 pub mod registry;

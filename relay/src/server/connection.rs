@@ -114,7 +114,7 @@ pub async fn serve(
         // this task ends, before its limit slot is given back.
         let mut open = open;
         let _closer = connection.close_on_drop();
-        let (reader, writer, principal, role, welcomed, e2e_suites) =
+        let (reader, writer, principal, role, welcomed, (e2e_suites, packet_path)) =
             // Boxed: the handshake phase's state would otherwise stay inline in every
             // connection task for its whole life.
             match tokio::time::timeout_at(
@@ -160,6 +160,7 @@ pub async fn serve(
                 principal: principal.clone(),
                 candidates: None,
                 e2e_suites: e2e_suites.clone(),
+                packet_path: packet_path.map(Arc::new),
             },
         );
         let mut conn = Conn {
@@ -197,10 +198,14 @@ pub async fn serve(
 }
 
 /// Reads the `Hello`, verifies the token, answers `Welcome`.
+/// What a client announced in its `Hello` for its data: its end-to-end suites, and its
+/// peer certificate's hash when it can take the packet path.
+type Announced = (Arc<[u32]>, Option<[u8; 32]>);
+
 async fn authenticate(
     hub: &Hub,
     connection: &Party,
-) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr, Arc<[u32]>), Close> {
+) -> Result<(Reader, Writer, Arc<Principal>, Role, SocketAddr, Announced), Close> {
     let max = hub.config.limits.max_control_message;
     let (send_stream, recv) = connection
         .accept_bi()
@@ -249,6 +254,26 @@ async fn authenticate(
             ),
         ));
     }
+    // The packet path needs the certificate the peer is to pin (PROTOCOL.md §8a). Only a
+    // native client has the UDP socket it takes; a WebTransport client's announcement is
+    // ignored (it gets the stream path).
+    let packet_path = match (hello.packet_path, connection) {
+        (false, _) | (true, Party::Web(_)) => None,
+        (true, Party::Native(_)) => {
+            match <[u8; 32]>::try_from(hello.peer_certificate_sha256.as_slice()) {
+                Ok(hash) => Some(hash),
+                Err(_) => {
+                    return Err(Close::Refuse(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "Hello.packet_path needs Hello.peer_certificate_sha256 of 32 bytes (got {})",
+                            hello.peer_certificate_sha256.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    };
     let Some(role) = Role::from_wire(hello.role) else {
         return Err(Close::Refuse(
             ErrorCode::ProtocolViolation,
@@ -314,7 +339,7 @@ async fn authenticate(
         Arc::new(principal),
         role,
         observed,
-        suites,
+        (suites, packet_path),
     ))
 }
 
@@ -372,6 +397,8 @@ struct Active {
     /// The parties were offered a direct path: continuation streams are expected.
     direct_offered: bool,
     counters: Arc<ChannelCounters>,
+    /// The session's data takes the packet path: no data streams or datagrams here.
+    packet_path: bool,
 }
 
 /// A data stream with its first byte read.
@@ -1033,6 +1060,7 @@ impl Conn {
             counters,
             direct,
             e2e,
+            packet_path,
         } = begun;
         let Some(local) = self.session.as_mut().filter(|s| &s.id == session) else {
             return Ok(());
@@ -1045,11 +1073,20 @@ impl Conn {
             moved_from: [None, None, None, None],
             direct_offered: direct.is_some(),
             counters,
+            packet_path: packet_path.is_some(),
         });
         let max_datagram = self.connection.max_datagram_size();
         // Test builds only: a relay that rewrites the announcements (e2e_downgrade.rs).
         #[cfg(feature = "tap")]
         let e2e = crate::tap::announcement(self.role, e2e);
+        // Test builds only: a relay that tells a party another peer certificate (e2e_mitm).
+        #[cfg(feature = "tap")]
+        let packet_path = packet_path.map(|mut path| {
+            if let Some(hash) = crate::tap::peer_certificate(self.role) {
+                path.peer_certificate_sha256 = hash.to_vec();
+            }
+            path
+        });
         self.reply(Out::SessionStarted(v1::SessionStarted {
             session_id: session.to_string(),
             mode: mode.to_wire() as i32,
@@ -1060,7 +1097,7 @@ impl Conn {
             direct_path_offered: direct.is_some(),
             e2e_suite: e2e.suite,
             peer_e2e_suites: e2e.peer_suites.to_vec(),
-            packet_path: None,
+            packet_path,
         }))
         .await?;
         match direct {
@@ -1140,6 +1177,7 @@ impl Conn {
                 counters,
                 direct,
                 e2e,
+                packet_path,
             } => {
                 if current.is_none() && self.device_registered {
                     // An unattended session: the agent had no join step.
@@ -1158,6 +1196,7 @@ impl Conn {
                                 counters,
                                 direct,
                                 e2e: e2e.clone(),
+                                packet_path,
                             },
                         )
                         .await;
@@ -1174,6 +1213,7 @@ impl Conn {
                                 counters,
                                 direct,
                                 e2e: e2e.clone(),
+                                packet_path,
                             },
                         )
                         .await;
@@ -1240,6 +1280,16 @@ impl Conn {
             stream.stop(ErrorCode::ProtocolViolation.to_quic());
             return;
         };
+        if session.active.as_ref().is_some_and(|a| a.packet_path) {
+            // The session's data goes the packet path: the relay forwards no streams here.
+            metrics::counter!("relay_packet_path_refusals_total", "what" => "data_stream")
+                .increment(1);
+            metrics::counter!("relay_refusals_total", "code" => ErrorCode::ProtocolViolation.as_str_name())
+                .increment(1);
+            debug!(session = %session.id, "data stream on the relay connection of a packet-path session refused");
+            stream.stop(ErrorCode::ProtocolViolation.to_quic());
+            return;
+        }
         if !self.data_streams.admit(&mut stream) {
             metrics::counter!("relay_refusals_total", "code" => ErrorCode::LimitExceeded.as_str_name())
                 .increment(1);
@@ -1354,6 +1404,14 @@ impl Conn {
                 .increment(1);
             return;
         };
+        if active.packet_path {
+            // Per datagram, so no log line: the metric says it.
+            metrics::counter!("relay_packet_path_refusals_total", "what" => "datagram")
+                .increment(1);
+            metrics::counter!("relay_datagrams_dropped_total", "reason" => "packet_path")
+                .increment(1);
+            return;
+        }
         if self.role != Role::Sharer {
             metrics::counter!("relay_datagrams_dropped_total", "reason" => "wrong_direction")
                 .increment(1);

@@ -27,14 +27,17 @@ pub struct ChannelCounters {
     pub bytes: [AtomicU64; 4],
     /// Screen datagram bytes forwarded (sent on to the peer; dropped ones are not counted).
     pub datagram_bytes: AtomicU64,
+    /// Packet-path bytes forwarded (whole forwarded datagrams, header included; sent on to
+    /// the peer, dropped ones are not counted): see `forwarder`.
+    pub forwarded_bytes: AtomicU64,
 }
 
 impl ChannelCounters {
-    /// Every byte forwarded from this side: streams and datagrams.
+    /// Every byte forwarded from this side: streams, datagrams and the packet path.
     pub fn total(&self) -> u64 {
         self.bytes
             .iter()
-            .chain(std::iter::once(&self.datagram_bytes))
+            .chain([&self.datagram_bytes, &self.forwarded_bytes])
             .map(|b| b.load(Ordering::Relaxed))
             .sum()
     }

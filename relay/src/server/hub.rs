@@ -79,6 +79,8 @@ pub enum Event {
         direct: Option<v1::DirectPathOffer>,
         /// What this side is told about end-to-end protection.
         e2e: E2eAnnouncement,
+        /// This side's packet path, when the session takes it.
+        packet_path: Option<v1::PacketPath>,
     },
     /// The session's mode changed.
     ModeChanged {
@@ -122,6 +124,10 @@ pub struct ConnLink {
     pub candidates: Option<Arc<Candidates>>,
     /// The end-to-end protection suites it announced in `Hello`.
     pub e2e_suites: Arc<[u32]>,
+    /// Its `Hello.peer_certificate_sha256` when it announced `Hello.packet_path` (a native
+    /// client only): the packet path is possible for it.
+    /// Shared, so a link stays small (it is cloned into every start).
+    pub packet_path: Option<Arc<[u8; 32]>>,
 }
 
 /// What one party is told in `SessionStarted` about end-to-end protection.
@@ -263,6 +269,8 @@ pub struct Begun {
     pub direct: Option<v1::DirectPathOffer>,
     /// This side's end-to-end announcement.
     pub e2e: E2eAnnouncement,
+    /// This side's packet path, when the session takes it (PROTOCOL.md §8a).
+    pub packet_path: Option<v1::PacketPath>,
 }
 
 /// The two parties' direct-path offers (helper's, sharer's) when both offered candidates.
@@ -309,6 +317,28 @@ fn direct_offers(
             &helper.connection,
         ),
     ))
+}
+
+/// The two parties' `PacketPath`s (helper's, sharer's) for a session routed under
+/// `routing_key`: the helper dials; each pins the other's certificate.
+fn packet_paths(
+    start: &PendingStart,
+    routing_key: Option<u64>,
+    max_packet_size: usize,
+) -> Option<(v1::PacketPath, v1::PacketPath)> {
+    let routing_key = routing_key?;
+    let (helper_hash, sharer_hash) = (
+        start.helper.packet_path.as_deref()?,
+        start.sharer.packet_path.as_deref()?,
+    );
+    let max_packet_size = u32::try_from(max_packet_size).unwrap_or(u32::MAX);
+    let path = |dial: bool, peer_hash: &[u8; 32]| v1::PacketPath {
+        routing_key,
+        dial,
+        peer_certificate_sha256: peer_hash.to_vec(),
+        max_packet_size,
+    };
+    Some((path(true, sharer_hash), path(false, helper_hash)))
 }
 
 /// An active session as the admin endpoint lists it.
@@ -398,11 +428,17 @@ pub struct Hub {
     limiters: Mutex<Limiters>,
     /// Woken whenever sessions or connections come or go (for tests and admin views).
     pub changed: tokio::sync::Notify,
+    /// The packet path's routing table, shared with every relay socket.
+    pub forwarder: Arc<super::forwarder::Forwarder>,
 }
 
 impl Hub {
-    /// A hub for `config`.
-    pub fn new(config: Config, audit: AuditLog) -> Hub {
+    /// A hub for `config`, whose packet-path sessions go through `forwarder`.
+    pub fn new(
+        config: Config,
+        audit: AuditLog,
+        forwarder: Arc<super::forwarder::Forwarder>,
+    ) -> Hub {
         let key_fetchers = TenantKeyFetchers::new(config.state_dir.clone());
         key_fetchers.adopt(&config);
         let limiters = Limiters {
@@ -443,6 +479,7 @@ impl Hub {
             per_source: Mutex::new(HashMap::new()),
             limiters: Mutex::new(limiters),
             changed: tokio::sync::Notify::new(),
+            forwarder,
         }
     }
 
@@ -1206,6 +1243,7 @@ impl Hub {
                 Arc::new(ChannelCounters::default()),
             ],
             path: PathTracker::new(offers.is_some()),
+            routing_key: None,
         };
         if let Err(e) = self
             .audit
@@ -1225,6 +1263,10 @@ impl Hub {
         }
         let (helper_side, sharer_side) = (record.counters[0].clone(), record.counters[1].clone());
         let tenant = record.tenant.to_string();
+        // The route exists before either party hears of it, and leaves with the record.
+        let mut record = record;
+        let routing_key = self.route(start, &helper_side, &sharer_side);
+        record.routing_key = routing_key;
         // Keep the record unless the session ended while its start was being written.
         let orphan = {
             let mut state = self.lock();
@@ -1236,6 +1278,9 @@ impl Hub {
             }
         };
         if let Some(record) = orphan {
+            if let Some(key) = record.routing_key {
+                self.forwarder.remove(key);
+            }
             // A peer vanished meanwhile: the start is on disk, so record the end too.
             let mut ended = record.event(EventKind::SessionEnded);
             ended.end_time = Some(rfc3339(SystemTime::now()));
@@ -1287,6 +1332,17 @@ impl Hub {
             Role::Helper => (to_helper, to_sharer),
             Role::Sharer => (to_sharer, to_helper),
         };
+        let (own_packet_path, peer_packet_path) = match packet_paths(
+            start,
+            routing_key,
+            self.forwarder.settings().max_packet_bytes,
+        ) {
+            Some((helper, sharer)) => match start.caller {
+                Role::Helper => (Some(helper), Some(sharer)),
+                Role::Sharer => (Some(sharer), Some(helper)),
+            },
+            None => (None, None),
+        };
         deliver(
             start.peer(),
             Event::Started {
@@ -1298,6 +1354,7 @@ impl Hub {
                 counters: peer_counters,
                 direct: peer_offer,
                 e2e: peer_e2e,
+                packet_path: peer_packet_path,
             },
         );
         Ok(Begun {
@@ -1307,7 +1364,68 @@ impl Hub {
             },
             direct: own_offer,
             e2e: own_e2e,
+            packet_path: own_packet_path,
         })
+    }
+
+    /// Adds the session's packet-path route when it takes the packet path (both parties
+    /// announced it, the forwarder is on, the table has room); its routing key.
+    fn route(
+        &self,
+        start: &PendingStart,
+        helper_side: &Arc<ChannelCounters>,
+        sharer_side: &Arc<ChannelCounters>,
+    ) -> Option<u64> {
+        let native = |link: &ConnLink| match (&link.connection, &link.packet_path) {
+            (super::party::Party::Native(connection), Some(_)) => Some(connection.clone()),
+            _ => None,
+        };
+        let (helper, sharer) = (native(&start.helper), native(&start.sharer));
+        let settings = self.forwarder.settings();
+        let decided = crate::core::forwarding::packet_path(
+            helper.is_some(),
+            sharer.is_some(),
+            settings.enabled,
+            self.forwarder.routes(),
+            settings.max_routes,
+        )
+        .and_then(|()| {
+            let (Some(helper), Some(sharer)) = (helper, sharer) else {
+                unreachable!("packet_path is Ok only when both parties announced it")
+            };
+            self.forwarder.insert(
+                start.session.clone(),
+                start.helper.principal.tenant.as_str(),
+                super::forwarder::RouteParty {
+                    connection: helper,
+                    counters: helper_side.clone(),
+                },
+                super::forwarder::RouteParty {
+                    connection: sharer,
+                    counters: sharer_side.clone(),
+                },
+            )
+        });
+        match decided {
+            Ok(key) => {
+                metrics::counter!("relay_sessions_data_path_total", "path" => "packet")
+                    .increment(1);
+                debug!(session = %start.session, "the session takes the packet path");
+                Some(key)
+            }
+            Err(reason) => {
+                metrics::counter!("relay_sessions_data_path_total", "path" => "stream", "reason" => reason.as_str())
+                    .increment(1);
+                if reason == crate::core::forwarding::StreamPathReason::TableFull {
+                    warn!(
+                        session = %start.session,
+                        max_routes = settings.max_routes,
+                        "the packet forwarder's routing table is full (forwarder.max_routes); the session takes the stream path"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Notes what a connection offered for direct paths (used when its next session starts).
@@ -1549,6 +1667,11 @@ impl Hub {
                         .filter_map(|c| state.links.get(&c).cloned())
                         .collect();
                     let record = state.records.remove(session);
+                    // No datagram of the session is forwarded from here on; its counts
+                    // are final for the end event below.
+                    if let Some(key) = record.as_ref().and_then(|r| r.routing_key) {
+                        self.forwarder.remove(key);
+                    }
                     let (written, ending) = tokio::sync::watch::channel(false);
                     if record.is_some() {
                         state.ending.insert(session.clone(), ending);

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod connection;
 pub mod forward;
+pub mod forwarder;
 pub mod helper_page;
 pub mod hub;
 pub mod keys;
@@ -32,8 +33,9 @@ use hub::Hub;
 
 /// How often unused codes are swept for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// The relay's QUIC endpoint settings: a stateless-reset key that survives restarts, and
-/// connection ids in the QUIC-LB format naming this node (node 0 for a single relay). Both
+/// The relay's QUIC endpoint settings: a stateless-reset key that survives restarts,
+/// connection ids in the QUIC-LB format naming this node (node 0 for a single relay), and
+/// never `grease_quic_bit` (the packet path needs the fixed bit). The first two
 /// are needed for a relay that crashed and came back to tell its old clients at once that
 /// their connections are gone: quinn answers a packet with a reset only when its connection
 /// id passes the generator's check, which a per-process random generator would fail after a
@@ -49,6 +51,9 @@ fn endpoint_config(config: &Config, socket: SocketSteering) -> quinn::EndpointCo
         .as_ref()
         .map_or(crate::core::cluster::NodeId::FIRST, |c| c.node);
     endpoint.cid_generator(move || Box::new(crate::transport::RoutableCids::new(node, socket)));
+    // The packet path shares these sockets and is told apart by QUIC's fixed bit (PROTOCOL.md
+    // §8a): a peer allowed to grease it (RFC 9287) could send QUIC packets without it.
+    endpoint.grease_quic_bit(false);
     endpoint
 }
 
@@ -240,6 +245,16 @@ impl ServerHandle {
         }
     }
 
+    /// Whether packet-path routing key `key` routes now (its session is active).
+    pub fn routes_packets(&self, key: u64) -> bool {
+        self.hub.forwarder.has_route(key)
+    }
+
+    /// Routes in the packet forwarder's table (packet-path sessions).
+    pub fn packet_routes(&self) -> usize {
+        self.hub.forwarder.routes()
+    }
+
     /// Waits until `condition` holds for the relay's stats (checked after every change).
     pub async fn wait_for(&self, condition: impl Fn(&ServerStats) -> bool) -> ServerStats {
         loop {
@@ -330,7 +345,7 @@ pub fn unapplied_fields(running: &Config, fresh: &Config) -> Vec<&'static str> {
     };
     let ((running_cert, running_key), (fresh_cert, fresh_key)) =
         (tls_files(&running.tls), tls_files(&fresh.tls));
-    let checks: [(&'static str, bool); 36] = [
+    let checks: [(&'static str, bool); 37] = [
         ("server.listen", running.listen != fresh.listen),
         ("server.tls_cert", running_cert != fresh_cert),
         ("server.tls_key", running_key != fresh_key),
@@ -368,6 +383,7 @@ pub fn unapplied_fields(running: &Config, fresh: &Config) -> Vec<&'static str> {
         ("admin.listen", running.admin.listen != fresh.admin.listen),
         ("web", running.web != fresh.web),
         ("cluster", running.cluster != fresh.cluster),
+        ("forwarder", running.forwarder != fresh.forwarder),
         (
             "limits.max_control_message_bytes",
             r.max_control_message != f.max_control_message,
@@ -623,13 +639,20 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         .max_incoming(((1 << 16) / sockets).max(1024))
         .incoming_buffer_size_total((100 << 20) / sockets as u64);
     let mut endpoints = Vec::with_capacity(sockets);
+    let packet_forwarder = Arc::new(forwarder::Forwarder::new(config.forwarder));
     for (index, socket) in group.sockets.into_iter().enumerate() {
         let steering = SocketSteering::new(index, sockets).unwrap_or(SocketSteering::SINGLE);
         let gro_handle = (sockets > 1 && !config.limits.udp_receive_offload)
             .then(|| socket.try_clone())
             .transpose();
+        // Every relay socket carries the packet path beside QUIC: the forwarder takes the
+        // datagrams with QUIC's fixed bit clear before quinn sees the batch.
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(forwarder::ForwardingSocket::new(
+            runtime.wrap_udp_socket(socket).map_err(bind_error)?,
+            packet_forwarder.clone(),
+        ));
         endpoints.push(
-            quinn::Endpoint::new(
+            quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config(&config, steering),
                 Some(server_config.clone()),
                 socket,
@@ -655,6 +678,20 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     info!(%local_addr, %fingerprint, udp_sockets = endpoints.len(), "relay listening (certificate SHA-256 fingerprint)");
     report_limits(&config.limits);
+    for (name, value) in [
+        (
+            "forwarder_max_packet_bytes",
+            config.forwarder.max_packet_bytes as f64,
+        ),
+        (
+            "forwarder_session_bytes_per_sec",
+            config.forwarder.session_bytes_per_sec as f64,
+        ),
+        ("forwarder_burst_bytes", config.forwarder.burst_bytes as f64),
+        ("forwarder_max_routes", config.forwarder.max_routes as f64),
+    ] {
+        metrics::gauge!("relay_limit", "name" => name).set(value);
+    }
     if let Some(cluster) = &config.cluster {
         metrics::gauge!("relay_cluster_node").set(f64::from(cluster.node.get()));
         metrics::gauge!("relay_cluster_nodes").set(cluster.nodes.len() as f64);
@@ -705,7 +742,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         let hashes: Vec<String> = browser.hashes().into_iter().map(|h| h.value).collect();
         info!(hashes = %hashes.join(","), "WebTransport clients are served a short-lived browser certificate (serverCertificateHashes, sha-256)");
     }
-    let hub = Arc::new(Hub::new(config, audit));
+    let hub = Arc::new(Hub::new(config, audit, packet_forwarder));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let udp_sockets = endpoints.len();
     let surface = web::WebSurface {

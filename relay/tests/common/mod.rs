@@ -6,6 +6,7 @@ pub mod browser;
 pub mod csv;
 pub mod daemon;
 pub mod oidc;
+pub mod packet_path;
 pub mod skip;
 pub mod webtransport;
 

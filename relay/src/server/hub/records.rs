@@ -31,6 +31,8 @@ pub struct SessionRecord {
     pub counters: [Arc<ChannelCounters>; 2],
     /// Which way its data goes.
     pub path: PathTracker,
+    /// Its packet-path routing key, while its route is in the forwarder's table.
+    pub routing_key: Option<u64>,
 }
 
 impl SessionRecord {
