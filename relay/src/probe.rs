@@ -376,6 +376,11 @@ pub async fn e2e_bench(
     sharer_options: ClientOptions,
     screen_bytes: usize,
 ) -> Result<E2eReport, ClientError> {
+    // The SDK's sealing is the stream path's protection: measured there (the packet path's
+    // protection is its peer connection's TLS).
+    let (mut helper_options, mut sharer_options) = (helper_options, sharer_options);
+    helper_options.packet_path = false;
+    sharer_options.packet_path = false;
     const FRAME: usize = 64 * 1024;
     let frames = screen_bytes.div_ceil(FRAME).max(1);
     // The crypto alone is timed for the helper's most preferred suite.

@@ -42,10 +42,13 @@ async fn forwarded_datagrams_reach_the_peer_unchanged_both_ways_and_the_audit_co
     let relay = relay_with("fw-both-ways", |_| {}).await;
     let ((mut helper, to_helper), (mut sharer, to_sharer)) =
         packet_session(&relay, "fw-both-ways").await;
-    // One key for the session, never 0; the helper dials; each pins the other's certificate.
+    // One key for the session, shaped like this node's connection ids (QUIC-LB: the first
+    // octet says 8 octets, the second names node 0); the sharer dials; each pins the
+    // other's certificate.
     assert_eq!(to_helper.routing_key, to_sharer.routing_key);
-    assert_ne!(to_helper.routing_key, 0);
-    assert!(to_helper.dial && !to_sharer.dial);
+    let key = to_helper.routing_key.to_be_bytes();
+    assert_eq!((key[0], key[1]), (7, 0), "{key:02x?}");
+    assert!(to_sharer.dial && !to_helper.dial);
     assert_eq!(
         to_helper.peer_certificate_sha256,
         certificate_of(Role::Sharer)

@@ -49,6 +49,8 @@ const MAX_FORWARDED_BATCHES: usize = 16;
 /// The routing table and settings, shared by every relay endpoint's socket and the hub.
 pub struct Forwarder {
     settings: ForwarderConfig,
+    /// This node: routing keys are connection ids routable to it (QUIC-LB format).
+    node: crate::core::cluster::NodeId,
     routes: DashMap<u64, Arc<Route>>,
     unknown_key: Counter,
     malformed: Counter,
@@ -161,9 +163,10 @@ impl Route {
 
 impl Forwarder {
     /// A forwarder with `settings` and an empty table.
-    pub fn new(settings: ForwarderConfig) -> Forwarder {
+    pub fn new(settings: ForwarderConfig, node: crate::core::cluster::NodeId) -> Forwarder {
         Forwarder {
             settings,
+            node,
             routes: DashMap::new(),
             routes_gauge: metrics::gauge!("relay_forwarder_routes"),
             unknown_key: metrics::counter!("relay_forwarder_drops_total", "reason" => DropReason::UnknownKey.as_str(), "tenant" => ""),
@@ -187,8 +190,11 @@ impl Forwarder {
     }
 
     /// Adds a route for `session` between `helper` and `sharer` (bound to their relay
-    /// connections' addresses now) under a fresh random key, never 0 and unique in the
-    /// table; `Err` when the table is full. Its metrics carry `tenant`.
+    /// connections' addresses now) under a fresh key, unique in the table; `Err` when the
+    /// table is full. Its metrics carry `tenant`. The key has the shape of this node's QUIC
+    /// connection ids (QUIC-LB unencrypted format, [`crate::core::cluster::routable_cid`]):
+    /// it sits where a short header's destination connection id does, so a load balancer
+    /// that routes QUIC by connection id sends a forwarded datagram to this node.
     pub fn insert(
         &self,
         session: SessionId,
@@ -224,12 +230,12 @@ impl Forwarder {
             }),
         });
         loop {
-            // The OS's generator; should it fail, the thread generator (seeded from it).
-            let key = rand::TryRngCore::try_next_u64(&mut rand::rngs::OsRng)
-                .unwrap_or_else(|_| rand::random());
-            if key == 0 {
-                continue;
-            }
+            let steering = crate::core::cluster::SocketSteering::SINGLE;
+            let key = u64::from_be_bytes(crate::core::cluster::routable_cid(
+                self.node,
+                steering,
+                &mut rand::rng(),
+            ));
             if let dashmap::Entry::Vacant(slot) = self.routes.entry(key) {
                 slot.insert(route);
                 self.routes_gauge.increment(1.0);
@@ -595,7 +601,10 @@ mod tests {
     async fn a_mixed_batch_keeps_quic_in_place_and_forwards_runs_as_one_send() {
         let (_endpoints, helper, sharer) = two_connections().await;
         let (helper_addr, sharer_addr) = (helper.remote_address(), sharer.remote_address());
-        let forwarder = Arc::new(Forwarder::new(ForwarderConfig::default()));
+        let forwarder = Arc::new(Forwarder::new(
+            ForwarderConfig::default(),
+            crate::core::cluster::NodeId::FIRST,
+        ));
         let counters = [
             Arc::new(ChannelCounters::default()),
             Arc::new(ChannelCounters::default()),

@@ -320,7 +320,8 @@ fn direct_offers(
 }
 
 /// The two parties' `PacketPath`s (helper's, sharer's) for a session routed under
-/// `routing_key`: the helper dials; each pins the other's certificate.
+/// `routing_key`: the sharer dials (its socket picks the path, PROTOCOL.md §8a), the helper
+/// accepts; each pins the other's certificate.
 fn packet_paths(
     start: &PendingStart,
     routing_key: Option<u64>,
@@ -338,7 +339,7 @@ fn packet_paths(
         peer_certificate_sha256: peer_hash.to_vec(),
         max_packet_size,
     };
-    Some((path(true, sharer_hash), path(false, helper_hash)))
+    Some((path(false, sharer_hash), path(true, helper_hash)))
 }
 
 /// An active session as the admin endpoint lists it.

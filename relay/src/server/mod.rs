@@ -639,7 +639,11 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         .max_incoming(((1 << 16) / sockets).max(1024))
         .incoming_buffer_size_total((100 << 20) / sockets as u64);
     let mut endpoints = Vec::with_capacity(sockets);
-    let packet_forwarder = Arc::new(forwarder::Forwarder::new(config.forwarder));
+    let node = config
+        .cluster
+        .as_ref()
+        .map_or(crate::core::cluster::NodeId::FIRST, |c| c.node);
+    let packet_forwarder = Arc::new(forwarder::Forwarder::new(config.forwarder, node));
     for (index, socket) in group.sockets.into_iter().enumerate() {
         let steering = SocketSteering::new(index, sockets).unwrap_or(SocketSteering::SINGLE);
         let gro_handle = (sockets > 1 && !config.limits.udp_receive_offload)

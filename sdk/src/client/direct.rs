@@ -613,6 +613,12 @@ impl Attempt {
             // lose that answer. Bounded: a close that never comes is as good.
             let _ = tokio::time::timeout(PATH_CHECK_TIMEOUT, connection.closed()).await;
             connection.close(0u32.into(), b"path checked");
+            // The peer connection moves only once its handshake is done through the relay:
+            // the helper drops handshake packets from a new address.
+            tokio::select! {
+                () = routes.established() => {}
+                _ = self.relay.closed() => return,
+            }
             routes.set_direct(Some(peer));
         }
         tracing::info!(%peer, took_ms = took.as_millis() as u64, "direct path up; the peer connection migrates to it");

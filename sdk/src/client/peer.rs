@@ -66,6 +66,10 @@ pub(crate) struct PeerRoutes {
     /// The address quinn knows the peer by: never a real host's.
     virtual_peer: SocketAddr,
     state: Mutex<RouteState>,
+    /// The current session's peer connection has completed its handshake: only then may
+    /// its datagrams go direct (a handshake packet from a new address is dropped, never a
+    /// migration, RFC 9000 §9).
+    established: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -98,6 +102,7 @@ impl PeerRoutes {
                 direct: None,
                 last_direct: None,
             }),
+            established: watch::Sender::new(false),
         }
     }
 
@@ -121,6 +126,13 @@ impl PeerRoutes {
         state.key = key;
         state.direct = None;
         state.last_direct = None;
+        self.established.send_replace(false);
+    }
+
+    /// Waits until the current session's peer connection is up (through the relay).
+    pub(crate) async fn established(&self) {
+        let mut up = self.established.subscribe();
+        let _ = up.wait_for(|up| *up).await;
     }
 
     /// Sends straight to `peer` from now on (`None`: through the relay again).
@@ -355,7 +367,9 @@ impl PacketPath {
         transport: &crate::transport::ClientTransport,
         relay_rtt: Duration,
     ) -> Result<(), ClientError> {
-        self.end_session();
+        // The previous session's connection, if any, is over (this session's view is
+        // already set: `SessionStarted` was read before this).
+        self.close_connection();
         let peer = peer_fingerprint(&path)?;
         if !path.dial {
             let crypto = self.identity.direct_server_config(peer)?;
@@ -376,6 +390,11 @@ impl PacketPath {
         self.session = None;
         self.routes.set_key(None);
         self.view.send_replace(None);
+        self.close_connection();
+    }
+
+    /// Closes the peer connection of the session that ended.
+    fn close_connection(&self) {
         let connection = self
             .connection
             .lock()
@@ -436,6 +455,7 @@ impl PacketPath {
             endpoint: endpoint.clone(),
             identity: self.identity.clone(),
             virtual_peer: self.routes.virtual_peer(),
+            routes: self.routes.clone(),
             view: self.view.subscribe(),
             slot: self.connection.clone(),
             session_id: session_id.to_string(),
@@ -479,6 +499,7 @@ pub(crate) struct PeerOpener {
     endpoint: quinn::Endpoint,
     identity: Arc<ServerIdentity>,
     virtual_peer: SocketAddr,
+    routes: Arc<PeerRoutes>,
     view: watch::Receiver<Option<SessionView>>,
     slot: Arc<Mutex<Option<quinn::Connection>>>,
     session_id: String,
@@ -540,6 +561,7 @@ pub(crate) async fn connect(opener: PeerOpener) -> Result<PeerSession, ClientErr
         "peer connection up through the relay's forwarder"
     );
     *opener.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
+    opener.routes.established.send_replace(true);
     let inbox = Arc::new(Inbox::default());
     let accepting = inbox
         .clone()
