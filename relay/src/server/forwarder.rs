@@ -501,3 +501,181 @@ impl AsyncUdpSocket for ForwardingSocket {
         self.inner.may_fragment()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{RelayIdentity as _, RelayTrust, ServerIdentity};
+
+    /// One send: destination, contents, segment size.
+    type Sent = (SocketAddr, Vec<u8>, Option<usize>);
+
+    /// A socket that records what is sent through it.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        sent: Mutex<Vec<Sent>>,
+    }
+
+    #[derive(Debug)]
+    struct AlwaysWritable;
+
+    impl UdpPoller for AlwaysWritable {
+        fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncUdpSocket for Recorder {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            Box::pin(AlwaysWritable)
+        }
+        fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+            self.sent.lock().unwrap().push((
+                transmit.destination,
+                transmit.contents.to_vec(),
+                transmit.segment_size,
+            ));
+            Ok(())
+        }
+        fn poll_recv(
+            &self,
+            _: &mut Context,
+            _: &mut [IoSliceMut<'_>],
+            _: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9)))
+        }
+        fn max_transmit_segments(&self) -> usize {
+            64
+        }
+    }
+
+    /// Two real QUIC connections on loopback, as the relay sees them (server side).
+    async fn two_connections() -> (Vec<quinn::Endpoint>, quinn::Connection, quinn::Connection) {
+        let identity = ServerIdentity::self_signed(vec!["localhost".into()]).unwrap();
+        let server_config =
+            quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config().unwrap()));
+        let server =
+            quinn::Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let crypto = Arc::new(
+            RelayTrust::Pin(identity.fingerprint())
+                .quic_client_config()
+                .unwrap(),
+        );
+        let mut endpoints = vec![server.clone()];
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let mut client =
+                quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+            client.set_default_client_config(quinn::ClientConfig::new(crypto.clone()));
+            let connecting = client
+                .connect(server.local_addr().unwrap(), "localhost")
+                .unwrap();
+            let incoming = server.accept().await.unwrap();
+            let (_, connection) = tokio::join!(connecting, incoming);
+            accepted.push(connection.unwrap());
+            endpoints.push(client);
+        }
+        let sharer = accepted.pop().unwrap();
+        let helper = accepted.pop().unwrap();
+        (endpoints, helper, sharer)
+    }
+
+    fn segment(first: u8, fill: u8, len: usize, key: u64) -> Vec<u8> {
+        let mut segment = if first == forwarded::MARKER {
+            forwarded::header(key).to_vec()
+        } else {
+            vec![first]
+        };
+        segment.resize(len, fill);
+        segment
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_keeps_quic_in_place_and_forwards_runs_as_one_send() {
+        let (_endpoints, helper, sharer) = two_connections().await;
+        let (helper_addr, sharer_addr) = (helper.remote_address(), sharer.remote_address());
+        let forwarder = Arc::new(Forwarder::new(ForwarderConfig::default()));
+        let counters = [
+            Arc::new(ChannelCounters::default()),
+            Arc::new(ChannelCounters::default()),
+        ];
+        let key = forwarder
+            .insert(
+                SessionId::empty(),
+                "unit",
+                RouteParty {
+                    connection: helper,
+                    counters: counters[0].clone(),
+                },
+                RouteParty {
+                    connection: sharer,
+                    counters: counters[1].clone(),
+                },
+            )
+            .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let socket = ForwardingSocket::new(recorder.clone(), forwarder.clone());
+
+        // From the helper, stride 100: QUIC, forwarded, forwarded, QUIC, forwarded (short).
+        let segments = [
+            segment(0x41, 1, 100, key),
+            segment(forwarded::MARKER, 2, 100, key),
+            segment(forwarded::MARKER, 3, 100, key),
+            segment(0xC3, 4, 100, key),
+            segment(forwarded::MARKER, 5, 60, key),
+        ];
+        let mut buf: Vec<u8> = segments.concat();
+        let meta = RecvMeta {
+            addr: helper_addr,
+            len: buf.len(),
+            stride: 100,
+            ecn: None,
+            dst_ip: None,
+        };
+        let kept = socket.demux(&meta, &mut buf, Instant::now());
+
+        // The QUIC segments, moved together at the front, the stride kept.
+        assert_eq!(kept, 200);
+        assert_eq!(buf[..100], segments[0][..]);
+        assert_eq!(buf[100..200], segments[3][..]);
+        // The two adjacent forwarded ones as one GSO send, the last one alone; unchanged,
+        // to the sharer.
+        let sent = recorder.sent.lock().unwrap().clone();
+        assert_eq!(
+            sent,
+            vec![
+                (
+                    sharer_addr,
+                    [&segments[1][..], &segments[2][..]].concat(),
+                    Some(100)
+                ),
+                (sharer_addr, segments[4].clone(), None),
+            ]
+        );
+        assert_eq!(counters[0].forwarded_bytes.load(Ordering::Relaxed), 260);
+        assert_eq!(counters[1].total(), 0);
+
+        // A batch of forwarded datagrams only leaves nothing for quinn.
+        let mut buf = segment(forwarded::MARKER, 6, 80, key);
+        let meta = RecvMeta {
+            addr: sharer_addr,
+            len: 80,
+            stride: 80,
+            ecn: None,
+            dst_ip: None,
+        };
+        assert_eq!(socket.demux(&meta, &mut buf, Instant::now()), 0);
+        assert_eq!(recorder.sent.lock().unwrap().last().unwrap().0, helper_addr);
+
+        // After the route is gone, nothing more is sent.
+        forwarder.remove(key);
+        let before = recorder.sent.lock().unwrap().len();
+        let mut buf = segment(forwarded::MARKER, 7, 80, key);
+        assert_eq!(socket.demux(&meta, &mut buf, Instant::now()), 0);
+        assert_eq!(recorder.sent.lock().unwrap().len(), before);
+    }
+}
