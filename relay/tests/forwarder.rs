@@ -123,6 +123,55 @@ async fn forwarded_datagrams_reach_the_peer_unchanged_both_ways_and_the_audit_co
 }
 
 #[tokio::test]
+async fn a_party_lost_or_an_administrators_end_removes_the_route() {
+    let id = "fw-lost";
+    let relay = relay_with(id, |c| {
+        c.admin.token = Some("an-admin-token-for-tests".into())
+    })
+    .await;
+
+    // A party's connection closes: its peer hears PEER_LOST, and the key is gone.
+    let ((mut helper, path), (sharer, _)) = packet_session(&relay, id).await;
+    sharer.connection.close(0u32.into(), b"gone");
+    let In::SessionEnded(ended) = helper.next().await else {
+        panic!("expected SessionEnded")
+    };
+    assert_eq!(ended.reason, ErrorCode::PeerLost as i32);
+    assert!(!relay.handle.routes_packets(path.routing_key));
+
+    // An administrator ends a session: both hear ADMIN_ENDED, and the key is gone.
+    let ((mut helper, path), (mut sharer, _)) = packet_session(&relay, id).await;
+    assert!(relay.handle.routes_packets(path.routing_key));
+    let (status, body) = common::http(
+        relay.handle.admin_addr().unwrap(),
+        "GET",
+        "/admin/sessions",
+        Some("an-admin-token-for-tests"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let session_id = listed[0]["session_id"].as_str().unwrap().to_string();
+    let (status, body) = common::http(
+        relay.handle.admin_addr().unwrap(),
+        "POST",
+        &format!("/admin/sessions/{session_id}/end"),
+        Some("an-admin-token-for-tests"),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    for party in [&mut helper, &mut sharer] {
+        let In::SessionEnded(ended) = party.next().await else {
+            panic!("expected SessionEnded")
+        };
+        assert_eq!(ended.reason, ErrorCode::AdminEnded as i32);
+    }
+    assert!(!relay.handle.routes_packets(path.routing_key));
+    assert_eq!(relay.handle.packet_routes(), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn datagrams_from_elsewhere_with_unknown_keys_too_large_or_malformed_are_dropped() {
     let id = "fw-drops";
     let relay = relay_with(id, |_| {}).await;

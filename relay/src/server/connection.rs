@@ -181,6 +181,7 @@ pub async fn serve(
             told_addr: welcomed,
             observed: None,
             e2e_suites,
+            packet_path_datagram_logged: false,
         };
         let close = conn.run(reader).await;
         let (reason, ended_by) = match close {
@@ -371,6 +372,8 @@ struct Conn {
     observed: Option<Box<tokio::time::Interval>>,
     /// The end-to-end protection suites the client announced in its `Hello`.
     e2e_suites: Arc<[u32]>,
+    /// A datagram on this relay connection in a packet-path session was logged.
+    packet_path_datagram_logged: bool,
 }
 
 /// How often a client that offered candidates has its observed address checked (besides
@@ -1405,11 +1408,16 @@ impl Conn {
             return;
         };
         if active.packet_path {
-            // Per datagram, so no log line: the metric says it.
             metrics::counter!("relay_packet_path_refusals_total", "what" => "datagram")
                 .increment(1);
             metrics::counter!("relay_datagrams_dropped_total", "reason" => "packet_path")
                 .increment(1);
+            // One log line per connection, not one per datagram: the metric counts them.
+            if !std::mem::replace(&mut self.packet_path_datagram_logged, true) {
+                info!(
+                    "datagrams on the relay connection of a packet-path session are dropped (the session's data goes the packet path)"
+                );
+            }
             return;
         }
         if self.role != Role::Sharer {

@@ -513,10 +513,13 @@ mod tests {
     use super::*;
     use crate::tls::{RelayIdentity as _, RelayTrust, ServerIdentity};
 
+    /// One send: destination, contents, segment size.
+    type Sent = (SocketAddr, Vec<u8>, Option<usize>);
+
     /// A socket that records what is sent through it.
     #[derive(Debug, Default)]
     struct Recorder {
-        sent: Mutex<Vec<(SocketAddr, Vec<u8>, Option<usize>)>>,
+        sent: Mutex<Vec<Sent>>,
     }
 
     #[derive(Debug)]

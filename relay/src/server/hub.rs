@@ -1390,11 +1390,8 @@ impl Hub {
             self.forwarder.routes(),
             settings.max_routes,
         )
-        .and_then(|()| {
-            let (Some(helper), Some(sharer)) = (helper, sharer) else {
-                unreachable!("packet_path is Ok only when both parties announced it")
-            };
-            self.forwarder.insert(
+        .and_then(|()| match (helper, sharer) {
+            (Some(helper), Some(sharer)) => self.forwarder.insert(
                 start.session.clone(),
                 start.helper.principal.tenant.as_str(),
                 super::forwarder::RouteParty {
@@ -1405,7 +1402,9 @@ impl Hub {
                     connection: sharer,
                     counters: sharer_side.clone(),
                 },
-            )
+            ),
+            // `packet_path` already said so; kept apart so no case is left unhandled.
+            _ => Err(crate::core::forwarding::StreamPathReason::NotAnnounced),
         });
         match decided {
             Ok(key) => {
