@@ -478,9 +478,15 @@ async fn run(args: Args) -> Result<u64> {
         stalled: args.stalled,
         direct_path: args.direct_path,
         data_path: format!("{:?}", args.data_path).to_lowercase(),
-        e2e: workload
-            .e2e
-            .map_or_else(|| "off".to_string(), |s| s.as_str().to_string()),
+        e2e: if args.data_path == DataPath::Packet {
+            // The peer connection's TLS, whatever the suite (which only the direct
+            // baseline then uses).
+            "peer-tls13".to_string()
+        } else {
+            workload
+                .e2e
+                .map_or_else(|| "off".to_string(), |s| s.as_str().to_string())
+        },
         relay: addr.to_string(),
         join_via: join_via.map(|a| a.to_string()),
         nodes: args.nodes,

@@ -58,7 +58,7 @@ fn a_small_run_against_a_spawned_relay_reports_every_figure() {
     ]);
     assert!(stdout.contains("input round trip"), "{stdout}");
     // Protected by default, with the SDK's default announcement.
-    assert_eq!(json["settings"]["e2e"], "chacha20", "{json:#}");
+    assert_eq!(json["settings"]["e2e"], "peer-tls13", "{json:#}");
     let relayed = &json["relayed"];
     assert_eq!(relayed["sessions_ok"], 3, "{json:#}");
     assert_eq!(relayed["sessions_failed"], 0);
@@ -114,6 +114,8 @@ fn direct_paths_come_up_on_loopback_and_carry_the_traffic() {
         "500",
     ]);
     assert_eq!(json["settings"]["direct_path"], true);
+    // The packet path by default: the peer connection migrates to the direct path.
+    assert_eq!(json["settings"]["data_path"], "packet");
     assert_eq!(json["relayed"]["sessions_ok"], 4, "{json:#}");
     assert_eq!(json["relayed"]["direct_paths"], 4, "{json:#}");
     assert_eq!(
@@ -143,10 +145,15 @@ fn protection_can_be_pinned_to_either_suite_or_turned_off_for_comparison() {
             "50",
             "--baseline",
             "direct",
+            // The SDK's suites seal the stream path; the packet path is the peer
+            // connection's TLS whatever the suite.
+            "--data-path",
+            "stream",
         ];
         all.extend_from_slice(args);
         let (_, json) = spawned_run(&all);
         assert_eq!(json["settings"]["e2e"], e2e, "{args:?}: {json:#}");
+        assert_eq!(json["settings"]["data_path"], "stream");
         for run in ["relayed", "direct"] {
             assert_eq!(json[run]["sessions_ok"], 2, "{args:?} {run}: {json:#}");
             assert_eq!(json[run]["sessions_failed"], 0, "{args:?} {run}");

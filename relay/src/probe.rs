@@ -55,8 +55,9 @@ pub struct ProbeReport {
     pub throughput_mbit_s: f64,
     /// How the sharer learned the session ended (`PEER_ENDED` when all is well).
     pub sharer_end_reason: String,
-    /// The end-to-end protection suite (`chacha20`, `aes256gcm`), or `off` for a
-    /// measurement run without it.
+    /// The end-to-end protection: the SDK's suite on the stream path (`chacha20`,
+    /// `aes256gcm`), `peer-tls13` on the packet path (the peer connection's TLS), or `off`
+    /// for a measurement run without it.
     pub e2e: String,
 }
 
@@ -97,6 +98,13 @@ pub async fn run(
             return Err(ClientError::Unexpected(format!(
                 "the verification codes differ ({a} and {b}): the keys were substituted on the way"
             )));
+        }
+        // The packet path: the peer connection's own TLS, no SDK suite.
+        (Some(code), Some(_), None) => {
+            narrate(&format!(
+                "end-to-end protection on (the peer connection's TLS 1.3, packet path); both sides show verification code {code}"
+            ));
+            "peer-tls13".to_string()
         }
         (Some(code), Some(_), Some(suite)) => {
             narrate(&format!(

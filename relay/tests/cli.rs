@@ -119,7 +119,12 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["setup_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(report["screen_bytes"], 4 * 1024 * 1024);
-    assert_eq!(report["e2e"], "chacha20", "protected by default: {report}");
+    // Protected by default: on the packet path (the default between native clients) by the
+    // peer connection's TLS.
+    assert_eq!(
+        report["e2e"], "peer-tls13",
+        "protected by default: {report}"
+    );
 
     // Without protection, the dev tenant (which requires it, as every tenant does by
     // default) refuses the pair before any consent.

@@ -131,13 +131,14 @@ impl Cluster {
     }
 
     async fn connect(&self, node: usize, token: String, role: Role) -> Result<Client, ClientError> {
-        // These tests read their input frames as sent (the tenant above does not require
-        // protection): the relay's forwarding across nodes is under test, not protection.
-        Client::connect(
+        // These tests read their input frames as sent on the stream path (the tenant above
+        // does not require protection): the relay's stream forwarding across nodes is under
+        // test, not protection (the packet path's own tests: packet_path.rs, forwarder.rs).
+        let mut options =
             ClientOptions::new(self.nodes[node].addr, self.trust.clone(), token, role)
-                .insecure_plaintext_for_measurement(),
-        )
-        .await
+                .insecure_plaintext_for_measurement();
+        options.packet_path = false;
+        Client::connect(options).await
     }
 
     async fn helper(&self, node: usize, name: &str) -> Client {
