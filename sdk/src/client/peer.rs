@@ -55,6 +55,9 @@ const PEER_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// A direct path from which nothing arrived for this long is given up: the sharer's socket
 /// sends through the relay again, and the helper's connection migrates back.
 pub(crate) const DIRECT_SILENCE: Duration = Duration::from_secs(3);
+/// How often the dialling side looks for the helper's confirmation of the handshake (quinn
+/// reports it only in the connection's statistics).
+const CONFIRMATION_POLL: Duration = Duration::from_millis(2);
 /// Most datagrams one forwarded send may carry (GSO): 40 full-size datagrams with their
 /// headers stay under the 64 KiB a UDP send can take.
 const MAX_FORWARDED_SEGMENTS: usize = 40;
@@ -606,11 +609,21 @@ async fn open(opener: &PeerOpener) -> Result<quinn::Connection, ClientError> {
         let crypto = opener.identity.direct_client_config(opener.peer)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(opener.transport.clone());
-        return opener
+        let connection = opener
             .endpoint
             .connect_with(config, opener.virtual_peer, PEER_NAME)?
             .await
-            .map_err(ClientError::from_handshake);
+            .map_err(ClientError::from_handshake)?;
+        // In TLS 1.3 the client's handshake is over before the server has checked the
+        // client's certificate: wait for the helper's HANDSHAKE_DONE (sent once it accepted
+        // this side's certificate), or its refusal, before showing a code.
+        while connection.stats().frame_rx.handshake_done == 0 {
+            tokio::select! {
+                why = connection.closed() => return Err(ClientError::from_handshake(why)),
+                () = tokio::time::sleep(CONFIRMATION_POLL) => {}
+            }
+        }
+        return Ok(connection);
     }
     loop {
         let incoming = opener.endpoint.accept().await.ok_or_else(|| {
@@ -855,5 +868,112 @@ mod tests {
         .unwrap();
         within(carry(&accepted, &dialled, 1 << 20)).await.unwrap();
         forwarding.abort();
+    }
+
+    /// One side's endpoint on a fresh loopback socket, routed through the forwarder at
+    /// `relay` under `key` (the accepting side gets `server`).
+    fn routed(
+        relay: SocketAddr,
+        key: u64,
+        server: Option<quinn::ServerConfig>,
+    ) -> (quinn::Endpoint, Arc<PeerRoutes>, SocketAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let routes = Arc::new(PeerRoutes::new(relay, addr));
+        routes.set_key(Some(key));
+        (endpoint(socket, routes.clone(), server), routes, addr)
+    }
+
+    /// What a relay that lies about both certificates and sits in the middle gets: two TLS
+    /// sessions, one with each party, each with its own exporter — so the two users' codes
+    /// differ, although each hop works and the middle reads everything.
+    #[tokio::test]
+    async fn a_man_in_the_middle_gives_the_two_sides_different_codes() {
+        let id = || ServerIdentity::self_signed(vec![PEER_NAME.into()]).unwrap();
+        let (sharer_id, helper_id, fake_helper, fake_sharer) = (id(), id(), id(), id());
+        let path = v1::PacketPath {
+            routing_key: 1,
+            max_packet_size: 1472,
+            ..Default::default()
+        };
+        let transport = peer_transport(
+            &crate::transport::ClientTransport::default(),
+            Duration::from_millis(1),
+            &path,
+        );
+        let server = |me: &ServerIdentity, pin: &ServerIdentity| {
+            let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+                me.direct_server_config(pin.fingerprint()).unwrap(),
+            ));
+            config.transport_config(transport.clone());
+            config
+        };
+        let client = |me: &ServerIdentity, pin: &ServerIdentity| {
+            let mut config = quinn::ClientConfig::new(Arc::new(
+                me.direct_client_config(pin.fingerprint()).unwrap(),
+            ));
+            config.transport_config(transport.clone());
+            config
+        };
+        // Sharer ⇄ forwarder 1 ⇄ the middle (as the helper) … the middle (as the sharer) ⇄
+        // forwarder 2 ⇄ helper. Each party was told the middle's certificate.
+        let (f1, f2) = (
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let (r1, r2) = (f1.local_addr().unwrap(), f2.local_addr().unwrap());
+        let (sharer, sharer_routes, sharer_addr) = routed(r1, 1, None);
+        let (middle_in, _, middle_in_addr) = routed(r1, 1, Some(server(&fake_helper, &sharer_id)));
+        let (middle_out, middle_routes, middle_out_addr) = routed(r2, 2, None);
+        let (helper, _, helper_addr) = routed(r2, 2, Some(server(&helper_id, &fake_sharer)));
+        let forwarding = [
+            tokio::spawn(forward(f1, 1, [sharer_addr, middle_in_addr])),
+            tokio::spawn(forward(f2, 2, [middle_out_addr, helper_addr])),
+        ];
+        let (to_sharer, to_helper) = within(async {
+            let accepting = async { middle_in.accept().await.unwrap().await.unwrap() };
+            let dialling = async {
+                sharer
+                    .connect_with(
+                        client(&sharer_id, &fake_helper),
+                        sharer_routes.virtual_peer(),
+                        PEER_NAME,
+                    )
+                    .unwrap()
+                    .await
+                    .unwrap()
+            };
+            let (sharer_side, middle_side) = tokio::join!(dialling, accepting);
+            let onward = async {
+                middle_out
+                    .connect_with(
+                        client(&fake_sharer, &helper_id),
+                        middle_routes.virtual_peer(),
+                        PEER_NAME,
+                    )
+                    .unwrap()
+                    .await
+                    .unwrap()
+            };
+            let accepted = async { helper.accept().await.unwrap().await.unwrap() };
+            let (middle_onward, helper_side) = tokio::join!(onward, accepted);
+            // Each hop carries data: the middle could read and pass everything on.
+            carry(&sharer_side, &middle_side, 100_000).await;
+            carry(&middle_onward, &helper_side, 100_000).await;
+            (sharer_side, helper_side)
+        })
+        .await
+        .unwrap();
+        let (sharer_code, helper_code) = (
+            verification_code(&to_sharer, "s").unwrap(),
+            verification_code(&to_helper, "s").unwrap(),
+        );
+        assert_ne!(
+            sharer_code, helper_code,
+            "the middle must show in the codes"
+        );
+        for f in forwarding {
+            f.abort();
+        }
     }
 }
