@@ -32,6 +32,22 @@ const BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Histogram buckets, in seconds, for waits on the hub's lock.
+const LOCK_WAIT_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.01,
+    0.1,
+];
+
 /// The process-wide Prometheus recorder, installed on first use. Metrics are global to
 /// a process (the `metrics` facade has one recorder), so relays embedded in one process
 /// (tests) share it.
@@ -40,6 +56,15 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
+            .and_then(|b| {
+                // A wait for the hub's lock is microseconds when it is contended at all.
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "relay_hub_lock_wait_seconds".into(),
+                    ),
+                    LOCK_WAIT_BUCKETS,
+                )
+            })
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();

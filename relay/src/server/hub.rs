@@ -380,6 +380,25 @@ pub enum ModeOutcome {
     Changed(Mode),
 }
 
+/// The hub lock's contention: `relay_hub_lock_acquisitions_total`,
+/// `relay_hub_lock_contended_total` and `relay_hub_lock_wait_seconds` (only the waits of
+/// contended acquisitions; an uncontended one costs a `try_lock`). Handles made once.
+struct LockMetrics {
+    acquisitions: metrics::Counter,
+    contended: metrics::Counter,
+    wait_seconds: metrics::Histogram,
+}
+
+impl LockMetrics {
+    fn new() -> LockMetrics {
+        LockMetrics {
+            acquisitions: metrics::counter!("relay_hub_lock_acquisitions_total"),
+            contended: metrics::counter!("relay_hub_lock_contended_total"),
+            wait_seconds: metrics::histogram!("relay_hub_lock_wait_seconds"),
+        }
+    }
+}
+
 /// Token buckets for the request rates the relay limits.
 struct Limiters {
     joins_by_source: Limiter<std::net::IpAddr>,
@@ -401,6 +420,9 @@ struct State {
 /// Shared state of the relay node.
 pub struct Hub {
     state: Mutex<State>,
+    /// How contended `state` is (issue: one lock for every session's control events): every
+    /// acquisition counted, and the wait of each that found it held.
+    state_lock: LockMetrics,
     policies: RwLock<Arc<Policies>>,
     /// The admin API's bearer token, replaced on reload (rotating it needs no restart).
     admin_token: RwLock<Option<Arc<str>>>,
@@ -448,6 +470,7 @@ impl Hub {
             setups_by_tenant: Limiter::new(config.limits.setup_rate_per_tenant()),
         };
         Hub {
+            state_lock: LockMetrics::new(),
             state: Mutex::new(State {
                 registry: {
                     let registry = Registry::new(RegistryLimits {
@@ -527,11 +550,25 @@ impl Hub {
 
     /// Locks the state to read it.
     fn read(&self) -> MutexGuard<'_, State> {
+        self.state_lock.acquisitions.increment(1);
         // A panic while holding the lock would be a bug; the state itself stays
         // consistent per call, so keep serving rather than poisoning every connection.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let waiting = std::time::Instant::now();
+                let guard = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.state_lock.contended.increment(1);
+                self.state_lock
+                    .wait_seconds
+                    .record(waiting.elapsed().as_secs_f64());
+                guard
+            }
+        }
     }
 
     /// Wraps a task the relay spawns so that it is counted while it lives; a count that
