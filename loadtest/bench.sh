@@ -2,7 +2,7 @@
 # Reruns every benchmark recorded in BENCHMARKS.md, each against a relay that loadtest
 # starts itself (--spawn-relay, release build). JSON reports go to $OUT (default
 # bench-results/). Run from the repository root:  bash loadtest/bench.sh [name...]
-# Names: throughput, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
+# Names: throughput, paths, concurrent, concurrent-light, setup-rate, idle, slow-reader, redirect,
 # direct-path, and (only when named) e2e, relay-ab, and (for a machine with many cores, BENCHMARKS.md
 # section 8) setup-sockets, concurrent-baseline. Every run is protected end to end (the default) unless
 # it says --no-e2e.
@@ -46,6 +46,29 @@ if selected throughput; then
     run "throughput-$i" --sessions 1 --duration 10 --screen-kbit 0 --frame-bytes 65536 \
       --input-rate 0 --baseline direct
   done
+fi
+
+# 1b. The packet path against the stream path and a direct QUIC connection (BENCHMARKS.md
+# "The packet path"): one session as fast as flow control allows, then 20 sessions at
+# 20 Mbit/s each (about 400 Mbit/s offered, coturn's comparison: loadtest/coturn.sh), then
+# 1,000 idle sessions (relay memory per session). The packet path's direct baseline runs
+# without the SDK's sealing (--no-e2e): like the peer connection, it is QUIC with TLS only.
+if selected paths; then
+  for i in 1 2 3; do
+    run "packet-one-$i" --sessions 1 --duration 10 --screen-kbit 0 --frame-bytes 65536 \
+      --input-rate 0 --baseline direct --no-e2e --data-path packet
+    run "stream-one-$i" --sessions 1 --duration 10 --screen-kbit 0 --frame-bytes 65536 \
+      --input-rate 0 --baseline direct --data-path stream
+  done
+  for path in packet stream; do
+    run "$path-400mbit" --sessions 20 --ramp 50 --duration 10 --screen-kbit 20000 \
+      --frame-bytes 16384 --input-rate 0 --data-path "$path"
+    run "$path-idle" --sessions 1000 --ramp 200 --duration 5 --idle --data-path "$path"
+  done
+  if command -v turnserver >/dev/null; then
+    bash loadtest/coturn.sh 40 10000 1 | tee "$OUT/coturn-400mbit.txt"
+    bash loadtest/coturn.sh 40 10000 0 | tee "$OUT/coturn-max.txt"
+  fi
 fi
 
 # 2. 1,000 concurrent sessions at 2 Mbit/s screen and 50 input events/s.

@@ -173,6 +173,12 @@ joins_per_tenant_per_minute = 10000000
 max_sessions_per_tenant = {connections}
 session_setups_per_tenant_per_minute = 10000000
 
+# The packet path's per-session budget (default 2 Gbit/s each way) would cap a one-session
+# throughput run: the load generator measures the forwarder, not the budget.
+[forwarder]
+session_bytes_per_sec = 100000000000
+max_routes = {connections}
+
 [[tenants]]
 id = "dev"
 issuer = "https://dev.remote-help.invalid/"
