@@ -9,7 +9,7 @@
 //! (RFC 8446 §7.5), so a relay that substitutes a certificate and sits in the middle ends up
 //! with two different codes on the two screens.
 //!
-//! How the datagrams find their way: the client's endpoint runs on a [`PeerSocket`], a thin
+//! How the datagrams find their way: the client's endpoint runs on a `PeerSocket`, a thin
 //! [`quinn::AsyncUdpSocket`] over the client's one UDP socket (the one its relay connection
 //! uses, so the relay sees the forwarded datagrams from the authenticated address). The peer
 //! connection is addressed to a *virtual* peer address that no real host has; the socket
