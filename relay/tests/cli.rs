@@ -125,6 +125,30 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         report["e2e"], "peer-tls13",
         "protected by default: {report}"
     );
+    // The documented switch: the stream path, sealed by the SDK's default suite.
+    let out = rhelp()
+        .args([
+            "probe",
+            "--relay",
+            &addr,
+            "--pin",
+            &fingerprint,
+            "--screen-mb",
+            "1",
+            "--round-trips",
+            "5",
+            "--json",
+            "--stream-path",
+        ])
+        .arg("--helper-token")
+        .arg(&helper_token)
+        .arg("--sharer-token")
+        .arg(&sharer_token)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["e2e"], "chacha20", "stream path: {report}");
 
     // Without protection, the dev tenant (which requires it, as every tenant does by
     // default) refuses the pair before any consent.

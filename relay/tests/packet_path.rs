@@ -265,3 +265,45 @@ async fn ending_the_session_closes_the_peer_connection() {
     relay.wait_until_empty().await;
     relay.stop().await;
 }
+
+/// An unattended session (a device agent, no consent prompt) takes the packet path too.
+#[tokio::test]
+async fn an_unattended_session_runs_on_the_packet_path() {
+    use common::with_claims;
+    let relay = packet_relay().start().await;
+    let contoso = relay.tenant("contoso");
+    let agent_token = contoso.sign(&with_claims(
+        contoso.spec(Persona::Sharer),
+        serde_json::json!({"kind": "device", "licenses": [], "device_id": "kiosk-p1",
+               "device_name": "KIOSK-P1", "platform": "android-dedicated", "manufacturer": "Samsung"}),
+    ));
+    let mut agent = relay.connect(agent_token, Role::Sharer).await.unwrap();
+    within(agent.register_device()).await.unwrap();
+    let mut helper = relay.helper("contoso").await;
+    let (helper_start, agent_start) = within(async {
+        tokio::join!(
+            helper.connect_unattended("kiosk-p1", "CHG-9"),
+            agent.wait_for_start()
+        )
+    })
+    .await;
+    let (helper_start, agent_start) = (helper_start.unwrap(), agent_start.unwrap());
+    assert!(helper_start.packet_path && agent_start.packet_path);
+    let (h, s) = within(async {
+        tokio::join!(
+            secure::channels(&helper, &helper_start, Role::Helper),
+            secure::channels(&agent, &agent_start, Role::Sharer)
+        )
+    })
+    .await;
+    let (h, mut s) = (h.unwrap(), s.unwrap());
+    assert_eq!(h.verification_code(), s.verification_code());
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(b"unattended click")).await.unwrap();
+    let (_, mut rx) = within(s.accept_channel()).await.unwrap();
+    assert_eq!(
+        within(rx.recv()).await.unwrap().unwrap(),
+        b"unattended click"[..]
+    );
+    relay.stop().await;
+}

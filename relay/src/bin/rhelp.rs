@@ -55,6 +55,11 @@ struct RelayArgs {
     /// Name the relay's certificate must carry (with --ca).
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Carry the session's data on the stream path (the relay forwards the channels'
+    /// streams, which the SDK seals end to end) instead of the packet path (the two
+    /// clients' own QUIC connection through the relay's forwarder, PROTOCOL.md §8a).
+    #[arg(long)]
+    stream_path: bool,
 }
 
 /// A relay and a token for each party: the tools that play both sides in one process.
@@ -376,6 +381,7 @@ fn options(relay: &RelayArgs, token_file: &Path, role: Role) -> Result<ClientOpt
     let mut options = ClientOptions::new(addr, trust, token, role);
     options.server_name = relay.server_name.clone();
     options.client_name = format!("rhelp/{}", env!("CARGO_PKG_VERSION"));
+    options.packet_path = !relay.stream_path;
     Ok(options)
 }
 
