@@ -307,3 +307,57 @@ async fn an_unattended_session_runs_on_the_packet_path() {
     );
     relay.stop().await;
 }
+
+/// Clients on dual-stack IPv6 sockets reaching an IPv4 relay (the socket reports the relay
+/// as an IPv4-mapped address): the forwarded datagrams are still recognised.
+#[tokio::test]
+async fn dual_stack_clients_reach_an_ipv4_relay_on_the_packet_path() {
+    let relay = packet_relay().start().await;
+    let contoso = relay.tenant("contoso");
+    let dual_stack = || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        socket.set_only_v6(false).unwrap();
+        socket
+            .bind(&"[::]:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
+        std::net::UdpSocket::from(socket)
+    };
+    let mut helper = within(Client::connect_on(
+        relay.options(contoso.token(Persona::Helper), Role::Helper),
+        dual_stack(),
+    ))
+    .await
+    .unwrap();
+    let mut sharer = within(Client::connect_on(
+        relay.options(contoso.token(Persona::Sharer), Role::Sharer),
+        dual_stack(),
+    ))
+    .await
+    .unwrap();
+    let created = within(helper.create_session(Mode::FullControl)).await.unwrap();
+    let (helper_start, sharer_start) =
+        join_and_consent(&mut helper, &mut sharer, &created.code).await;
+    assert!(helper_start.packet_path);
+    let (h, s) = within(async {
+        tokio::join!(
+            secure::channels(&helper, &helper_start, Role::Helper),
+            secure::channels(&sharer, &sharer_start, Role::Sharer)
+        )
+    })
+    .await;
+    let (h, mut s) = (h.unwrap(), s.unwrap());
+    assert_eq!(h.verification_code(), s.verification_code());
+    let mut input = within(h.open_channel(Channel::Input)).await.unwrap();
+    within(input.send(b"over a mapped address")).await.unwrap();
+    let (_, mut rx) = within(s.accept_channel()).await.unwrap();
+    assert_eq!(
+        within(rx.recv()).await.unwrap().unwrap(),
+        b"over a mapped address"[..]
+    );
+    relay.stop().await;
+}

@@ -154,9 +154,20 @@ impl Route {
         }
     }
 
-    /// Where datagrams to `side` go, and from which relay address.
+    /// Where datagrams to `side` go, and from which relay address: where that party's relay
+    /// connection is now, as quinn sees it. A binding moved by an unvalidated migration
+    /// (a spoofed packet) follows quinn back when its path validation fails, even if the
+    /// party never sends from its old address again: the relay never keeps sending to an
+    /// address QUIC gave up (one lookup per run of datagrams, not per datagram).
     fn destination(&self, side: usize) -> (SocketAddr, Option<IpAddr>) {
-        let binding = self.binding(side);
+        let connection = &self.sides[side].party.connection;
+        let now_at = connection.remote_address();
+        let mut binding = self.binding(side);
+        if binding.addr != now_at {
+            debug!(session = %self.session, side, from = %binding.addr, to = %now_at, "packet-path binding follows the party's relay connection");
+            binding.addr = now_at;
+            binding.local_ip = connection.local_ip();
+        }
         (binding.addr, binding.local_ip)
     }
 }

@@ -410,6 +410,9 @@ async fn connect_quic_routed(
         .connect_with(quic_config(options)?, options.relay, &options.server_name)?
         .await
         .map_err(ClientError::from_handshake)?;
+    // The relay's address as the socket reports it (an IPv4 relay on a dual-stack socket
+    // comes back IPv4-mapped): what forwarded datagrams are recognised by.
+    routes.set_relay(connection.remote_address());
     Ok((endpoint, connection, routes))
 }
 
@@ -597,7 +600,7 @@ impl Client {
             .map_err(ClientError::from_handshake)?;
         let packet = self.packet.take();
         if let Some(packet) = &packet {
-            packet.routes.set_relay(target);
+            packet.routes.set_relay(connection.remote_address());
         }
         let next = Client::hello(
             options,

@@ -138,6 +138,11 @@ impl PeerRoutes {
         let _ = up.wait_for(|up| *up).await;
     }
 
+    /// The current session's routing key.
+    fn key(&self) -> Option<u64> {
+        self.lock().key
+    }
+
     /// Sends straight to `peer` from now on (`None`: through the relay again).
     pub(crate) fn set_direct(&self, peer: Option<SocketAddr>) {
         let mut state = self.lock();
@@ -342,6 +347,8 @@ pub(crate) struct PacketPath {
     session: Option<v1::PacketPath>,
     /// The current session's peer connection, once up (closed when the session ends).
     connection: Arc<Mutex<Option<quinn::Connection>>>,
+    /// The endpoint while it accepts this session's peer connection (the helper's side).
+    accepting: Option<quinn::Endpoint>,
 }
 
 impl PacketPath {
@@ -353,6 +360,7 @@ impl PacketPath {
             view: watch::Sender::new(None),
             session: None,
             connection: Arc::default(),
+            accepting: None,
         })
     }
 
@@ -373,6 +381,7 @@ impl PacketPath {
         // The previous session's connection, if any, is over (this session's view is
         // already set: `SessionStarted` was read before this).
         self.close_connection();
+        self.stop_accepting();
         let peer = peer_fingerprint(&path)?;
         if !path.dial {
             let crypto = self.identity.direct_server_config(peer)?;
@@ -382,6 +391,7 @@ impl PacketPath {
             // is found, from the peer's own: the connection follows them.
             config.migration(true);
             endpoint.set_server_config(Some(config));
+            self.accepting = Some(endpoint.clone());
         }
         self.routes.set_key(Some(path.routing_key));
         self.session = Some(path);
@@ -391,9 +401,22 @@ impl PacketPath {
     /// The session ended: no more routing, no peer connection, nothing allowed.
     pub(crate) fn end_session(&mut self) {
         self.session = None;
+        // The relay has removed the route already (before `SessionEnded`): the peer learns
+        // of the end from its own control stream and closes its side too.
+        self.close_connection();
+        self.stop_accepting();
         self.routes.set_key(None);
         self.view.send_replace(None);
-        self.close_connection();
+    }
+
+    /// Accepts no peer connection any more, and refuses attempts already queued: one left
+    /// from a session whose peer connection never came up would otherwise be taken for the
+    /// next session's.
+    fn stop_accepting(&mut self) {
+        if let Some(endpoint) = self.accepting.take() {
+            endpoint.set_server_config(None);
+            refuse_queued(&endpoint);
+        }
     }
 
     /// Closes the peer connection of the session that ended.
@@ -463,6 +486,15 @@ impl PacketPath {
             slot: self.connection.clone(),
             session_id: session_id.to_string(),
         })
+    }
+}
+
+/// Refuses every connection attempt `endpoint` has queued, without waiting for more.
+fn refuse_queued(endpoint: &quinn::Endpoint) {
+    use futures_util::FutureExt;
+    while let Some(Some(incoming)) = endpoint.accept().now_or_never() {
+        tracing::debug!(from = %incoming.remote_address(), "stale peer connection attempt refused");
+        incoming.refuse();
     }
 }
 
@@ -546,17 +578,26 @@ impl PeerSession {
 /// forwarder, and derives the verification code.
 pub(crate) async fn connect(opener: PeerOpener) -> Result<PeerSession, ClientError> {
     let started = Instant::now();
-    let connection = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, open(&opener))
+    let opened = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, open(&opener))
         .await
         .map_err(|_| {
             ClientError::Unexpected(format!(
                 "the peer connection through the relay did not come up within {} s",
                 PEER_HANDSHAKE_TIMEOUT.as_secs()
             ))
-        })??;
-    if !opener.path.dial {
-        // The one connection this session accepts is up: accept nothing more.
+        })
+        .and_then(|opened| opened);
+    if !opener.path.dial && opener.routes.key() == Some(opener.path.routing_key) {
+        // Up or failed, this session accepts nothing more.
         opener.endpoint.set_server_config(None);
+    }
+    let connection = opened?;
+    if opener.routes.key() != Some(opener.path.routing_key) {
+        // The session ended (or the next began) during the handshake.
+        connection.close(0u32.into(), b"session ended");
+        return Err(ClientError::Unexpected(
+            "the session ended before its peer connection came up".into(),
+        ));
     }
     let code = verification_code(&connection, &opener.session_id)?;
     tracing::info!(

@@ -49,7 +49,9 @@ impl UnsealedChannels {
             .as_ref()
             .filter(|d| d.view().is_some_and(|v| v.may_send(channel)))
             .and_then(|d| d.usable());
-        let on_direct = usable.is_some();
+        // On the packet path the session's only connection is the peer connection: every
+        // stream is "direct", so none ever moves (no empty move marker, PROTOCOL.md §8a).
+        let on_direct = usable.is_some() || self.is_peer_connection();
         let target = usable.unwrap_or_else(|| self.connection.clone());
         let stream = open_tagged(&target, channel, channel_tag(channel.to_wire())).await?;
         Ok(ChannelSender {
@@ -59,6 +61,15 @@ impl UnsealedChannels {
             direct: self.direct.clone(),
             on_direct,
         })
+    }
+
+    /// Whether this data plane is the packet path's peer connection (its "relay"
+    /// connection is its direct one).
+    fn is_peer_connection(&self) -> bool {
+        self.direct
+            .as_ref()
+            .and_then(|d| d.usable())
+            .is_some_and(|d| d.stable_id() == self.connection.stable_id())
     }
 
     /// A protecting client never sends to a peer that announced no protection (PROTOCOL.md
@@ -138,6 +149,26 @@ impl UnsealedChannels {
             .filter(|d| d.view().is_some_and(|v| v.peer_may_send(Channel::Screen)))
             .and_then(|d| d.usable());
         let Some(direct) = direct else {
+            if self.is_peer_connection() {
+                // The packet path: no relay checks the peer's datagrams; those the session
+                // does not allow are dropped here.
+                loop {
+                    let datagram = self
+                        .connection
+                        .read_datagram()
+                        .await
+                        .map_err(ClientError::from_connection)?;
+                    let allowed = self
+                        .direct
+                        .as_ref()
+                        .and_then(|d| d.view())
+                        .is_some_and(|v| v.peer_may_send(Channel::Screen));
+                    if allowed {
+                        return Ok(datagram);
+                    }
+                    tracing::debug!("a screen datagram the session does not allow dropped");
+                }
+            }
             return self
                 .connection
                 .read_datagram()
