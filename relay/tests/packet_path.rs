@@ -339,7 +339,9 @@ async fn dual_stack_clients_reach_an_ipv4_relay_on_the_packet_path() {
     ))
     .await
     .unwrap();
-    let created = within(helper.create_session(Mode::FullControl)).await.unwrap();
+    let created = within(helper.create_session(Mode::FullControl))
+        .await
+        .unwrap();
     let (helper_start, sharer_start) =
         join_and_consent(&mut helper, &mut sharer, &created.code).await;
     assert!(helper_start.packet_path);
