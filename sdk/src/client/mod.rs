@@ -54,18 +54,24 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub mod content;
 pub mod direct;
+mod endpoint;
+mod error;
+mod options;
 pub mod peer;
 pub mod secure;
 pub mod test_card;
 mod unsealed;
 
 pub use direct::{DirectOutcome, DirectState};
+pub use endpoint::{connect_quic, connect_quic_on, endpoint_config};
+use endpoint::{connect_quic_routed, quic_config};
+pub use error::ClientError;
+pub use options::{ClientOptions, Protection};
 pub use peer::PeerSession;
 pub use unsealed::{ChannelReceiver, ChannelSender, UnsealedChannels};
 
 use crate::session::{Channel, Mode, Role};
-use crate::tls::{RelayTrust, TlsError};
-use crate::transport::ClientTransport;
+use crate::tls::RelayTrust;
 
 /// Largest data frame the SDK sends or accepts on a channel.
 pub const MAX_DATA_FRAME: usize = 4 * 1024 * 1024;
@@ -74,229 +80,6 @@ pub const MAX_DATA_FRAME: usize = 4 * 1024 * 1024;
 const MAX_REDIRECTS: usize = 1;
 /// Largest control message the SDK accepts from the relay.
 const MAX_CONTROL: usize = 1024 * 1024;
-
-/// Everything needed to reach and authenticate with a relay.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The relay's UDP address.
-    pub relay: SocketAddr,
-    /// The name the relay's certificate must carry (ignored when pinning).
-    pub server_name: String,
-    /// How the relay is verified.
-    pub trust: RelayTrust,
-    /// The tenant-issued token.
-    pub token: String,
-    /// Helper or sharer.
-    pub role: Role,
-    /// Free text for the relay's logs.
-    pub client_name: String,
-    /// Local address to bind (port 0 for any).
-    pub bind: SocketAddr,
-    /// Windows and timeouts.
-    pub transport: ClientTransport,
-    /// Offer the relay candidates and take a direct peer-to-peer path when the peer does
-    /// too and the tenant allows it (off by default). Needs the client's own socket
-    /// ([`Client::connect`] or [`Client::connect_on`]), not a shared endpoint.
-    pub direct_path: bool,
-    /// Carry sessions on the packet path (PROTOCOL.md §8a) when the peer and the relay can:
-    /// the session's data as this client's own QUIC connection to the peer, through the
-    /// relay's forwarder and then direct, protected by that connection's TLS (on by
-    /// default). Off: the stream path, where the relay forwards the channels' streams and
-    /// the SDK seals them ([`secure`]). Needs the client's own socket, like `direct_path`.
-    pub packet_path: bool,
-    /// End-to-end protection: on by default ([`Protection::default`]).
-    pub protection: Protection,
-}
-
-/// Whether this client protects session content end to end (PROTOCOL.md §8.7).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Protection {
-    /// Announce these suites, most preferred first, and seal every channel
-    /// ([`secure::establish`]). The default announces every suite this SDK supports.
-    EndToEnd(Vec<crate::e2e::Suite>),
-    /// Announce no suite: the peer and the relay see content in the clear. For
-    /// measurements only (what protection costs); tenants that require protection (the
-    /// default) refuse such a client with `E2E_REQUIRED`.
-    PlaintextForMeasurement,
-}
-
-impl Default for Protection {
-    fn default() -> Protection {
-        Protection::EndToEnd(crate::e2e::Suite::ALL.to_vec())
-    }
-}
-
-impl Protection {
-    /// The suite ids this announces in `Hello.e2e_suites`.
-    pub fn announced(&self) -> Vec<u32> {
-        match self {
-            Protection::EndToEnd(suites) => suites.iter().map(|s| s.id()).collect(),
-            Protection::PlaintextForMeasurement => Vec::new(),
-        }
-    }
-}
-
-impl ClientOptions {
-    /// Options with defaults for everything but the essentials.
-    pub fn new(relay: SocketAddr, trust: RelayTrust, token: String, role: Role) -> ClientOptions {
-        let bind = if relay.is_ipv6() {
-            SocketAddr::from(([0u16; 8], 0))
-        } else {
-            SocketAddr::from(([0u8; 4], 0))
-        };
-        ClientOptions {
-            relay,
-            server_name: "localhost".into(),
-            trust,
-            token,
-            role,
-            client_name: format!("remote-help-sdk/{}", env!("CARGO_PKG_VERSION")),
-            bind,
-            transport: ClientTransport::default(),
-            direct_path: false,
-            packet_path: true,
-            protection: Protection::default(),
-        }
-    }
-
-    /// The same options without end-to-end protection: for measuring what protection
-    /// costs, against tenants that do not require it.
-    pub fn insecure_plaintext_for_measurement(mut self) -> ClientOptions {
-        self.protection = Protection::PlaintextForMeasurement;
-        self
-    }
-}
-
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// TLS could not be configured.
-    #[error("TLS setup: {0}")]
-    Tls(#[from] TlsError),
-    /// The local UDP socket could not be opened.
-    #[error("cannot open a UDP socket: {0}")]
-    Socket(std::io::Error),
-    /// The connection attempt could not start.
-    #[error("cannot connect: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    /// The relay refused a request or ended the session, with a stable code.
-    #[error("{code}: {message}")]
-    Refused {
-        /// The stable code.
-        code: ErrorCode,
-        /// The relay's explanation.
-        message: String,
-    },
-    /// The connection failed without a code of ours (timeout, TLS failure, reset).
-    #[error("connection failed: {0}")]
-    Connection(quinn::ConnectionError),
-    /// The relay sent something this client did not expect.
-    #[error("unexpected message from the relay: {0}")]
-    Unexpected(String),
-    /// A frame could not be read or written.
-    #[error("framing: {0}")]
-    Frame(FrameError),
-    /// End-to-end protection failed: the frame was forged, replayed, reordered or cut.
-    #[error("end-to-end protection: {0}")]
-    E2e(#[from] crate::e2e::E2eError),
-    /// The connection to the relay was lost without a close from it (the node crashed or
-    /// the network failed): `RELAY_LOST`.
-    #[error("the connection to the relay was lost: {0}")]
-    RelayLost(quinn::ConnectionError),
-    /// The relay said the request belongs to another node (`REDIRECT`). The SDK's requests
-    /// follow redirects themselves; this surfaces only where one could not be followed.
-    #[error("redirected to relay node {node} at {address}")]
-    Redirected {
-        /// The node's `host:port`.
-        address: String,
-        /// The node's id.
-        node: u32,
-    },
-    /// A redirect could not be followed (the address does not resolve, or too many hops).
-    #[error("cannot follow the redirect to {address}: {reason}")]
-    Redirect {
-        /// Where the relay pointed.
-        address: String,
-        /// Why it failed.
-        reason: String,
-    },
-}
-
-impl ClientError {
-    /// The stable error code, when the relay gave one.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Refused { code, .. } => Some(*code),
-            ClientError::RelayLost(_) => Some(ErrorCode::RelayLost),
-            ClientError::Redirected { .. } => Some(ErrorCode::Redirect),
-            _ => None,
-        }
-    }
-
-    /// A failed handshake: like [`Self::from_connection`], except that silence is a
-    /// connection failure, not `RELAY_LOST` (a relay never reached was never lost).
-    pub fn from_handshake(e: quinn::ConnectionError) -> ClientError {
-        match e {
-            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
-                ClientError::Connection(e)
-            }
-            other => ClientError::from_connection(other),
-        }
-    }
-
-    /// A connection-level failure, as the relay's close code when it sent one.
-    pub fn from_connection(e: quinn::ConnectionError) -> ClientError {
-        match &e {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                match ErrorCode::from_quic(close.error_code.into_inner()) {
-                    Some(code) if code != ErrorCode::Unspecified => ClientError::Refused {
-                        code,
-                        message: String::from_utf8_lossy(&close.reason).into_owned(),
-                    },
-                    _ => ClientError::Connection(e),
-                }
-            }
-            // Silence or a stateless reset: the relay is gone, not refusing anything.
-            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
-                ClientError::RelayLost(e)
-            }
-            _ => ClientError::Connection(e),
-        }
-    }
-}
-
-impl From<FrameError> for ClientError {
-    /// A data stream the relay (or the peer) reset or stopped with one of the protocol's
-    /// codes (`PEER_LOST` when the peer vanished, `PEER_ENDED`, `CHAT_DISABLED`, …) is that
-    /// code, with its `describe()` sentence: the user is told what happened, not the
-    /// transport's "stream reset by peer: error 13".
-    fn from(e: FrameError) -> ClientError {
-        match stream_code(&e) {
-            Some(code) => ClientError::Refused {
-                code,
-                message: code.describe().to_string(),
-            },
-            None => ClientError::Frame(e),
-        }
-    }
-}
-
-/// The protocol code a data stream was reset (reading) or stopped (writing) with, if it
-/// is one of ours; code 0 is a plain stop, not a refusal.
-fn stream_code(e: &FrameError) -> Option<ErrorCode> {
-    let FrameError::Io(io) = e else {
-        return None;
-    };
-    let inner = io.get_ref()?;
-    let raw = if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref() {
-        *code
-    } else if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref() {
-        *code
-    } else {
-        return None;
-    };
-    ErrorCode::from_quic(raw.into_inner()).filter(|c| *c != ErrorCode::Unspecified)
-}
 
 /// The session has started: which mode and channels it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,71 +132,6 @@ pub struct Client {
     /// The packet path, when `ClientOptions::packet_path` is on and this client has its
     /// own socket.
     packet: Option<peer::PacketPath>,
-}
-
-/// Opens a bare QUIC connection to the relay (no `Hello`): for tools and tests that
-/// speak the protocol themselves.
-pub async fn connect_quic(
-    options: &ClientOptions,
-) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-    let socket = std::net::UdpSocket::bind(options.bind).map_err(ClientError::Socket)?;
-    connect_quic_on(options, socket).await
-}
-
-/// The QUIC client configuration for `options`: its trust and transport settings.
-fn quic_config(options: &ClientOptions) -> Result<quinn::ClientConfig, ClientError> {
-    let mut config = quinn::ClientConfig::new(Arc::new(options.trust.quic_client_config()?));
-    config.transport_config(crate::transport::client(&options.transport));
-    Ok(config)
-}
-
-/// Like [`connect_quic`], on a UDP socket the caller already has.
-pub async fn connect_quic_on(
-    options: &ClientOptions,
-    socket: std::net::UdpSocket,
-) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
-    let endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, runtime)
-        .map_err(ClientError::Socket)?;
-    let connection = endpoint
-        .connect_with(quic_config(options)?, options.relay, &options.server_name)?
-        .await
-        .map_err(ClientError::from_handshake)?;
-    Ok((endpoint, connection))
-}
-
-/// A client endpoint's settings: quinn's, except that it never announces `grease_quic_bit`
-/// (RFC 9287), so every QUIC packet to and from it has the fixed bit set and a forwarded
-/// datagram (fixed bit clear, PROTOCOL.md §8a) cannot be mistaken for one.
-pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut config = quinn::EndpointConfig::default();
-    config.grease_quic_bit(false);
-    config
-}
-
-/// Like [`connect_quic_on`], with the endpoint on a [`peer::PeerSocket`] so that the packet
-/// path can route the peer connection through the relay (and then direct).
-async fn connect_quic_routed(
-    options: &ClientOptions,
-    socket: std::net::UdpSocket,
-) -> Result<(quinn::Endpoint, quinn::Connection, Arc<peer::PeerRoutes>), ClientError> {
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| ClientError::Socket(std::io::Error::other("no async runtime")))?;
-    let local = socket.local_addr().map_err(ClientError::Socket)?;
-    let routes = Arc::new(peer::PeerRoutes::new(options.relay, local));
-    let socket = peer::PeerSocket::wrap(socket, routes.clone()).map_err(ClientError::Socket)?;
-    let endpoint =
-        quinn::Endpoint::new_with_abstract_socket(endpoint_config(), None, socket, runtime)
-            .map_err(ClientError::Socket)?;
-    let connection = endpoint
-        .connect_with(quic_config(options)?, options.relay, &options.server_name)?
-        .await
-        .map_err(ClientError::from_handshake)?;
-    // The relay's address as the socket reports it (an IPv4 relay on a dual-stack socket
-    // comes back IPv4-mapped): what forwarded datagrams are recognised by.
-    routes.set_relay(connection.remote_address());
-    Ok((endpoint, connection, routes))
 }
 
 impl std::fmt::Debug for Client {
@@ -1247,44 +965,4 @@ fn session_start(started: v1::SessionStarted) -> Result<SessionStart, ClientErro
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redirects_stay_within_the_name_the_client_was_given() {
-        for ok in [
-            "relay.example.com",
-            "relay-2.relay.example.com",
-            "RELAY-2.Relay.Example.com.",
-        ] {
-            assert!(redirect_host_allowed("relay.example.com", ok), "{ok}");
-        }
-        for refused in [
-            "relay-2.example.com",
-            "example.com.evil.net",
-            "relay.example.net",
-            "evilrelay.example.com",
-            "com",
-        ] {
-            assert!(
-                !redirect_host_allowed("relay.example.com", refused),
-                "{refused}"
-            );
-        }
-        // A registry-level parent gives nothing away.
-        assert!(!redirect_host_allowed("relay.example.co.uk", "evil.co.uk"));
-        assert!(!redirect_host_allowed("localhost", "evil.localhost.net"));
-    }
-
-    #[test]
-    fn a_redirect_dials_an_address_the_socket_can_reach() {
-        let v4: SocketAddr = "192.0.2.1:443".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
-        assert_eq!(redirect_target(&[v6, v4], false), Some(v4));
-        assert_eq!(redirect_target(&[v4, v6], true), Some(v6));
-        // A dual-stack IPv6 socket reaches an IPv4-only node; an IPv4 socket never IPv6.
-        assert_eq!(redirect_target(&[v4], true), Some(v4));
-        assert_eq!(redirect_target(&[v6], false), None);
-        assert_eq!(redirect_target(&[], true), None);
-    }
-}
+mod tests;
