@@ -32,7 +32,9 @@ use crate::core::registry::{
 };
 use crate::core::{ConnId, Mode, Role, SessionId, TenantId};
 
+mod packet_path;
 mod records;
+use packet_path::{LockMetrics, packet_paths};
 pub use records::{Refused, SessionRecord};
 use records::{set_helper, set_sharer};
 
@@ -319,29 +321,6 @@ fn direct_offers(
     ))
 }
 
-/// The two parties' `PacketPath`s (helper's, sharer's) for a session routed under
-/// `routing_key`: the sharer dials (its socket picks the path, PROTOCOL.md §8a), the helper
-/// accepts; each pins the other's certificate.
-fn packet_paths(
-    start: &PendingStart,
-    routing_key: Option<u64>,
-    max_packet_size: usize,
-) -> Option<(v1::PacketPath, v1::PacketPath)> {
-    let routing_key = routing_key?;
-    let (helper_hash, sharer_hash) = (
-        start.helper.packet_path.as_deref()?,
-        start.sharer.packet_path.as_deref()?,
-    );
-    let max_packet_size = u32::try_from(max_packet_size).unwrap_or(u32::MAX);
-    let path = |dial: bool, peer_hash: &[u8; 32]| v1::PacketPath {
-        routing_key,
-        dial,
-        peer_certificate_sha256: peer_hash.to_vec(),
-        max_packet_size,
-    };
-    Some((path(false, sharer_hash), path(true, helper_hash)))
-}
-
 /// An active session as the admin endpoint lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ActiveSession {
@@ -378,25 +357,6 @@ pub enum ModeOutcome {
     AskedSharer,
     /// In effect now (lowered); the sharer has been told.
     Changed(Mode),
-}
-
-/// The hub lock's contention: `relay_hub_lock_acquisitions_total`,
-/// `relay_hub_lock_contended_total` and `relay_hub_lock_wait_seconds` (only the waits of
-/// contended acquisitions; an uncontended one costs a `try_lock`). Handles made once.
-struct LockMetrics {
-    acquisitions: metrics::Counter,
-    contended: metrics::Counter,
-    wait_seconds: metrics::Histogram,
-}
-
-impl LockMetrics {
-    fn new() -> LockMetrics {
-        LockMetrics {
-            acquisitions: metrics::counter!("relay_hub_lock_acquisitions_total"),
-            contended: metrics::counter!("relay_hub_lock_contended_total"),
-            wait_seconds: metrics::histogram!("relay_hub_lock_wait_seconds"),
-        }
-    }
 }
 
 /// Token buckets for the request rates the relay limits.
@@ -1404,65 +1364,6 @@ impl Hub {
             e2e: own_e2e,
             packet_path: own_packet_path,
         })
-    }
-
-    /// Adds the session's packet-path route when it takes the packet path (both parties
-    /// announced it, the forwarder is on, the table has room); its routing key.
-    fn route(
-        &self,
-        start: &PendingStart,
-        helper_side: &Arc<ChannelCounters>,
-        sharer_side: &Arc<ChannelCounters>,
-    ) -> Option<u64> {
-        let native = |link: &ConnLink| match (&link.connection, &link.packet_path) {
-            (super::party::Party::Native(connection), Some(_)) => Some(connection.clone()),
-            _ => None,
-        };
-        let (helper, sharer) = (native(&start.helper), native(&start.sharer));
-        let settings = self.forwarder.settings();
-        let decided = crate::core::forwarding::packet_path(
-            helper.is_some(),
-            sharer.is_some(),
-            settings.enabled,
-            self.forwarder.routes(),
-            settings.max_routes,
-        )
-        .and_then(|()| match (helper, sharer) {
-            (Some(helper), Some(sharer)) => self.forwarder.insert(
-                start.session.clone(),
-                start.helper.principal.tenant.as_str(),
-                super::forwarder::RouteParty {
-                    connection: helper,
-                    counters: helper_side.clone(),
-                },
-                super::forwarder::RouteParty {
-                    connection: sharer,
-                    counters: sharer_side.clone(),
-                },
-            ),
-            // `packet_path` already said so; kept apart so no case is left unhandled.
-            _ => Err(crate::core::forwarding::StreamPathReason::NotAnnounced),
-        });
-        match decided {
-            Ok(key) => {
-                metrics::counter!("relay_sessions_data_path_total", "path" => "packet")
-                    .increment(1);
-                debug!(session = %start.session, "the session takes the packet path");
-                Some(key)
-            }
-            Err(reason) => {
-                metrics::counter!("relay_sessions_data_path_total", "path" => "stream", "reason" => reason.as_str())
-                    .increment(1);
-                if reason == crate::core::forwarding::StreamPathReason::TableFull {
-                    warn!(
-                        session = %start.session,
-                        max_routes = settings.max_routes,
-                        "the packet forwarder's routing table is full (forwarder.max_routes); the session takes the stream path"
-                    );
-                }
-                None
-            }
-        }
     }
 
     /// Notes what a connection offered for direct paths (used when its next session starts).
