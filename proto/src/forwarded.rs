@@ -43,6 +43,38 @@ pub fn parse(datagram: &[u8]) -> Option<(u64, &[u8])> {
 mod tests {
     use super::*;
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// PROTOCOL.md §8a's vector block, as published and as this code computes it.
+    #[test]
+    fn the_published_test_vector_is_what_the_code_computes() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md"));
+        let start = doc
+            .find("<!-- forwarded-test-vectors -->")
+            .expect("PROTOCOL.md has the forwarded datagram's test vector");
+        let body = &doc[start..];
+        let open = body.find("```text\n").expect("a fenced block follows") + "```text\n".len();
+        let close = body[open..].find("```").expect("the block ends");
+        let published = &body[open..open + close];
+        let key = 0x0700_a1b2_c3d4_e5f6u64;
+        let payload = [0x40, 0x01, 0x02, 0x03, 0x04];
+        let mut datagram = header(key).to_vec();
+        datagram.extend_from_slice(&payload);
+        assert_eq!(parse(&datagram), Some((key, &payload[..])));
+        let computed = format!(
+            "routing_key        {}\npayload            {}\nforwarded_datagram {}\n",
+            hex(&key.to_be_bytes()),
+            hex(&payload),
+            hex(&datagram)
+        );
+        assert_eq!(
+            published, computed,
+            "PROTOCOL.md §8a's vector differs from the code"
+        );
+    }
+
     #[test]
     fn a_header_round_trips_and_quic_packets_are_not_forwarded() {
         let mut datagram = header(0x0102_0304_0506_0708).to_vec();

@@ -694,8 +694,14 @@ pub fn verification_code(
     connection
         .export_keying_material(&mut out, CODE_EXPORTER_LABEL, session_id.as_bytes())
         .map_err(|_| ClientError::Unexpected("the TLS exporter is unavailable".into()))?;
+    Ok(code_from_exporter(out))
+}
+
+/// The code shown for 4 bytes of exporter output: big endian, modulo 1,000,000, zero-padded
+/// in two groups of three (PROTOCOL.md §8a item 10, with test vectors).
+fn code_from_exporter(out: [u8; 4]) -> String {
     let code = u32::from_be_bytes(out) % 1_000_000;
-    Ok(format!("{:03} {:03}", code / 1000, code % 1000))
+    format!("{:03} {:03}", code / 1000, code % 1000)
 }
 
 impl PeerSession {

@@ -303,3 +303,34 @@ async fn a_man_in_the_middle_gives_the_two_sides_different_codes() {
         f.abort();
     }
 }
+
+/// PROTOCOL.md §8a item 10's code vectors: exporter output in, the code shown out.
+#[test]
+fn the_published_code_vectors_are_what_the_code_computes() {
+    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md"));
+    let start = doc
+        .find("<!-- peer-code-test-vectors -->")
+        .expect("PROTOCOL.md has the peer code's test vectors");
+    let body = &doc[start..];
+    let open = body.find("```text\n").expect("a fenced block follows") + "```text\n".len();
+    let close = body[open..].find("```").expect("the block ends");
+    let mut checked = 0;
+    for line in body[open..open + close]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let (exporter, code) = line.split_once(' ').expect("exporter, then code");
+        let bytes: Vec<u8> = (0..8)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&exporter[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(
+            code_from_exporter(bytes.try_into().unwrap()),
+            code,
+            "{line}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
