@@ -96,26 +96,26 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
             .unwrap();
         assert!(status.success());
     }
-    let out = rhelp()
-        .args([
-            "probe",
-            "--relay",
-            &addr,
-            "--pin",
-            &fingerprint,
-            "--screen-mb",
-            "4",
-            "--round-trips",
-            "20",
-            "--json",
-        ])
-        .arg("--helper-token")
-        .arg(&helper_token)
-        .arg("--sharer-token")
-        .arg(&sharer_token)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `rhelp probe --json` against the daemon with `args`, the pin and the two tokens: its
+    // exit status and its JSON report.
+    let probe = |pin: &str, helper_token: &Path, extra: &[&str]| {
+        let out = rhelp()
+            .args(["probe", "--relay", &addr, "--pin", pin, "--json"])
+            .args(extra)
+            .arg("--helper-token")
+            .arg(helper_token)
+            .arg("--sharer-token")
+            .arg(&sharer_token)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.success(), report)
+    };
+    let (_, report) = probe(
+        &fingerprint,
+        &helper_token,
+        &["--screen-mb", "4", "--round-trips", "20"],
+    );
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["setup_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(report["screen_bytes"], 4 * 1024 * 1024);
@@ -126,70 +126,23 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         "protected by default: {report}"
     );
     // The documented switch: the stream path, sealed by the SDK's default suite.
-    let out = rhelp()
-        .args([
-            "probe",
-            "--relay",
-            &addr,
-            "--pin",
-            &fingerprint,
-            "--screen-mb",
-            "1",
-            "--round-trips",
-            "5",
-            "--json",
-            "--stream-path",
-        ])
-        .arg("--helper-token")
-        .arg(&helper_token)
-        .arg("--sharer-token")
-        .arg(&sharer_token)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, report) = probe(
+        &fingerprint,
+        &helper_token,
+        &["--screen-mb", "1", "--round-trips", "5", "--stream-path"],
+    );
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["e2e"], "chacha20", "stream path: {report}");
 
     // Without protection, the dev tenant (which requires it, as every tenant does by
     // default) refuses the pair before any consent.
-    let out = rhelp()
-        .args([
-            "probe",
-            "--relay",
-            &addr,
-            "--pin",
-            &fingerprint,
-            "--json",
-            "--no-e2e",
-        ])
-        .arg("--helper-token")
-        .arg(&helper_token)
-        .arg("--sharer-token")
-        .arg(&sharer_token)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = probe(&fingerprint, &helper_token, &["--no-e2e"]);
+    assert!(!ok);
     assert_eq!(report["error_code"], "E2E_REQUIRED", "{report}");
 
     // A probe with a wrong pin fails with a non-zero exit and ok=false.
-    let out = rhelp()
-        .args([
-            "probe",
-            "--relay",
-            &addr,
-            "--pin",
-            &"0".repeat(64),
-            "--json",
-        ])
-        .arg("--helper-token")
-        .arg(&helper_token)
-        .arg("--sharer-token")
-        .arg(&sharer_token)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = probe(&"0".repeat(64), &helper_token, &[]);
+    assert!(!ok);
     assert_eq!(report["ok"], false);
 
     // An expired token: the error code comes through in the JSON.
@@ -207,16 +160,8 @@ fn the_dev_daemon_serves_a_probe_and_exits_cleanly_on_sigterm() {
         signer.sign(&serde_json::Value::Object(claims)).unwrap(),
     )
     .unwrap();
-    let out = rhelp()
-        .args(["probe", "--relay", &addr, "--pin", &fingerprint, "--json"])
-        .arg("--helper-token")
-        .arg(&expired)
-        .arg("--sharer-token")
-        .arg(&sharer_token)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = probe(&fingerprint, &expired, &[]);
+    assert!(!ok);
     assert_eq!(report["error_code"], "TOKEN_EXPIRED", "{report}");
 
     // Two people, two processes: `rhelp helper` prints a code, `rhelp share` joins with it;
